@@ -1,0 +1,1 @@
+"""The HTTP API: REST for jobs, SSE for their events, health probes."""

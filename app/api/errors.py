@@ -1,0 +1,85 @@
+"""Every error type mapped to an HTTP answer, once."""
+
+from __future__ import annotations
+
+import logging
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException
+from redis import exceptions as redis_errors
+
+from app.api.schemas import ErrorBody
+from app.errors import (
+    IdempotencyConflict,
+    InvalidParams,
+    InvalidRequest,
+    JobExists,
+    JobNotFound,
+    StoreUnavailable,
+    TransitionRefused,
+)
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 2
+
+_STATUS: dict[type[Exception], tuple[int, str]] = {
+    JobNotFound: (404, "job_not_found"),
+    TransitionRefused: (409, "transition_refused"),
+    JobExists: (409, "job_exists"),
+    IdempotencyConflict: (409, "idempotency_conflict"),
+    InvalidRequest: (400, "invalid_request"),
+    InvalidParams: (422, "invalid_params"),
+}
+
+# Errors that mean "Redis is away for now", not "this request is wrong".
+UNAVAILABLE = (
+    redis_errors.ConnectionError,  # includes BusyLoadingError: Redis is loading its data
+    redis_errors.TimeoutError,
+    redis_errors.ReadOnlyError,  # a failover left us on a replica
+    StoreUnavailable,
+)
+
+
+def _error(status: int, code: str, detail: str, extra: object = None, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        ErrorBody(error=code, detail=detail, extra=extra),
+        status_code=status,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+def on_jobtrail_error(_: Request, exc: Exception) -> Response:
+    status, code = _STATUS[type(exc)]
+    return _error(status, code, str(exc))
+
+
+def on_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
+    return _error(
+        503,
+        "store_unavailable",
+        "the event store (Redis) is not answering; retry shortly",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+def on_http_error(_: Request, exc: HTTPException) -> Response:
+    code = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+        exc.status_code, "http_error"
+    )
+    return _error(exc.status_code, code, exc.detail, getattr(exc, "extra", None), exc.headers)
+
+
+def on_unexpected(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(500, "internal_error", "an unexpected error occurred; it has been logged")
+
+
+EXCEPTION_HANDLERS = {
+    **{exc_type: on_jobtrail_error for exc_type in _STATUS},
+    **{exc_type: on_unavailable for exc_type in UNAVAILABLE},
+    HTTPException: on_http_error,
+    Exception: on_unexpected,
+}

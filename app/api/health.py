@@ -1,0 +1,24 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from litestar import Response, get
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.api.errors import RETRY_AFTER_S
+from app.api.schemas import Health
+
+
+@get("/healthz", summary="The process is alive", tags=["health"])
+async def healthz() -> Health:
+    return Health(status="alive")
+
+
+@get("/readyz", summary="Redis answers (503 otherwise)", tags=["health"])
+async def readyz(redis: Redis) -> Response[Health]:
+    try:
+        await redis.ping()
+    except RedisError:
+        return Response(Health(status="redis unavailable"), status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+    return Response(Health(status="ready"))

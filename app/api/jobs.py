@@ -1,0 +1,180 @@
+"""/jobs: submit, list, status, history, events (SSE), cancel, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
+from litestar.response import Stream
+
+from app.api.schemas import CancelRequest, ErrorBody, HistoryPage, JobPage, SubmitRequest
+from app.config import Settings
+from app.errors import JobNotFound
+from app.eventlog import EventLog
+from app.events import State
+from app.hub import Hub
+from app.index import Cursor, JobIndex
+from app.jobstate import JobState
+from app.keys import JOB_ID_RE
+from app.offsets import BEGINNING, is_after, parse_offset
+from app.service import JobService
+from app.sse import job_event_stream
+
+
+def _errors(*codes: int) -> dict[int, ResponseSpec]:
+    descriptions = {
+        400: "Malformed request: the body says what to fix",
+        404: "No such job (or it has expired)",
+        409: "The job's state does not allow this",
+        413: "Request body too large",
+        422: "Unknown job kind or params the kind rejects",
+        503: "Redis is not answering; retry after `Retry-After` seconds",
+    }
+    return {c: ResponseSpec(data_container=ErrorBody, description=descriptions[c]) for c in codes}
+
+
+JobId = Annotated[str, Parameter(description="Job id", max_length=128)]
+
+
+def _checked(job_id: str) -> str:
+    # An id no job can have is simply not found; it never reaches a Redis key name.
+    if not JOB_ID_RE.match(job_id):
+        raise JobNotFound(job_id)
+    return job_id
+
+
+def _etag(job: JobState) -> str:
+    return f'"{job.last_event_id}"'
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in candidates or etag in candidates
+
+
+class JobsController(Controller):
+    path = "/jobs"
+    tags = ["jobs"]
+
+    @post(
+        "/",
+        status_code=202,
+        summary="Submit a job",
+        description="Creates a job and queues it. With `Idempotency-Key`, repeating the request "
+        "returns the job the key first created, with status 200.",
+        responses={
+            200: ResponseSpec(data_container=JobState, description="Idempotent repeat: the existing job"),
+            **_errors(400, 409, 413, 422, 503),
+        },
+    )
+    async def submit(
+        self,
+        data: SubmitRequest,
+        service: JobService,
+        idempotency_key: Annotated[
+            str | None, Parameter(header="Idempotency-Key", required=False, min_length=1, max_length=255)
+        ] = None,
+    ) -> Response[JobState]:
+        job, created = await service.submit(data.kind, data.params, data.max_attempts, idempotency_key)
+        return Response(job, status_code=202 if created else 200, headers={"Location": f"/jobs/{job.id}"})
+
+    @get("/", summary="List jobs, newest first", responses=_errors(400, 503))
+    async def list_jobs(
+        self,
+        index: JobIndex,
+        state_filter: Annotated[State | None, Parameter(query="state", description="Only jobs in this state")] = None,
+        kind: Annotated[str | None, Parameter(max_length=100)] = None,
+        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, Parameter(max_length=1000)] = None,
+    ) -> JobPage:
+        jobs, next_cursor = await index.page(
+            limit=limit, cursor=Cursor.decode(cursor) if cursor else None, state=state_filter, kind=kind
+        )
+        return JobPage(jobs=jobs, next=next_cursor.encode() if next_cursor else None)
+
+    @get(
+        "/{job_id:str}",
+        summary="Current state of a job",
+        description="One Redis read. Sends an `ETag`; `If-None-Match` with it answers 304 until the job changes.",
+        responses={304: ResponseSpec(data_container=None, description="Not modified"), **_errors(404, 503)},
+    )
+    async def status(
+        self,
+        job_id: JobId,
+        events: EventLog,
+        if_none_match: Annotated[str | None, Parameter(header="If-None-Match", required=False)] = None,
+    ) -> Response[JobState]:
+        job = await events.state(_checked(job_id))
+        etag = _etag(job)
+        if _matches(if_none_match, etag):
+            return Response(None, status_code=304, headers={"ETag": etag})  # type: ignore[arg-type]
+        return Response(job, headers={"ETag": etag})
+
+    @get("/{job_id:str}/history", summary="A page of a job's events, oldest first", responses=_errors(400, 404, 503))
+    async def history(
+        self,
+        job_id: JobId,
+        events: EventLog,
+        settings: Settings,
+        after: Annotated[str | None, Parameter(description="Event id to start after (exclusive)")] = None,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    ) -> HistoryPage:
+        limit = min(limit, settings.history_max_limit)
+        page = await events.history_page(_checked(job_id), parse_offset(after) if after else BEGINNING, limit)
+        return HistoryPage(
+            events=[event.out() for event in page],
+            next=page[-1].id if len(page) == limit else None,
+        )
+
+    @get(
+        "/{job_id:str}/events",
+        summary="Server-sent events of a job: replay, then live, then close after the terminal event",
+        description="Starts after `Last-Event-ID` (header), else `after` or `last_event_id` (query), else from "
+        "the beginning. Each message has `id:` (the event id), `event:` (its type) and `data:` (the event as in "
+        "history). A `gap` event carrying the job's state comes first when events after the offset were trimmed.",
+        responses={
+            200: ResponseSpec(data_container=str, media_type="text/event-stream", description="The event stream"),
+            **_errors(400, 404, 503),
+        },
+    )
+    async def events(
+        self,
+        request: Request,
+        job_id: JobId,
+        events: EventLog,
+        hub: Hub,
+        settings: Settings,
+        after: str | None = None,
+        last_event_id: str | None = None,
+    ) -> Stream:
+        raw = request.headers.get("last-event-id") or after or last_event_id
+        offset = parse_offset(raw) if raw else BEGINNING
+        job = await events.state(_checked(job_id))
+        gap = is_after(await events.max_deleted_id(job_id), offset)
+        return Stream(
+            job_event_stream(
+                events, hub, job, offset, gap=gap, retry_ms=settings.sse_retry_ms, ping_s=settings.sse_ping_s
+            ),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @post(
+        "/{job_id:str}/cancel",
+        status_code=202,
+        summary="Cancel a job",
+        description="A pending job is cancelled at once; a running one is asked to stop, which its handler does at "
+        "its next progress report. The body (a reason) is optional.",
+        responses=_errors(400, 404, 409, 503),
+    )
+    async def cancel(self, job_id: JobId, service: JobService, data: CancelRequest | None = None) -> JobState:
+        return await service.cancel(_checked(job_id), data.reason if data else None)
+
+    @delete("/{job_id:str}", status_code=204, summary="Delete a job and all its events", responses=_errors(404, 503))
+    async def remove(self, job_id: JobId, service: JobService) -> None:
+        if not await service.delete(_checked(job_id)):
+            raise JobNotFound(job_id)

@@ -1,0 +1,80 @@
+-- Append one event to a job and fold it into the job's state hash, atomically.
+--
+-- KEYS[1]  job state hash        (jt:job:{ID})
+-- KEYS[2]  job event stream      (jt:job:{ID}:events)
+-- KEYS[3]  job dedupe hash       (jt:job:{ID}:dedupe)  idempotency key -> event id
+-- ARGV[1]  event type
+-- ARGV[2]  attempt, or '' for the job's current attempt
+-- ARGV[3]  data, a JSON object (stored as is)
+-- ARGV[4]  idempotency key, or '' for none
+-- ARGV[5]  retention in seconds, applied to every key at a terminal event
+-- ARGV[6]  `at` in epoch ms, or '' for the server's clock
+-- ARGV[7..] field, value pairs derived from the data (app/reducer.py: fields_for)
+--
+-- Returns {'ok', id, state, cancel_requested}
+--      or {'duplicate', id, state, cancel_requested}  (key seen: nothing written)
+--      or {'refused', state}                          (state forbids it: nothing written)
+--
+-- RULES, TERMINAL and ABSENT are rendered above this line from app/events.py.
+
+local job, stream, dedupe = KEYS[1], KEYS[2], KEYS[3]
+local etype, attempt, data, key, retention, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+
+local rule = RULES[etype]
+if not rule then
+  return redis.error_reply('unknown event type ' .. etype)
+end
+
+if key ~= '' then
+  local previous = redis.call('HGET', dedupe, key)
+  if previous then
+    local current = redis.call('HMGET', job, 'state', 'cancel_requested')
+    return {'duplicate', previous, current[1] or ABSENT, current[2] or '0'}
+  end
+end
+
+local state = redis.call('HGET', job, 'state') or ABSENT
+if not rule.allowed[state] then
+  return {'refused', state}
+end
+
+if attempt == '' then
+  attempt = redis.call('HGET', job, 'attempt') or '0'
+end
+if at == '' then
+  local now = redis.call('TIME')
+  at = tostring(tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+end
+
+local entry = {'type', etype, 'at', at, 'v', '1', 'attempt', attempt, 'data', data}
+if key ~= '' then
+  table.insert(entry, 'key')
+  table.insert(entry, key)
+end
+local id = redis.call('XADD', stream, '*', unpack(entry))
+
+local fields = {'updated_at', at, 'last_event_id', id, 'attempt', attempt}
+if rule.next then
+  state = rule.next
+  table.insert(fields, 'state')
+  table.insert(fields, state)
+end
+if rule.stamp then
+  table.insert(fields, rule.stamp)
+  table.insert(fields, at)
+end
+for i = 7, #ARGV do
+  table.insert(fields, ARGV[i])
+end
+redis.call('HSET', job, unpack(fields))
+redis.call('HINCRBY', job, 'event_count', 1)
+if key ~= '' then
+  redis.call('HSET', dedupe, key, id)
+end
+
+if TERMINAL[state] then
+  for _, k in ipairs(KEYS) do
+    redis.call('EXPIRE', k, retention)
+  end
+end
+return {'ok', id, state, redis.call('HGET', job, 'cancel_requested') or '0'}

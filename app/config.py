@@ -1,0 +1,55 @@
+"""Configuration: one Struct, read from the environment once at start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything jobtrail can be tuned with; see the README's configuration table."""
+
+    redis_url: str | None = None
+    prefix: str = "jt"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    retention_s: int = 7 * 24 * 3600
+    max_body_bytes: int = 64 * 1024
+    redis_pool_size: int = 32
+    redis_timeout_s: float = 5.0
+    sse_ping_s: float = 15.0
+    sse_retry_ms: int = 2000
+    sse_queue_size: int = 1000
+    hub_block_ms: int = 5000
+    history_max_limit: int = 1000
+    default_max_attempts: int = 3
+    max_attempts_limit: int = 20
+    progress_interval_s: float = 0.1
+    retry_base_s: float = 1.0
+    retry_max_s: float = 60.0
+    worker_concurrency: int = 10
+    broker_idle_ms: int = 600_000
+
+    @property
+    def embedded(self) -> bool:
+        """True when no REDIS_URL is set: API, worker and a Redis stand-in share one process."""
+        return not self.redis_url
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from REDIS_URL and JOBTRAIL_* variables; bad values raise ValueError."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        if env.get("REDIS_URL"):
+            values["redis_url"] = env["REDIS_URL"]
+        for name in cls.__struct_fields__:
+            raw = env.get(f"JOBTRAIL_{name.upper()}")
+            if raw is not None and name != "redis_url":
+                values[name] = raw
+        try:
+            # strict=False parses "8000" as an int and "0.5" as a float.
+            return msgspec.convert(values, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"invalid configuration: {exc}") from None

@@ -1,0 +1,45 @@
+"""Errors are types; `app/api/errors.py` maps each to an HTTP answer once."""
+
+from __future__ import annotations
+
+
+class JobtrailError(Exception):
+    """Base of every error jobtrail raises on purpose."""
+
+
+class JobNotFound(JobtrailError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} does not exist (or has expired)")
+        self.job_id = job_id
+
+
+class JobExists(JobtrailError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} already exists")
+        self.job_id = job_id
+
+
+class TransitionRefused(JobtrailError):
+    """The event is not allowed in the job's current state; nothing was written."""
+
+    def __init__(self, job_id: str, event_type: str, state: str) -> None:
+        super().__init__(f"event '{event_type}' is not allowed while job {job_id!r} is {state}")
+        self.job_id = job_id
+        self.event_type = event_type
+        self.state = state
+
+
+class InvalidRequest(JobtrailError):
+    """Input the caller can fix (HTTP 400)."""
+
+
+class InvalidParams(JobtrailError):
+    """A submission the job kind rejects (HTTP 422)."""
+
+
+class IdempotencyConflict(JobtrailError):
+    """An Idempotency-Key reused with a different request body (HTTP 409)."""
+
+
+class StoreUnavailable(JobtrailError):
+    """Redis did not answer; the caller should retry later (HTTP 503)."""

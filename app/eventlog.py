@@ -1,0 +1,166 @@
+"""The event log: append events to a job's stream and read its state and history.
+
+Every method documents its Redis round trips; appends are one EVALSHA each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from importlib import resources
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from app.errors import JobExists, JobNotFound, TransitionRefused
+from app.events import ABSENT, RULES, TERMINAL_STATES, Event, EventType, check_data
+from app.jobstate import JobState
+from app.keys import Keys
+from app.offsets import BEGINNING
+from app.reducer import fields_for, fold
+
+
+def _lua_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_append_script() -> str:
+    """append.lua with the transition table rendered into its header."""
+    lines = ["local RULES = {"]
+    for event_type, rule in RULES.items():
+        allowed = ", ".join(f"[{_lua_string(s)}] = true" for s in sorted(rule.allowed))
+        nxt = _lua_string(rule.next_state) if rule.next_state else "nil"
+        stamp = _lua_string(rule.stamp) if rule.stamp else "nil"
+        lines.append(f"  [{_lua_string(event_type)}] = {{allowed = {{{allowed}}}, next = {nxt}, stamp = {stamp}}},")
+    lines.append("}")
+    terminal = ", ".join(f"[{_lua_string(s)}] = true" for s in sorted(TERMINAL_STATES))
+    lines.append(f"local TERMINAL = {{{terminal}}}")
+    lines.append(f"local ABSENT = {_lua_string(ABSENT)}")
+    body = resources.files("app").joinpath("append.lua").read_text()
+    return "\n".join(lines) + "\n" + body
+
+
+class Appended(msgspec.Struct, frozen=True):
+    """What an append did: the event's id and the job's state after it."""
+
+    id: str
+    state: str
+    cancel_requested: bool
+    duplicate: bool = False
+
+
+class EventLog:
+    """Appends and reads the events and state of jobs under one key prefix."""
+
+    def __init__(self, redis: Redis, keys: Keys, retention_s: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.retention_s = retention_s
+        self._append = redis.register_script(render_append_script())
+
+    # --- writing ---
+
+    async def append(
+        self,
+        job_id: str,
+        event_type: EventType,
+        data: msgspec.Struct | dict[str, Any] | None = None,
+        *,
+        attempt: int | None = None,
+        key: str | None = None,
+        at_ms: int | None = None,
+    ) -> Appended:
+        """Append one event (one round trip). Raises JobNotFound, JobExists or TransitionRefused."""
+        payload = check_data(event_type, data if data is not None else {})
+        args: list[str | int] = [
+            event_type.value,
+            "" if attempt is None else attempt,
+            msgspec.json.encode(payload).decode(),
+            key or "",
+            self.retention_s,
+            "" if at_ms is None else at_ms,
+        ]
+        for field, value in fields_for(event_type, payload).items():
+            args += [field, value]
+        reply = await self._append(keys=list(self.keys.job_keys(job_id)), args=args)
+        status = reply[0]
+        if status == "refused":
+            state = reply[1]
+            if state == ABSENT:
+                raise JobNotFound(job_id)
+            if event_type is EventType.SUBMITTED:
+                raise JobExists(job_id)
+            raise TransitionRefused(job_id, event_type, state)
+        return Appended(id=reply[1], state=reply[2], cancel_requested=reply[3] == "1", duplicate=status == "duplicate")
+
+    async def delete(self, job_id: str) -> bool:
+        """Remove every key of a job (one round trip); False if it had none."""
+        return bool(await self.redis.delete(*self.keys.job_keys(job_id)))
+
+    # --- reading ---
+
+    async def state(self, job_id: str) -> JobState:
+        """The job's current state (one HGETALL). Raises JobNotFound."""
+        fields = await self.redis.hgetall(self.keys.job(job_id))
+        if not fields.get("state"):
+            raise JobNotFound(job_id)
+        return JobState.from_hash(job_id, fields)
+
+    async def page(self, job_id: str, after: str = BEGINNING, limit: int = 100) -> list[Event]:
+        """Up to `limit` events after entry id `after`, oldest first (one XRANGE)."""
+        entries = await self.redis.xrange(self.keys.events(job_id), min=f"({after}", max="+", count=limit)
+        return decode_events(entries)
+
+    async def history_page(self, job_id: str, after: str = BEGINNING, limit: int = 100) -> list[Event]:
+        """Like `page`, but JobNotFound for a job that does not exist (one round trip)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(self.keys.job(job_id))
+            pipe.xrange(self.keys.events(job_id), min=f"({after}", max="+", count=limit)
+            exists, entries = await pipe.execute()
+        if not exists:
+            raise JobNotFound(job_id)
+        return decode_events(entries)
+
+    async def events(self, job_id: str, after: str = BEGINNING, page_size: int = 500) -> AsyncIterator[Event]:
+        """Every event after `after`, paging through the stream (one XRANGE per page)."""
+        while True:
+            batch = await self.page(job_id, after, page_size)
+            for event in batch:
+                yield event
+            if len(batch) < page_size:
+                return
+            after = batch[-1].id
+
+    async def max_deleted_id(self, job_id: str) -> str:
+        """The newest entry id trimmed from the job's stream, `0-0` if none (one XINFO)."""
+        info = await self.redis.xinfo_stream(self.keys.events(job_id))
+        return info.get("max-deleted-entry-id") or BEGINNING
+
+    # --- repair ---
+
+    async def rebuild(self, job_id: str, *, dry_run: bool = False) -> tuple[dict[str, str], dict[str, str]]:
+        """Recompute a job's hash from its stream; returns (hash before, hash after).
+
+        With dry_run the hash is only compared, not written. The rewrite keeps the
+        stream's TTL, so a repaired terminal job still expires with the rest of it.
+        """
+        job_key, events_key, _ = self.keys.job_keys(job_id)
+        before = await self.redis.hgetall(job_key)
+        rebuilt = fold([event async for event in self.events(job_id)])
+        if not rebuilt and not before:
+            raise JobNotFound(job_id)
+        if dry_run or rebuilt == before:
+            return before, rebuilt
+        ttl_ms = await self.redis.pttl(events_key)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(job_key)
+            if rebuilt:
+                pipe.hset(job_key, mapping=rebuilt)
+                if ttl_ms > 0:
+                    pipe.pexpire(job_key, ttl_ms)
+            await pipe.execute()
+        return before, rebuilt
+
+
+def decode_events(entries: Iterable[tuple[str, dict[str, str]]]) -> list[Event]:
+    return [Event.from_entry(entry_id, fields) for entry_id, fields in entries]

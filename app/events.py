@@ -1,0 +1,195 @@
+"""Event types, the job state machine as data, and the event wire types.
+
+The transition table below is the single definition of what may happen to a job: the
+Python fold reads it, the Lua append script gets it rendered into its header, and the
+tests quote it.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Annotated, Any, NamedTuple
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+class State(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class EventType(enum.StrEnum):
+    SUBMITTED = "submitted"
+    STARTED = "started"
+    PROGRESS = "progress"
+    PHASE = "phase"
+    LOG = "log"
+    CANCEL_REQUESTED = "cancel_requested"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# The "state" of a job that does not exist yet, as the table spells it.
+ABSENT = "absent"
+TERMINAL_STATES = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED})
+
+
+class Rule(NamedTuple):
+    allowed: frozenset[str]  # states in which the event may be appended
+    next_state: State | None  # None: the state does not change
+    stamp: str | None  # timestamp field the event sets to its `at`
+
+
+_LIVE = frozenset({State.PENDING, State.RUNNING})
+_RUNNING = frozenset({State.RUNNING})
+
+RULES: dict[EventType, Rule] = {
+    EventType.SUBMITTED: Rule(frozenset({ABSENT}), State.PENDING, "created_at"),
+    EventType.STARTED: Rule(frozenset({State.PENDING}), State.RUNNING, "started_at"),
+    EventType.PROGRESS: Rule(_RUNNING, None, None),
+    EventType.PHASE: Rule(_RUNNING, None, None),
+    EventType.LOG: Rule(_LIVE, None, None),
+    EventType.CANCEL_REQUESTED: Rule(_LIVE, None, None),
+    EventType.RETRYING: Rule(_RUNNING, State.PENDING, None),
+    EventType.SUCCEEDED: Rule(_RUNNING, State.SUCCEEDED, "finished_at"),
+    EventType.FAILED: Rule(_LIVE, State.FAILED, "finished_at"),
+    EventType.CANCELLED: Rule(_LIVE, State.CANCELLED, "finished_at"),
+}
+
+
+# --- event data, one Struct per type: what producers may put in `data` ---
+
+Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Text = Annotated[str, msgspec.Meta(max_length=2000)]
+
+
+class ErrorInfo(msgspec.Struct, frozen=True):
+    type: str
+    message: Text
+
+
+class SubmittedData(msgspec.Struct, frozen=True):
+    kind: str
+    params: dict[str, Any]
+    max_attempts: int
+
+
+class StartedData(msgspec.Struct, frozen=True):
+    worker: str
+    attempt: int
+
+
+class ProgressData(msgspec.Struct, frozen=True, omit_defaults=True):
+    progress: Fraction
+    current: int | None = None
+    total: int | None = None
+    message: Text | None = None
+    phase: str | None = None
+
+
+class PhaseData(msgspec.Struct, frozen=True, omit_defaults=True):
+    phase: str
+    message: Text | None = None
+
+
+class LogData(msgspec.Struct, frozen=True):
+    level: str
+    message: Text
+
+
+class ReasonData(msgspec.Struct, frozen=True, omit_defaults=True):
+    reason: Text | None = None
+
+
+class RetryingData(msgspec.Struct, frozen=True):
+    error: ErrorInfo
+    delay_s: float
+    next_attempt: int
+
+
+class SucceededData(msgspec.Struct, frozen=True, omit_defaults=True):
+    result: Any = None
+    artifact: dict[str, Any] | None = None
+
+
+class FailedData(msgspec.Struct, frozen=True):
+    error: ErrorInfo
+
+
+DATA_TYPES: dict[EventType, type[msgspec.Struct]] = {
+    EventType.SUBMITTED: SubmittedData,
+    EventType.STARTED: StartedData,
+    EventType.PROGRESS: ProgressData,
+    EventType.PHASE: PhaseData,
+    EventType.LOG: LogData,
+    EventType.CANCEL_REQUESTED: ReasonData,
+    EventType.RETRYING: RetryingData,
+    EventType.SUCCEEDED: SucceededData,
+    EventType.FAILED: FailedData,
+    EventType.CANCELLED: ReasonData,
+}
+
+
+def check_data(event_type: EventType, data: msgspec.Struct | dict[str, Any]) -> dict[str, Any]:
+    """`data` as a plain JSON object, validated against the type's Struct (ValidationError if not)."""
+    struct = DATA_TYPES[event_type]
+    if not isinstance(data, struct):
+        data = msgspec.convert(data, struct)
+    return msgspec.to_builtins(data)
+
+
+# --- stored and wire forms of an event ---
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """One event as the stream holds it; `id` is the stream entry id."""
+
+    id: str
+    type: EventType
+    at: int  # epoch milliseconds
+    attempt: int
+    data: dict[str, Any]
+    v: int = SCHEMA_VERSION
+    key: str | None = None
+
+    @classmethod
+    def from_entry(cls, entry_id: str, fields: dict[str, str]) -> Event:
+        """Decode one XRANGE/XREAD entry (ValueError/msgspec errors on a corrupt entry)."""
+        return cls(
+            id=entry_id,
+            type=EventType(fields["type"]),
+            at=int(fields["at"]),
+            attempt=int(fields["attempt"]),
+            data=msgspec.json.decode(fields["data"]),
+            v=int(fields.get("v", SCHEMA_VERSION)),
+            key=fields.get("key"),
+        )
+
+    def out(self) -> EventOut:
+        return EventOut(id=self.id, type=self.type, at=ms_to_datetime(self.at), attempt=self.attempt, data=self.data)
+
+    @property
+    def terminal(self) -> bool:
+        return RULES[self.type].next_state in TERMINAL_STATES
+
+
+class EventOut(msgspec.Struct, frozen=True):
+    """An event as history pages and SSE `data:` lines show it."""
+
+    id: str
+    type: str
+    at: datetime
+    attempt: int
+    data: dict[str, Any]
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)

@@ -1,0 +1,190 @@
+"""The live-tail hub: one blocking XREAD per API process, fanned out to subscribers.
+
+Each SSE client subscribes to one job's stream. The hub reads all subscribed streams
+with a single XREAD on its own connection, so Redis connections grow with API
+processes, not with clients. A subscriber whose bounded queue overflows is dropped: its
+client reconnects with Last-Event-ID and loses nothing.
+
+Subscribing writes to this hub's wake stream, which the blocking XREAD also watches, so
+a new stream is read at once and no event can slip between "subscribed" and "read".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import defaultdict
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.events import Event
+from app.eventlog import decode_events
+from app.keys import Keys
+from app.offsets import is_after
+
+log = logging.getLogger(__name__)
+
+
+class SubscriptionClosed(Exception):
+    """The hub ended this subscription: it overflowed, Redis failed, or the hub stopped."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Subscription:
+    """A bounded queue of one stream's new entries, filled by the hub."""
+
+    def __init__(self, stream: str, maxsize: int) -> None:
+        self.stream = stream
+        self._queue: asyncio.Queue[Event | SubscriptionClosed] = asyncio.Queue(maxsize)
+        self.closed: SubscriptionClosed | None = None
+
+    def offer(self, event: Event) -> bool:
+        """Queue an event; False (and the subscription closed) when the queue is full."""
+        try:
+            self._queue.put_nowait(event)
+            return True
+        except asyncio.QueueFull:
+            self.close("subscriber fell too far behind")
+            return False
+
+    def close(self, reason: str) -> None:
+        if self.closed is None:
+            self.closed = SubscriptionClosed(reason)
+            # Make room so the closing marker always reaches a waiting reader.
+            while self._queue.full():
+                self._queue.get_nowait()
+            self._queue.put_nowait(self.closed)
+
+    async def get(self, timeout: float) -> Event | None:
+        """The next entry, None after `timeout` seconds idle; SubscriptionClosed when closed."""
+        try:
+            item = await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+        if isinstance(item, SubscriptionClosed):
+            raise item
+        return item
+
+
+class Hub:
+    """Fans the tails of many job streams out to their subscribers."""
+
+    def __init__(self, reader: Redis, writer: Redis, keys: Keys, *, block_ms: int = 5000, queue_size: int = 1000) -> None:
+        # `reader` is the hub's own single connection, kept blocked in XREAD;
+        # `writer` is the process's shared pool, used to wake the reader.
+        self.reader = reader
+        self.writer = writer
+        self.block_ms = block_ms
+        self.queue_size = queue_size
+        self.wake_key = keys.hub_wake(uuid.uuid4().hex)
+        self._wake_cursor = "0-0"
+        self._cursors: dict[str, str] = {}
+        self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+        self._redis_ok = True
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="jobtrail-hub")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for subs in self._subscribers.values():
+            for sub in subs:
+                sub.close("server is shutting down")
+        self._subscribers.clear()
+        self._cursors.clear()
+        try:
+            await self.writer.delete(self.wake_key)
+        except RedisError:
+            pass
+        await self.reader.aclose()
+
+    async def subscribe(self, stream: str, after: str) -> Subscription:
+        """Deliver every entry of `stream` that the hub reads after `after` (one round trip to wake it).
+
+        Entries at or before `after`, or read before this call, are the caller's to
+        fetch with XRANGE; the caller drops anything it already has by id.
+        """
+        sub = Subscription(stream, self.queue_size)
+        known = stream in self._cursors
+        self._subscribers[stream].add(sub)
+        if not known:
+            self._cursors[stream] = after
+            try:
+                async with self.writer.pipeline(transaction=False) as pipe:
+                    pipe.xadd(self.wake_key, {"s": stream}, maxlen=16, approximate=True)
+                    pipe.expire(self.wake_key, 3600)
+                    await pipe.execute()
+            except BaseException:
+                self.unsubscribe(sub)
+                raise
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subscribers.get(sub.stream)
+        if subs is None:
+            return
+        subs.discard(sub)
+        if not subs:
+            del self._subscribers[sub.stream]
+            self._cursors.pop(sub.stream, None)
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._subscribers.values())
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._read_once()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except RedisError as exc:
+                # Subscribers end their streams with a retry hint; clients resume by id.
+                log.warning("hub lost Redis (%s); closing %d subscriptions", exc, self.subscriber_count)
+                for subs in list(self._subscribers.values()):
+                    for sub in list(subs):
+                        sub.close("event store unavailable")
+                        self.unsubscribe(sub)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                log.exception("hub read failed")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _read_once(self) -> None:
+        streams = {self.wake_key: self._wake_cursor, **self._cursors}
+        reply = await self.reader.xread(streams, block=self.block_ms, count=500)
+        for stream, entries in reply or ():
+            if not entries:
+                continue
+            if stream == self.wake_key:
+                self._wake_cursor = entries[-1][0]
+                continue
+            cursor = self._cursors.get(stream)
+            if cursor is None:  # unsubscribed while we were reading
+                continue
+            events = [e for e in decode_events(entries) if is_after(e.id, cursor)]
+            if not events:
+                continue
+            self._cursors[stream] = events[-1].id
+            for sub in list(self._subscribers.get(stream, ())):
+                for event in events:
+                    if not sub.offer(event):
+                        self.unsubscribe(sub)
+                        break

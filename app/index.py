@@ -1,0 +1,111 @@
+"""The job index: a sorted set of job ids by creation time, for listing.
+
+It is derived and best-effort: a job whose keys expired or were deleted leaves an
+entry behind, which listing drops when it meets it. The per-job hash stays the truth.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import msgspec
+from redis.asyncio import Redis
+
+from app.errors import InvalidRequest
+from app.jobstate import JobState
+from app.keys import Keys
+
+
+class Cursor(msgspec.Struct, frozen=True, array_like=True):
+    """Where a listing page stopped: the last job shown, by (created ms, id)."""
+
+    score: int
+    job_id: str
+
+    def encode(self) -> str:
+        return base64.urlsafe_b64encode(msgspec.json.encode(self)).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, raw: str) -> Cursor:
+        try:
+            return msgspec.json.decode(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)), type=cls)
+        except (binascii.Error, ValueError, msgspec.DecodeError):
+            raise InvalidRequest("malformed cursor: pass the `next` value of the previous page unchanged") from None
+
+
+class JobIndex:
+    """Newest-first listing of jobs, filtered by state and kind."""
+
+    # Ids read per round trip while filling a filtered page.
+    BATCH = 200
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    async def add(self, job_id: str, created_ms: int) -> None:
+        await self.redis.zadd(self.keys.index(), {job_id: created_ms})
+
+    async def remove(self, job_id: str) -> None:
+        await self.redis.zrem(self.keys.index(), job_id)
+
+    async def page(
+        self,
+        *,
+        limit: int,
+        cursor: Cursor | None = None,
+        state: str | None = None,
+        kind: str | None = None,
+        scan_limit: int = 5000,
+    ) -> tuple[list[JobState], Cursor | None]:
+        """One page, newest first, and the cursor of the next page (None at the end).
+
+        Filters are applied to the jobs' hashes, so a selective filter may scan many
+        index entries; at most `scan_limit` per call, after which a shorter page is
+        returned with a cursor to continue.
+        """
+        found: list[JobState] = []
+        scanned = 0
+        last = cursor
+        while len(found) < limit and scanned < scan_limit:
+            batch = await self._ids_after(last, self.BATCH)
+            if not batch:
+                return found, None
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id, _ in batch:
+                    pipe.hgetall(self.keys.job(job_id))
+                hashes = await pipe.execute()
+            stale = []
+            for (job_id, score), fields in zip(batch, hashes, strict=True):
+                scanned += 1
+                last = Cursor(score, job_id)
+                if not fields.get("state"):
+                    stale.append(job_id)
+                    continue
+                job = JobState.from_hash(job_id, fields)
+                if (state is None or job.state == state) and (kind is None or job.kind == kind):
+                    found.append(job)
+                    if len(found) == limit:
+                        break
+            if stale:
+                await self.redis.zrem(self.keys.index(), *stale)
+        return found, last
+
+    async def _ids_after(self, cursor: Cursor | None, count: int) -> list[tuple[str, int]]:
+        """Up to `count` (id, score) pairs older than the cursor, newest first (one or two round trips)."""
+        if cursor is None:
+            rows = await self.redis.zrevrangebyscore(self.keys.index(), "+inf", "-inf", start=0, num=count, withscores=True)
+            return [(job_id, int(score)) for job_id, score in rows]
+        # Ids sharing the cursor's score sort by id (descending in a reverse range),
+        # so skip those not below the cursor's id; fetch enough to get past them.
+        ties = await self.redis.zcount(self.keys.index(), cursor.score, cursor.score)
+        rows = await self.redis.zrevrangebyscore(
+            self.keys.index(), cursor.score, "-inf", start=0, num=count + ties, withscores=True
+        )
+        result = [
+            (job_id, int(score))
+            for job_id, score in rows
+            if int(score) < cursor.score or job_id < cursor.job_id
+        ]
+        return result[:count]

@@ -1,0 +1,51 @@
+"""`jobtrail repair`: rebuild state hashes from their streams (the streams are the truth)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from app.config import Settings
+from app.errors import JobNotFound
+from app.eventlog import EventLog
+from app.keys import Keys
+from app.reducer import IllegalHistory
+from app.store import Store
+
+
+async def _all_job_ids(events: EventLog) -> AsyncIterator[str]:
+    """Every job with an event stream under the prefix (SCAN, in batches)."""
+    async for key in events.redis.scan_iter(match=events.keys.events("*"), count=1000, _type="stream"):
+        yield events.keys.job_id_of(key)
+
+
+async def repair(settings: Settings, job_ids: list[str], *, check: bool = False) -> int:
+    """Repair (or with `check`, only compare) jobs; exit status 1 when any hash was wrong."""
+    if settings.embedded:
+        print("repair needs REDIS_URL: the embedded store lives only inside `jobtrail serve`")
+        return 2
+    redis = Store(settings, role="repair").pooled()
+    events = EventLog(redis, Keys(settings.prefix), settings.retention_s)
+    checked = mismatched = broken = 0
+    try:
+        ids = job_ids or [job_id async for job_id in _all_job_ids(events)]
+        for job_id in ids:
+            checked += 1
+            try:
+                before, after = await events.rebuild(job_id, dry_run=check)
+            except JobNotFound:
+                print(f"{job_id}: no such job")
+                broken += 1
+                continue
+            except IllegalHistory as exc:
+                print(f"{job_id}: stream is corrupt, not repaired: {exc}")
+                broken += 1
+                continue
+            if before != after:
+                mismatched += 1
+                fields = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+                verb = "differs" if check else "repaired"
+                print(f"{job_id}: {verb} ({', '.join(fields)})")
+    finally:
+        await redis.aclose()
+    print(f"{checked} checked, {mismatched} {'mismatched' if check else 'repaired'}, {broken} not repairable")
+    return 1 if (mismatched and check) or broken else 0

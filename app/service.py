@@ -1,0 +1,85 @@
+"""Submitting, cancelling and deleting jobs: the writes the API makes."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from app.config import Settings
+from app.errors import IdempotencyConflict, InvalidParams, JobExists, TransitionRefused
+from app.eventlog import EventLog
+from app.events import EventType, ReasonData, State, SubmittedData
+from app.index import JobIndex
+from app.jobstate import JobState
+from app.offsets import id_key
+from workers.registry import validate_params
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[str], Awaitable[None]]
+
+
+class JobService:
+    def __init__(self, events: EventLog, index: JobIndex, enqueue: Enqueue, settings: Settings) -> None:
+        self.events = events
+        self.index = index
+        self.enqueue = enqueue
+        self.settings = settings
+
+    def job_id_for(self, idempotency_key: str | None) -> str:
+        """A fresh id, or the id an Idempotency-Key always maps to (so a retry finds its job)."""
+        if idempotency_key is None:
+            return uuid.uuid4().hex
+        digest = hashlib.sha256(f"{self.events.keys.prefix}\0{idempotency_key}".encode())
+        return digest.hexdigest()[:32]
+
+    async def submit(
+        self, kind: str, params: dict[str, Any], max_attempts: int | None, idempotency_key: str | None = None
+    ) -> tuple[JobState, bool]:
+        """Create and enqueue a job; returns (state, created). A repeated key returns the first job."""
+        limit = self.settings.max_attempts_limit
+        attempts = self.settings.default_max_attempts if max_attempts is None else max_attempts
+        if not 1 <= attempts <= limit:
+            raise InvalidParams(f"max_attempts must be between 1 and {limit}, got {attempts}")
+        data = SubmittedData(kind=kind, params=validate_params(kind, params), max_attempts=attempts)
+        job_id = self.job_id_for(idempotency_key)
+        try:
+            appended = await self.events.append(job_id, EventType.SUBMITTED, data)
+        except JobExists:
+            existing = await self.events.state(job_id)
+            if (existing.kind, existing.params, existing.max_attempts) != (data.kind, data.params, data.max_attempts):
+                raise IdempotencyConflict(
+                    "this Idempotency-Key was already used for a different request; use a new key"
+                ) from None
+            if existing.state is State.PENDING and existing.attempt == 0:
+                # The first request may have died before enqueueing; a duplicate
+                # delivery is harmless (the runner refuses to start a job twice).
+                await self.enqueue(job_id)
+            return existing, False
+        await self.index.add(job_id, id_key(appended.id)[0])
+        await self.enqueue(job_id)
+        return await self.events.state(job_id), True
+
+    async def cancel(self, job_id: str, reason: str | None = None) -> JobState:
+        """Cancel a pending job now, or flag a running one for its handler to stop.
+
+        Raises JobNotFound, or TransitionRefused when the job already finished.
+        """
+        data = ReasonData(reason=reason)
+        job = await self.events.state(job_id)
+        if job.terminal:
+            raise TransitionRefused(job_id, EventType.CANCELLED, job.state)
+        if job.state is State.PENDING:
+            await self.events.append(job_id, EventType.CANCELLED, data, key="cancelled")
+        else:
+            await self.events.append(job_id, EventType.CANCEL_REQUESTED, data, key="cancel_requested")
+        return await self.events.state(job_id)
+
+    async def delete(self, job_id: str) -> bool:
+        """Remove a job and its index entry; False when it did not exist."""
+        existed = await self.events.delete(job_id)
+        await self.index.remove(job_id)
+        return existed

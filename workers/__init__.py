@@ -1,0 +1,1 @@
+"""Workers: the taskiq broker, the job runner, the context handed to handlers, the kinds."""

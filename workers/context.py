@@ -1,0 +1,89 @@
+"""The context a job handler reports through: progress, phase, log, cancellation."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from app.errors import JobNotFound, TransitionRefused
+from app.eventlog import Appended, EventLog
+from app.events import EventType, LogData, PhaseData, ProgressData
+
+
+class JobCancelled(Exception):
+    """Raised inside a handler when its job was cancelled (or deleted): stop working."""
+
+
+class PermanentFailure(Exception):
+    """Raise from a handler to fail the job at once, without the remaining attempts."""
+
+
+class JobContext:
+    """Handed to a handler for one attempt of one job.
+
+    Progress is coalesced to one event per `min_interval_s`; a phase change and
+    completion (1.0) are always written. Every write also reports whether the job
+    was asked to cancel, so a handler learns of it at its next progress call.
+    """
+
+    def __init__(self, events: EventLog, job_id: str, attempt: int, *, min_interval_s: float = 0.1) -> None:
+        self.events = events
+        self.job_id = job_id
+        self.attempt = attempt
+        self.min_interval_s = min_interval_s
+        self.cancel_requested = False
+        self._last_write = float("-inf")
+        self._phase: str | None = None
+
+    async def progress(
+        self,
+        fraction: float,
+        message: str | None = None,
+        phase: str | None = None,
+        *,
+        current: int | None = None,
+        total: int | None = None,
+    ) -> None:
+        """Report progress (0..1). Raises JobCancelled if the job was cancelled."""
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        phase_changed = phase is not None and phase != self._phase
+        now = time.monotonic()
+        if not (phase_changed or fraction >= 1.0 or now - self._last_write >= self.min_interval_s):
+            self._raise_if_cancelled()
+            return
+        if phase is not None:
+            self._phase = phase
+        data = ProgressData(progress=fraction, current=current, total=total, message=message, phase=phase)
+        await self._write(EventType.PROGRESS, data)
+        self._last_write = now
+
+    async def phase(self, name: str, message: str | None = None) -> None:
+        """Enter a named phase (always written)."""
+        self._phase = name
+        await self._write(EventType.PHASE, PhaseData(phase=name, message=message))
+
+    async def log(self, message: str, level: str = "info") -> None:
+        """Add a log line to the job's history."""
+        await self._write(EventType.LOG, LogData(level=level, message=message))
+
+    async def check_cancelled(self) -> None:
+        """Ask Redis now (one HGET) and raise JobCancelled if the job should stop."""
+        flag = await self.events.redis.hget(self.events.keys.job(self.job_id), "cancel_requested")
+        if flag is None:
+            raise JobCancelled(f"job {self.job_id} no longer exists")
+        self.cancel_requested = flag == "1"
+        self._raise_if_cancelled()
+
+    def _raise_if_cancelled(self) -> None:
+        if self.cancel_requested:
+            raise JobCancelled(f"job {self.job_id} was asked to cancel")
+
+    async def _write(self, event_type: EventType, data: Any) -> Appended:
+        try:
+            appended = await self.events.append(self.job_id, event_type, data, attempt=self.attempt)
+        except (TransitionRefused, JobNotFound) as exc:
+            # Cancelled (or deleted) through the API while we ran.
+            raise JobCancelled(str(exc)) from exc
+        self.cancel_requested = appended.cancel_requested
+        self._raise_if_cancelled()
+        return appended

@@ -1,0 +1,127 @@
+"""Runs one job: started, the kind's handler, then succeeded, retrying or failed.
+
+A taskiq message is acknowledged only when `run` returns, which is after the job's
+terminal event is written, so a killed worker's job is delivered again. Retries happen
+inside one delivery (the backoff is a sleep), so an acknowledged job is always finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Any
+
+import msgspec
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from app.config import Settings
+from app.errors import JobNotFound, TransitionRefused
+from app.eventlog import EventLog
+from app.events import EventType, ErrorInfo, FailedData, ReasonData, RetryingData, StartedData, State, SucceededData
+from app.jobstate import JobState
+from workers.context import JobCancelled, JobContext, PermanentFailure
+from workers.registry import get_kind, parse_params
+
+log = logging.getLogger(__name__)
+
+WORKER_LOST = ErrorInfo(type="WorkerLost", message="the worker running this attempt stopped before it finished")
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    return ErrorInfo(type=type(exc).__name__, message=str(exc)[:2000] or type(exc).__name__)
+
+
+class Runner:
+    def __init__(self, events: EventLog, settings: Settings, name: str | None = None) -> None:
+        self.events = events
+        self.settings = settings
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+
+    def backoff_s(self, attempt: int) -> float:
+        """Delay before the attempt after `attempt`: exponential, capped."""
+        return min(self.settings.retry_base_s * 2 ** (attempt - 1), self.settings.retry_max_s)
+
+    async def run(self, job_id: str) -> None:
+        """Run the job until it is terminal (or gone)."""
+        job = await self._load(job_id)
+        if job is not None and job.state is State.RUNNING:
+            # Delivered again while "running": the worker that ran it died.
+            job = await self._end_attempt(job, job.attempt, WORKER_LOST)
+        while job is not None and job.state is State.PENDING:
+            if job.cancel_requested:
+                await self._final(job_id, EventType.CANCELLED, ReasonData(reason="cancelled before start"), job.attempt)
+                return
+            job = await self._attempt(job)
+
+    async def _attempt(self, job: JobState) -> JobState | None:
+        """One attempt; the job's state afterwards when another attempt should follow."""
+        attempt = job.attempt + 1
+        started = await self.events.append(
+            job.id, EventType.STARTED, StartedData(worker=self.name, attempt=attempt), attempt=attempt,
+            key=f"started:{attempt}",
+        )
+        if started.duplicate:
+            log.info("job %s attempt %d was already started elsewhere; dropping this delivery", job.id, attempt)
+            return None
+        ctx = JobContext(self.events, job.id, attempt, min_interval_s=self.settings.progress_interval_s)
+        try:
+            spec = get_kind(job.kind)
+            result = await spec.handler(parse_params(job.kind, job.params), ctx)
+            outcome = SucceededData(result=msgspec.to_builtins(result))
+        except JobCancelled as exc:
+            await self._final(job.id, EventType.CANCELLED, ReasonData(reason=str(exc)), attempt)
+            return None
+        except PermanentFailure as exc:
+            log.warning("job %s failed permanently: %s", job.id, exc, exc_info=True)
+            await self._final(job.id, EventType.FAILED, FailedData(error=error_info(exc)), attempt)
+            return None
+        except Exception as exc:
+            log.warning("job %s attempt %d failed: %s", job.id, attempt, exc, exc_info=True)
+            return await self._end_attempt(job, attempt, error_info(exc))
+        await self._final(job.id, EventType.SUCCEEDED, outcome, attempt)
+        return None
+
+    async def _end_attempt(self, job: JobState, attempt: int, error: ErrorInfo) -> JobState | None:
+        """Retry after a backoff if attempts remain, else fail the job."""
+        if attempt >= job.max_attempts:
+            await self._final(job.id, EventType.FAILED, FailedData(error=error), attempt)
+            return None
+        delay = self.backoff_s(attempt)
+        retrying = RetryingData(error=error, delay_s=delay, next_attempt=attempt + 1)
+        try:
+            await self._durable_append(job.id, EventType.RETRYING, retrying, attempt, key=f"retrying:{attempt}")
+        except (TransitionRefused, JobNotFound):
+            return None  # cancelled or deleted meanwhile
+        await asyncio.sleep(delay)
+        return await self._load(job.id)
+
+    async def _final(self, job_id: str, event_type: EventType, data: Any, attempt: int) -> None:
+        try:
+            await self._durable_append(job_id, event_type, data, attempt, key=event_type.value)
+        except (TransitionRefused, JobNotFound) as exc:
+            log.info("job %s: %s not written: %s", job_id, event_type, exc)
+
+    async def _durable_append(self, job_id: str, event_type: EventType, data: Any, attempt: int, key: str) -> None:
+        """Append, retrying while Redis is unreachable; the key makes a retried append land once."""
+        delay = 0.2
+        for _ in range(12):
+            try:
+                await self.events.append(job_id, event_type, data, attempt=attempt, key=key)
+                return
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                log.warning("job %s: %s append failed (%s); retrying in %.1fs", job_id, event_type, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        # Give up without acknowledging: the broker delivers the job again later.
+        await self.events.append(job_id, event_type, data, attempt=attempt, key=key)
+
+    async def _load(self, job_id: str) -> JobState | None:
+        try:
+            job = await self.events.state(job_id)
+        except JobNotFound:
+            log.info("job %s no longer exists; nothing to run", job_id)
+            return None
+        return None if job.terminal else job
