@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Response, get
+from litestar.di import NamedDependency
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -16,7 +17,7 @@ async def healthz() -> Health:
 
 
 @get("/readyz", summary="Redis answers (503 otherwise)", tags=["health"])
-async def readyz(redis: Redis) -> Response[Health]:
+async def readyz(redis: NamedDependency[Redis]) -> Response[Health]:
     try:
         await redis.ping()
     except RedisError:

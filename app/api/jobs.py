@@ -6,7 +6,8 @@ from typing import Annotated
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, HeaderParameter, JSONBody, Parameter, QueryParameter
 from litestar.response import Stream
 
 from app.api.schemas import CancelRequest, ErrorBody, HistoryPage, JobPage, SubmitRequest
@@ -73,10 +74,10 @@ class JobsController(Controller):
     )
     async def submit(
         self,
-        data: SubmitRequest,
-        service: JobService,
+        data: JSONBody[SubmitRequest],
+        service: NamedDependency[JobService],
         idempotency_key: Annotated[
-            str | None, Parameter(header="Idempotency-Key", required=False, min_length=1, max_length=255)
+            str | None, HeaderParameter(name="Idempotency-Key", required=False, min_length=1, max_length=255)
         ] = None,
     ) -> Response[JobState]:
         job, created = await service.submit(data.kind, data.params, data.max_attempts, idempotency_key)
@@ -85,8 +86,8 @@ class JobsController(Controller):
     @get("/", summary="List jobs, newest first", responses=_errors(400, 503))
     async def list_jobs(
         self,
-        index: JobIndex,
-        state_filter: Annotated[State | None, Parameter(query="state", description="Only jobs in this state")] = None,
+        index: NamedDependency[JobIndex],
+        state_filter: Annotated[State | None, QueryParameter(name="state", description="Only jobs in this state")] = None,
         kind: Annotated[str | None, Parameter(max_length=100)] = None,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
         cursor: Annotated[str | None, Parameter(max_length=1000)] = None,
@@ -105,8 +106,8 @@ class JobsController(Controller):
     async def status(
         self,
         job_id: JobId,
-        events: EventLog,
-        if_none_match: Annotated[str | None, Parameter(header="If-None-Match", required=False)] = None,
+        events: NamedDependency[EventLog],
+        if_none_match: Annotated[str | None, HeaderParameter(name="If-None-Match", required=False)] = None,
     ) -> Response[JobState]:
         job = await events.state(_checked(job_id))
         etag = _etag(job)
@@ -118,8 +119,8 @@ class JobsController(Controller):
     async def history(
         self,
         job_id: JobId,
-        events: EventLog,
-        settings: Settings,
+        events: NamedDependency[EventLog],
+        settings: NamedDependency[Settings],
         after: Annotated[str | None, Parameter(description="Event id to start after (exclusive)")] = None,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     ) -> HistoryPage:
@@ -145,11 +146,11 @@ class JobsController(Controller):
         self,
         request: Request,
         job_id: JobId,
-        events: EventLog,
-        hub: Hub,
-        settings: Settings,
-        after: str | None = None,
-        last_event_id: str | None = None,
+        events: NamedDependency[EventLog],
+        hub: NamedDependency[Hub],
+        settings: NamedDependency[Settings],
+        after: FromQuery[str | None] = None,
+        last_event_id: FromQuery[str | None] = None,
     ) -> Stream:
         raw = request.headers.get("last-event-id") or after or last_event_id
         offset = parse_offset(raw) if raw else BEGINNING
@@ -171,10 +172,10 @@ class JobsController(Controller):
         "its next progress report. The body (a reason) is optional.",
         responses=_errors(400, 404, 409, 503),
     )
-    async def cancel(self, job_id: JobId, service: JobService, data: CancelRequest | None = None) -> JobState:
+    async def cancel(self, job_id: JobId, service: NamedDependency[JobService], data: JSONBody[CancelRequest | None] = None) -> JobState:
         return await service.cancel(_checked(job_id), data.reason if data else None)
 
     @delete("/{job_id:str}", status_code=204, summary="Delete a job and all its events", responses=_errors(404, 503))
-    async def remove(self, job_id: JobId, service: JobService) -> None:
+    async def remove(self, job_id: JobId, service: NamedDependency[JobService]) -> None:
         if not await service.delete(_checked(job_id)):
             raise JobNotFound(job_id)

@@ -1,0 +1,177 @@
+"""Fixtures: a real Redis, a fresh key prefix per test, the API on a real port, workers.
+
+Tests run against Redis at REDIS_URL (default redis://127.0.0.1:6379/0). When nothing
+answers there and redis-server is installed, the session starts a throwaway server;
+when no Redis can be had at all, the run fails. It never skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+import redis.asyncio as aioredis
+import uvicorn
+
+from app.api.app import create_app
+from app.config import Settings
+from app.eventlog import EventLog
+from app.keys import Keys
+from tests.redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+        yield url
+        return
+    except redis.RedisError as exc:
+        reason = f"no Redis answers at {url} ({exc})"
+    try:
+        server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    except RuntimeError as exc:
+        pytest.fail(f"{reason}, and no throwaway server could be started: {exc}", pytrace=False)
+    print(f"\n{reason}; using a throwaway redis-server at {server.url}", file=sys.stderr)
+    yield server.url
+    server.kill()
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are removed afterwards."""
+    value = f"test-{uuid.uuid4().hex[:12]}"
+    yield value
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for key in client.scan_iter(match=f"{value}:*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def settings(redis_url: str, prefix: str) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        prefix=prefix,
+        retry_base_s=0.05,
+        retry_max_s=0.2,
+        sse_ping_s=1.0,
+        hub_block_ms=1000,
+        progress_interval_s=0.0,
+    )
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def keys(prefix: str) -> Keys:
+    return Keys(prefix)
+
+
+@pytest.fixture
+def events(redis_client: aioredis.Redis, keys: Keys, settings: Settings) -> EventLog:
+    return EventLog(redis_client, keys, settings.retention_s)
+
+
+class RunningApi:
+    def __init__(self, server: uvicorn.Server, task: asyncio.Task[None], url: str) -> None:
+        self.server = server
+        self.task = task
+        self.url = url
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 15)
+
+
+@pytest.fixture
+async def start_api() -> AsyncIterator[Callable[[Settings], asyncio.Future[RunningApi]]]:
+    """Start the API on a free port in this event loop; stopped at teardown."""
+    started: list[RunningApi] = []
+
+    async def start(settings: Settings) -> RunningApi:
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=1
+        )
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        api = RunningApi(server, task, f"http://127.0.0.1:{port}")
+        started.append(api)
+        return api
+
+    yield start  # type: ignore[misc]
+    for api in started:
+        if not api.task.done():
+            await api.stop()
+
+
+@pytest.fixture
+async def api(start_api: Callable[[Settings], asyncio.Future[RunningApi]], settings: Settings) -> RunningApi:
+    return await start_api(settings)
+
+
+@pytest.fixture
+async def client(api: RunningApi) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+        yield http
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRAIL_")}
+    env.update(
+        REDIS_URL=settings.redis_url or "",
+        JOBTRAIL_PREFIX=settings.prefix,
+        JOBTRAIL_RETRY_BASE_S=str(settings.retry_base_s),
+        JOBTRAIL_RETRY_MAX_S=str(settings.retry_max_s),
+        JOBTRAIL_PROGRESS_INTERVAL_S=str(settings.progress_interval_s),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture
+def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    """Start `jobtrail worker` processes the way a user would; killed at teardown."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"worker-{len(processes)}.log", "wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=worker_env(settings), stdout=log, stderr=log
+        )
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
