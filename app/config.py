@@ -30,6 +30,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry_base_s: float = 1.0
     retry_max_s: float = 60.0
     worker_concurrency: int = 10
+    lease_ttl_s: float = 30.0
     broker_idle_ms: int = 600_000
 
     @property

@@ -95,7 +95,7 @@ class EventLog:
 
     async def delete(self, job_id: str) -> bool:
         """Remove every key of a job (one round trip); False if it had none."""
-        return bool(await self.redis.delete(*self.keys.job_keys(job_id)))
+        return bool(await self.redis.delete(*self.keys.all_job_keys(job_id)))
 
     # --- reading ---
 

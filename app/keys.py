@@ -32,9 +32,17 @@ class Keys:
         """Hash: producer idempotency key -> id of the event it produced."""
         return f"{self.prefix}:job:{{{job_id}}}:dedupe"
 
+    def lease(self, job_id: str) -> str:
+        """String: the worker currently running the job, expiring unless renewed."""
+        return f"{self.prefix}:job:{{{job_id}}}:lease"
+
     def job_keys(self, job_id: str) -> tuple[str, str, str]:
-        """All keys of one job, in the order the append script takes them."""
+        """The keys the append script takes, in its order (all get the retention TTL)."""
         return self.job(job_id), self.events(job_id), self.dedupe(job_id)
+
+    def all_job_keys(self, job_id: str) -> tuple[str, ...]:
+        """Every key one job may have."""
+        return (*self.job_keys(job_id), self.lease(job_id))
 
     def index(self) -> str:
         """Sorted set: job id scored by creation time (ms). Derived, repairable."""

@@ -7,11 +7,16 @@ from typing import Any
 
 from app.errors import JobNotFound, TransitionRefused
 from app.eventlog import Appended, EventLog
-from app.events import EventType, LogData, PhaseData, ProgressData
+from app.events import TERMINAL_STATES, EventType, LogData, PhaseData, ProgressData
+from workers.lease import Lease
 
 
 class JobCancelled(Exception):
     """Raised inside a handler when its job was cancelled (or deleted): stop working."""
+
+
+class AttemptLost(Exception):
+    """Raised inside a handler whose attempt another worker has taken over: stop, write nothing."""
 
 
 class PermanentFailure(Exception):
@@ -26,8 +31,11 @@ class JobContext:
     was asked to cancel, so a handler learns of it at its next progress call.
     """
 
-    def __init__(self, events: EventLog, job_id: str, attempt: int, *, min_interval_s: float = 0.1) -> None:
+    def __init__(
+        self, events: EventLog, job_id: str, attempt: int, *, min_interval_s: float = 0.1, lease: Lease | None = None
+    ) -> None:
         self.events = events
+        self.lease = lease
         self.job_id = job_id
         self.attempt = attempt
         self.min_interval_s = min_interval_s
@@ -75,15 +83,20 @@ class JobContext:
         self._raise_if_cancelled()
 
     def _raise_if_cancelled(self) -> None:
+        if self.lease is not None and self.lease.lost:
+            raise AttemptLost(f"job {self.job_id}: this worker's lease expired")
         if self.cancel_requested:
             raise JobCancelled(f"job {self.job_id} was asked to cancel")
 
     async def _write(self, event_type: EventType, data: Any) -> Appended:
         try:
             appended = await self.events.append(self.job_id, event_type, data, attempt=self.attempt)
-        except (TransitionRefused, JobNotFound) as exc:
-            # Cancelled (or deleted) through the API while we ran.
-            raise JobCancelled(str(exc)) from exc
+        except JobNotFound as exc:
+            raise JobCancelled(f"job {self.job_id} was deleted") from exc
+        except TransitionRefused as exc:
+            if exc.state in TERMINAL_STATES:  # cancelled through the API while we ran
+                raise JobCancelled(str(exc)) from exc
+            raise AttemptLost(str(exc)) from exc
         self.cancel_requested = appended.cancel_requested
         self._raise_if_cancelled()
         return appended

@@ -3,6 +3,7 @@
 A taskiq message is acknowledged only when `run` returns, which is after the job's
 terminal event is written, so a killed worker's job is delivered again. Retries happen
 inside one delivery (the backoff is a sleep), so an acknowledged job is always finished.
+A lease (workers/lease.py) keeps two deliveries of one job from running it at once.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from app.errors import JobNotFound, TransitionRefused
 from app.eventlog import EventLog
 from app.events import EventType, ErrorInfo, FailedData, ReasonData, RetryingData, StartedData, State, SucceededData
 from app.jobstate import JobState
-from workers.context import JobCancelled, JobContext, PermanentFailure
+from workers.context import AttemptLost, JobCancelled, JobContext, PermanentFailure
+from workers.lease import Lease
 from workers.registry import get_kind, parse_params
 
 log = logging.getLogger(__name__)
@@ -45,18 +47,24 @@ class Runner:
         return min(self.settings.retry_base_s * 2 ** (attempt - 1), self.settings.retry_max_s)
 
     async def run(self, job_id: str) -> None:
-        """Run the job until it is terminal (or gone)."""
-        job = await self._load(job_id)
-        if job is not None and job.state is State.RUNNING:
-            # Delivered again while "running": the worker that ran it died.
-            job = await self._end_attempt(job, job.attempt, WORKER_LOST)
-        while job is not None and job.state is State.PENDING:
-            if job.cancel_requested:
-                await self._final(job_id, EventType.CANCELLED, ReasonData(reason="cancelled before start"), job.attempt)
-                return
-            job = await self._attempt(job)
+        """Run the job until it is terminal (or gone); drop the delivery if another worker holds it."""
+        lease = Lease(self.events.redis, self.events.keys.lease(job_id), self.name, self.settings.lease_ttl_s)
+        if not await lease.acquire():
+            log.info("job %s is being run by another worker; dropping this delivery", job_id)
+            return
+        async with lease.kept_alive():
+            job = await self._load(job_id)
+            if job is not None and job.state is State.RUNNING:
+                # Running, yet nobody holds its lease: the worker that ran it died.
+                job = await self._end_attempt(job, job.attempt, WORKER_LOST)
+            while job is not None and job.state is State.PENDING and not lease.lost:
+                if job.cancel_requested:
+                    reason = ReasonData(reason="cancelled before start")
+                    await self._final(job_id, EventType.CANCELLED, reason, job.attempt)
+                    return
+                job = await self._attempt(job, lease)
 
-    async def _attempt(self, job: JobState) -> JobState | None:
+    async def _attempt(self, job: JobState, lease: Lease) -> JobState | None:
         """One attempt; the job's state afterwards when another attempt should follow."""
         attempt = job.attempt + 1
         started = await self.events.append(
@@ -66,13 +74,16 @@ class Runner:
         if started.duplicate:
             log.info("job %s attempt %d was already started elsewhere; dropping this delivery", job.id, attempt)
             return None
-        ctx = JobContext(self.events, job.id, attempt, min_interval_s=self.settings.progress_interval_s)
+        ctx = JobContext(self.events, job.id, attempt, min_interval_s=self.settings.progress_interval_s, lease=lease)
         try:
             spec = get_kind(job.kind)
             result = await spec.handler(parse_params(job.kind, job.params), ctx)
             outcome = SucceededData(result=msgspec.to_builtins(result))
         except JobCancelled as exc:
             await self._final(job.id, EventType.CANCELLED, ReasonData(reason=str(exc)), attempt)
+            return None
+        except AttemptLost as exc:
+            log.warning("job %s attempt %d abandoned: %s", job.id, attempt, exc)
             return None
         except PermanentFailure as exc:
             log.warning("job %s failed permanently: %s", job.id, exc, exc_info=True)

@@ -1,0 +1,148 @@
+"""The append script against real Redis: the transition table, idempotency, retention."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.errors import JobExists, JobNotFound, TransitionRefused
+from app.eventlog import EventLog
+from app.events import ABSENT, RULES, TERMINAL_STATES, EventType, State
+from app.reducer import fold
+
+SAMPLE_DATA = {
+    EventType.SUBMITTED: {"kind": "demo", "params": {"steps": 1}, "max_attempts": 3},
+    EventType.STARTED: {"worker": "w1", "attempt": 1},
+    EventType.PROGRESS: {"progress": 0.5, "message": "half", "phase": "render"},
+    EventType.PHASE: {"phase": "write", "message": "writing"},
+    EventType.LOG: {"level": "info", "message": "hello"},
+    EventType.CANCEL_REQUESTED: {"reason": "user"},
+    EventType.RETRYING: {"error": {"type": "E", "message": "boom"}, "delay_s": 1.0, "next_attempt": 2},
+    EventType.SUCCEEDED: {"result": {"rows": 3}},
+    EventType.FAILED: {"error": {"type": "E", "message": "boom"}},
+    EventType.CANCELLED: {"reason": "user"},
+}
+
+# The shortest event path that leaves a job in each state.
+PATH_TO = {
+    State.PENDING: [EventType.SUBMITTED],
+    State.RUNNING: [EventType.SUBMITTED, EventType.STARTED],
+    State.SUCCEEDED: [EventType.SUBMITTED, EventType.STARTED, EventType.SUCCEEDED],
+    State.FAILED: [EventType.SUBMITTED, EventType.FAILED],
+    State.CANCELLED: [EventType.SUBMITTED, EventType.CANCELLED],
+}
+
+
+async def put_job_in(events: EventLog, job_id: str, state: str) -> None:
+    for event_type in PATH_TO.get(state, []):
+        await events.append(job_id, event_type, SAMPLE_DATA[event_type])
+
+
+CASES = [
+    (state, event_type)
+    for state in [ABSENT, *State]
+    for event_type in EventType
+]
+
+
+@pytest.mark.parametrize(("state", "event_type"), CASES, ids=[f"{s}-{t}" for s, t in CASES])
+async def test_every_transition_is_allowed_or_refused_as_the_table_says(events, redis_client, keys, state, event_type):
+    await put_job_in(events, "job", state)
+    before = (await redis_client.hgetall(keys.job("job")), await redis_client.xlen(keys.events("job")))
+
+    if state in RULES[event_type].allowed:
+        appended = await events.append("job", event_type, SAMPLE_DATA[event_type])
+        expected = RULES[event_type].next_state or (State.PENDING if state == ABSENT else state)
+        assert appended.state == expected
+        assert (await events.state("job")).state == expected
+        assert await redis_client.xlen(keys.events("job")) == before[1] + 1
+        return
+
+    expected_error = {ABSENT: JobNotFound}.get(state, JobExists if event_type is EventType.SUBMITTED else TransitionRefused)
+    with pytest.raises(expected_error):
+        await events.append("job", event_type, SAMPLE_DATA[event_type])
+    after = (await redis_client.hgetall(keys.job("job")), await redis_client.xlen(keys.events("job")))
+    assert after == before, "a refused event must write nothing"
+
+
+async def test_nothing_may_follow_a_terminal_event(events):
+    for state in TERMINAL_STATES:
+        job_id = f"job-{state}"
+        await put_job_in(events, job_id, state)
+        for event_type in EventType:
+            with pytest.raises((TransitionRefused, JobExists)):
+                await events.append(job_id, event_type, SAMPLE_DATA[event_type])
+
+
+async def test_repeated_idempotency_key_is_dropped_and_returns_the_first_event(events, redis_client, keys):
+    await events.append("job", EventType.SUBMITTED, SAMPLE_DATA[EventType.SUBMITTED])
+    first = await events.append("job", EventType.STARTED, SAMPLE_DATA[EventType.STARTED], attempt=1, key="started:1")
+    again = await events.append("job", EventType.STARTED, SAMPLE_DATA[EventType.STARTED], attempt=1, key="started:1")
+    assert not first.duplicate
+    assert again.duplicate and again.id == first.id and again.state == State.RUNNING
+    assert await redis_client.xlen(keys.events("job")) == 2
+    assert (await events.state("job")).event_count == 2
+
+
+async def test_terminal_event_sets_retention_ttl_on_every_key_of_the_job(redis_client, keys, events):
+    short = EventLog(redis_client, keys, retention_s=120)
+    await short.append("job", EventType.SUBMITTED, SAMPLE_DATA[EventType.SUBMITTED])
+    await short.append("job", EventType.STARTED, SAMPLE_DATA[EventType.STARTED], key="started:1")
+    for key in keys.job_keys("job"):
+        assert await redis_client.ttl(key) == -1, f"{key} must not expire while the job is live"
+    await short.append("job", EventType.SUCCEEDED, SAMPLE_DATA[EventType.SUCCEEDED])
+    for key in keys.job_keys("job"):
+        assert 110 <= await redis_client.ttl(key) <= 120, key
+
+
+async def test_state_hash_records_progress_timestamps_and_result(events):
+    await events.append("job", EventType.SUBMITTED, SAMPLE_DATA[EventType.SUBMITTED], at_ms=1_700_000_000_000)
+    await events.append("job", EventType.STARTED, SAMPLE_DATA[EventType.STARTED], attempt=1, at_ms=1_700_000_001_000)
+    await events.append("job", EventType.PROGRESS, SAMPLE_DATA[EventType.PROGRESS])
+    mid = await events.state("job")
+    assert (mid.state, mid.progress, mid.phase, mid.message, mid.attempt) == (State.RUNNING, 0.5, "render", "half", 1)
+    assert mid.created_at.timestamp() == 1_700_000_000 and mid.started_at.timestamp() == 1_700_000_001
+    assert mid.finished_at is None
+    last = await events.append("job", EventType.SUCCEEDED, SAMPLE_DATA[EventType.SUCCEEDED])
+    done = await events.state("job")
+    assert (done.state, done.progress, done.result, done.event_count) == (State.SUCCEEDED, 1.0, {"rows": 3}, 4)
+    assert done.last_event_id == last.id and done.finished_at is not None
+    assert done.kind == "demo" and done.params == {"steps": 1} and done.max_attempts == 3
+
+
+async def test_events_without_an_attempt_inherit_the_jobs_current_attempt(events):
+    await events.append("job", EventType.SUBMITTED, SAMPLE_DATA[EventType.SUBMITTED])
+    await events.append("job", EventType.STARTED, {"worker": "w", "attempt": 2}, attempt=2)
+    await events.append("job", EventType.CANCEL_REQUESTED, {})
+    [*_, last] = [e async for e in events.events("job")]
+    assert last.attempt == 2 and (await events.state("job")).cancel_requested
+
+
+async def test_append_reports_cancel_requested_to_the_producer(events):
+    await put_job_in(events, "job", State.RUNNING)
+    assert not (await events.append("job", EventType.PROGRESS, {"progress": 0.1})).cancel_requested
+    await events.append("job", EventType.CANCEL_REQUESTED, {"reason": "stop"})
+    assert (await events.append("job", EventType.PROGRESS, {"progress": 0.2})).cancel_requested
+
+
+async def test_invalid_event_data_is_rejected_before_anything_is_written(events, redis_client, keys):
+    await put_job_in(events, "job", State.RUNNING)
+    with pytest.raises(Exception, match="progress"):
+        await events.append("job", EventType.PROGRESS, {"progress": 1.5})
+    assert await redis_client.xlen(keys.events("job")) == 2
+
+
+async def test_rebuild_restores_a_corrupted_hash_from_the_stream(events, redis_client, keys):
+    await put_job_in(events, "job", State.SUCCEEDED)
+    good = await redis_client.hgetall(keys.job("job"))
+    await redis_client.hset(keys.job("job"), mapping={"state": "running", "progress": "0.1"})
+    await redis_client.hdel(keys.job("job"), "result")
+    before, after = await events.rebuild("job", dry_run=True)
+    assert before != after and await redis_client.hget(keys.job("job"), "state") == "running"
+    await events.rebuild("job")
+    assert await redis_client.hgetall(keys.job("job")) == good == fold([e async for e in events.events("job")])
+    assert await redis_client.ttl(keys.job("job")) > 0, "a repaired terminal job keeps its retention"
+
+
+async def test_rebuild_of_an_unknown_job_raises_not_found(events):
+    with pytest.raises(JobNotFound):
+        await events.rebuild("nope")

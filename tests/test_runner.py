@@ -1,0 +1,172 @@
+"""The job runner and handler context, in-process against real Redis (no broker)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+
+from app.events import EventType, State, SubmittedData
+from workers.context import JobContext, PermanentFailure
+from workers.registry import _KINDS, Kind, validate_params
+from workers.runner import Runner
+
+
+async def submit(events, job_id, params, kind="demo", max_attempts=3):
+    data = SubmittedData(kind=kind, params=validate_params(kind, params), max_attempts=max_attempts)
+    await events.append(job_id, EventType.SUBMITTED, data)
+
+
+async def types_of(events, job_id):
+    return [(e.type.value, e.attempt) async for e in events.events(job_id)]
+
+
+@pytest.fixture
+def runner(events, settings):
+    return Runner(events, settings, name="test-worker")
+
+
+async def test_successful_run_emits_started_progress_and_succeeded(events, runner):
+    await submit(events, "j", {"steps": 3, "delay_ms": 0})
+    await runner.run("j")
+    assert await types_of(events, "j") == [
+        ("submitted", 0), ("started", 1), ("progress", 1), ("progress", 1), ("progress", 1), ("succeeded", 1)
+    ]
+    job = await events.state("j")
+    assert (job.state, job.progress, job.result, job.attempt) == (State.SUCCEEDED, 1.0, {"steps": 3}, 1)
+
+
+async def test_failing_job_retries_with_backoff_then_fails_when_attempts_run_out(events, runner):
+    await submit(events, "j", {"steps": 3, "delay_ms": 0, "fail_at_step": 2}, max_attempts=2)
+    await runner.run("j")
+    history = [e async for e in events.events("j")]
+    assert [(e.type.value, e.attempt) for e in history] == [
+        ("submitted", 0), ("started", 1), ("progress", 1), ("retrying", 1),
+        ("started", 2), ("progress", 2), ("failed", 2),
+    ]
+    retrying = history[3].data
+    assert retrying["error"]["type"] == "DemoFailure" and retrying["next_attempt"] == 2
+    assert retrying["delay_s"] == runner.backoff_s(1)
+    job = await events.state("j")
+    assert job.state is State.FAILED and job.error["type"] == "DemoFailure"
+
+
+async def test_backoff_doubles_and_is_capped(runner, settings):
+    assert runner.backoff_s(1) == settings.retry_base_s
+    assert runner.backoff_s(2) == 2 * settings.retry_base_s
+    assert runner.backoff_s(30) == settings.retry_max_s
+
+
+async def test_cancel_requested_while_running_stops_the_handler_at_its_next_progress(events, runner):
+    await submit(events, "j", {"steps": 1000, "delay_ms": 5})
+    task = asyncio.create_task(runner.run("j"))
+    while (await events.state("j")).progress < 0.01:
+        await asyncio.sleep(0.01)
+    await events.append("j", EventType.CANCEL_REQUESTED, {"reason": "enough"})
+    await asyncio.wait_for(task, 5)
+    job = await events.state("j")
+    assert job.state is State.CANCELLED and job.progress < 0.5
+
+
+async def test_pending_job_with_a_cancel_request_is_cancelled_without_starting(events, runner):
+    await submit(events, "j", {"steps": 1})
+    await events.append("j", EventType.CANCEL_REQUESTED, {})
+    await runner.run("j")
+    assert [t for t, _ in await types_of(events, "j")] == ["submitted", "cancel_requested", "cancelled"]
+
+
+async def test_job_found_running_on_delivery_is_retried_as_worker_lost(events, runner):
+    await submit(events, "j", {"steps": 2, "delay_ms": 0})
+    await events.append("j", EventType.STARTED, {"worker": "dead", "attempt": 1}, attempt=1, key="started:1")
+    await runner.run("j")
+    history = [e async for e in events.events("j")]
+    assert [e.type.value for e in history][:4] == ["submitted", "started", "retrying", "started"]
+    assert history[2].data["error"]["type"] == "WorkerLost"
+    assert (await events.state("j")).state is State.SUCCEEDED
+
+
+async def test_concurrent_deliveries_of_one_job_start_it_once(events, settings):
+    await submit(events, "j", {"steps": 5, "delay_ms": 10})
+    runners = [Runner(events, settings, name=f"w{i}") for i in range(3)]
+    await asyncio.gather(*(r.run("j") for r in runners))
+    assert [t for t, _ in await types_of(events, "j")].count("started") == 1
+    assert (await events.state("j")).state is State.SUCCEEDED
+
+
+async def test_terminal_or_deleted_job_is_not_run_again(events, runner):
+    await submit(events, "j", {"steps": 1, "delay_ms": 0})
+    await runner.run("j")
+    before = await types_of(events, "j")
+    await runner.run("j")
+    await runner.run("missing")
+    assert await types_of(events, "j") == before
+
+
+async def test_permanent_failure_skips_the_remaining_attempts(events, runner):
+    class NoParams(msgspec.Struct):
+        pass
+
+    async def refuse(params, ctx):
+        raise PermanentFailure("input is unusable")
+
+    _KINDS["test.permanent"] = Kind("test.permanent", NoParams, refuse)
+    try:
+        await submit(events, "j", {}, kind="test.permanent", max_attempts=5)
+        await runner.run("j")
+    finally:
+        del _KINDS["test.permanent"]
+    assert [t for t, _ in await types_of(events, "j")] == ["submitted", "started", "failed"]
+    assert (await events.state("j")).error == {"type": "PermanentFailure", "message": "input is unusable"}
+
+
+async def test_progress_is_coalesced_but_phase_changes_and_completion_are_kept(events):
+    await submit(events, "j", {"steps": 1})
+    await events.append("j", EventType.STARTED, {"worker": "w", "attempt": 1}, attempt=1)
+    ctx = JobContext(events, "j", 1, min_interval_s=60)
+    for i in range(100):
+        await ctx.progress(i / 200, phase="collect" if i < 50 else "render")
+    await ctx.progress(1.0)
+    written = [e.data async for e in events.events("j") if e.type is EventType.PROGRESS]
+    assert [(d["progress"], d.get("phase")) for d in written] == [(0.0, "collect"), (0.25, "render"), (1.0, None)]
+
+
+async def test_context_phase_and_log_are_recorded(events):
+    await submit(events, "j", {"steps": 1})
+    await events.append("j", EventType.STARTED, {"worker": "w", "attempt": 1}, attempt=1)
+    ctx = JobContext(events, "j", 1)
+    await ctx.phase("render", "drawing pages")
+    await ctx.log("page 1 done", level="debug")
+    history = [(e.type.value, e.data) async for e in events.events("j")][2:]
+    assert history == [
+        ("phase", {"phase": "render", "message": "drawing pages"}),
+        ("log", {"level": "debug", "message": "page 1 done"}),
+    ]
+    assert (await events.state("j")).phase == "render"
+
+
+async def test_delivery_of_a_job_whose_lease_is_held_is_dropped(events, runner, redis_client, keys):
+    await submit(events, "j", {"steps": 1, "delay_ms": 0})
+    await redis_client.set(keys.lease("j"), "other-worker", px=5000)
+    await runner.run("j")
+    assert [t for t, _ in await types_of(events, "j")] == ["submitted"]
+    assert await redis_client.get(keys.lease("j")) == "other-worker", "someone else's lease is left alone"
+
+
+async def test_handler_stops_without_writing_when_its_lease_is_taken_over(events, settings, redis_client, keys):
+    quick = msgspec.structs.replace(settings, lease_ttl_s=0.3)
+    await submit(events, "j", {"steps": 1000, "delay_ms": 5})
+    task = asyncio.create_task(Runner(events, quick, name="slow").run("j"))
+    while (await events.state("j")).progress < 0.01:
+        await asyncio.sleep(0.01)
+    await redis_client.set(keys.lease("j"), "new-holder", px=5000)
+    await asyncio.wait_for(task, 5)
+    job = await events.state("j")
+    assert job.state is State.RUNNING, "the abandoned attempt must not end the job for its new holder"
+    assert await redis_client.get(keys.lease("j")) == "new-holder"
+
+
+async def test_lease_is_released_when_the_job_ends(events, runner, redis_client, keys):
+    await submit(events, "j", {"steps": 1, "delay_ms": 0})
+    await runner.run("j")
+    assert await redis_client.exists(keys.lease("j")) == 0
