@@ -23,7 +23,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sse_retry_ms: int = 2000
     sse_queue_size: int = 1000
     hub_block_ms: int = 5000
-    history_max_limit: int = 1000
     default_max_attempts: int = 3
     max_attempts_limit: int = 20
     progress_interval_s: float = 0.1

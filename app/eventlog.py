@@ -16,7 +16,7 @@ from app.errors import JobExists, JobNotFound, TransitionRefused
 from app.events import ABSENT, RULES, TERMINAL_STATES, Event, EventType, check_data
 from app.jobstate import JobState
 from app.keys import Keys
-from app.offsets import BEGINNING
+from app.offsets import BEGINNING, previous_id
 from app.reducer import fields_for, fold
 
 
@@ -132,9 +132,22 @@ class EventLog:
             after = batch[-1].id
 
     async def max_deleted_id(self, job_id: str) -> str:
-        """The newest entry id trimmed from the job's stream, `0-0` if none (one XINFO)."""
+        """The newest entry id the job's stream may have lost, `0-0` if none (one XINFO).
+
+        XDEL records its deletions exactly in max-deleted-entry-id; XTRIM does not
+        (Redis 7.0), so when nothing is recorded a stream that no longer starts with
+        `submitted` counts as having lost everything before its first entry.
+        """
         info = await self.redis.xinfo_stream(self.keys.events(job_id))
-        return info.get("max-deleted-entry-id") or BEGINNING
+        deleted = info.get("max-deleted-entry-id") or BEGINNING
+        if deleted != BEGINNING:
+            return deleted
+        first = info.get("first-entry")
+        if not first:
+            return info.get("last-generated-id") or BEGINNING
+        if first[1].get("type") != EventType.SUBMITTED:
+            return previous_id(first[0])
+        return BEGINNING
 
     # --- repair ---
 

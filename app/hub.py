@@ -55,8 +55,10 @@ class Subscription:
     def close(self, reason: str) -> None:
         if self.closed is None:
             self.closed = SubscriptionClosed(reason)
-            # Make room so the closing marker always reaches a waiting reader.
-            while self._queue.full():
+            # Drop everything queued, so the marker always fits and the reader stops at
+            # the last event it really sent; dropping only the oldest would leave a hole
+            # that resuming by Last-Event-ID cannot see.
+            while not self._queue.empty():
                 self._queue.get_nowait()
             self._queue.put_nowait(self.closed)
 

@@ -34,3 +34,11 @@ def id_key(entry_id: str) -> tuple[int, int]:
 def is_after(entry_id: str, offset: str) -> bool:
     """True when `entry_id` comes strictly after `offset` in a stream."""
     return id_key(entry_id) > id_key(offset)
+
+
+def previous_id(entry_id: str) -> str:
+    """The greatest entry id strictly before `entry_id` (`0-0` stays `0-0`)."""
+    ms, seq = id_key(entry_id)
+    if seq:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-{_U64}" if ms else BEGINNING

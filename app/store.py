@@ -47,7 +47,9 @@ class Store:
             client_name=self.client_name,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
         )
-        return Redis(connection_pool=pool)
+        # from_pool: closing the client closes the pool; Redis(connection_pool=...) would
+        # leave its connections open after shutdown.
+        return Redis.from_pool(pool)
 
     def dedicated(self, block_ms: int) -> Redis:
         """A single-connection client for a blocking read of up to `block_ms`."""

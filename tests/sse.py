@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -61,3 +64,79 @@ async def collect(
                 if limit is not None and len(found) >= limit:
                     break
     return found
+
+
+class EventStream:
+    """One open SSE response, read a message at a time with a deadline on each read."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self._messages = messages(response)
+        self.received: list[Message] = []  # every block read so far, comments included
+
+    async def next(self, timeout: float = 5.0) -> Message | None:
+        """The next block (event, retry hint or comment); None once the server has closed."""
+        try:
+            async with asyncio.timeout(timeout):
+                message = await anext(self._messages)
+        except StopAsyncIteration:
+            return None
+        self.received.append(message)
+        return message
+
+    async def next_event(self, timeout: float = 5.0) -> Message | None:
+        """The next message that carries data (comments and hints skipped); None at the end."""
+        async with asyncio.timeout(timeout):
+            while (message := await self.next(timeout)) is not None:
+                if message.data:
+                    return message
+        return None
+
+    async def events(self, count: int, timeout: float = 5.0) -> list[Message]:
+        """Exactly `count` data messages; fails if the stream ends or stalls first."""
+        found = []
+        for _ in range(count):
+            message = await self.next_event(timeout)
+            assert message is not None, f"stream ended after {len(found)} of {count} events"
+            found.append(message)
+        return found
+
+    async def rest(self, timeout: float = 10.0) -> list[Message]:
+        """Every data message until the server closes the stream (within `timeout`)."""
+        found = []
+        async with asyncio.timeout(timeout):
+            while (message := await self.next_event(timeout)) is not None:
+                found.append(message)
+        return found
+
+
+@asynccontextmanager
+async def open_stream(
+    client: httpx.AsyncClient, path: str, *, headers: dict[str, str] | None = None
+) -> AsyncIterator[EventStream]:
+    """GET an SSE endpoint, check it answered 200 text/event-stream; closing disconnects."""
+    async with client.stream("GET", path, headers=headers) as response:
+        if response.status_code != 200:
+            await response.aread()
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("text/event-stream")
+        yield EventStream(response)
+
+
+def expected_event(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    """What an SSE `data:` line must hold for one raw stream entry, built without app code."""
+    return {
+        "id": entry_id,
+        "type": fields["type"],
+        "at": datetime.fromtimestamp(int(fields["at"]) / 1000, tz=UTC),
+        "attempt": int(fields["attempt"]),
+        "data": json.loads(fields["data"]),
+    }
+
+
+def as_expected(message: Message) -> dict[str, Any]:
+    """An SSE event message in the shape of `expected_event` (its `at` parsed back to UTC)."""
+    body = message.json
+    at = datetime.fromisoformat(body["at"])
+    assert at.utcoffset() == timedelta(0), f"`at` is not UTC: {body['at']}"
+    return {**body, "at": at}

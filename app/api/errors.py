@@ -37,6 +37,7 @@ UNAVAILABLE = (
     redis_errors.ConnectionError,  # includes BusyLoadingError: Redis is loading its data
     redis_errors.TimeoutError,
     redis_errors.ReadOnlyError,  # a failover left us on a replica
+    redis_errors.OutOfMemoryError,  # maxmemory reached under noeviction (ops/redis.conf)
     StoreUnavailable,
 )
 

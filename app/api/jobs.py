@@ -120,11 +120,9 @@ class JobsController(Controller):
         self,
         job_id: JobId,
         events: NamedDependency[EventLog],
-        settings: NamedDependency[Settings],
         after: Annotated[str | None, Parameter(description="Event id to start after (exclusive)")] = None,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     ) -> HistoryPage:
-        limit = min(limit, settings.history_max_limit)
         page = await events.history_page(_checked(job_id), parse_offset(after) if after else BEGINNING, limit)
         return HistoryPage(
             events=[event.out() for event in page],
@@ -136,9 +134,12 @@ class JobsController(Controller):
         summary="Server-sent events of a job: replay, then live, then close after the terminal event",
         description="Starts after `Last-Event-ID` (header), else `after` or `last_event_id` (query), else from "
         "the beginning. Each message has `id:` (the event id), `event:` (its type) and `data:` (the event as in "
-        "history). A `gap` event carrying the job's state comes first when events after the offset were trimmed.",
+        "history). A `gap` event carrying the job's state comes first when events after the offset were trimmed. "
+        "A finished job whose terminal event the client already has answers 204, which tells an EventSource to "
+        "stop reconnecting.",
         responses={
             200: ResponseSpec(data_container=str, media_type="text/event-stream", description="The event stream"),
+            204: ResponseSpec(data_container=None, description="The job is finished and the client has every event"),
             **_errors(400, 404, 503),
         },
     )
@@ -151,10 +152,12 @@ class JobsController(Controller):
         settings: NamedDependency[Settings],
         after: FromQuery[str | None] = None,
         last_event_id: FromQuery[str | None] = None,
-    ) -> Stream:
+    ) -> Stream | Response[None]:
         raw = request.headers.get("last-event-id") or after or last_event_id
         offset = parse_offset(raw) if raw else BEGINNING
         job = await events.state(_checked(job_id))
+        if job.terminal and not is_after(job.last_event_id, offset):
+            return Response(None, status_code=204)
         gap = is_after(await events.max_deleted_id(job_id), offset)
         return Stream(
             job_event_stream(
