@@ -13,6 +13,21 @@ class JobNotFound(JobtrailError):
         self.job_id = job_id
 
 
+class ArtifactNotFound(JobtrailError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} has no artifact")
+        self.job_id = job_id
+
+
+class JobNotFinished(JobtrailError):
+    """What was asked exists only once the job has finished (HTTP 409)."""
+
+    def __init__(self, job_id: str, state: str) -> None:
+        super().__init__(f"job {job_id!r} is {state}; its artifact is available once it has succeeded")
+        self.job_id = job_id
+        self.state = state
+
+
 class JobExists(JobtrailError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"job {job_id!r} already exists")

@@ -115,9 +115,18 @@ class RetryingData(msgspec.Struct, frozen=True):
     next_attempt: int
 
 
+class Artifact(msgspec.Struct, frozen=True):
+    """The file a job produced (see app/artifacts.py)."""
+
+    name: str
+    size_bytes: int
+    sha256: str
+    content_type: str
+
+
 class SucceededData(msgspec.Struct, frozen=True, omit_defaults=True):
     result: Any = None
-    artifact: dict[str, Any] | None = None
+    artifact: Artifact | None = None
 
 
 class FailedData(msgspec.Struct, frozen=True):

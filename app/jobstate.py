@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from app.events import TERMINAL_STATES, State, ms_to_datetime
+from app.events import TERMINAL_STATES, Artifact, State, ms_to_datetime
 
 
 class JobState(msgspec.Struct, frozen=True, kw_only=True):
@@ -29,6 +29,7 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True):
     result: Any
     error: dict[str, Any] | None
     params: dict[str, Any]
+    artifact: Artifact | None = None
 
     @property
     def terminal(self) -> bool:
@@ -65,4 +66,5 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True):
             result=json_field("result"),
             error=json_field("error"),
             params=json_field("params") or {},
+            artifact=msgspec.json.decode(fields["artifact"], type=Artifact) if fields.get("artifact") else None,
         )

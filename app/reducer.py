@@ -48,7 +48,10 @@ def fields_for(event_type: EventType, data: dict[str, Any]) -> dict[str, str]:
         case EventType.RETRYING | EventType.FAILED:
             return {"error": _json(data["error"]).decode()}
         case EventType.SUCCEEDED:
-            return {"progress": _num(1), "result": _json(data.get("result")).decode()}
+            fields = {"progress": _num(1), "result": _json(data.get("result")).decode()}
+            if data.get("artifact") is not None:
+                fields["artifact"] = _json(data["artifact"]).decode()
+            return fields
         case _:
             return {}
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from app.artifacts import ArtifactStore
 from app.config import Settings
 from app.errors import IdempotencyConflict, InvalidParams, JobExists, TransitionRefused
 from app.eventlog import EventLog
@@ -23,9 +25,12 @@ Enqueue = Callable[[str], Awaitable[None]]
 
 
 class JobService:
-    def __init__(self, events: EventLog, index: JobIndex, enqueue: Enqueue, settings: Settings) -> None:
+    def __init__(
+        self, events: EventLog, index: JobIndex, enqueue: Enqueue, settings: Settings, artifacts: ArtifactStore
+    ) -> None:
         self.events = events
         self.index = index
+        self.artifacts = artifacts
         self.enqueue = enqueue
         self.settings = settings
 
@@ -79,7 +84,8 @@ class JobService:
         return await self.events.state(job_id)
 
     async def delete(self, job_id: str) -> bool:
-        """Remove a job and its index entry; False when it did not exist."""
+        """Remove a job, its index entry and its artifacts; False when it did not exist."""
         existed = await self.events.delete(job_id)
         await self.index.remove(job_id)
+        await asyncio.to_thread(self.artifacts.delete, job_id)
         return existed

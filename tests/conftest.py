@@ -62,10 +62,11 @@ def prefix(redis_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(redis_url: str, prefix: str) -> Settings:
+def settings(redis_url: str, prefix: str, tmp_path: Path) -> Settings:
     return Settings(
         redis_url=redis_url,
         prefix=prefix,
+        artifact_dir=str(tmp_path / "artifacts"),
         retry_base_s=0.05,
         retry_max_s=0.2,
         sse_ping_s=1.0,
@@ -148,6 +149,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         JOBTRAIL_RETRY_BASE_S=str(settings.retry_base_s),
         JOBTRAIL_RETRY_MAX_S=str(settings.retry_max_s),
         JOBTRAIL_PROGRESS_INTERVAL_S=str(settings.progress_interval_s),
+        JOBTRAIL_ARTIFACT_DIR=settings.artifact_dir,
         PYTHONUNBUFFERED="1",
     )
     return env

@@ -39,7 +39,15 @@ DATA = {
     EventType.RETRYING: st.fixed_dictionaries(
         {"error": error, "delay_s": st.floats(0, 10), "next_attempt": st.integers(2, 5)}
     ),
-    EventType.SUCCEEDED: st.fixed_dictionaries({}, optional={"result": json_values}),
+    EventType.SUCCEEDED: st.fixed_dictionaries(
+        {},
+        optional={
+            "result": json_values,
+            "artifact": st.fixed_dictionaries(
+                {"name": text, "size_bytes": st.integers(0, 2**40), "sha256": text, "content_type": text}
+            ),
+        },
+    ),
     EventType.FAILED: st.fixed_dictionaries({"error": error}),
     EventType.CANCELLED: st.fixed_dictionaries({}, optional={"reason": text}),
 }

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
+from app.artifacts import ArtifactStore
 from app.errors import JobNotFound, TransitionRefused
 from app.eventlog import Appended, EventLog
-from app.events import TERMINAL_STATES, EventType, LogData, PhaseData, ProgressData
+from app.events import TERMINAL_STATES, Artifact, EventType, LogData, PhaseData, ProgressData
 from workers.lease import Lease
 
 
@@ -32,10 +35,19 @@ class JobContext:
     """
 
     def __init__(
-        self, events: EventLog, job_id: str, attempt: int, *, min_interval_s: float = 0.1, lease: Lease | None = None
+        self,
+        events: EventLog,
+        job_id: str,
+        attempt: int,
+        *,
+        min_interval_s: float = 0.1,
+        lease: Lease | None = None,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self.events = events
         self.lease = lease
+        self.artifacts = artifacts
+        self.produced: Artifact | None = None
         self.job_id = job_id
         self.attempt = attempt
         self.min_interval_s = min_interval_s
@@ -73,6 +85,18 @@ class JobContext:
     async def log(self, message: str, level: str = "info") -> None:
         """Add a log line to the job's history."""
         await self._write(EventType.LOG, LogData(level=level, message=message))
+
+    @contextlib.contextmanager
+    def artifact(self, name: str, content_type: str) -> Iterator[BinaryIO]:
+        """Write the job's artifact file; it appears under `name` only if the block completes.
+
+        The runner records it (name, size, SHA-256, type) in the `succeeded` event.
+        """
+        if self.artifacts is None:
+            raise RuntimeError("this context has no artifact store")
+        with self.artifacts.writer(self.job_id, name, content_type) as (file, out):
+            yield file  # type: ignore[misc]
+        self.produced = out[0]
 
     async def check_cancelled(self) -> None:
         """Ask Redis now (one HGET) and raise JobCancelled if the job should stop."""

@@ -18,6 +18,7 @@ import msgspec
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app.artifacts import ArtifactStore
 from app.config import Settings
 from app.errors import JobNotFound, TransitionRefused
 from app.eventlog import EventLog
@@ -40,6 +41,7 @@ class Runner:
     def __init__(self, events: EventLog, settings: Settings, name: str | None = None) -> None:
         self.events = events
         self.settings = settings
+        self.artifacts = ArtifactStore(settings.artifact_dir)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
 
     def backoff_s(self, attempt: int) -> float:
@@ -74,11 +76,14 @@ class Runner:
         if started.duplicate:
             log.info("job %s attempt %d was already started elsewhere; dropping this delivery", job.id, attempt)
             return None
-        ctx = JobContext(self.events, job.id, attempt, min_interval_s=self.settings.progress_interval_s, lease=lease)
+        ctx = JobContext(
+            self.events, job.id, attempt, min_interval_s=self.settings.progress_interval_s, lease=lease,
+            artifacts=self.artifacts,
+        )
         try:
             spec = get_kind(job.kind)
             result = await spec.handler(parse_params(job.kind, job.params), ctx)
-            outcome = SucceededData(result=msgspec.to_builtins(result))
+            outcome = SucceededData(result=msgspec.to_builtins(result), artifact=ctx.produced)
         except JobCancelled as exc:
             await self._final(job.id, EventType.CANCELLED, ReasonData(reason=str(exc)), attempt)
             return None

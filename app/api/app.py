@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from redis.exceptions import RedisError
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import healthz, readyz
 from app.api.jobs import JobsController
+from app.artifacts import ArtifactStore
 from app.config import Settings
 from app.eventlog import EventLog
 from app.hub import Hub
@@ -23,6 +25,7 @@ from app.index import JobIndex
 from app.keys import Keys
 from app.service import JobService
 from app.store import Store
+from app.sweeper import run_sweeper
 from workers.broker import build_broker, enqueue, register_runner
 from workers.runner import Runner
 
@@ -54,16 +57,21 @@ def create_app(settings: Settings) -> Litestar:
             await enqueue(broker, job_id)
 
         index = JobIndex(redis, keys)
+        artifacts = ArtifactStore(settings.artifact_dir)
+        sweeper = asyncio.create_task(run_sweeper(artifacts, redis, keys, settings.artifact_sweep_s))
         app.state.update(
             redis=redis,
             events=events,
             hub=hub,
             index=index,
-            service=JobService(events, index, enqueue_job, settings),
+            artifacts=artifacts,
+            service=JobService(events, index, enqueue_job, settings, artifacts),
         )
         try:
             yield
         finally:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
             await hub.stop()
             await broker.shutdown()
             await redis.aclose()
@@ -79,7 +87,7 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         dependencies={
             "settings": Provide(lambda: settings, sync_to_thread=False, use_cache=True),
-            **{name: from_state(name) for name in ("redis", "events", "hub", "index", "service")},
+            **{name: from_state(name) for name in ("redis", "events", "hub", "index", "service", "artifacts")},
         },
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,

@@ -10,10 +10,12 @@ from redis import exceptions as redis_errors
 
 from app.api.schemas import ErrorBody
 from app.errors import (
+    ArtifactNotFound,
     IdempotencyConflict,
     InvalidParams,
     InvalidRequest,
     JobExists,
+    JobNotFinished,
     JobNotFound,
     StoreUnavailable,
     TransitionRefused,
@@ -25,8 +27,10 @@ RETRY_AFTER_S = 2
 
 _STATUS: dict[type[Exception], tuple[int, str]] = {
     JobNotFound: (404, "job_not_found"),
+    ArtifactNotFound: (404, "artifact_not_found"),
     TransitionRefused: (409, "transition_refused"),
     JobExists: (409, "job_exists"),
+    JobNotFinished: (409, "job_not_finished"),
     IdempotencyConflict: (409, "idempotency_conflict"),
     InvalidRequest: (400, "invalid_request"),
     InvalidParams: (422, "invalid_params"),

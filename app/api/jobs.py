@@ -8,11 +8,12 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, HeaderParameter, JSONBody, Parameter, QueryParameter
-from litestar.response import Stream
+from litestar.response import File, Stream
 
 from app.api.schemas import CancelRequest, ErrorBody, HistoryPage, JobPage, SubmitRequest
 from app.config import Settings
-from app.errors import JobNotFound
+from app.artifacts import ArtifactStore
+from app.errors import ArtifactNotFound, JobNotFinished, JobNotFound
 from app.eventlog import EventLog
 from app.events import State
 from app.hub import Hub
@@ -165,6 +166,32 @@ class JobsController(Controller):
             ),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @get(
+        "/{job_id:str}/artifact",
+        summary="Download the file a succeeded job produced",
+        description="Streams the artifact with its content type and a `Content-Disposition` naming it. "
+        "404 when the job has no artifact, 409 while the job is still pending or running.",
+        responses={
+            200: ResponseSpec(data_container=bytes, media_type="application/octet-stream", description="The file"),
+            **_errors(404, 409, 503),
+        },
+    )
+    async def artifact(
+        self, job_id: JobId, events: NamedDependency[EventLog], artifacts: NamedDependency[ArtifactStore]
+    ) -> File:
+        job = await events.state(_checked(job_id))
+        if not job.terminal:
+            raise JobNotFinished(job.id, job.state)
+        path = artifacts.path(job.id, job.artifact) if job.artifact else None
+        if path is None or not path.is_file():
+            raise ArtifactNotFound(job.id)
+        return File(
+            path=path,
+            filename=job.artifact.name,
+            media_type=job.artifact.content_type,
+            headers={"ETag": f'"{job.artifact.sha256}"'},
         )
 
     @post(

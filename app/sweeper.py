@@ -1,0 +1,39 @@
+"""Removes the artifacts of jobs whose keys expired by retention or were deleted."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.artifacts import ArtifactStore
+from app.keys import Keys
+
+log = logging.getLogger(__name__)
+
+
+async def sweep_once(store: ArtifactStore, redis: Redis, keys: Keys, *, grace_s: float = 60.0) -> list[str]:
+    """One pass: the ids whose artifact folders were removed (one pipelined round trip)."""
+    ids = await asyncio.to_thread(store.job_ids)
+    if not ids:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.exists(keys.job(job_id))
+        exists = await pipe.execute()
+    live = {job_id for job_id, found in zip(ids, exists, strict=True) if found}
+    return await asyncio.to_thread(store.sweep, live, grace_s=grace_s)
+
+
+async def run_sweeper(store: ArtifactStore, redis: Redis, keys: Keys, every_s: float) -> None:
+    """Sweep every `every_s` seconds until cancelled; Redis errors wait for the next pass."""
+    while True:
+        try:
+            await sweep_once(store, redis, keys)
+        except RedisError as exc:
+            log.warning("artifact sweep skipped: %s", exc)
+        except OSError:
+            log.exception("artifact sweep failed")
+        await asyncio.sleep(every_s)
