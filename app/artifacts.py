@@ -69,6 +69,10 @@ class ArtifactStore:
             raise ValueError(f"bad artifact name {name!r}")
         directory = self.job_dir(job_id)
         directory.mkdir(parents=True, exist_ok=True)
+        # A worker killed mid-write leaves its temporary behind; the job's lease makes
+        # this the only writer now, so any earlier one is garbage.
+        for stale in directory.glob(f".{name}.*.part"):
+            stale.unlink(missing_ok=True)
         temp = directory / f".{name}.{uuid.uuid4().hex}.part"
         out: list[Artifact] = []
         try:

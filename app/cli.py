@@ -1,4 +1,4 @@
-"""The `jobtrail` command: serve, worker, repair."""
+"""The `jobtrail` command: serve, worker, repair, migrate."""
 
 from __future__ import annotations
 
@@ -49,6 +49,12 @@ def _repair(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(repair(settings, args.job_ids, check=args.check))
 
 
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from migrations.command import main as migrate
+
+    return asyncio.run(migrate(settings, status=args.status, dry_run=args.dry_run))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jobtrail", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     repair.add_argument("job_ids", nargs="*", metavar="ID", help="jobs to repair (default: every job)")
     repair.add_argument("--check", action="store_true", help="only report mismatches; exit 1 if any")
     repair.set_defaults(run=_repair)
+    migrate = commands.add_parser("migrate", help="apply pending data migrations (e.g. import legacy job keys)")
+    migrate.add_argument("--status", action="store_true", help="list the migrations and whether each is applied")
+    migrate.add_argument("--dry-run", action="store_true", help="report what would be done; write nothing")
+    migrate.set_defaults(run=_migrate)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -33,6 +33,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     artifact_dir: str = "artifacts"
     artifact_sweep_s: float = 300.0
     broker_idle_ms: int = 600_000
+    activity_maxlen: int = 100_000
+    legacy_prefix: str = ""
 
     @property
     def embedded(self) -> bool:

@@ -1,10 +1,12 @@
 """The event log: append events to a job's stream and read its state and history.
 
-Every method documents its Redis round trips; appends are one EVALSHA each.
+Every method documents its Redis round trips; appends are one EVALSHA each, plus one
+XADD to the activity feed (app/activity.py) for a state transition.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterable
 from importlib import resources
 from typing import Any
@@ -12,12 +14,15 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
+from app.activity import ActivityFeed
 from app.errors import JobExists, JobNotFound, TransitionRefused
 from app.events import ABSENT, RULES, TERMINAL_STATES, Event, EventType, check_data
 from app.jobstate import JobState
 from app.keys import Keys
 from app.offsets import BEGINNING, previous_id
 from app.reducer import fields_for, fold
+
+log = logging.getLogger(__name__)
 
 
 def _lua_string(value: str) -> str:
@@ -52,10 +57,11 @@ class Appended(msgspec.Struct, frozen=True):
 class EventLog:
     """Appends and reads the events and state of jobs under one key prefix."""
 
-    def __init__(self, redis: Redis, keys: Keys, retention_s: int) -> None:
+    def __init__(self, redis: Redis, keys: Keys, retention_s: int, *, activity_maxlen: int = 100_000) -> None:
         self.redis = redis
         self.keys = keys
         self.retention_s = retention_s
+        self.activity = ActivityFeed(redis, keys, activity_maxlen)
         self._append = redis.register_script(render_append_script())
 
     # --- writing ---
@@ -69,15 +75,22 @@ class EventLog:
         attempt: int | None = None,
         key: str | None = None,
         at_ms: int | None = None,
+        retention_s: int | None = None,
     ) -> Appended:
-        """Append one event (one round trip). Raises JobNotFound, JobExists or TransitionRefused."""
+        """Append one event (one round trip). Raises JobNotFound, JobExists or TransitionRefused.
+
+        `at_ms` keeps an original timestamp; `retention_s` replaces the configured retention
+        (the TTL a terminal event gives the job's keys), e.g. to keep an imported job's TTL.
+        A state transition (or a cancel request) takes a second round trip afterwards, to
+        the activity feed; a failure there is logged and never fails the append.
+        """
         payload = check_data(event_type, data if data is not None else {})
         args: list[str | int] = [
             event_type.value,
             "" if attempt is None else attempt,
             msgspec.json.encode(payload).decode(),
             key or "",
-            self.retention_s,
+            self.retention_s if retention_s is None else retention_s,
             "" if at_ms is None else at_ms,
         ]
         for field, value in fields_for(event_type, payload).items():
@@ -91,7 +104,20 @@ class EventLog:
             if event_type is EventType.SUBMITTED:
                 raise JobExists(job_id)
             raise TransitionRefused(job_id, event_type, state)
-        return Appended(id=reply[1], state=reply[2], cancel_requested=reply[3] == "1", duplicate=status == "duplicate")
+        duplicate = status == "duplicate"
+        if not duplicate and self.activity.records(event_type):
+            await self._record_activity(job_id, event_type, reply)
+        return Appended(id=reply[1], state=reply[2], cancel_requested=reply[3] == "1", duplicate=duplicate)
+
+    async def _record_activity(self, job_id: str, event_type: EventType, reply: list[str]) -> None:
+        _, event_id, state, _, at, attempt, kind = reply
+        try:
+            await self.activity.record(
+                job_id=job_id, kind=kind, event_type=event_type, state=state, at=int(at), event_id=event_id,
+                attempt=int(attempt),
+            )
+        except Exception:  # derived and best-effort: the job's own stream already holds the event
+            log.warning("could not record %s of job %s in the activity feed", event_type.value, job_id, exc_info=True)
 
     async def delete(self, job_id: str) -> bool:
         """Remove every key of a job (one round trip); False if it had none."""

@@ -1,6 +1,6 @@
 """The live-tail hub: one blocking XREAD per API process, fanned out to subscribers.
 
-Each SSE client subscribes to one job's stream. The hub reads all subscribed streams
+Each SSE client subscribes to one stream: a job's, or the activity feed. The hub reads all subscribed streams
 with a single XREAD on its own connection, so Redis connections grow with API
 processes, not with clients. A subscriber whose bounded queue overflows is dropped: its
 client reconnects with Last-Event-ID and loses nothing.
@@ -15,6 +15,8 @@ import asyncio
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -25,6 +27,9 @@ from app.keys import Keys
 from app.offsets import is_after
 
 log = logging.getLogger(__name__)
+
+# Turns a stream's raw entries into the items subscribers get (each with an `.id`).
+Decoder = Callable[[Iterable[tuple[str, dict[str, str]]]], list[Any]]
 
 
 class SubscriptionClosed(Exception):
@@ -86,9 +91,11 @@ class Hub:
         self.wake_key = keys.hub_wake(uuid.uuid4().hex)
         self._wake_cursor = "0-0"
         self._cursors: dict[str, str] = {}
+        self._decoders: dict[str, Decoder] = {}
         self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self._redis_ok = True
+        self._stopping = False
 
     @property
     def running(self) -> bool:
@@ -98,6 +105,9 @@ class Hub:
         self._task = asyncio.create_task(self._run(), name="jobtrail-hub")
 
     async def stop(self) -> None:
+        # The flag too, not only cancel(): redis-py can lose a cancellation that lands
+        # while it reconnects, and the loop would then read on forever.
+        self._stopping = True
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -107,23 +117,26 @@ class Hub:
                 sub.close("server is shutting down")
         self._subscribers.clear()
         self._cursors.clear()
+        self._decoders.clear()
         try:
             await self.writer.delete(self.wake_key)
         except RedisError:
             pass
         await self.reader.aclose()
 
-    async def subscribe(self, stream: str, after: str) -> Subscription:
+    async def subscribe(self, stream: str, after: str, decode: Decoder = decode_events) -> Subscription:
         """Deliver every entry of `stream` that the hub reads after `after` (one round trip to wake it).
 
         Entries at or before `after`, or read before this call, are the caller's to
-        fetch with XRANGE; the caller drops anything it already has by id.
+        fetch with XRANGE; the caller drops anything it already has by id. `decode`
+        turns entries into items (job events by default); one stream has one decoder.
         """
         sub = Subscription(stream, self.queue_size)
         known = stream in self._cursors
         self._subscribers[stream].add(sub)
         if not known:
             self._cursors[stream] = after
+            self._decoders[stream] = decode
             try:
                 async with self.writer.pipeline(transaction=False) as pipe:
                     pipe.xadd(self.wake_key, {"s": stream}, maxlen=16, approximate=True)
@@ -142,6 +155,7 @@ class Hub:
         if not subs:
             del self._subscribers[sub.stream]
             self._cursors.pop(sub.stream, None)
+            self._decoders.pop(sub.stream, None)
 
     @property
     def subscriber_count(self) -> int:
@@ -149,7 +163,7 @@ class Hub:
 
     async def _run(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._stopping:
             try:
                 await self._read_once()
                 backoff = 0.1
@@ -181,7 +195,8 @@ class Hub:
             cursor = self._cursors.get(stream)
             if cursor is None:  # unsubscribed while we were reading
                 continue
-            events = [e for e in decode_events(entries) if is_after(e.id, cursor)]
+            decode = self._decoders.get(stream, decode_events)
+            events = decode(entry for entry in entries if is_after(entry[0], cursor))
             if not events:
                 continue
             self._cursors[stream] = events[-1].id

@@ -7,9 +7,10 @@ script can touch all of them atomically on a cluster too.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 # Letters, digits and `_ . -`: safe inside a hash tag and in a URL path segment.
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
 
 class Keys:
@@ -48,9 +49,21 @@ class Keys:
         """Sorted set: job id scored by creation time (ms). Derived, repairable."""
         return f"{self.prefix}:jobs"
 
+    def activity(self) -> str:
+        """Stream: every job's state transitions, capped. Derived, best-effort."""
+        return f"{self.prefix}:activity"
+
     def queue(self) -> str:
         """Stream: the taskiq broker's message queue."""
         return f"{self.prefix}:queue"
+
+    def migrations(self) -> str:
+        """Hash: migration version -> JSON record of when it was applied and what it did."""
+        return f"{self.prefix}:migrations"
+
+    def migrations_lock(self) -> str:
+        """String: held by the one `jobtrail migrate` allowed to run at a time."""
+        return f"{self.prefix}:migrations:lock"
 
     def hub_wake(self, hub_id: str) -> str:
         """Stream: written to wake one API process's hub when it gains a stream."""
@@ -60,3 +73,33 @@ class Keys:
         """The job id inside a per-job key (inverse of `job`, `events`, `dedupe`)."""
         start = job_key.index("{") + 1
         return job_key[start : job_key.index("}", start)]
+
+
+class LegacyKeys:
+    """Key names of the systems jobtrail replaces; migrations/ reads them, never writes them.
+
+    They live outside jobtrail's prefix, under an optional prefix of their own (empty in
+    production, a per-test one in tests).
+    """
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def export_job(self, job_id: str) -> str:
+        """String: a JSON export job (`status` processing/completed/failed), kept with a TTL."""
+        return f"{self.prefix}export_job:{job_id}"
+
+    def job(self, job_id: str) -> str:
+        """String: a JSON generic job (`status` queued/running/done/error)."""
+        return f"{self.prefix}job:{job_id}"
+
+    def pattern(self, key_of: Callable[[str], str]) -> str:
+        """SCAN MATCH pattern for every key of one family, e.g. `pattern(legacy.export_job)`."""
+        escaped = re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix)
+        return escaped + key_of("*")[len(self.prefix) :]
+
+    def id_in(self, key: str, key_of: Callable[[str], str]) -> str:
+        """The legacy id inside `key`, a key of the family `key_of` builds."""
+        return key[len(key_of("")) :]

@@ -1,4 +1,4 @@
-"""Server-sent events for one job: replay from an offset, then the live tail.
+"""Server-sent events for one job (and for the activity feed): replay from an offset, then the live tail.
 
 The order of operations is what makes resumption exact:
 1. read the job's state (its last event id L) — done by the caller, for the 404;
@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 import msgspec
 from redis.exceptions import RedisError
 
+from app.activity import ActivityFeed, FeedPosition, Transition, decode_transitions
 from app.eventlog import EventLog
 from app.events import Event
 from app.hub import Hub, SubscriptionClosed
@@ -86,6 +87,76 @@ async def job_event_stream(
         yield sse_comment(f"{closed.reason}; reconnect to resume")
     except RedisError as exc:
         log.warning("SSE stream of job %s ended: %s", job.id, exc)
+        yield sse_comment("event store unavailable; reconnect to resume")
+    finally:
+        hub.unsubscribe(sub)
+
+
+# --- the activity feed: every job's transitions, never closing by itself ---
+
+_FEED_PAGE = 500
+
+
+def sse_transition(transition: Transition) -> bytes:
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (
+        transition.id.encode(), transition.type.encode(), _encode(transition)
+    )
+
+
+async def activity_event_stream(
+    feed: ActivityFeed,
+    hub: Hub,
+    position: FeedPosition,
+    offset: str,
+    *,
+    gap: bool,
+    retry_ms: int,
+    ping_s: float,
+    kind: str | None = None,
+    state: str | None = None,
+) -> AsyncIterator[bytes]:
+    """The SSE byte stream of the activity feed from `offset`, optionally filtered; open until the client leaves.
+
+    Same order as `job_event_stream`: subscribe from the feed's newest id (read by the
+    caller), replay with XRANGE, then the live tail, dropping ids already sent.
+    """
+
+    def wanted(t: Transition) -> bool:
+        return (kind is None or t.kind == kind) and (state is None or t.state == state)
+
+    yield b"retry: %d\n\n" % retry_ms
+    if gap:
+        # No `id:` line, as for a job's gap: Last-Event-ID stays at the last real entry.
+        yield b"event: gap\ndata: %s\n\n" % _encode({"first_available": position.first_id})
+    last = offset
+    try:
+        sub = await hub.subscribe(feed.key, after=position.last_id, decode=decode_transitions)
+    except RedisError:
+        yield sse_comment("event store unavailable; reconnect to resume")
+        return
+    try:
+        while True:
+            page = await feed.page(last, _FEED_PAGE)
+            for transition in page:
+                if wanted(transition):
+                    yield sse_transition(transition)
+                last = transition.id
+            if len(page) < _FEED_PAGE:
+                break
+        while True:
+            transition = await sub.get(timeout=ping_s)
+            if transition is None:
+                yield sse_comment("ping")
+                continue
+            if not is_after(transition.id, last):
+                continue
+            if wanted(transition):
+                yield sse_transition(transition)
+            last = transition.id
+    except SubscriptionClosed as closed:
+        yield sse_comment(f"{closed.reason}; reconnect to resume")
+    except RedisError as exc:
+        log.warning("SSE activity stream ended: %s", exc)
         yield sse_comment("event store unavailable; reconnect to resume")
     finally:
         hub.unsubscribe(sub)

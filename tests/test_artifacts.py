@@ -66,6 +66,20 @@ def test_complete_write_is_renamed_into_place_and_described(tmp_path):
     assert (tmp_path / "job" / "out.txt").read_bytes() == b"hello"
 
 
+def test_temporary_left_by_a_killed_writer_is_removed_by_the_next_attempt(tmp_path):
+    store = ArtifactStore(tmp_path)
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / ".out.txt.0123abcd.part").write_bytes(b"half a file from a SIGKILLed worker")
+    with store.writer("job", "out.txt", "text/plain") as (file, _):
+        file.write(b"whole")
+    assert sorted(p.name for p in (tmp_path / "job").iterdir()) == ["out.txt"]
+
+
+def test_job_ids_with_a_trailing_newline_are_refused(tmp_path):
+    with pytest.raises(ValueError):
+        ArtifactStore(tmp_path).job_dir("job\n")
+
+
 @pytest.mark.parametrize("name", ["", "../x", "a/b", ".hidden"])
 def test_artifact_names_cannot_escape_the_job_folder(tmp_path, name):
     with pytest.raises(ValueError), ArtifactStore(tmp_path).writer("job", name, "text/plain"):

@@ -6,7 +6,15 @@ taskiq's InMemoryBroker runs the task in the API process itself.
 
 from __future__ import annotations
 
-from taskiq import AsyncBroker, InMemoryBroker
+import asyncio
+import logging
+from collections.abc import AsyncGenerator
+
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+from taskiq import AckableMessage, AsyncBroker, InMemoryBroker
+from taskiq.exceptions import SendTaskError
 from taskiq.kicker import AsyncKicker
 from taskiq_redis import RedisStreamBroker
 
@@ -14,13 +22,41 @@ from app.config import Settings
 from app.keys import Keys
 from workers.runner import Runner
 
+log = logging.getLogger(__name__)
+
 RUN_JOB = "jobtrail.run_job"
+XREAD_BLOCK_MS = 2000
+
+
+class JobBroker(RedisStreamBroker):
+    """RedisStreamBroker that waits out a Redis outage instead of spinning through it.
+
+    taskiq restarts a failed listener at once, so while Redis is away a worker would
+    retry (and log a traceback) hundreds of times a second. And when Redis comes back
+    without its data, the consumer group is gone: declare it again, from "0".
+    """
+
+    async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+        delay = 0.1
+        while True:
+            try:
+                async for message in super().listen():
+                    delay = 0.1
+                    yield message
+            except RedisError as exc:
+                log.warning("broker cannot read the queue (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                try:
+                    await self._declare_consumer_group()  # a no-op while the group exists
+                except RedisError:
+                    pass
 
 
 def build_broker(settings: Settings, keys: Keys) -> AsyncBroker:
     if settings.embedded:
         return InMemoryBroker(max_async_tasks=settings.worker_concurrency)
-    return RedisStreamBroker(
+    return JobBroker(
         settings.redis_url,
         queue_name=keys.queue(),
         consumer_group_name=f"{keys.prefix}-workers",
@@ -28,6 +64,12 @@ def build_broker(settings: Settings, keys: Keys) -> AsyncBroker:
         consumer_id="0",
         idle_timeout=settings.broker_idle_ms,
         max_connection_pool_size=settings.worker_concurrency + 4,
+        xread_block=XREAD_BLOCK_MS,
+        # Like app/store.py: give up within the timeout (beyond a blocking read), and
+        # reconnect once, so a connection a Redis restart dropped is not an error.
+        socket_connect_timeout=settings.redis_timeout_s,
+        socket_timeout=XREAD_BLOCK_MS / 1000 + settings.redis_timeout_s,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
     )
 
 
@@ -41,5 +83,11 @@ def register_runner(broker: AsyncBroker, runner: Runner) -> None:
 
 
 async def enqueue(broker: AsyncBroker, job_id: str) -> None:
-    """Queue one run of a job (one XADD on the Redis broker)."""
-    await AsyncKicker(RUN_JOB, broker, labels={}).kiq(job_id)
+    """Queue one run of a job (one XADD on the Redis broker); a Redis failure raises as itself."""
+    try:
+        await AsyncKicker(RUN_JOB, broker, labels={}).kiq(job_id)
+    except SendTaskError as exc:
+        # taskiq wraps every broker error; unwrapped, Redis being away answers 503, not 500.
+        if isinstance(exc.__cause__, RedisError):
+            raise exc.__cause__ from None
+        raise

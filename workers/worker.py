@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+from redis.exceptions import RedisError
 from taskiq.api import run_receiver_task
 
 from app.config import Settings
@@ -24,10 +25,15 @@ async def run_worker(settings: Settings) -> None:
         raise SystemExit("jobtrail worker needs REDIS_URL: the embedded mode runs its worker inside `jobtrail serve`")
     keys = Keys(settings.prefix)
     redis = Store(settings, role="worker").pooled()
-    runner = Runner(EventLog(redis, keys, settings.retention_s), settings)
+    runner = Runner(EventLog(redis, keys, settings.retention_s, activity_maxlen=settings.activity_maxlen), settings)
     broker = build_broker(settings, keys)
     register_runner(broker, runner)
-    await redis.ping()  # fail at start, loudly, when Redis is not there
+    try:
+        await redis.ping()  # fail at start, loudly, when Redis is not there
+    except RedisError as exc:
+        await redis.aclose()
+        # The error names host and port; the URL itself may hold a password.
+        raise SystemExit(f"jobtrail worker: cannot reach Redis ({exc}); check REDIS_URL and that Redis runs") from None
     await broker.startup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -14,6 +14,8 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from redis.exceptions import RedisError
 
+from app.api.activity import activity_events
+from app.api.audit import audit_report
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import healthz, readyz
 from app.api.jobs import JobsController
@@ -40,7 +42,7 @@ def create_app(settings: Settings) -> Litestar:
         store = Store(settings, role="api")
         redis = store.pooled()
         keys = Keys(settings.prefix)
-        events = EventLog(redis, keys, settings.retention_s)
+        events = EventLog(redis, keys, settings.retention_s, activity_maxlen=settings.activity_maxlen)
         broker = build_broker(settings, keys)
         if settings.embedded:
             register_runner(broker, Runner(events, settings, name="embedded"))
@@ -83,7 +85,7 @@ def create_app(settings: Settings) -> Litestar:
         return Provide(provide, sync_to_thread=False)
 
     return Litestar(
-        route_handlers=[JobsController, healthz, readyz],
+        route_handlers=[JobsController, audit_report, activity_events, healthz, readyz],
         lifespan=[lifespan],
         dependencies={
             "settings": Provide(lambda: settings, sync_to_thread=False, use_cache=True),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
+import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, HeaderParameter, JSONBody, Parameter, QueryParameter
 from litestar.response import File, Stream
@@ -23,6 +27,10 @@ from app.keys import JOB_ID_RE
 from app.offsets import BEGINNING, is_after, parse_offset
 from app.service import JobService
 from app.sse import job_event_stream
+
+NDJSON = "application/x-ndjson"
+_NDJSON_PAGE = 500  # events per chunk of an NDJSON history
+_encode = msgspec.json.Encoder().encode
 
 
 def _errors(*codes: int) -> dict[int, ResponseSpec]:
@@ -56,6 +64,30 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
         return False
     candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
     return "*" in candidates or etag in candidates
+
+
+@dataclass
+class _HistoryOperation(Operation):
+    """Documents the NDJSON form of a job's history next to the JSON page."""
+
+    def __post_init__(self) -> None:
+        ok = (self.responses or {}).get("200")
+        if ok is not None and not isinstance(ok, Reference):
+            ok.content = {**(ok.content or {}), NDJSON: OpenAPIMediaType(
+                schema=Reference(ref="#/components/schemas/EventOut"),
+            )}
+
+
+async def _ndjson_history(events: EventLog, job_id: str, after: str) -> AsyncIterator[bytes]:
+    # One chunk per page of the stream: memory stays bounded however long the job is.
+    lines: list[bytes] = []
+    async for event in events.events(job_id, after=after, page_size=_NDJSON_PAGE):
+        lines.append(_encode(event.out()) + b"\n")
+        if len(lines) == _NDJSON_PAGE:
+            yield b"".join(lines)
+            lines.clear()
+    if lines:
+        yield b"".join(lines)
 
 
 class JobsController(Controller):
@@ -116,19 +148,38 @@ class JobsController(Controller):
             return Response(None, status_code=304, headers={"ETag": etag})  # type: ignore[arg-type]
         return Response(job, headers={"ETag": etag})
 
-    @get("/{job_id:str}/history", summary="A page of a job's events, oldest first", responses=_errors(400, 404, 503))
+    @get(
+        "/{job_id:str}/history",
+        summary="A page of a job's events, oldest first; or all of them as NDJSON",
+        description="With `Accept: application/json` (the default), one page of up to `limit` events and the "
+        "cursor of the next. With `Accept: application/x-ndjson`, every event after `after` (`limit` is ignored), "
+        "streamed one JSON object per line, oldest first, in the same shape as the page's events.",
+        responses={
+            200: ResponseSpec(data_container=HistoryPage, description="A page of events, or (NDJSON) all of them"),
+            **_errors(400, 404, 503),
+        },
+        operation_class=_HistoryOperation,
+    )
     async def history(
         self,
+        request: Request,
         job_id: JobId,
         events: NamedDependency[EventLog],
         after: Annotated[str | None, Parameter(description="Event id to start after (exclusive)")] = None,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-    ) -> HistoryPage:
-        page = await events.history_page(_checked(job_id), parse_offset(after) if after else BEGINNING, limit)
-        return HistoryPage(
+    ) -> Response[HistoryPage] | Stream:
+        # Annotated with Response types: a data annotation would pin the handler's media type
+        # to JSON, which litestar then gives the NDJSON stream too.
+        job_id = _checked(job_id)
+        offset = parse_offset(after) if after else BEGINNING
+        if request.accept.best_match(["application/json", NDJSON], default="application/json") == NDJSON:
+            await events.state(job_id)  # 404 before the stream starts
+            return Stream(_ndjson_history(events, job_id, offset), media_type=NDJSON)
+        page = await events.history_page(job_id, offset, limit)
+        return Response(HistoryPage(
             events=[event.out() for event in page],
             next=page[-1].id if len(page) == limit else None,
-        )
+        ))
 
     @get(
         "/{job_id:str}/events",

@@ -1,0 +1,109 @@
+"""The activity feed: a capped, cross-job stream of every job's state transitions.
+
+It is derived and best-effort (DESIGN.md, Keys): `EventLog.append` adds an entry after
+a transition is committed to the job's own stream, in a second round trip, because the
+feed's key is in another Redis Cluster slot than the job's keys. If that write fails the
+append still stands; the job's stream stays the truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from app.events import RULES, EventType, ms_to_datetime
+from app.keys import Keys
+from app.offsets import BEGINNING, previous_id
+
+# What the feed records: every event that changes a job's state, and cancel requests.
+ACTIVITY_TYPES = frozenset(t for t, rule in RULES.items() if rule.next_state is not None) | {
+    EventType.CANCEL_REQUESTED
+}
+
+
+class Transition(msgspec.Struct, frozen=True, kw_only=True):
+    """One feed entry, as `GET /events` sends it; `id` is the feed's entry id."""
+
+    id: str
+    job_id: str
+    kind: str | None
+    type: str
+    state: str
+    at: datetime
+    event_id: str  # the event's id in the job's own stream
+    attempt: int
+
+    @classmethod
+    def from_entry(cls, entry_id: str, fields: dict[str, str]) -> Transition:
+        return cls(
+            id=entry_id,
+            job_id=fields["job_id"],
+            kind=fields.get("kind") or None,
+            type=fields["type"],
+            state=fields["state"],
+            at=ms_to_datetime(int(fields["at"])),
+            event_id=fields["event_id"],
+            attempt=int(fields.get("attempt") or 0),
+        )
+
+
+def decode_transitions(entries: Iterable[tuple[str, dict[str, str]]]) -> list[Transition]:
+    return [Transition.from_entry(entry_id, fields) for entry_id, fields in entries]
+
+
+class FeedPosition(msgspec.Struct, frozen=True):
+    """Where the feed stands: its newest id, its oldest kept id, the newest id it lost."""
+
+    last_id: str
+    first_id: str | None
+    lost_up_to: str  # `0-0` when nothing was trimmed
+
+
+class ActivityFeed:
+    """Writes and reads the capped activity stream under one key prefix."""
+
+    def __init__(self, redis: Redis, keys: Keys, maxlen: int) -> None:
+        # maxlen 0 turns the feed off (nothing is written).
+        self.redis = redis
+        self.key = keys.activity()
+        self.maxlen = maxlen
+
+    def records(self, event_type: EventType) -> bool:
+        return self.maxlen > 0 and event_type in ACTIVITY_TYPES
+
+    async def record(
+        self, *, job_id: str, kind: str, event_type: EventType, state: str, at: int, event_id: str, attempt: int
+    ) -> str:
+        """Add one transition (one XADD, trimmed to about `maxlen` entries); its feed id."""
+        fields = {"job_id": job_id, "type": event_type.value, "state": state, "at": at, "event_id": event_id,
+                  "attempt": attempt}
+        if kind:
+            fields["kind"] = kind
+        # `~` lets Redis trim whole stream nodes (about 100 entries), which is cheap.
+        return await self.redis.xadd(self.key, fields, maxlen=self.maxlen, approximate=True)
+
+    async def page(self, after: str = BEGINNING, limit: int = 500) -> list[Transition]:
+        """Up to `limit` entries after `after`, oldest first (one XRANGE)."""
+        return decode_transitions(await self.redis.xrange(self.key, min=f"({after}", max="+", count=limit))
+
+    async def position(self) -> FeedPosition:
+        """Newest id, oldest kept id and the newest id the cap trimmed (one XINFO).
+
+        Redis 7.0 does not record trimming in max-deleted-entry-id, so when entries
+        were added that the stream no longer holds, everything before its first entry
+        counts as lost (a client just before it may see a gap it did not need).
+        """
+        try:
+            info = await self.redis.xinfo_stream(self.key)
+        except ResponseError:  # no such key: nothing was ever recorded
+            return FeedPosition(last_id=BEGINNING, first_id=None, lost_up_to=BEGINNING)
+        last = info.get("last-generated-id") or BEGINNING
+        first = info["first-entry"][0] if info.get("first-entry") else None
+        lost = info.get("max-deleted-entry-id") or BEGINNING
+        if lost == BEGINNING and int(info.get("entries-added") or 0) > int(info.get("length") or 0):
+            lost = previous_id(first) if first else last
+        return FeedPosition(last_id=last, first_id=first, lost_up_to=lost)

@@ -1,0 +1,178 @@
+"""The audit report of one job as a PDF (reportlab platypus), from an `Audit` (app/audit.py).
+
+Rendering is CPU work with no I/O: the API reads the events first, then calls
+`render_audit_pdf` in a thread.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+from typing import Any
+from xml.sax.saxutils import escape
+
+import msgspec
+from reportlab.lib import colors
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+from reportlab.lib.units import mm
+from reportlab.platypus import LongTable, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+from reportlab.platypus.flowables import Flowable
+
+from app.audit import Audit, Omitted, Span, duration, summary
+
+_STYLES = getSampleStyleSheet()
+_BODY = _STYLES["BodyText"]
+_CELL = ParagraphStyle("cell", parent=_BODY, fontSize=7.5, leading=9)
+_MONO = ParagraphStyle("mono", parent=_CELL, fontName="Courier")
+_NOTE = ParagraphStyle("note", parent=_CELL, textColor=colors.HexColor("#555555"), fontName="Helvetica-Oblique")
+_GRID = [
+    ("FONT", (0, 0), (-1, -1), "Helvetica", 7.5),
+    ("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 7.5),
+    ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e8e8e8")),
+    ("GRID", (0, 0), (-1, -1), 0.25, colors.HexColor("#bbbbbb")),
+    ("VALIGN", (0, 0), (-1, -1), "TOP"),
+]
+_WIDTH = A4[0] - 30 * mm
+
+
+def _time(ms: int | None) -> str:
+    if ms is None:
+        return "—"
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _between(start: int | None, end: int | None) -> str:
+    return duration(end - start) if start is not None and end is not None else "—"
+
+
+def _para(text: str, style: ParagraphStyle = _CELL) -> Paragraph:
+    return Paragraph(escape(text), style)
+
+
+def _json(value: Any, limit: int = 4000) -> str:
+    text = msgspec.json.format(msgspec.json.encode(value), indent=1).decode()
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
+def _table(rows: list[list[Any]], widths: list[float], *, long: bool = False) -> Table:
+    table = (LongTable if long else Table)(rows, colWidths=widths, repeatRows=1, hAlign="LEFT")
+    table.setStyle(TableStyle(_GRID))
+    return table
+
+
+def _identity(a: Audit) -> list[Flowable]:
+    job = a.job
+    end = a.finished_at if a.finished_at is not None else a.now_ms
+    suffix = "" if a.finished_at is not None else " (so far)"
+    counts = ", ".join(f"{t} {n:,}" for t, n in a.counts.items())
+    rows = [
+        ["Job id", job.id],
+        ["Kind", job.kind],
+        ["Outcome", _outcome_line(a)],
+        ["Attempts", f"{len(a.attempts)} of at most {job.max_attempts}"],
+        ["Submitted", _time(a.first_at)],
+        ["First started", _time(a.first_started_at)],
+        ["Finished", _time(a.finished_at)],
+        ["Queued", _between(a.first_at, a.first_started_at)],
+        ["Running" + suffix, _between(a.first_started_at, end) if a.first_started_at else "—"],
+        ["Total" + suffix, _between(a.first_at, end)],
+        ["Events", _para(f"{a.event_count:,} ({counts})")],
+        ["Last event id", job.last_event_id],
+        ["Report made", _time(a.now_ms)],
+    ]
+    table = Table(rows, colWidths=[35 * mm, _WIDTH - 35 * mm], hAlign="LEFT")
+    table.setStyle(TableStyle([*_GRID[2:], ("FONT", (0, 0), (-1, -1), "Helvetica", 8),
+                               ("FONT", (0, 0), (0, -1), "Helvetica-Bold", 8),
+                               ("BACKGROUND", (0, 0), (0, -1), colors.HexColor("#e8e8e8")),
+                               ("BACKGROUND", (1, 0), (1, -1), colors.white)]))
+    return [table, Spacer(1, 3 * mm), Paragraph("Params", _STYLES["Heading3"]), _para(_json(job.params), _MONO)]
+
+
+def _outcome_line(a: Audit) -> str:
+    if a.outcome is None:
+        return f"not finished: {a.job.state.value}, progress {a.job.progress * 100:.0f}%"
+    return f"{a.outcome.type.value} at {_time(a.outcome.at)}"
+
+
+def _outcome(a: Audit) -> list[Flowable]:
+    flow: list[Flowable] = [Paragraph("Outcome", _STYLES["Heading2"]), _para(_outcome_line(a), _BODY)]
+    if a.outcome is not None:
+        flow.append(_para(summary(a.outcome), _BODY))
+        data = a.outcome.data
+        if data.get("result") is not None:
+            flow += [Paragraph("Result", _STYLES["Heading3"]), _para(_json(data["result"]), _MONO)]
+    return flow
+
+
+def _attempts(a: Audit) -> list[Flowable]:
+    flow: list[Flowable] = [Paragraph("Attempts", _STYLES["Heading2"])]
+    if not a.attempts:
+        return [*flow, _para("The job never started.", _BODY)]
+    rows: list[list[Any]] = [["Attempt", "Worker", "Started", "Ended", "Duration", "Outcome"]]
+    for span in a.attempts:
+        ongoing = span.end_ms is None
+        outcome = "running (ongoing)" if ongoing else f"{span.outcome}{': ' + span.detail if span.detail else ''}"
+        rows.append([str(span.attempt), _para(span.name), _time(span.start_ms), _time(span.end_ms),
+                     duration(span.duration_ms(a.now_ms)) + (" so far" if ongoing else ""), _para(outcome)])
+    return [*flow, _table(rows, [14 * mm, 34 * mm, 34 * mm, 34 * mm, 20 * mm, _WIDTH - 136 * mm])]
+
+
+def _phases(a: Audit) -> list[Flowable]:
+    flow: list[Flowable] = [Paragraph("Phases", _STYLES["Heading2"])]
+    if not a.phases:
+        return [*flow, _para("The job reported no phases.", _BODY)]
+    rows: list[list[Any]] = [["Phase", "Attempt", "Started", "Ended", "Duration"]]
+    for span in a.phases:
+        ongoing = span.end_ms is None
+        rows.append([_para(span.name), str(span.attempt), _time(span.start_ms),
+                     "ongoing" if ongoing else _time(span.end_ms), duration(span.duration_ms(a.now_ms))])
+    totals: list[list[Any]] = [["Phase", "Total, all attempts"]]
+    totals += [[_para(name), duration(ms)] for name, ms in a.phase_totals().items()]
+    return [*flow, _table(rows, [_WIDTH - 112 * mm, 16 * mm, 36 * mm, 36 * mm, 24 * mm], long=True),
+            Spacer(1, 3 * mm), _table(totals, [_WIDTH - 112 * mm, 36 * mm])]
+
+
+def _timeline(a: Audit) -> list[Flowable]:
+    flow: list[Flowable] = [Paragraph("Timeline", _STYLES["Heading2"])]
+    shown = a.event_count - a.omitted
+    if a.omitted:
+        flow.append(_para(
+            f"This timeline shows {shown:,} of {a.event_count:,} events: the first and last ones and every state "
+            f"change in between. Durations above count all {a.event_count:,}. The full history is at "
+            f"GET /jobs/{a.job.id}/history (Accept: application/x-ndjson streams all of it).", _NOTE))
+    rows: list[list[Any]] = [["Time (UTC)", "Elapsed", "Type", "Att.", "Summary"]]
+    style = list(_GRID)
+    start = a.first_at or 0
+    for row in a.timeline:
+        if isinstance(row, Omitted):
+            counts = ", ".join(f"{t} {n:,}" for t, n in row.by_type.most_common())
+            rows.append([_para(f"… {row.count:,} events not shown ({counts}) …", _NOTE), "", "", "", ""])
+            style.append(("SPAN", (0, len(rows) - 1), (-1, len(rows) - 1)))
+            continue
+        rows.append([_time(row.at), duration(row.at - start), row.type.value, str(row.attempt), _para(summary(row))])
+    flow.append(_table(rows, [34 * mm, 17 * mm, 24 * mm, 9 * mm, _WIDTH - 84 * mm], long=True))
+    flow[-1].setStyle(TableStyle(style))
+    return flow
+
+
+def render_audit_pdf(a: Audit) -> bytes:
+    """The audit as PDF bytes (CPU only: call it in a thread)."""
+    buffer = io.BytesIO()
+    title = f"Audit report: job {a.job.id}"
+
+    def footer(canvas: Any, doc: Any) -> None:
+        canvas.saveState()
+        canvas.setFont("Helvetica", 7)
+        canvas.drawString(15 * mm, 8 * mm, f"jobtrail · {title} · made {_time(a.now_ms)} UTC")
+        canvas.drawRightString(A4[0] - 15 * mm, 8 * mm, f"page {doc.page}")
+        canvas.restoreState()
+
+    doc = SimpleDocTemplate(buffer, pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm, topMargin=15 * mm,
+                            bottomMargin=15 * mm, title=title, author="jobtrail", subject=f"{a.job.kind} job audit")
+    story: list[Flowable] = [Paragraph(escape(title), _STYLES["Title"])]
+    for section in (_identity, _outcome, _attempts, _phases, _timeline):
+        story += section(a)
+        story.append(Spacer(1, 4 * mm))
+    doc.build(story, onFirstPage=footer, onLaterPages=footer)
+    return buffer.getvalue()
