@@ -19,7 +19,7 @@ from reportlab.lib.units import mm
 from reportlab.platypus import LongTable, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 from reportlab.platypus.flowables import Flowable
 
-from app.audit import Audit, Omitted, Span, duration, summary
+from app.audit import Audit, Omitted, duration, summary
 
 _STYLES = getSampleStyleSheet()
 _BODY = _STYLES["BodyText"]

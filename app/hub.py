@@ -196,7 +196,17 @@ class Hub:
             if cursor is None:  # unsubscribed while we were reading
                 continue
             decode = self._decoders.get(stream, decode_events)
-            events = decode(entry for entry in entries if is_after(entry[0], cursor))
+            try:
+                events = decode(entry for entry in entries if is_after(entry[0], cursor))
+            except Exception:
+                # A corrupt entry must not stall every other stream: skip past it and
+                # end this stream's subscriptions (`jobtrail repair --check` finds it).
+                log.exception("hub cannot decode an entry of %s; closing its subscriptions", stream)
+                self._cursors[stream] = entries[-1][0]
+                for sub in list(self._subscribers.get(stream, ())):
+                    sub.close("unreadable event in the stream")
+                    self.unsubscribe(sub)
+                continue
             if not events:
                 continue
             self._cursors[stream] = events[-1].id

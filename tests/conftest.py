@@ -48,17 +48,22 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.kill()
 
 
+def delete_matching(redis_url: str, pattern: str) -> None:
+    """Remove every key matching a SCAN pattern: a test's cleanup."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for key in client.scan_iter(match=pattern, count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def prefix(redis_url: str) -> Iterator[str]:
     """A key prefix of this test's own; its keys are removed afterwards."""
     value = f"test-{uuid.uuid4().hex[:12]}"
     yield value
-    client = redis.Redis.from_url(redis_url)
-    try:
-        for key in client.scan_iter(match=f"{value}:*", count=1000):
-            client.delete(key)
-    finally:
-        client.close()
+    delete_matching(redis_url, f"{value}:*")
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -22,7 +21,7 @@ from app.index import JobIndex
 from app.keys import LegacyKeys
 from migrations import Context, MigrationFailed, applied, discover, migrate
 from migrations.legacy import Malformed, fallback_id, to_ms
-from tests.conftest import ROOT, worker_env
+from tests.conftest import ROOT, delete_matching, worker_env
 from tests.sse import collect
 
 DAY = 24 * 3600
@@ -33,12 +32,7 @@ def legacy(prefix: str, redis_url: str):
     """This test's legacy key prefix (legacy keys live outside jobtrail's); removed afterwards."""
     value = f"{prefix}-legacy:"
     yield value
-    client = redis.Redis.from_url(redis_url)
-    try:
-        for key in client.scan_iter(match=f"{value}*", count=1000):
-            client.delete(key)
-    finally:
-        client.close()
+    delete_matching(redis_url, f"{value}*")
 
 
 @pytest.fixture

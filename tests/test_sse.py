@@ -441,3 +441,18 @@ async def test_fifty_clients_on_one_job_share_a_constant_number_of_redis_connect
     assert 1 <= with_5 <= pool_size + 1
     assert max(counts) <= pool_size + 1, f"connections with 50 clients: {counts}"
     assert max(counts) <= with_5, f"grew from {with_5} with 5 clients to {counts} with 50"
+
+
+async def test_a_corrupt_entry_in_one_stream_does_not_stall_the_live_tail_of_others(
+    client, events, redis_client, keys
+):
+    await running_job(events, "bad")
+    await running_job(events, "good")
+    async with open_stream(client, "/jobs/bad/events") as bad, open_stream(client, "/jobs/good/events") as good:
+        await bad.events(2)
+        await good.events(2)
+        await redis_client.xadd(keys.events("bad"), {"type": "no-such-type", "at": "x"})
+        await asyncio.sleep(0.2)
+        await events.append("good", EventType.PROGRESS, {"progress": 0.5})
+        [message] = await good.events(1)
+        assert message.event == "progress"

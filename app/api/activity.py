@@ -10,12 +10,12 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, Parameter, QueryParameter
 from litestar.response import Stream
 
-from app.api.schemas import ErrorBody
+from app.api.common import SSE_HEADERS, error_responses, requested_offset
 from app.config import Settings
 from app.eventlog import EventLog
 from app.events import State
 from app.hub import Hub
-from app.offsets import BEGINNING, is_after, parse_offset
+from app.offsets import is_after
 from app.sse import activity_event_stream
 
 
@@ -33,8 +33,7 @@ from app.sse import activity_event_stream
     "messages. The feed is best-effort: a job's own history is the truth.",
     responses={
         200: ResponseSpec(data_container=str, media_type="text/event-stream", description="The event stream"),
-        400: ResponseSpec(data_container=ErrorBody, description="Malformed offset"),
-        503: ResponseSpec(data_container=ErrorBody, description="Redis is not answering; retry after `Retry-After` seconds"),
+        **error_responses(400, 503),
     },
 )
 async def activity_events(
@@ -49,11 +48,10 @@ async def activity_events(
         State | None, QueryParameter(name="state", description="Only transitions into this state")
     ] = None,
 ) -> Stream:
-    raw = request.headers.get("last-event-id") or after or last_event_id
-    offset = parse_offset(raw) if raw else BEGINNING
+    offset, resuming = requested_offset(request, after, last_event_id)
     position = await events.activity.position()
     # A client without an offset asked for whatever the feed holds: nothing is missing for it.
-    gap = bool(raw) and is_after(position.lost_up_to, offset)
+    gap = resuming and is_after(position.lost_up_to, offset)
     return Stream(
         activity_event_stream(
             events.activity,
@@ -67,5 +65,5 @@ async def activity_events(
             state=state_filter.value if state_filter else None,
         ),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers=SSE_HEADERS,
     )

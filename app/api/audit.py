@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated
 
 from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
 
-from app.api.schemas import ErrorBody
+from app.api.common import JobId, checked_job_id, error_responses
 from app.audit import AuditBuilder
 from app.audit_report import render_audit_pdf
-from app.errors import JobNotFound
 from app.eventlog import EventLog
-from app.keys import JOB_ID_RE
 
 
 @get(
@@ -29,16 +25,13 @@ from app.keys import JOB_ID_RE
     "timeline shows its first and last events and every state change, and says how many it left out.",
     responses={
         200: ResponseSpec(data_container=bytes, media_type="application/pdf", description="The report"),
-        404: ResponseSpec(data_container=ErrorBody, description="No such job (or it has expired)"),
-        503: ResponseSpec(data_container=ErrorBody, description="Redis is not answering; retry after `Retry-After` seconds"),
+        **error_responses(404, 503),
     },
 )
 async def audit_report(
-    job_id: Annotated[str, Parameter(description="Job id", max_length=128)], events: NamedDependency[EventLog]
+    job_id: JobId, events: NamedDependency[EventLog]
 ) -> Response[bytes]:
-    if not JOB_ID_RE.match(job_id):
-        raise JobNotFound(job_id)
-    builder = AuditBuilder(await events.state(job_id))
+    builder = AuditBuilder(await events.state(checked_job_id(job_id)))
     async for event in events.events(job_id):
         builder.add(event)
     pdf = await asyncio.to_thread(render_audit_pdf, builder.finish(int(time.time() * 1000)))

@@ -14,7 +14,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, HeaderParameter, JSONBody, Parameter, QueryParameter
 from litestar.response import File, Stream
 
-from app.api.schemas import CancelRequest, ErrorBody, HistoryPage, JobPage, SubmitRequest
+from app.api.common import SSE_HEADERS, JobId, checked_job_id, error_responses, requested_offset
+from app.api.schemas import CancelRequest, HistoryPage, JobPage, SubmitRequest
 from app.config import Settings
 from app.artifacts import ArtifactStore
 from app.errors import ArtifactNotFound, JobNotFinished, JobNotFound
@@ -23,7 +24,6 @@ from app.events import State
 from app.hub import Hub
 from app.index import Cursor, JobIndex
 from app.jobstate import JobState
-from app.keys import JOB_ID_RE
 from app.offsets import BEGINNING, is_after, parse_offset
 from app.service import JobService
 from app.sse import job_event_stream
@@ -31,28 +31,6 @@ from app.sse import job_event_stream
 NDJSON = "application/x-ndjson"
 _NDJSON_PAGE = 500  # events per chunk of an NDJSON history
 _encode = msgspec.json.Encoder().encode
-
-
-def _errors(*codes: int) -> dict[int, ResponseSpec]:
-    descriptions = {
-        400: "Malformed request: the body says what to fix",
-        404: "No such job (or it has expired)",
-        409: "The job's state does not allow this",
-        413: "Request body too large",
-        422: "Unknown job kind or params the kind rejects",
-        503: "Redis is not answering; retry after `Retry-After` seconds",
-    }
-    return {c: ResponseSpec(data_container=ErrorBody, description=descriptions[c]) for c in codes}
-
-
-JobId = Annotated[str, Parameter(description="Job id", max_length=128)]
-
-
-def _checked(job_id: str) -> str:
-    # An id no job can have is simply not found; it never reaches a Redis key name.
-    if not JOB_ID_RE.match(job_id):
-        raise JobNotFound(job_id)
-    return job_id
 
 
 def _etag(job: JobState) -> str:
@@ -102,7 +80,7 @@ class JobsController(Controller):
         "returns the job the key first created, with status 200.",
         responses={
             200: ResponseSpec(data_container=JobState, description="Idempotent repeat: the existing job"),
-            **_errors(400, 409, 413, 422, 503),
+            **error_responses(400, 409, 413, 422, 503),
         },
     )
     async def submit(
@@ -116,7 +94,7 @@ class JobsController(Controller):
         job, created = await service.submit(data.kind, data.params, data.max_attempts, idempotency_key)
         return Response(job, status_code=202 if created else 200, headers={"Location": f"/jobs/{job.id}"})
 
-    @get("/", summary="List jobs, newest first", responses=_errors(400, 503))
+    @get("/", summary="List jobs, newest first", responses=error_responses(400, 503))
     async def list_jobs(
         self,
         index: NamedDependency[JobIndex],
@@ -134,7 +112,7 @@ class JobsController(Controller):
         "/{job_id:str}",
         summary="Current state of a job",
         description="One Redis read. Sends an `ETag`; `If-None-Match` with it answers 304 until the job changes.",
-        responses={304: ResponseSpec(data_container=None, description="Not modified"), **_errors(404, 503)},
+        responses={304: ResponseSpec(data_container=None, description="Not modified"), **error_responses(404, 503)},
     )
     async def status(
         self,
@@ -142,7 +120,7 @@ class JobsController(Controller):
         events: NamedDependency[EventLog],
         if_none_match: Annotated[str | None, HeaderParameter(name="If-None-Match", required=False)] = None,
     ) -> Response[JobState]:
-        job = await events.state(_checked(job_id))
+        job = await events.state(checked_job_id(job_id))
         etag = _etag(job)
         if _matches(if_none_match, etag):
             return Response(None, status_code=304, headers={"ETag": etag})  # type: ignore[arg-type]
@@ -156,7 +134,7 @@ class JobsController(Controller):
         "streamed one JSON object per line, oldest first, in the same shape as the page's events.",
         responses={
             200: ResponseSpec(data_container=HistoryPage, description="A page of events, or (NDJSON) all of them"),
-            **_errors(400, 404, 503),
+            **error_responses(400, 404, 503),
         },
         operation_class=_HistoryOperation,
     )
@@ -170,7 +148,7 @@ class JobsController(Controller):
     ) -> Response[HistoryPage] | Stream:
         # Annotated with Response types: a data annotation would pin the handler's media type
         # to JSON, which litestar then gives the NDJSON stream too.
-        job_id = _checked(job_id)
+        job_id = checked_job_id(job_id)
         offset = parse_offset(after) if after else BEGINNING
         if request.accept.best_match(["application/json", NDJSON], default="application/json") == NDJSON:
             await events.state(job_id)  # 404 before the stream starts
@@ -192,7 +170,7 @@ class JobsController(Controller):
         responses={
             200: ResponseSpec(data_container=str, media_type="text/event-stream", description="The event stream"),
             204: ResponseSpec(data_container=None, description="The job is finished and the client has every event"),
-            **_errors(400, 404, 503),
+            **error_responses(400, 404, 503),
         },
     )
     async def events(
@@ -205,9 +183,8 @@ class JobsController(Controller):
         after: FromQuery[str | None] = None,
         last_event_id: FromQuery[str | None] = None,
     ) -> Stream | Response[None]:
-        raw = request.headers.get("last-event-id") or after or last_event_id
-        offset = parse_offset(raw) if raw else BEGINNING
-        job = await events.state(_checked(job_id))
+        offset, _ = requested_offset(request, after, last_event_id)
+        job = await events.state(checked_job_id(job_id))
         if job.terminal and not is_after(job.last_event_id, offset):
             return Response(None, status_code=204)
         gap = is_after(await events.max_deleted_id(job_id), offset)
@@ -216,7 +193,7 @@ class JobsController(Controller):
                 events, hub, job, offset, gap=gap, retry_ms=settings.sse_retry_ms, ping_s=settings.sse_ping_s
             ),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers=SSE_HEADERS,
         )
 
     @get(
@@ -226,13 +203,13 @@ class JobsController(Controller):
         "404 when the job has no artifact, 409 while the job is still pending or running.",
         responses={
             200: ResponseSpec(data_container=bytes, media_type="application/octet-stream", description="The file"),
-            **_errors(404, 409, 503),
+            **error_responses(404, 409, 503),
         },
     )
     async def artifact(
         self, job_id: JobId, events: NamedDependency[EventLog], artifacts: NamedDependency[ArtifactStore]
     ) -> File:
-        job = await events.state(_checked(job_id))
+        job = await events.state(checked_job_id(job_id))
         if not job.terminal:
             raise JobNotFinished(job.id, job.state)
         path = artifacts.path(job.id, job.artifact) if job.artifact else None
@@ -251,12 +228,12 @@ class JobsController(Controller):
         summary="Cancel a job",
         description="A pending job is cancelled at once; a running one is asked to stop, which its handler does at "
         "its next progress report. The body (a reason) is optional.",
-        responses=_errors(400, 404, 409, 503),
+        responses=error_responses(400, 404, 409, 503),
     )
     async def cancel(self, job_id: JobId, service: NamedDependency[JobService], data: JSONBody[CancelRequest | None] = None) -> JobState:
-        return await service.cancel(_checked(job_id), data.reason if data else None)
+        return await service.cancel(checked_job_id(job_id), data.reason if data else None)
 
-    @delete("/{job_id:str}", status_code=204, summary="Delete a job and all its events", responses=_errors(404, 503))
+    @delete("/{job_id:str}", status_code=204, summary="Delete a job and all its events", responses=error_responses(404, 503))
     async def remove(self, job_id: JobId, service: NamedDependency[JobService]) -> None:
-        if not await service.delete(_checked(job_id)):
+        if not await service.delete(checked_job_id(job_id)):
             raise JobNotFound(job_id)
