@@ -35,6 +35,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     broker_idle_ms: int = 600_000
     activity_maxlen: int = 100_000
     legacy_prefix: str = ""
+    # Recovery of stalled jobs (workers/reaper.py).
+    reaper_interval_s: float = 10.0
+    pending_stale_s: float = 30.0
+    # SIGTERM: how long a worker lets running jobs finish before releasing them.
+    shutdown_timeout_s: float = 20.0
+    # Access (app/auth.py): "auto" needs keys when REDIS_URL is set; "off" runs open.
+    auth: str = "auto"
+    api_keys: str = ""
+    api_keys_file: str = ""
+    token_secret: str = ""
+    token_ttl_s: int = 300
+    token_max_ttl_s: int = 3600
+    # Limits (app/limits.py).
+    max_params_bytes: int = 16 * 1024
+    sse_connections_per_tenant: int = 100
+    submissions_per_minute: int = 600
 
     @property
     def embedded(self) -> bool:

@@ -65,6 +65,30 @@ class Keys:
         """String: held by the one `jobtrail migrate` allowed to run at a time."""
         return f"{self.prefix}:migrations:lock"
 
+    def live(self) -> str:
+        """Sorted set: ids of jobs not yet finished, scored by when the reaper should look at them (ms)."""
+        return f"{self.prefix}:live"
+
+    def reaper_lock(self) -> str:
+        """String: held by the one worker reaping stalled jobs in the current interval."""
+        return f"{self.prefix}:reaper:lock"
+
+    def tenant_index(self, tenant: str) -> str:
+        """Sorted set: one tenant's job ids by creation time (ms), like `index`."""
+        return f"{self.prefix}:tenant:{{{tenant}}}:jobs"
+
+    def sse_slots(self, tenant: str) -> str:
+        """Sorted set: a tenant's open SSE connections, scored by when each expires unless renewed (ms)."""
+        return f"{self.prefix}:tenant:{{{tenant}}}:sse"
+
+    def submit_window(self, tenant: str, window: int) -> str:
+        """String: a tenant's submissions in one minute-long window (a counter with a TTL)."""
+        return f"{self.prefix}:tenant:{{{tenant}}}:submits:{window}"
+
+    def token_secret(self) -> str:
+        """String: the key that signs read-only tokens, when JOBTRAIL_TOKEN_SECRET is not set."""
+        return f"{self.prefix}:auth:token-secret"
+
     def hub_wake(self, hub_id: str) -> str:
         """Stream: written to wake one API process's hub when it gains a stream."""
         return f"{self.prefix}:hub:{hub_id}:wake"
