@@ -77,6 +77,8 @@ def settings(redis_url: str, prefix: str, tmp_path: Path) -> Settings:
         sse_ping_s=1.0,
         hub_block_ms=1000,
         progress_interval_s=0.0,
+        # Open, as most tests need no tenants; tests/test_auth.py configures keys.
+        auth="off",
     )
 
 
@@ -155,6 +157,10 @@ def worker_env(settings: Settings) -> dict[str, str]:
         JOBTRAIL_RETRY_MAX_S=str(settings.retry_max_s),
         JOBTRAIL_PROGRESS_INTERVAL_S=str(settings.progress_interval_s),
         JOBTRAIL_ARTIFACT_DIR=settings.artifact_dir,
+        JOBTRAIL_LEASE_TTL_S=str(settings.lease_ttl_s),
+        JOBTRAIL_REAPER_INTERVAL_S=str(settings.reaper_interval_s),
+        JOBTRAIL_PENDING_STALE_S=str(settings.pending_stale_s),
+        JOBTRAIL_SHUTDOWN_TIMEOUT_S=str(settings.shutdown_timeout_s),
         PYTHONUNBUFFERED="1",
     )
     return env
