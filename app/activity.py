@@ -36,6 +36,7 @@ class Transition(msgspec.Struct, frozen=True, kw_only=True):
     at: datetime
     event_id: str  # the event's id in the job's own stream
     attempt: int
+    tenant: str | None = None
 
     @classmethod
     def from_entry(cls, entry_id: str, fields: dict[str, str]) -> Transition:
@@ -48,6 +49,7 @@ class Transition(msgspec.Struct, frozen=True, kw_only=True):
             at=ms_to_datetime(int(fields["at"])),
             event_id=fields["event_id"],
             attempt=int(fields.get("attempt") or 0),
+            tenant=fields.get("tenant") or None,
         )
 
 
@@ -76,13 +78,24 @@ class ActivityFeed:
         return self.maxlen > 0 and event_type in ACTIVITY_TYPES
 
     async def record(
-        self, *, job_id: str, kind: str, event_type: EventType, state: str, at: int, event_id: str, attempt: int
+        self,
+        *,
+        job_id: str,
+        kind: str,
+        event_type: EventType,
+        state: str,
+        at: int,
+        event_id: str,
+        attempt: int,
+        tenant: str = "",
     ) -> str:
         """Add one transition (one XADD, trimmed to about `maxlen` entries); its feed id."""
         fields = {"job_id": job_id, "type": event_type.value, "state": state, "at": at, "event_id": event_id,
                   "attempt": attempt}
         if kind:
             fields["kind"] = kind
+        if tenant:
+            fields["tenant"] = tenant
         # `~` lets Redis trim whole stream nodes (about 100 entries), which is cheap.
         return await self.redis.xadd(self.key, fields, maxlen=self.maxlen, approximate=True)
 

@@ -11,7 +11,7 @@
 -- ARGV[6]  `at` in epoch ms, or '' for the server's clock
 -- ARGV[7..] field, value pairs derived from the data (app/reducer.py: fields_for)
 --
--- Returns {'ok', id, state, cancel_requested, at, attempt, kind}  (the last three feed app/activity.py)
+-- Returns {'ok', id, state, cancel_requested, at, attempt, kind, tenant}  (the last four feed app/activity.py)
 --      or {'duplicate', id, state, cancel_requested}  (key seen: nothing written)
 --      or {'refused', state}                          (state forbids it: nothing written)
 --
@@ -77,5 +77,5 @@ if TERMINAL[state] then
     redis.call('EXPIRE', k, retention)
   end
 end
-local after = redis.call('HMGET', job, 'cancel_requested', 'kind')
-return {'ok', id, state, after[1] or '0', at, attempt, after[2] or ''}
+local after = redis.call('HMGET', job, 'cancel_requested', 'kind', 'tenant')
+return {'ok', id, state, after[1] or '0', at, attempt, after[2] or '', after[3] or ''}

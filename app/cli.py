@@ -1,4 +1,4 @@
-"""The `jobtrail` command: serve, worker, repair, migrate."""
+"""The `jobtrail` command: serve, worker, repair, migrate, keys."""
 
 from __future__ import annotations
 
@@ -18,21 +18,52 @@ EMBEDDED_BANNER = """
 """
 
 
+OPEN_BANNER = """
+  ============================================================================
+   jobtrail is running OPEN: no API keys are configured, so anyone who can
+   reach this port can submit, read and delete every job. Set
+   JOBTRAIL_API_KEYS (`jobtrail keys new TENANT` makes one) to require keys.
+  ============================================================================
+"""
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.api.app import create_app
+    from app.auth import ApiKeys, ConfigError, auth_enabled
 
+    try:
+        app = create_app(settings)
+        secured = auth_enabled(settings, ApiKeys.from_settings(settings))
+    except ConfigError as exc:
+        print(f"jobtrail serve: {exc}", file=sys.stderr)
+        return 2
     if settings.embedded:
         print(EMBEDDED_BANNER, file=sys.stderr, flush=True)
-    app = create_app(settings)
-    uvicorn.run(
+    if not secured:
+        print(OPEN_BANNER, file=sys.stderr, flush=True)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            # Open SSE streams would hold the shutdown until its timeout and then be
+            # cut; ended first, they finish cleanly and their clients resume elsewhere.
+            if not self.should_exit and "hub" in app.state:
+                asyncio.get_running_loop().call_soon_threadsafe(app.state.hub.drain)
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    config = uvicorn.Config(
         app,
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_level="info",
+        # app/api/requests.py logs each request with its id, and without the token a
+        # query string may carry; uvicorn's access log would print it.
+        access_log=False,
+        log_config=None,
         timeout_graceful_shutdown=5,
     )
+    Server(config).run()
     return 0
 
 
@@ -55,6 +86,18 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(migrate(settings, status=args.status, dry_run=args.dry_run))
 
 
+def _keys_new(_: Settings, args: argparse.Namespace) -> int:
+    from app.auth import TENANT_RE, hash_key, new_key
+
+    if not (args.tenant == "*" or TENANT_RE.match(args.tenant)):
+        print("jobtrail keys new: a tenant is letters, digits and `_.-` (or `*` for an admin key)", file=sys.stderr)
+        return 2
+    key = new_key()
+    print(f"key (give it to the client; it is not stored anywhere):\n  {key}")
+    print(f"entry (add it to JOBTRAIL_API_KEYS or JOBTRAIL_API_KEYS_FILE):\n  {args.tenant}:{hash_key(key)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jobtrail", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -72,13 +115,26 @@ def main(argv: list[str] | None = None) -> int:
     migrate.add_argument("--status", action="store_true", help="list the migrations and whether each is applied")
     migrate.add_argument("--dry-run", action="store_true", help="report what would be done; write nothing")
     migrate.set_defaults(run=_migrate)
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    keys_new = keys.add_parser("new", help="make a key for a tenant and print it with its hashed config entry")
+    keys_new.add_argument("tenant", help="the tenant the key acts for; `*` makes an admin key")
+    keys_new.set_defaults(run=_keys_new)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging()
     try:
         settings = Settings.from_env()
     except ValueError as exc:
         parser.error(str(exc))
     return args.run(settings, args)
+
+
+def _configure_logging() -> None:
+    from app.api.requests import RequestIdFilter
+
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
 if __name__ == "__main__":

@@ -58,3 +58,15 @@ class IdempotencyConflict(JobtrailError):
 
 class StoreUnavailable(JobtrailError):
     """Redis did not answer; the caller should retry later (HTTP 503)."""
+
+
+class RateLimited(JobtrailError):
+    """Over a per-tenant limit (HTTP 429); `retry_after_s` says when to try again."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class NotAuthenticated(JobtrailError):
+    """No valid API key or token (HTTP 401)."""

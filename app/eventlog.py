@@ -110,11 +110,11 @@ class EventLog:
         return Appended(id=reply[1], state=reply[2], cancel_requested=reply[3] == "1", duplicate=duplicate)
 
     async def _record_activity(self, job_id: str, event_type: EventType, reply: list[str]) -> None:
-        _, event_id, state, _, at, attempt, kind = reply
+        _, event_id, state, _, at, attempt, kind, tenant = reply
         try:
             await self.activity.record(
                 job_id=job_id, kind=kind, event_type=event_type, state=state, at=int(at), event_id=event_id,
-                attempt=int(attempt),
+                attempt=int(attempt), tenant=tenant,
             )
         except Exception:  # derived and best-effort: the job's own stream already holds the event
             log.warning("could not record %s of job %s in the activity feed", event_type.value, job_id, exc_info=True)

@@ -76,10 +76,11 @@ class ErrorInfo(msgspec.Struct, frozen=True):
     message: Text
 
 
-class SubmittedData(msgspec.Struct, frozen=True):
+class SubmittedData(msgspec.Struct, frozen=True, omit_defaults=True):
     kind: str
     params: dict[str, Any]
     max_attempts: int
+    tenant: str | None = None  # None: submitted by an admin, or with access control off
 
 
 class StartedData(msgspec.Struct, frozen=True):

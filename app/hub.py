@@ -96,6 +96,7 @@ class Hub:
         self._task: asyncio.Task[None] | None = None
         self._redis_ok = True
         self._stopping = False
+        self._draining: str | None = None
 
     @property
     def running(self) -> bool:
@@ -124,6 +125,17 @@ class Hub:
             pass
         await self.reader.aclose()
 
+    def drain(self, reason: str = "server is shutting down") -> None:
+        """End every subscription now, and any made from now on, so SSE responses finish cleanly.
+
+        Called when the process is told to stop: its streams end with `reason` and
+        their clients reconnect (to another process) and resume from their last id.
+        """
+        self._draining = reason
+        for subs in self._subscribers.values():
+            for sub in subs:
+                sub.close(reason)
+
     async def subscribe(self, stream: str, after: str, decode: Decoder = decode_events) -> Subscription:
         """Deliver every entry of `stream` that the hub reads after `after` (one round trip to wake it).
 
@@ -132,6 +144,10 @@ class Hub:
         turns entries into items (job events by default); one stream has one decoder.
         """
         sub = Subscription(stream, self.queue_size)
+        if self._draining:
+            # Still worth returning: the caller replays what it can, then ends.
+            sub.close(self._draining)
+            return sub
         known = stream in self._cursors
         self._subscribers[stream].add(sub)
         if not known:

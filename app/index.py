@@ -1,4 +1,7 @@
-"""The job index: a sorted set of job ids by creation time, for listing.
+"""The job index: sorted sets of job ids by creation time, for listing.
+
+There is one set of every job (what an admin lists) and one per tenant (what the
+tenant lists), written together at submission.
 
 It is derived and best-effort: a job whose keys expired or were deleted leaves an
 entry behind, which listing drops when it meets it. The per-job hash stays the truth.
@@ -44,11 +47,19 @@ class JobIndex:
         self.redis = redis
         self.keys = keys
 
-    async def add(self, job_id: str, created_ms: int) -> None:
-        await self.redis.zadd(self.keys.index(), {job_id: created_ms})
+    async def add(self, job_id: str, created_ms: int, tenant: str | None = None) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.keys.index(), {job_id: created_ms})
+            if tenant:
+                pipe.zadd(self.keys.tenant_index(tenant), {job_id: created_ms})
+            await pipe.execute()
 
-    async def remove(self, job_id: str) -> None:
-        await self.redis.zrem(self.keys.index(), job_id)
+    async def remove(self, job_id: str, tenant: str | None = None) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.keys.index(), job_id)
+            if tenant:
+                pipe.zrem(self.keys.tenant_index(tenant), job_id)
+            await pipe.execute()
 
     async def page(
         self,
@@ -57,19 +68,23 @@ class JobIndex:
         cursor: Cursor | None = None,
         state: str | None = None,
         kind: str | None = None,
+        tenant: str | None = None,
         scan_limit: int = 5000,
     ) -> tuple[list[JobState], Cursor | None]:
         """One page, newest first, and the cursor of the next page (None at the end).
+
+        With `tenant`, only that tenant's jobs; without, every job.
 
         Filters are applied to the jobs' hashes, so a selective filter may scan many
         index entries; at most `scan_limit` per call, after which a shorter page is
         returned with a cursor to continue.
         """
+        key = self.keys.tenant_index(tenant) if tenant else self.keys.index()
         found: list[JobState] = []
         scanned = 0
         last = cursor
         while len(found) < limit and scanned < scan_limit:
-            batch = await self._ids_after(last, self.BATCH)
+            batch = await self._ids_after(key, last, self.BATCH)
             if not batch:
                 return found, None
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -89,19 +104,19 @@ class JobIndex:
                     if len(found) == limit:
                         break
             if stale:
-                await self.redis.zrem(self.keys.index(), *stale)
+                await self.redis.zrem(key, *stale)
         return found, last
 
-    async def _ids_after(self, cursor: Cursor | None, count: int) -> list[tuple[str, int]]:
+    async def _ids_after(self, key: str, cursor: Cursor | None, count: int) -> list[tuple[str, int]]:
         """Up to `count` (id, score) pairs older than the cursor, newest first (one or two round trips)."""
         if cursor is None:
-            rows = await self.redis.zrevrangebyscore(self.keys.index(), "+inf", "-inf", start=0, num=count, withscores=True)
+            rows = await self.redis.zrevrangebyscore(key, "+inf", "-inf", start=0, num=count, withscores=True)
             return [(job_id, int(score)) for job_id, score in rows]
         # Ids sharing the cursor's score sort by id (descending in a reverse range),
         # so skip those not below the cursor's id; fetch enough to get past them.
-        ties = await self.redis.zcount(self.keys.index(), cursor.score, cursor.score)
+        ties = await self.redis.zcount(key, cursor.score, cursor.score)
         rows = await self.redis.zrevrangebyscore(
-            self.keys.index(), cursor.score, "-inf", start=0, num=count + ties, withscores=True
+            key, cursor.score, "-inf", start=0, num=count + ties, withscores=True
         )
         result = [
             (job_id, int(score))

@@ -30,6 +30,7 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True):
     error: dict[str, Any] | None
     params: dict[str, Any]
     artifact: Artifact | None = None
+    tenant: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -67,4 +68,5 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True):
             error=json_field("error"),
             params=json_field("params") or {},
             artifact=msgspec.json.decode(fields["artifact"], type=Artifact) if fields.get("artifact") else None,
+            tenant=fields.get("tenant") or None,
         )

@@ -34,6 +34,7 @@ def fields_for(event_type: EventType, data: dict[str, Any]) -> dict[str, str]:
                 "max_attempts": str(data["max_attempts"]),
                 "progress": _num(0),
                 "cancel_requested": "0",
+                **({"tenant": data["tenant"]} if data.get("tenant") else {}),
             }
         case EventType.STARTED:
             # A new attempt starts from scratch.

@@ -9,12 +9,15 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
+
 from app.artifacts import ArtifactStore
 from app.config import Settings
 from app.errors import IdempotencyConflict, InvalidParams, JobExists, TransitionRefused
 from app.eventlog import EventLog
 from app.events import EventType, ReasonData, State, SubmittedData
 from app.index import JobIndex
+from app.livejobs import LiveJobs
 from app.jobstate import JobState
 from app.offsets import id_key
 from workers.registry import validate_params
@@ -33,24 +36,40 @@ class JobService:
         self.artifacts = artifacts
         self.enqueue = enqueue
         self.settings = settings
+        self.live = LiveJobs(events.redis, events.keys, settings.pending_stale_s)
 
-    def job_id_for(self, idempotency_key: str | None) -> str:
-        """A fresh id, or the id an Idempotency-Key always maps to (so a retry finds its job)."""
+    def job_id_for(self, idempotency_key: str | None, tenant: str | None = None) -> str:
+        """A fresh id, or the id an Idempotency-Key always maps to (so a retry finds its job).
+
+        The tenant is part of the digest: two tenants using one key get two jobs, and
+        neither can learn that the other's exists.
+        """
         if idempotency_key is None:
             return uuid.uuid4().hex
-        digest = hashlib.sha256(f"{self.events.keys.prefix}\0{idempotency_key}".encode())
+        digest = hashlib.sha256(f"{self.events.keys.prefix}\0{tenant or ''}\0{idempotency_key}".encode())
         return digest.hexdigest()[:32]
 
     async def submit(
-        self, kind: str, params: dict[str, Any], max_attempts: int | None, idempotency_key: str | None = None
+        self,
+        kind: str,
+        params: dict[str, Any],
+        max_attempts: int | None,
+        idempotency_key: str | None = None,
+        tenant: str | None = None,
     ) -> tuple[JobState, bool]:
-        """Create and enqueue a job; returns (state, created). A repeated key returns the first job."""
+        """Create and enqueue a job of `tenant`; returns (state, created). A repeated key returns the first job."""
         limit = self.settings.max_attempts_limit
         attempts = self.settings.default_max_attempts if max_attempts is None else max_attempts
         if not 1 <= attempts <= limit:
             raise InvalidParams(f"max_attempts must be between 1 and {limit}, got {attempts}")
-        data = SubmittedData(kind=kind, params=validate_params(kind, params), max_attempts=attempts)
-        job_id = self.job_id_for(idempotency_key)
+        size = len(msgspec.json.encode(params))
+        if size > self.settings.max_params_bytes:
+            raise InvalidParams(
+                f"params take {size} bytes as JSON; the limit is {self.settings.max_params_bytes} "
+                "(JOBTRAIL_MAX_PARAMS_BYTES): pass large inputs by reference, e.g. a URL"
+            )
+        data = SubmittedData(kind=kind, params=validate_params(kind, params), max_attempts=attempts, tenant=tenant)
+        job_id = self.job_id_for(idempotency_key, tenant)
         try:
             appended = await self.events.append(job_id, EventType.SUBMITTED, data)
         except JobExists:
@@ -64,7 +83,9 @@ class JobService:
                 # delivery is harmless (the runner refuses to start a job twice).
                 await self.enqueue(job_id)
             return existing, False
-        await self.index.add(job_id, id_key(appended.id)[0])
+        await self.index.add(job_id, id_key(appended.id)[0], tenant)
+        # Before enqueueing: if that fails, the reaper (workers/reaper.py) enqueues it later.
+        await self.live.track(job_id)
         await self.enqueue(job_id)
         return await self.events.state(job_id), True
 
@@ -83,9 +104,9 @@ class JobService:
             await self.events.append(job_id, EventType.CANCEL_REQUESTED, data, key="cancel_requested")
         return await self.events.state(job_id)
 
-    async def delete(self, job_id: str) -> bool:
-        """Remove a job, its index entry and its artifacts; False when it did not exist."""
+    async def delete(self, job_id: str, tenant: str | None = None) -> bool:
+        """Remove a job, its index entries and its artifacts; False when it did not exist."""
         existed = await self.events.delete(job_id)
-        await self.index.remove(job_id)
+        await self.index.remove(job_id, tenant)
         await asyncio.to_thread(self.artifacts.delete, job_id)
         return existed

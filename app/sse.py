@@ -12,7 +12,7 @@ id check drops the copy), so nothing is lost and nothing is sent twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 from redis.exceptions import RedisError
@@ -114,15 +114,17 @@ async def activity_event_stream(
     ping_s: float,
     kind: str | None = None,
     state: str | None = None,
+    sees: Callable[[str | None], bool] = lambda tenant: True,
 ) -> AsyncIterator[bytes]:
     """The SSE byte stream of the activity feed from `offset`, optionally filtered; open until the client leaves.
 
     Same order as `job_event_stream`: subscribe from the feed's newest id (read by the
-    caller), replay with XRANGE, then the live tail, dropping ids already sent.
+    caller), replay with XRANGE, then the live tail, dropping ids already sent. Only
+    transitions of jobs whose tenant `sees` accepts are sent.
     """
 
     def wanted(t: Transition) -> bool:
-        return (kind is None or t.kind == kind) and (state is None or t.state == state)
+        return sees(t.tenant) and (kind is None or t.kind == kind) and (state is None or t.state == state)
 
     yield b"retry: %d\n\n" % retry_ms
     if gap:

@@ -1,22 +1,30 @@
-"""/events: the activity feed of every job's transitions, as server-sent events."""
+"""/events: the activity feed of every job's transitions, as server-sent events.
+
+A tenant's feed holds its own jobs' transitions only; an admin's holds everybody's.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Request, get
+from litestar import Request, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.di import NamedDependency
-from litestar.params import FromQuery, Parameter, QueryParameter
+from litestar.params import FromQuery, JSONBody, Parameter, QueryParameter
 from litestar.response import Stream
 
-from app.api.common import SSE_HEADERS, error_responses, requested_offset
+from app.api.access import FEED_TOKEN
+from app.api.common import SSE_HEADERS, error_responses, requested_offset, token_ttl
+from app.api.schemas import ActivityStreamMessage, TokenOut, TokenRequest
+from app.auth import Principal
 from app.config import Settings
 from app.eventlog import EventLog
-from app.events import State
+from app.events import State, ms_to_datetime
 from app.hub import Hub
+from app.limits import SseSlots
 from app.offsets import is_after
 from app.sse import activity_event_stream
+from app.tokens import TokenSigner
 
 
 @get(
@@ -32,15 +40,21 @@ from app.sse import activity_event_stream
     "event without an id, carrying `{\"first_available\": id}`, comes first. `kind` and `state` filter the "
     "messages. The feed is best-effort: a job's own history is the truth.",
     responses={
-        200: ResponseSpec(data_container=str, media_type="text/event-stream", description="The event stream"),
-        **error_responses(400, 503),
+        200: ResponseSpec(
+            data_container=ActivityStreamMessage, media_type="text/event-stream", generate_examples=False,
+            description="The event stream, one message per transition",
+        ),
+        **error_responses(400, 429, 503),
     },
+    opt=FEED_TOKEN,
 )
 async def activity_events(
     request: Request,
     events: NamedDependency[EventLog],
     hub: NamedDependency[Hub],
     settings: NamedDependency[Settings],
+    principal: NamedDependency[Principal],
+    sse_slots: NamedDependency[SseSlots],
     after: FromQuery[str | None] = None,
     last_event_id: FromQuery[str | None] = None,
     kind: Annotated[str | None, Parameter(max_length=100, description="Only transitions of jobs of this kind")] = None,
@@ -52,18 +66,37 @@ async def activity_events(
     position = await events.activity.position()
     # A client without an offset asked for whatever the feed holds: nothing is missing for it.
     gap = resuming and is_after(position.lost_up_to, offset)
-    return Stream(
-        activity_event_stream(
-            events.activity,
-            hub,
-            position,
-            offset,
-            gap=gap,
-            retry_ms=settings.sse_retry_ms,
-            ping_s=settings.sse_ping_s,
-            kind=kind,
-            state=state_filter.value if state_filter else None,
-        ),
-        media_type="text/event-stream",
-        headers=SSE_HEADERS,
+    slot = await sse_slots.take(principal.scope)
+    stream = activity_event_stream(
+        events.activity,
+        hub,
+        position,
+        offset,
+        gap=gap,
+        retry_ms=settings.sse_retry_ms,
+        ping_s=settings.sse_ping_s,
+        kind=kind,
+        state=state_filter.value if state_filter else None,
+        sees=principal.sees,
     )
+    return Stream(sse_slots.held(principal.scope, slot, stream), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@post(
+    "/events/tokens",
+    tags=["activity"],
+    status_code=201,
+    summary="Issue a read-only token for the activity feed",
+    description="Like `POST /jobs/{job_id}/tokens`, for `GET /events?token=`: the feed of the key's tenant "
+    "(every tenant's, for an admin key).",
+    responses=error_responses(400, 503),
+)
+async def feed_token(
+    principal: NamedDependency[Principal],
+    signer: NamedDependency[TokenSigner],
+    settings: NamedDependency[Settings],
+    data: JSONBody[TokenRequest | None] = None,
+) -> TokenOut:
+    token, expires = await signer.issue(principal, None, token_ttl(settings, data))
+    return TokenOut(token=token, expires_at=ms_to_datetime(expires * 1000), job_id=None,
+                    events_url=f"/events?token={token}")

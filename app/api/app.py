@@ -7,27 +7,33 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from redis.exceptions import RedisError
 
-from app.api.activity import activity_events
+from app.api.access import SCHEMA_PATH, access_guard
+from app.api.activity import activity_events, feed_token
 from app.api.audit import audit_report
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import healthz, readyz
 from app.api.jobs import JobsController
+from app.api.requests import RequestIdMiddleware
 from app.artifacts import ArtifactStore
+from app.auth import ApiKeys, Principal, auth_enabled
 from app.config import Settings
 from app.eventlog import EventLog
 from app.hub import Hub
 from app.index import JobIndex
 from app.keys import Keys
+from app.limits import SseSlots, SubmitRate
 from app.service import JobService
 from app.store import Store
 from app.sweeper import run_sweeper
+from app.tokens import TokenSigner
 from workers.broker import build_broker, enqueue, register_runner
 from workers.runner import Runner
 
@@ -35,7 +41,12 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> Litestar:
-    """The API for `settings`; embedded (no REDIS_URL) it also runs jobs in-process."""
+    """The API for `settings`; embedded (no REDIS_URL) it also runs jobs in-process.
+
+    Raises app.auth.ConfigError when access control is configured wrongly or missing.
+    """
+    api_keys = ApiKeys.from_settings(settings)
+    secured = auth_enabled(settings, api_keys)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -68,6 +79,9 @@ def create_app(settings: Settings) -> Litestar:
             index=index,
             artifacts=artifacts,
             service=JobService(events, index, enqueue_job, settings, artifacts),
+            signer=TokenSigner(redis, keys, settings.token_secret),
+            submit_rate=SubmitRate(redis, keys, settings.submissions_per_minute),
+            sse_slots=SseSlots(redis, keys, settings.sse_connections_per_tenant, settings.sse_ping_s),
         )
         try:
             yield
@@ -84,20 +98,38 @@ def create_app(settings: Settings) -> Litestar:
 
         return Provide(provide, sync_to_thread=False)
 
+    def principal(request: Request) -> Principal:
+        return request.user
+
+    state_names = ("redis", "events", "hub", "index", "service", "artifacts", "signer", "submit_rate", "sse_slots")
     return Litestar(
-        route_handlers=[JobsController, audit_report, activity_events, healthz, readyz],
+        route_handlers=[JobsController, audit_report, activity_events, feed_token, healthz, readyz],
         lifespan=[lifespan],
+        guards=[access_guard(api_keys, secured)],
+        middleware=[RequestIdMiddleware],
         dependencies={
             "settings": Provide(lambda: settings, sync_to_thread=False, use_cache=True),
-            **{name: from_state(name) for name in ("redis", "events", "hub", "index", "service", "artifacts")},
+            "principal": Provide(principal, sync_to_thread=False),
+            **{name: from_state(name) for name in state_names},
         },
         exception_handlers=EXCEPTION_HANDLERS,
+        # Logging is the process's business (app/cli.py), request ids included.
+        logging_config=None,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="jobtrail",
             version="0.1.0",
             description="Observable long-running jobs: status, history and resumable server-sent events.",
-            path="/schema",
+            path=SCHEMA_PATH,
             render_plugins=[SwaggerRenderPlugin()],
+            components=Components(security_schemes={
+                "apiKey": SecurityScheme(type="http", scheme="bearer", description="`Authorization: Bearer <key>`"),
+                "token": SecurityScheme(
+                    type="apiKey", name="token", security_scheme_in="query",
+                    description="A read-only token from `POST /jobs/{job_id}/tokens` or `POST /events/tokens`, "
+                    "accepted on a job's events, history and artifact and on `/events` only",
+                ),
+            }),
+            security=[{"apiKey": []}, {"token": []}] if secured else None,
         ),
     )

@@ -9,7 +9,8 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 
-from app.api.common import JobId, checked_job_id, error_responses
+from app.api.common import JobId, error_responses, visible_job
+from app.auth import Principal
 from app.audit import AuditBuilder
 from app.audit_report import render_audit_pdf
 from app.eventlog import EventLog
@@ -29,9 +30,9 @@ from app.eventlog import EventLog
     },
 )
 async def audit_report(
-    job_id: JobId, events: NamedDependency[EventLog]
+    job_id: JobId, events: NamedDependency[EventLog], principal: NamedDependency[Principal]
 ) -> Response[bytes]:
-    builder = AuditBuilder(await events.state(checked_job_id(job_id)))
+    builder = AuditBuilder(await visible_job(events, principal, job_id))
     async for event in events.events(job_id):
         builder.add(event)
     pdf = await asyncio.to_thread(render_audit_pdf, builder.finish(int(time.time() * 1000)))

@@ -1,4 +1,4 @@
-"""Pieces every route module shares: job id checks, SSE offsets and headers, error specs."""
+"""Pieces every route module shares: job access, SSE offsets and headers, error specs."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ from litestar import Request
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
-from app.api.schemas import ErrorBody
-from app.errors import JobNotFound
+from app.api.schemas import ErrorBody, TokenRequest
+from app.auth import Principal
+from app.config import Settings
+from app.errors import InvalidRequest, JobNotFound, NotAuthenticated
+from app.eventlog import EventLog
+from app.jobstate import JobState
 from app.keys import JOB_ID_RE
 from app.offsets import BEGINNING, parse_offset
 
@@ -19,16 +23,22 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 _ERROR_DESCRIPTIONS = {
     400: "Malformed request: the body says what to fix",
-    404: "No such job (or it has expired)",
+    401: "No valid API key (`Authorization: Bearer <key>`), or a token that is expired, forged or for "
+    "something else",
+    404: "No such job (or it has expired, or it belongs to another tenant)",
     409: "The job's state does not allow this",
     413: "Request body too large",
     422: "Unknown job kind or params the kind rejects",
+    429: "Over a per-tenant limit; retry after `Retry-After` seconds",
     503: "Redis is not answering; retry after `Retry-After` seconds",
 }
 
 
 def error_responses(*codes: int) -> dict[int, ResponseSpec]:
-    """OpenAPI entries for the given error statuses, all with the ErrorBody shape."""
+    """OpenAPI entries for the given error statuses (and 400 and 401, which any route may answer)."""
+    # 400: a parameter that fails validation; without an entry of ours for it, litestar
+    # documents its own error shape there, not ErrorBody.
+    codes = tuple(sorted({400, 401, *codes}))
     return {c: ResponseSpec(data_container=ErrorBody, description=_ERROR_DESCRIPTIONS[c]) for c in codes}
 
 
@@ -39,6 +49,21 @@ def checked_job_id(job_id: str) -> str:
     return job_id
 
 
+async def visible_job(events: EventLog, principal: Principal, job_id: str) -> JobState:
+    """The job, if `principal` may see it; otherwise JobNotFound, exactly as if it did not exist.
+
+    A token bound to another job is a 401, not a 404: its bearer already knows which
+    job it was given, so nothing leaks, and the answer says the token is the problem.
+    """
+    job_id = checked_job_id(job_id)
+    if principal.by_token and principal.job != job_id:
+        raise NotAuthenticated("this token is for another job")
+    job = await events.state(job_id)
+    if not principal.sees(job.tenant):
+        raise JobNotFound(job_id)
+    return job
+
+
 def requested_offset(request: Request, after: str | None, last_event_id: str | None) -> tuple[str, bool]:
     """Where an SSE client resumes: (offset, whether it asked for one).
 
@@ -47,3 +72,11 @@ def requested_offset(request: Request, after: str | None, last_event_id: str | N
     """
     raw = request.headers.get("last-event-id") or after or last_event_id
     return (parse_offset(raw), True) if raw else (BEGINNING, False)
+
+
+def token_ttl(settings: Settings, request: TokenRequest | None) -> int:
+    """The lifetime a token request asks for, within the configured bounds (InvalidRequest if not)."""
+    ttl = request.ttl_s if request and request.ttl_s is not None else settings.token_ttl_s
+    if not 1 <= ttl <= settings.token_max_ttl_s:
+        raise InvalidRequest(f"ttl_s must be between 1 and {settings.token_max_ttl_s} seconds, got {ttl}")
+    return ttl

@@ -17,6 +17,8 @@ from app.errors import (
     JobExists,
     JobNotFinished,
     JobNotFound,
+    NotAuthenticated,
+    RateLimited,
     StoreUnavailable,
     TransitionRefused,
 )
@@ -34,6 +36,8 @@ _STATUS: dict[type[Exception], tuple[int, str]] = {
     IdempotencyConflict: (409, "idempotency_conflict"),
     InvalidRequest: (400, "invalid_request"),
     InvalidParams: (422, "invalid_params"),
+    NotAuthenticated: (401, "not_authenticated"),
+    RateLimited: (429, "rate_limited"),
 }
 
 # Errors that mean "Redis is away for now", not "this request is wrong".
@@ -57,7 +61,12 @@ def _error(status: int, code: str, detail: str, extra: object = None, headers: d
 
 def on_jobtrail_error(_: Request, exc: Exception) -> Response:
     status, code = _STATUS[type(exc)]
-    return _error(status, code, str(exc))
+    headers = None
+    if isinstance(exc, NotAuthenticated):
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+    return _error(status, code, str(exc), headers=headers)
 
 
 def on_unavailable(request: Request, exc: Exception) -> Response:
@@ -78,7 +87,8 @@ def on_http_error(_: Request, exc: HTTPException) -> Response:
 
 
 def on_unexpected(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    job_id = request.path_params.get("job_id", "-")
+    log.error("unhandled error in %s %s (job %s)", request.method, request.url.path, job_id, exc_info=exc)
     return _error(500, "internal_error", "an unexpected error occurred; it has been logged")
 
 

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 from litestar import Response, get
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.api.access import PUBLIC
 from app.api.errors import RETRY_AFTER_S
 from app.api.schemas import Health
 
 
-@get("/healthz", summary="The process is alive", tags=["health"])
+@get("/healthz", summary="The process is alive", tags=["health"], opt=PUBLIC)
 async def healthz() -> Health:
     return Health(status="alive")
 
 
-@get("/readyz", summary="Redis answers (503 otherwise)", tags=["health"])
+@get(
+    "/readyz",
+    summary="Redis answers (503 otherwise)",
+    tags=["health"],
+    opt=PUBLIC,
+    responses={503: ResponseSpec(data_container=Health, description="Redis is not answering")},
+)
 async def readyz(redis: NamedDependency[Redis]) -> Response[Health]:
     try:
         await redis.ping()

@@ -1,4 +1,8 @@
-"""/jobs: submit, list, status, history, events (SSE), cancel, delete."""
+"""/jobs: submit, list, status, history, events (SSE), artifact, tokens, cancel, delete.
+
+Every route acts for the request's principal (app/api/access.py): a tenant sees only
+its own jobs, and another tenant's job answers 404 exactly like a missing one.
+"""
 
 from __future__ import annotations
 
@@ -14,19 +18,23 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, HeaderParameter, JSONBody, Parameter, QueryParameter
 from litestar.response import File, Stream
 
-from app.api.common import SSE_HEADERS, JobId, checked_job_id, error_responses, requested_offset
-from app.api.schemas import CancelRequest, HistoryPage, JobPage, SubmitRequest
-from app.config import Settings
+from app.api.access import JOB_TOKEN
+from app.api.common import SSE_HEADERS, JobId, error_responses, requested_offset, token_ttl, visible_job
+from app.api.schemas import CancelRequest, HistoryPage, JobPage, JobStreamMessage, SubmitRequest, TokenOut, TokenRequest
 from app.artifacts import ArtifactStore
+from app.auth import Principal
+from app.config import Settings
 from app.errors import ArtifactNotFound, JobNotFinished, JobNotFound
 from app.eventlog import EventLog
-from app.events import State
+from app.events import State, ms_to_datetime
 from app.hub import Hub
 from app.index import Cursor, JobIndex
 from app.jobstate import JobState
+from app.limits import SseSlots, SubmitRate
 from app.offsets import BEGINNING, is_after, parse_offset
 from app.service import JobService
 from app.sse import job_event_stream
+from app.tokens import TokenSigner
 
 NDJSON = "application/x-ndjson"
 _NDJSON_PAGE = 500  # events per chunk of an NDJSON history
@@ -80,31 +88,41 @@ class JobsController(Controller):
         "returns the job the key first created, with status 200.",
         responses={
             200: ResponseSpec(data_container=JobState, description="Idempotent repeat: the existing job"),
-            **error_responses(400, 409, 413, 422, 503),
+            **error_responses(400, 409, 413, 422, 429, 503),
         },
     )
     async def submit(
         self,
         data: JSONBody[SubmitRequest],
         service: NamedDependency[JobService],
+        principal: NamedDependency[Principal],
+        submit_rate: NamedDependency[SubmitRate],
         idempotency_key: Annotated[
             str | None, HeaderParameter(name="Idempotency-Key", required=False, min_length=1, max_length=255)
         ] = None,
     ) -> Response[JobState]:
-        job, created = await service.submit(data.kind, data.params, data.max_attempts, idempotency_key)
+        await submit_rate.check(principal.scope)
+        job, created = await service.submit(
+            data.kind, data.params, data.max_attempts, idempotency_key, tenant=principal.tenant
+        )
         return Response(job, status_code=202 if created else 200, headers={"Location": f"/jobs/{job.id}"})
 
     @get("/", summary="List jobs, newest first", responses=error_responses(400, 503))
     async def list_jobs(
         self,
         index: NamedDependency[JobIndex],
+        principal: NamedDependency[Principal],
         state_filter: Annotated[State | None, QueryParameter(name="state", description="Only jobs in this state")] = None,
         kind: Annotated[str | None, Parameter(max_length=100)] = None,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
         cursor: Annotated[str | None, Parameter(max_length=1000)] = None,
     ) -> JobPage:
         jobs, next_cursor = await index.page(
-            limit=limit, cursor=Cursor.decode(cursor) if cursor else None, state=state_filter, kind=kind
+            limit=limit,
+            cursor=Cursor.decode(cursor) if cursor else None,
+            state=state_filter,
+            kind=kind,
+            tenant=None if principal.admin else principal.tenant,
         )
         return JobPage(jobs=jobs, next=next_cursor.encode() if next_cursor else None)
 
@@ -118,9 +136,10 @@ class JobsController(Controller):
         self,
         job_id: JobId,
         events: NamedDependency[EventLog],
+        principal: NamedDependency[Principal],
         if_none_match: Annotated[str | None, HeaderParameter(name="If-None-Match", required=False)] = None,
     ) -> Response[JobState]:
-        job = await events.state(checked_job_id(job_id))
+        job = await visible_job(events, principal, job_id)
         etag = _etag(job)
         if _matches(if_none_match, etag):
             return Response(None, status_code=304, headers={"ETag": etag})  # type: ignore[arg-type]
@@ -137,21 +156,22 @@ class JobsController(Controller):
             **error_responses(400, 404, 503),
         },
         operation_class=_HistoryOperation,
+        opt=JOB_TOKEN,
     )
     async def history(
         self,
         request: Request,
         job_id: JobId,
         events: NamedDependency[EventLog],
+        principal: NamedDependency[Principal],
         after: Annotated[str | None, Parameter(description="Event id to start after (exclusive)")] = None,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     ) -> Response[HistoryPage] | Stream:
         # Annotated with Response types: a data annotation would pin the handler's media type
         # to JSON, which litestar then gives the NDJSON stream too.
-        job_id = checked_job_id(job_id)
         offset = parse_offset(after) if after else BEGINNING
+        await visible_job(events, principal, job_id)  # 404 before the stream starts
         if request.accept.best_match(["application/json", NDJSON], default="application/json") == NDJSON:
-            await events.state(job_id)  # 404 before the stream starts
             return Stream(_ndjson_history(events, job_id, offset), media_type=NDJSON)
         page = await events.history_page(job_id, offset, limit)
         return Response(HistoryPage(
@@ -168,10 +188,14 @@ class JobsController(Controller):
         "A finished job whose terminal event the client already has answers 204, which tells an EventSource to "
         "stop reconnecting.",
         responses={
-            200: ResponseSpec(data_container=str, media_type="text/event-stream", description="The event stream"),
+            200: ResponseSpec(
+                data_container=JobStreamMessage, media_type="text/event-stream", generate_examples=False,
+                description="The event stream, one message per event",
+            ),
             204: ResponseSpec(data_container=None, description="The job is finished and the client has every event"),
-            **error_responses(400, 404, 503),
+            **error_responses(400, 404, 429, 503),
         },
+        opt=JOB_TOKEN,
     )
     async def events(
         self,
@@ -180,20 +204,22 @@ class JobsController(Controller):
         events: NamedDependency[EventLog],
         hub: NamedDependency[Hub],
         settings: NamedDependency[Settings],
+        principal: NamedDependency[Principal],
+        sse_slots: NamedDependency[SseSlots],
         after: FromQuery[str | None] = None,
         last_event_id: FromQuery[str | None] = None,
     ) -> Stream | Response[None]:
         offset, _ = requested_offset(request, after, last_event_id)
-        job = await events.state(checked_job_id(job_id))
+        job = await visible_job(events, principal, job_id)
         if job.terminal and not is_after(job.last_event_id, offset):
             return Response(None, status_code=204)
         gap = is_after(await events.max_deleted_id(job_id), offset)
+        slot = await sse_slots.take(principal.scope)
+        stream = job_event_stream(
+            events, hub, job, offset, gap=gap, retry_ms=settings.sse_retry_ms, ping_s=settings.sse_ping_s
+        )
         return Stream(
-            job_event_stream(
-                events, hub, job, offset, gap=gap, retry_ms=settings.sse_retry_ms, ping_s=settings.sse_ping_s
-            ),
-            media_type="text/event-stream",
-            headers=SSE_HEADERS,
+            sse_slots.held(principal.scope, slot, stream), media_type="text/event-stream", headers=SSE_HEADERS
         )
 
     @get(
@@ -202,14 +228,19 @@ class JobsController(Controller):
         description="Streams the artifact with its content type and a `Content-Disposition` naming it. "
         "404 when the job has no artifact, 409 while the job is still pending or running.",
         responses={
-            200: ResponseSpec(data_container=bytes, media_type="application/octet-stream", description="The file"),
+            200: ResponseSpec(data_container=bytes, media_type="*/*", description="The file, in its own content type"),
             **error_responses(404, 409, 503),
         },
+        opt=JOB_TOKEN,
     )
     async def artifact(
-        self, job_id: JobId, events: NamedDependency[EventLog], artifacts: NamedDependency[ArtifactStore]
+        self,
+        job_id: JobId,
+        events: NamedDependency[EventLog],
+        artifacts: NamedDependency[ArtifactStore],
+        principal: NamedDependency[Principal],
     ) -> File:
-        job = await events.state(checked_job_id(job_id))
+        job = await visible_job(events, principal, job_id)
         if not job.terminal:
             raise JobNotFinished(job.id, job.state)
         path = artifacts.path(job.id, job.artifact) if job.artifact else None
@@ -228,12 +259,54 @@ class JobsController(Controller):
         summary="Cancel a job",
         description="A pending job is cancelled at once; a running one is asked to stop, which its handler does at "
         "its next progress report. The body (a reason) is optional.",
-        responses=error_responses(400, 404, 409, 503),
+        responses=error_responses(400, 404, 409, 413, 503),
     )
-    async def cancel(self, job_id: JobId, service: NamedDependency[JobService], data: JSONBody[CancelRequest | None] = None) -> JobState:
-        return await service.cancel(checked_job_id(job_id), data.reason if data else None)
+    async def cancel(
+        self,
+        job_id: JobId,
+        service: NamedDependency[JobService],
+        events: NamedDependency[EventLog],
+        principal: NamedDependency[Principal],
+        data: JSONBody[CancelRequest | None] = None,
+    ) -> JobState:
+        job = await visible_job(events, principal, job_id)
+        return await service.cancel(job.id, data.reason if data else None)
 
     @delete("/{job_id:str}", status_code=204, summary="Delete a job and all its events", responses=error_responses(404, 503))
-    async def remove(self, job_id: JobId, service: NamedDependency[JobService]) -> None:
-        if not await service.delete(checked_job_id(job_id)):
+    async def remove(
+        self,
+        job_id: JobId,
+        service: NamedDependency[JobService],
+        events: NamedDependency[EventLog],
+        principal: NamedDependency[Principal],
+    ) -> None:
+        job = await visible_job(events, principal, job_id)
+        if not await service.delete(job.id, job.tenant):
             raise JobNotFound(job_id)
+
+    @post(
+        "/{job_id:str}/tokens",
+        status_code=201,
+        summary="Issue a read-only token for one job",
+        description="For clients that cannot send an `Authorization` header, such as a browser's EventSource: "
+        "pass the token as `?token=` to this job's `/events`, `/history` and `/artifact`, and nowhere else. "
+        "It expires after `ttl_s` seconds (default `JOBTRAIL_TOKEN_TTL_S`, at most `JOBTRAIL_TOKEN_MAX_TTL_S`). "
+        "Issuing one takes an API key; a token cannot make another.",
+        responses=error_responses(400, 404, 503),
+    )
+    async def token(
+        self,
+        job_id: JobId,
+        events: NamedDependency[EventLog],
+        principal: NamedDependency[Principal],
+        signer: NamedDependency[TokenSigner],
+        settings: NamedDependency[Settings],
+        data: JSONBody[TokenRequest | None] = None,
+    ) -> TokenOut:
+        job = await visible_job(events, principal, job_id)
+        token, expires = await signer.issue(principal, job.id, token_ttl(settings, data))
+        return TokenOut(
+            token=token, expires_at=ms_to_datetime(expires * 1000), job_id=job.id,
+            events_url=f"/jobs/{job.id}/events?token={token}",
+        )
+

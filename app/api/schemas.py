@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
+from litestar.openapi.spec import Reference, Schema
+from litestar.params import KwargDefinition
 
 from app.events import EventOut
 from app.jobstate import JobState
@@ -28,6 +31,47 @@ class HistoryPage(msgspec.Struct, frozen=True):
 class JobPage(msgspec.Struct, frozen=True):
     jobs: list[JobState]
     next: str | None  # pass as `cursor` for the next page; null at the end
+
+
+class TokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    ttl_s: Annotated[int, msgspec.Meta(ge=1)] | None = None  # seconds; default JOBTRAIL_TOKEN_TTL_S
+
+
+class TokenOut(msgspec.Struct, frozen=True):
+    token: str  # pass as `?token=`
+    expires_at: datetime
+    job_id: str | None  # null: a token for the activity feed
+    events_url: str  # the event stream this token opens, token included
+
+
+def _json_of(*components: str) -> KwargDefinition:
+    """Documents a string field that holds JSON, of one of the named component schemas if any."""
+    refs = [Reference(ref=f"#/components/schemas/{name}") for name in components]
+    extra: dict[str, Any] = {"content_media_type": "application/json"}
+    if refs:
+        extra["content_schema"] = refs[0] if len(refs) == 1 else Schema(any_of=refs)
+    return KwargDefinition(schema_extra=extra)
+
+
+# For text/event-stream, OpenAPI 3.1 takes the schema as that of one message (one event),
+# as an EventSource parses it. Their ResponseSpecs need generate_examples=False: litestar
+# cannot build examples for these annotations.
+
+
+class JobStreamMessage(msgspec.Struct, frozen=True):
+    """One message of a job's event stream."""
+
+    event: str  # the event's type, or `gap`
+    data: Annotated[str, _json_of("EventOut", "JobState")]  # the event; for `gap`, the job's state
+    id: str | None = None  # the event's id; none on `gap`
+
+
+class ActivityStreamMessage(msgspec.Struct, frozen=True):
+    """One message of the activity feed (`data`: `{id, job_id, kind, type, state, at, event_id, attempt}`)."""
+
+    event: str  # the transition's type, or `gap`
+    data: Annotated[str, _json_of()]
+    id: str | None = None  # the feed entry's id; none on `gap`
 
 
 class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -1,0 +1,62 @@
+"""Who is asking: the API key (or read-only token) of a request, checked before any route runs.
+
+A guard rather than a middleware: a guard's 401 goes through the same response path
+as every other error, request id included. Routes name in their `opt` whether a token
+may stand in for a key there: `opt={"token": "job"}` on a job's read-only routes (SSE,
+history, artifact), and `opt={"token": "feed"}` on the activity feed; `PUBLIC` routes
+need neither. The principal found is the request's `user`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
+from litestar.types import Guard
+
+from app.auth import OPEN, ApiKeys, Principal
+from app.errors import NotAuthenticated
+from app.tokens import TokenRejected, TokenSigner
+
+TokenUse = Literal["job", "feed"]
+PUBLIC = {"public": True}  # opt of routes anyone may call (health probes)
+# The OpenAPI document is public too: it describes the API, not anybody's jobs.
+SCHEMA_PATH = "/schema"
+JOB_TOKEN = {"token": "job"}
+FEED_TOKEN = {"token": "feed"}
+
+
+def access_guard(api_keys: ApiKeys, enabled: bool) -> Guard:
+    async def guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+        path = connection.scope["path"]
+        if handler.opt.get("public") or path == SCHEMA_PATH or path.startswith(SCHEMA_PATH + "/"):
+            return
+        connection.scope["user"] = await principal_of(connection, handler, api_keys) if enabled else OPEN
+
+    return guard
+
+
+async def principal_of(connection: ASGIConnection, handler: BaseRouteHandler, api_keys: ApiKeys) -> Principal:
+    """The principal a request's key or token stands for; NotAuthenticated if none."""
+    header = connection.headers.get("authorization")
+    if header:
+        scheme, _, key = header.partition(" ")
+        principal = api_keys.principal(key.strip()) if scheme.lower() == "bearer" else None
+        if principal is None:
+            raise NotAuthenticated("the API key is not valid: send `Authorization: Bearer <key>`")
+        return principal
+    token = connection.query_params.get("token")
+    if token is None:
+        raise NotAuthenticated("send an API key as `Authorization: Bearer <key>`")
+    use: TokenUse | None = handler.opt.get("token")
+    if use is None or connection.method != "GET":
+        raise NotAuthenticated("a token is accepted only on a job's events, history and artifact, and on /events")
+    signer: TokenSigner = connection.app.state.signer
+    try:
+        principal = await signer.verify(token)
+    except TokenRejected as exc:
+        raise NotAuthenticated(f"token rejected: {exc}") from None
+    if (use == "feed") != principal.feed:
+        raise NotAuthenticated(f"this token is not for {'the activity feed' if use == 'feed' else 'a job'}")
+    return principal

@@ -1,0 +1,65 @@
+"""Request ids and the access log.
+
+Every request gets an id: the caller's `X-Request-ID` when it is a sane one, else a
+fresh one. It is sent back in the response, and every log line written while the
+request runs carries it (see `RequestIdFilter`). The access log is ours rather than
+uvicorn's because uvicorn's prints query strings whole, and `?token=` is a credential.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import time
+import uuid
+
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("jobtrail.access")
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
+_SECRET_PARAM = re.compile(r"(^|&)(token=)[^&]*")
+
+
+class RequestIdFilter(logging.Filter):
+    """Gives every record a `request_id` attribute for the log format."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = REQUEST_ID.get()
+        return True
+
+
+def redacted_query(query: str) -> str:
+    return _SECRET_PARAM.sub(r"\1\2[redacted]", query)
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _SANE_ID.match(given) else uuid.uuid4().hex
+        token = REQUEST_ID.set(request_id)
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            query = scope.get("query_string", b"").decode("latin-1")
+            target = scope["path"] + (f"?{redacted_query(query)}" if query else "")
+            log.info("%s %s %d %.1fms", scope["method"], target, status, (time.perf_counter() - started) * 1000)
+            REQUEST_ID.reset(token)

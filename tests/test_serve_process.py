@@ -1,0 +1,106 @@
+"""`jobtrail serve` as a process: refusing to start open, draining SSE on SIGTERM, making keys."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from app.auth import ApiKeys
+from tests.conftest import ROOT, worker_env
+from tests.sse import open_stream
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve(settings, tmp_path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    log = open(tmp_path / f"serve-{port}.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        cwd=ROOT, env={**worker_env(settings), **env}, stdout=log, stderr=subprocess.STDOUT,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+async def wait_ready(process: subprocess.Popen[bytes], url: str) -> None:
+    async with httpx.AsyncClient(base_url=url) as http:
+        for _ in range(200):
+            assert process.poll() is None, "jobtrail serve exited while starting"
+            try:
+                if (await http.get("/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+    pytest.fail("jobtrail serve did not become ready")
+
+
+def test_serve_with_redis_and_no_keys_refuses_to_start(settings, tmp_path):
+    process, _ = serve(settings, tmp_path)  # worker_env sets no JOBTRAIL_AUTH
+    assert process.wait(30) == 2
+    output = (tmp_path / next(p.name for p in tmp_path.iterdir() if p.name.startswith("serve-"))).read_text()
+    assert "no API keys are configured" in output and "JOBTRAIL_AUTH=off" in output
+
+
+def test_keys_new_prints_a_key_and_an_entry_that_accepts_it():
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "keys", "new", "acme"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    lines = [line.strip() for line in done.stdout.splitlines()]
+    key, entry = lines[1], lines[3]
+    assert key.startswith("jt_") and key not in entry
+    assert ApiKeys(ApiKeys.parse(entry, "test")).principal(key).tenant == "acme"
+
+
+async def test_sigterm_ends_open_sse_streams_cleanly_and_a_client_resumes_elsewhere(settings, tmp_path):
+    first, url = serve(settings, tmp_path, JOBTRAIL_AUTH="off")
+    try:
+        await wait_ready(first, url)
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            job = (await http.post("/jobs", json={"kind": "demo"})).json()  # no worker: it stays pending
+            async with open_stream(http, f"/jobs/{job['id']}/events") as stream:
+                submitted = await stream.next_event()
+                started = time.monotonic()
+                first.send_signal(signal.SIGTERM)
+                # The stream ends by itself, properly terminated (httpx raises on a cut one).
+                rest = [message async for message in _until_closed(stream)]
+        assert time.monotonic() - started < 5
+        assert any("shutting down" in comment for message in rest for comment in message.comments)
+        assert not any(message.data for message in rest)
+        # uvicorn re-raises the signal once it has shut down, so the exit reads as SIGTERM.
+        assert first.wait(10) in (0, -signal.SIGTERM)
+    finally:
+        if first.poll() is None:
+            first.kill()
+
+    second, url = serve(settings, tmp_path, JOBTRAIL_AUTH="off")
+    try:
+        await wait_ready(second, url)
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            await http.post(f"/jobs/{job['id']}/cancel")
+            async with open_stream(
+                http, f"/jobs/{job['id']}/events", headers={"Last-Event-ID": submitted.id}
+            ) as stream:
+                resumed = await stream.rest()
+        assert [message.event for message in resumed] == ["cancelled"]
+    finally:
+        second.terminate()
+        second.wait(10)
+
+
+async def _until_closed(stream):
+    while (message := await stream.next(timeout=10)) is not None:
+        yield message
