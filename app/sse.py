@@ -42,6 +42,11 @@ def sse_comment(text: str) -> bytes:
     return b": %s\n\n" % text.encode()
 
 
+def sse_goodbye(reason: str, retry_ms: int) -> bytes:
+    """The last block of a stream cut short: when to reconnect (`retry:`) and, as a comment, why."""
+    return b"retry: %d\n: %s; reconnect to resume\n\n" % (retry_ms, reason.encode())
+
+
 async def job_event_stream(
     events: EventLog,
     hub: Hub,
@@ -61,7 +66,7 @@ async def job_event_stream(
     try:
         sub = await hub.subscribe(stream_key, after=job.last_event_id)
     except RedisError:
-        yield sse_comment("event store unavailable; reconnect to resume")
+        yield sse_goodbye("event store unavailable", retry_ms)
         return
     try:
         async for event in events.events(job.id, after=last):
@@ -84,10 +89,10 @@ async def job_event_stream(
             if event.terminal:
                 return
     except SubscriptionClosed as closed:
-        yield sse_comment(f"{closed.reason}; reconnect to resume")
+        yield sse_goodbye(closed.reason, retry_ms)
     except RedisError as exc:
         log.warning("SSE stream of job %s ended: %s", job.id, exc)
-        yield sse_comment("event store unavailable; reconnect to resume")
+        yield sse_goodbye("event store unavailable", retry_ms)
     finally:
         hub.unsubscribe(sub)
 
@@ -134,7 +139,7 @@ async def activity_event_stream(
     try:
         sub = await hub.subscribe(feed.key, after=position.last_id, decode=decode_transitions)
     except RedisError:
-        yield sse_comment("event store unavailable; reconnect to resume")
+        yield sse_goodbye("event store unavailable", retry_ms)
         return
     try:
         while True:
@@ -156,9 +161,9 @@ async def activity_event_stream(
                 yield sse_transition(transition)
             last = transition.id
     except SubscriptionClosed as closed:
-        yield sse_comment(f"{closed.reason}; reconnect to resume")
+        yield sse_goodbye(closed.reason, retry_ms)
     except RedisError as exc:
         log.warning("SSE activity stream ended: %s", exc)
-        yield sse_comment("event store unavailable; reconnect to resume")
+        yield sse_goodbye("event store unavailable", retry_ms)
     finally:
         hub.unsubscribe(sub)

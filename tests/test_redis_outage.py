@@ -128,7 +128,7 @@ async def test_api_serves_again_by_itself_after_redis_restarts(client, server):
     assert [m.event for m in got] == ["submitted", "cancelled"]
 
 
-async def test_sse_stream_ends_when_redis_dies_and_resumes_by_last_event_id_after_restart(client, server):
+async def test_sse_stream_ends_when_redis_dies_and_resumes_by_last_event_id_after_restart(client, server, settings):
     job_id = await submit(client)
     opened = asyncio.Event()
 
@@ -148,7 +148,9 @@ async def test_sse_stream_ends_when_redis_dies_and_resumes_by_last_event_id_afte
 
     seen = await asyncio.wait_for(reader, 10)  # the server ended the stream; it did not hang
     assert [m.event for m in seen if m.data] == ["submitted"]
-    assert any("unavailable" in comment for m in seen for comment in m.comments)
+    goodbye = seen[-1]
+    assert any("unavailable" in comment for comment in goodbye.comments)
+    assert goodbye.retry == settings.sse_retry_ms  # the client is told when to come back
     last_id = [m.id for m in seen if m.id][-1]
     server.start()
     await eventually(lambda: answers(client, "GET", f"/jobs/{job_id}", 200), "reading the job again")

@@ -78,7 +78,8 @@ async def test_sigterm_ends_open_sse_streams_cleanly_and_a_client_resumes_elsewh
                 # The stream ends by itself, properly terminated (httpx raises on a cut one).
                 rest = [message async for message in _until_closed(stream)]
         assert time.monotonic() - started < 5
-        assert any("shutting down" in comment for message in rest for comment in message.comments)
+        assert any("shutting down" in comment for comment in rest[-1].comments)
+        assert rest[-1].retry == settings.sse_retry_ms
         assert not any(message.data for message in rest)
         # uvicorn re-raises the signal once it has shut down, so the exit reads as SIGTERM.
         assert first.wait(10) in (0, -signal.SIGTERM)
