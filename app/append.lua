@@ -14,6 +14,8 @@
 -- Returns {'ok', id, state, cancel_requested, at, attempt, kind, tenant}  (the last four feed app/activity.py)
 --      or {'duplicate', id, state, cancel_requested}  (key seen: nothing written)
 --      or {'refused', state}                          (state forbids it: nothing written)
+--      or {'stale', state, current attempt}            (ARGV[2] is not the attempt the rule
+--                                                      wants: nothing written)
 --
 -- RULES, TERMINAL and ABSENT are rendered above this line from app/events.py.
 
@@ -38,8 +40,14 @@ if not rule.allowed[state] then
   return {'refused', state}
 end
 
+local current = redis.call('HGET', job, 'attempt') or '0'
 if attempt == '' then
-  attempt = redis.call('HGET', job, 'attempt') or '0'
+  attempt = current
+elseif rule.attempt then
+  local expected = tonumber(current) + (rule.attempt == 'next' and 1 or 0)
+  if tonumber(attempt) ~= expected then
+    return {'stale', state, current}
+  end
 end
 if at == '' then
   local now = redis.call('TIME')

@@ -44,6 +44,20 @@ class TransitionRefused(JobtrailError):
         self.state = state
 
 
+class AttemptSuperseded(TransitionRefused):
+    """The event names an attempt that is no longer the job's (another worker took it over)."""
+
+    def __init__(self, job_id: str, event_type: str, state: str, attempt: int, current: int) -> None:
+        JobtrailError.__init__(
+            self, f"event '{event_type}' of attempt {attempt} refused: job {job_id!r} is at attempt {current}"
+        )
+        self.job_id = job_id
+        self.event_type = event_type
+        self.state = state
+        self.attempt = attempt
+        self.current = current
+
+
 class InvalidRequest(JobtrailError):
     """Input the caller can fix (HTTP 400)."""
 

@@ -15,7 +15,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from app.activity import ActivityFeed
-from app.errors import JobExists, JobNotFound, TransitionRefused
+from app.errors import AttemptSuperseded, JobExists, JobNotFound, TransitionRefused
 from app.events import ABSENT, RULES, TERMINAL_STATES, Event, EventType, check_data
 from app.jobstate import JobState
 from app.keys import Keys
@@ -36,7 +36,11 @@ def render_append_script() -> str:
         allowed = ", ".join(f"[{_lua_string(s)}] = true" for s in sorted(rule.allowed))
         nxt = _lua_string(rule.next_state) if rule.next_state else "nil"
         stamp = _lua_string(rule.stamp) if rule.stamp else "nil"
-        lines.append(f"  [{_lua_string(event_type)}] = {{allowed = {{{allowed}}}, next = {nxt}, stamp = {stamp}}},")
+        attempt = _lua_string(rule.attempt) if rule.attempt else "nil"
+        lines.append(
+            f"  [{_lua_string(event_type)}] = {{allowed = {{{allowed}}}, next = {nxt}, stamp = {stamp}, "
+            f"attempt = {attempt}}},"
+        )
     lines.append("}")
     terminal = ", ".join(f"[{_lua_string(s)}] = true" for s in sorted(TERMINAL_STATES))
     lines.append(f"local TERMINAL = {{{terminal}}}")
@@ -79,6 +83,9 @@ class EventLog:
     ) -> Appended:
         """Append one event (one round trip). Raises JobNotFound, JobExists or TransitionRefused.
 
+        An explicit `attempt` must be the job's current one (the next one for `started`),
+        else AttemptSuperseded (a TransitionRefused) and nothing is written.
+
         `at_ms` keeps an original timestamp; `retention_s` replaces the configured retention
         (the TTL a terminal event gives the job's keys), e.g. to keep an imported job's TTL.
         A state transition (or a cancel request) takes a second round trip afterwards, to
@@ -97,6 +104,8 @@ class EventLog:
             args += [field, value]
         reply = await self._append(keys=list(self.keys.job_keys(job_id)), args=args)
         status = reply[0]
+        if status == "stale":
+            raise AttemptSuperseded(job_id, event_type, reply[1], attempt or 0, int(reply[2]))
         if status == "refused":
             state = reply[1]
             if state == ABSENT:

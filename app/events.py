@@ -46,14 +46,18 @@ class Rule(NamedTuple):
     allowed: frozenset[str]  # states in which the event may be appended
     next_state: State | None  # None: the state does not change
     stamp: str | None  # timestamp field the event sets to its `at`
+    # An event that names its attempt must name the job's current one ("current"), or
+    # the one after it ("next", for `started`): a worker that lost its job (frozen past
+    # its lease, say) must not write into the attempt that replaced its own.
+    attempt: str | None = "current"
 
 
 _LIVE = frozenset({State.PENDING, State.RUNNING})
 _RUNNING = frozenset({State.RUNNING})
 
 RULES: dict[EventType, Rule] = {
-    EventType.SUBMITTED: Rule(frozenset({ABSENT}), State.PENDING, "created_at"),
-    EventType.STARTED: Rule(frozenset({State.PENDING}), State.RUNNING, "started_at"),
+    EventType.SUBMITTED: Rule(frozenset({ABSENT}), State.PENDING, "created_at", attempt=None),
+    EventType.STARTED: Rule(frozenset({State.PENDING}), State.RUNNING, "started_at", attempt="next"),
     EventType.PROGRESS: Rule(_RUNNING, None, None),
     EventType.PHASE: Rule(_RUNNING, None, None),
     EventType.LOG: Rule(_LIVE, None, None),

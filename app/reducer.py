@@ -73,7 +73,11 @@ class IllegalHistory(ValueError):
 
 
 def fold(events: Iterable[Event]) -> dict[str, str]:
-    """The state hash that appending `events` in order leaves behind."""
+    """The state hash that appending `events` in order leaves behind.
+
+    The attempt fence (`Rule.attempt`) is not checked here: it guards writers, and a
+    stream written before it existed may hold a superseded attempt's events.
+    """
     state: dict[str, str] = {}
     for event in events:
         current = state.get("state", ABSENT)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.errors import JobExists, JobNotFound, TransitionRefused
+from app.errors import AttemptSuperseded, JobExists, JobNotFound, TransitionRefused
 from app.eventlog import EventLog
 from app.events import ABSENT, RULES, TERMINAL_STATES, EventType, State
 from app.reducer import fold
@@ -111,10 +111,29 @@ async def test_state_hash_records_progress_timestamps_and_result(events):
 
 async def test_events_without_an_attempt_inherit_the_jobs_current_attempt(events):
     await events.append("job", EventType.SUBMITTED, SAMPLE_DATA[EventType.SUBMITTED])
-    await events.append("job", EventType.STARTED, {"worker": "w", "attempt": 2}, attempt=2)
+    await events.append("job", EventType.STARTED, {"worker": "w", "attempt": 1}, attempt=1)
     await events.append("job", EventType.CANCEL_REQUESTED, {})
     [*_, last] = [e async for e in events.events("job")]
-    assert last.attempt == 2 and (await events.state("job")).cancel_requested
+    assert last.attempt == 1 and (await events.state("job")).cancel_requested
+
+
+async def test_an_event_of_a_superseded_attempt_is_refused_and_writes_nothing(events):
+    await events.append("job", EventType.SUBMITTED, SAMPLE_DATA[EventType.SUBMITTED])
+    with pytest.raises(AttemptSuperseded):  # `started` must open the next attempt, not skip one
+        await events.append("job", EventType.STARTED, {"worker": "w", "attempt": 2}, attempt=2)
+    await events.append("job", EventType.STARTED, {"worker": "w", "attempt": 1}, attempt=1)
+    error = {"error": {"type": "Stalled", "message": "taken over"}, "delay_s": 0, "next_attempt": 2}
+    await events.append("job", EventType.RETRYING, error, attempt=1)
+    await events.append("job", EventType.STARTED, {"worker": "w2", "attempt": 2}, attempt=2)
+    before = await events.state("job")
+    # The worker of attempt 1 wakes up and writes as if nothing had happened.
+    for event_type, data in [(EventType.PROGRESS, {"progress": 1.0}), (EventType.SUCCEEDED, {"result": 1}),
+                             (EventType.RETRYING, error), (EventType.FAILED, {"error": error["error"]})]:
+        with pytest.raises(AttemptSuperseded) as refused:
+            await events.append("job", event_type, data, attempt=1)
+        assert refused.value.current == 2
+    assert await events.state("job") == before
+    assert len([e async for e in events.events("job")]) == 4
 
 
 async def test_append_reports_cancel_requested_to_the_producer(events):
