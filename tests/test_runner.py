@@ -76,13 +76,13 @@ async def test_pending_job_with_a_cancel_request_is_cancelled_without_starting(e
     assert [t for t, _ in await types_of(events, "j")] == ["submitted", "cancel_requested", "cancelled"]
 
 
-async def test_job_found_running_on_delivery_is_retried_as_worker_lost(events, runner):
+async def test_job_found_running_on_delivery_is_retried_as_stalled(events, runner):
     await submit(events, "j", {"steps": 2, "delay_ms": 0})
     await events.append("j", EventType.STARTED, {"worker": "dead", "attempt": 1}, attempt=1, key="started:1")
     await runner.run("j")
     history = [e async for e in events.events("j")]
     assert [e.type.value for e in history][:4] == ["submitted", "started", "retrying", "started"]
-    assert history[2].data["error"]["type"] == "WorkerLost"
+    assert history[2].data["error"]["type"] == "Stalled"
     assert (await events.state("j")).state is State.SUCCEEDED
 
 

@@ -1,9 +1,12 @@
 """Runs one job: started, the kind's handler, then succeeded, retrying or failed.
 
 A taskiq message is acknowledged only when `run` returns, which is after the job's
-terminal event is written, so a killed worker's job is delivered again. Retries happen
-inside one delivery (the backoff is a sleep), so an acknowledged job is always finished.
-A lease (workers/lease.py) keeps two deliveries of one job from running it at once.
+terminal event is written, so a killed worker's job is run again (queued again by the
+reaper, workers/reaper.py, since the broker would wait for its idle timeout). Retries
+happen inside one delivery (the backoff is a sleep). A lease (workers/lease.py) keeps two
+deliveries of one job from running it at once. A draining worker interrupts its jobs
+(`interrupt`): each ends its attempt as `Stalled` and is queued again for the next
+worker, so its own message can be acknowledged.
 """
 
 from __future__ import annotations
@@ -12,25 +15,33 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.artifacts import ArtifactStore
 from app.config import Settings
 from app.errors import JobNotFound, TransitionRefused
 from app.eventlog import EventLog
-from app.events import EventType, ErrorInfo, FailedData, ReasonData, RetryingData, StartedData, State, SucceededData
+from app.events import (
+    TERMINAL_STATES, EventType, ErrorInfo, FailedData, ReasonData, RetryingData, StartedData, State, SucceededData,
+)
 from app.jobstate import JobState
+from app.livejobs import LiveJobs, now_ms
 from workers.context import AttemptLost, JobCancelled, JobContext, PermanentFailure
 from workers.lease import Lease
 from workers.registry import get_kind, parse_params
 
 log = logging.getLogger(__name__)
 
-WORKER_LOST = ErrorInfo(type="WorkerLost", message="the worker running this attempt stopped before it finished")
+STALLED = ErrorInfo(type="Stalled", message="the worker running this attempt stopped before it finished")
+SHUT_DOWN = ErrorInfo(type="Stalled", message="the worker running this attempt was shut down before it finished")
+
+Requeue = Callable[[str], Awaitable[None]]
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
@@ -38,11 +49,20 @@ def error_info(exc: BaseException) -> ErrorInfo:
 
 
 class Runner:
-    def __init__(self, events: EventLog, settings: Settings, name: str | None = None) -> None:
+    def __init__(
+        self, events: EventLog, settings: Settings, name: str | None = None, *, requeue: Requeue | None = None
+    ) -> None:
         self.events = events
         self.settings = settings
         self.artifacts = ArtifactStore(settings.artifact_dir)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.live = LiveJobs(events.redis, events.keys, settings.pending_stale_s)
+        # Queues a job handed off by `interrupt` for the next worker; without it the reaper does.
+        self.requeue = requeue
+        # The tasks inside `run`: taskiq acknowledges a message in the same task once `run`
+        # returns, so a draining worker waits for these rather than for the jobs alone.
+        self.deliveries: set[asyncio.Task[Any]] = set()
+        self._running: dict[str, asyncio.Task[None]] = {}
 
     def backoff_s(self, attempt: int) -> float:
         """Delay before the attempt after `attempt`: exponential, capped."""
@@ -50,21 +70,73 @@ class Runner:
 
     async def run(self, job_id: str) -> None:
         """Run the job until it is terminal (or gone); drop the delivery if another worker holds it."""
+        delivery = asyncio.current_task()
+        assert delivery is not None  # taskiq runs each delivery in a task of its own
+        self.deliveries.add(delivery)
+        try:
+            await self._run(job_id)
+        finally:
+            self.deliveries.discard(delivery)
+
+    def interrupt(self) -> None:
+        """Stop every job this runner holds; each is handed to the next worker as its delivery ends."""
+        for body in self._running.values():
+            body.cancel()
+
+    async def _run(self, job_id: str) -> None:
         lease = Lease(self.events.redis, self.events.keys.lease(job_id), self.name, self.settings.lease_ttl_s)
         if not await lease.acquire():
             log.info("job %s is being run by another worker; dropping this delivery", job_id)
             return
+        handed_off = False
         async with lease.kept_alive():
+            # A task of its own, so `interrupt` can stop the job and still let this delivery end cleanly.
+            body = asyncio.create_task(self._run_leased(job_id, lease))
+            self._running[job_id] = body
+            try:
+                await body
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if not body.cancelled() or (current is not None and current.cancelling()):
+                    raise
+                handed_off = await self._hand_off(job_id)
+            finally:
+                del self._running[job_id]
+        # Only now, with the lease released: a delivery that found it held would drop itself.
+        if handed_off and self.requeue is not None:
+            try:
+                await self.requeue(job_id)
+            except RedisError as exc:
+                log.warning("job %s: could not queue it again (%s); the reaper will", job_id, exc)
+
+    async def _run_leased(self, job_id: str, lease: Lease) -> None:
+        job = await self._load(job_id)
+        if job is None:
+            return
+        # The reaper's first look at the job comes when this lease could first expire.
+        await self._update_live(self.live.postpone({job_id: now_ms() + lease.ttl_ms}), job_id)
+        if job.state is State.RUNNING:
+            # Running, yet nobody holds its lease: the worker that ran it died.
+            job = await self._end_attempt(job, job.attempt, STALLED)
+        while job is not None and job.state is State.PENDING and not lease.lost:
+            if job.cancel_requested:
+                reason = ReasonData(reason="cancelled before start")
+                await self._final(job_id, EventType.CANCELLED, reason, job.attempt)
+                return
+            job = await self._attempt(job, lease)
+
+    async def _hand_off(self, job_id: str) -> bool:
+        """End an interrupted attempt as stalled with no delay; True when the job should be queued again."""
+        try:
             job = await self._load(job_id)
             if job is not None and job.state is State.RUNNING:
-                # Running, yet nobody holds its lease: the worker that ran it died.
-                job = await self._end_attempt(job, job.attempt, WORKER_LOST)
-            while job is not None and job.state is State.PENDING and not lease.lost:
-                if job.cancel_requested:
-                    reason = ReasonData(reason="cancelled before start")
-                    await self._final(job_id, EventType.CANCELLED, reason, job.attempt)
-                    return
-                job = await self._attempt(job, lease)
+                job = await self._end_attempt(job, job.attempt, SHUT_DOWN, delay_s=0.0)
+        except RedisError as exc:
+            log.warning("job %s: could not hand it off (%s); the reaper will", job_id, exc)
+            return False
+        if job is not None:
+            log.info("job %s handed off for another worker to run attempt %d", job_id, job.attempt + 1)
+        return job is not None
 
     async def _attempt(self, job: JobState, lease: Lease) -> JobState | None:
         """One attempt; the job's state afterwards when another attempt should follow."""
@@ -100,12 +172,14 @@ class Runner:
         await self._final(job.id, EventType.SUCCEEDED, outcome, attempt)
         return None
 
-    async def _end_attempt(self, job: JobState, attempt: int, error: ErrorInfo) -> JobState | None:
-        """Retry after a backoff if attempts remain, else fail the job."""
+    async def _end_attempt(
+        self, job: JobState, attempt: int, error: ErrorInfo, delay_s: float | None = None
+    ) -> JobState | None:
+        """Retry after a delay (the backoff by default) if attempts remain, else fail the job."""
         if attempt >= job.max_attempts:
             await self._final(job.id, EventType.FAILED, FailedData(error=error), attempt)
             return None
-        delay = self.backoff_s(attempt)
+        delay = self.backoff_s(attempt) if delay_s is None else delay_s
         retrying = RetryingData(error=error, delay_s=delay, next_attempt=attempt + 1)
         try:
             await self._durable_append(job.id, EventType.RETRYING, retrying, attempt, key=f"retrying:{attempt}")
@@ -119,6 +193,16 @@ class Runner:
             await self._durable_append(job_id, event_type, data, attempt, key=event_type.value)
         except (TransitionRefused, JobNotFound) as exc:
             log.info("job %s: %s not written: %s", job_id, event_type, exc)
+            if isinstance(exc, TransitionRefused) and exc.state not in TERMINAL_STATES:
+                return  # another worker took the job over; it stays live
+        await self._update_live(self.live.forget(job_id), job_id)
+
+    async def _update_live(self, update: Awaitable[None], job_id: str) -> None:
+        """Best-effort: the live set is derived, and the reaper drops a finished job's id itself."""
+        try:
+            await update
+        except RedisError as exc:
+            log.warning("job %s: live set not updated (%s)", job_id, exc)
 
     async def _durable_append(self, job_id: str, event_type: EventType, data: Any, attempt: int, key: str) -> None:
         """Append, retrying while Redis is unreachable; the key makes a retried append land once."""

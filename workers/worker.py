@@ -1,11 +1,19 @@
-"""`jobtrail worker`: a process that consumes the broker's queue and runs jobs."""
+"""`jobtrail worker`: a process that consumes the broker's queue and runs jobs.
+
+SIGTERM or SIGINT drains it: it stops reading the queue, lets its running jobs finish for
+up to `shutdown_timeout_s`, then interrupts the rest, which the runner hands to the next
+worker at once, and puts back the messages it read but never started. A second signal
+stops the waiting: running jobs are handed off right away.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from typing import Any
 
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from taskiq.api import run_receiver_task
 
@@ -13,20 +21,30 @@ from app.config import Settings
 from app.eventlog import EventLog
 from app.keys import Keys
 from app.store import Store
-from workers.broker import build_broker, register_runner
+from workers.broker import JobBroker, build_broker, enqueue, register_runner
+from workers.reaper import Reaper
 from workers.runner import Runner
 
 log = logging.getLogger(__name__)
 
+# More than one worker can hold unacknowledged: a read of up to 100 messages plus its running jobs.
+HAND_BACK_MAX = 1000
+
 
 async def run_worker(settings: Settings) -> None:
-    """Consume jobs until SIGTERM or SIGINT."""
+    """Consume jobs until SIGTERM or SIGINT, then drain."""
     if settings.embedded:
         raise SystemExit("jobtrail worker needs REDIS_URL: the embedded mode runs its worker inside `jobtrail serve`")
     keys = Keys(settings.prefix)
     redis = Store(settings, role="worker").pooled()
-    runner = Runner(EventLog(redis, keys, settings.retention_s, activity_maxlen=settings.activity_maxlen), settings)
+    events = EventLog(redis, keys, settings.retention_s, activity_maxlen=settings.activity_maxlen)
     broker = build_broker(settings, keys)
+    assert isinstance(broker, JobBroker)  # the other broker is the embedded one, refused above
+
+    async def requeue(job_id: str) -> None:
+        await enqueue(broker, job_id)
+
+    runner = Runner(events, settings, requeue=requeue)
     register_runner(broker, runner)
     try:
         await redis.ping()  # fail at start, loudly, when Redis is not there
@@ -35,19 +53,93 @@ async def run_worker(settings: Settings) -> None:
         # The error names host and port; the URL itself may hold a password.
         raise SystemExit(f"jobtrail worker: cannot reach Redis ({exc}); check REDIS_URL and that Redis runs") from None
     await broker.startup()
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        (hurry if stop.is_set() else stop).set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     receiver = asyncio.create_task(
         run_receiver_task(broker, max_async_tasks=settings.worker_concurrency, run_startup=False)
     )
+    reaper = Reaper(events, requeue, settings, group=broker.consumer_group_name, name=runner.name)
+    reaping = asyncio.create_task(reaper.run())
     log.info("worker %s consuming %s (concurrency %d)", runner.name, keys.queue(), settings.worker_concurrency)
+    clean = False
     try:
         await stop.wait()
+        log.info("worker %s stopping: no new jobs; %d running", runner.name, len(runner.deliveries))
+        # Cancelling the receiver stops its reads only: taskiq runs each delivery in a task of its own.
+        await cancel(receiver, reaping)
+        clean = await drain(runner, settings, hurry)
+        await hand_back_unstarted(broker, redis)
     finally:
-        log.info("worker %s stopping", runner.name)
-        receiver.cancel()
-        await asyncio.gather(receiver, return_exceptions=True)
+        await cancel(receiver, reaping)
         await broker.shutdown()
         await redis.aclose()
+    if not clean:
+        raise SystemExit(1)
+
+
+async def drain(runner: Runner, settings: Settings, hurry: asyncio.Event) -> bool:
+    """Let running jobs finish, then hand off the rest; False if some delivery did not end."""
+    if await finished(runner.deliveries, settings.shutdown_timeout_s, hurry):
+        return True
+    log.warning("worker %s: %d job(s) still running; handing them to other workers", runner.name,
+                len(runner.deliveries))
+    runner.interrupt()
+    # A hand-off is a few round trips, each bounded by the Redis timeout.
+    if await finished(runner.deliveries, settings.redis_timeout_s):
+        return True
+    log.error("worker %s: %d job(s) not handed off; their leases expire and the reaper queues them again",
+              runner.name, len(runner.deliveries))
+    return False
+
+
+async def finished(tasks: set[asyncio.Task[Any]], timeout_s: float, hurry: asyncio.Event | None = None) -> bool:
+    """Wait until `tasks` are all done (True), or until `timeout_s` passes or `hurry` is set."""
+    waited = set(tasks)
+    if not waited:
+        return True
+    waiting: list[asyncio.Future[Any]] = [asyncio.ensure_future(asyncio.wait(waited))]
+    if hurry is not None:
+        waiting.append(asyncio.ensure_future(hurry.wait()))
+    try:
+        await asyncio.wait(waiting, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel(*waiting)
+    return all(task.done() for task in waited)
+
+
+async def hand_back_unstarted(broker: JobBroker, redis: Redis) -> None:
+    """Put back on the queue the messages this worker read but never ran, and acknowledge them.
+
+    One read takes up to 100 messages while a busy worker starts them one by one, and a
+    read cut short by the drain may have taken one too. taskiq-redis would leave them
+    with this consumer until another worker claims them after JOBTRAIL_BROKER_IDLE_MS.
+    """
+    queue, group, me = broker.queue_name, broker.consumer_group_name, broker.consumer_name
+    try:
+        unacked = await redis.xpending_range(queue, group, "-", "+", HAND_BACK_MAX, consumername=me)
+        ids = [entry["message_id"] for entry in unacked]
+        if not ids:
+            return
+        messages = await redis.xclaim(queue, group, me, min_idle_time=0, message_ids=ids)
+        async with redis.pipeline(transaction=True) as pipe:
+            for _, fields in messages:
+                if fields:  # None for a message deleted meanwhile
+                    pipe.xadd(queue, fields)
+            pipe.xack(queue, group, *ids)
+            await pipe.execute()
+    except RedisError as exc:
+        log.warning("could not put unstarted messages back on the queue (%s); the reaper will", exc)
+        return
+    log.info("put %d message(s) read but not started back on the queue", len(ids))
+
+
+async def cancel(*tasks: asyncio.Future[Any]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

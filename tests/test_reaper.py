@@ -1,0 +1,278 @@
+"""The reaper: stalled and lost jobs are queued again, in-process against real Redis and end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from datetime import datetime
+
+import msgspec
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from app.artifacts import ArtifactStore
+from app.events import EventType, SubmittedData
+from app.index import JobIndex
+from app.livejobs import LiveJobs, now_ms
+from app.service import JobService
+from tests.test_e2e_worker import history, status, submit, wait_for_state
+from tests.worker_procs import Workers
+from workers.reaper import Reaper
+from workers.registry import validate_params
+from workers.runner import Runner
+
+LATER_MS = 3_600_000  # a pass this far ahead finds every tracked job due and stale
+
+
+@pytest.fixture
+def settings(settings):
+    # Short enough for the end-to-end tests to wait out a dead worker's lease.
+    return msgspec.structs.replace(settings, lease_ttl_s=1.0, reaper_interval_s=0.5)
+
+
+@pytest.fixture
+async def group(redis_client, keys):
+    """The workers' consumer group, as a worker declares it."""
+    name = f"{keys.prefix}-workers"
+    await redis_client.xgroup_create(keys.queue(), name, id="0", mkstream=True)
+    return name
+
+
+@pytest.fixture
+def queued():
+    return []
+
+
+@pytest.fixture
+def reaper(events, settings, group, queued):
+    async def requeue(job_id):
+        queued.append(job_id)
+
+    return Reaper(events, requeue, settings, group=group, name="reaper-1")
+
+
+@pytest.fixture
+def live(events, settings):
+    return LiveJobs(events.redis, events.keys, settings.pending_stale_s)
+
+
+async def submitted(events, live, job_id, steps=2, delay_ms=0):
+    """A job as the API leaves it: `submitted` written and tracked (whether or not it was queued)."""
+    params = validate_params("demo", {"steps": steps, "delay_ms": delay_ms})
+    data = SubmittedData(kind="demo", params=params, max_attempts=3)
+    await events.append(job_id, EventType.SUBMITTED, data)
+    await live.track(job_id)
+
+
+async def test_running_job_whose_worker_died_is_queued_again_and_retried_as_stalled(
+    events, live, reaper, queued, settings, redis_client, keys, caplog
+):
+    await submitted(events, live, "j")
+    await events.append("j", EventType.STARTED, {"worker": "dead", "attempt": 1}, attempt=1, key="started:1")
+
+    with caplog.at_level(logging.WARNING, logger="workers.reaper"):
+        assert await reaper.reap(now_ms() + LATER_MS) == ["j"]
+
+    assert queued == ["j"]
+    assert any("j" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    await Runner(events, settings, name="next").run("j")  # the delivery of the new message
+    got = [e async for e in events.events("j")]
+    assert [e.type.value for e in got if e.type is not EventType.PROGRESS] == [
+        "submitted", "started", "retrying", "started", "succeeded"
+    ]
+    assert got[2].data["error"]["type"] == "Stalled"
+    assert await redis_client.zscore(keys.live(), "j") is None, "a finished job leaves the live set"
+
+
+async def test_pending_job_whose_enqueue_was_lost_is_queued_again_once_stale(events, live, reaper, queued, settings):
+    await submitted(events, live, "j")
+    stale_ms = int(settings.pending_stale_s * 1000)
+
+    assert await reaper.reap() == [], "a fresh job is not due yet"
+    at = now_ms() + stale_ms + 1000
+    assert await reaper.reap(at) == ["j"]
+    assert await reaper.reap(at) == [], "queued again at most once per pending_stale_s"
+    assert await reaper.reap(at + stale_ms) == ["j"]
+
+    await Runner(events, settings, name="next").run("j")
+    assert (await events.state("j")).state == "succeeded"
+
+
+async def test_job_whose_enqueue_failed_at_submission_is_queued_by_the_reaper(events, reaper, queued, settings):
+    async def broken_enqueue(job_id):
+        raise RedisConnectionError("the queue is unreachable")
+
+    service = JobService(events, JobIndex(events.redis, events.keys), broken_enqueue, settings,
+                         ArtifactStore(settings.artifact_dir))
+    with pytest.raises(RedisConnectionError):
+        await service.submit("demo", {"steps": 1}, None)
+    (job_id,) = await events.redis.zrange(events.keys.index(), 0, -1)
+
+    assert await reaper.reap(now_ms() + LATER_MS) == [job_id]
+
+
+async def test_pending_job_holding_its_lease_between_attempts_is_left_alone(
+    events, live, reaper, queued, redis_client, keys
+):
+    await submitted(events, live, "j")
+    await redis_client.set(keys.lease("j"), "sleeping-runner", px=5000)
+    at = now_ms() + LATER_MS
+
+    assert await reaper.reap(at) == []
+
+    assert queued == []
+    assert at + 4000 < await redis_client.zscore(keys.live(), "j") <= at + 5000, "looked at again when the lease expires"
+
+
+async def test_stale_pending_job_waits_while_the_queue_has_unread_messages(
+    events, live, reaper, queued, redis_client, keys, group
+):
+    await submitted(events, live, "j")
+    await redis_client.xadd(keys.queue(), {"data": "a message no worker has read"})
+    at = now_ms() + LATER_MS
+
+    assert await reaper.reap(at) == [], "a backlog may be why it waits; do not add to it"
+
+    await redis_client.xreadgroup(group, "w", {keys.queue(): ">"})
+    assert await reaper.reap(at + LATER_MS) == ["j"]
+
+
+async def test_finished_and_missing_jobs_are_dropped_from_the_live_set(events, live, reaper, queued, redis_client, keys):
+    await submitted(events, live, "done")
+    await events.append("done", EventType.CANCELLED, {})
+    await live.track("gone")
+
+    assert await reaper.reap(now_ms() + LATER_MS) == []
+
+    assert queued == []
+    assert await redis_client.zcard(keys.live()) == 0
+
+
+async def test_only_one_worker_reaps_per_interval(events, settings, group, monkeypatch):
+    async def requeue(job_id):
+        pass
+
+    reapers = [Reaper(events, requeue, settings, group=group, name=f"worker-{n}") for n in range(3)]
+    assert sorted([await r.claim_pass() for r in reapers]) == [False, False, True]
+    await events.redis.delete(events.keys.reaper_lock())
+    passes = []
+
+    async def counted(at_ms=None):
+        passes.append(time.monotonic())
+        return []
+
+    for r in reapers:
+        monkeypatch.setattr(r, "reap", counted)
+
+    loops = [asyncio.create_task(r.run()) for r in reapers]
+    await asyncio.sleep(5 * settings.reaper_interval_s)
+    for loop in loops:
+        loop.cancel()
+    await asyncio.gather(*loops, return_exceptions=True)
+
+    assert 2 <= len(passes) <= 5, passes  # about one per interval, not one per worker and tick
+    gaps = [b - a for a, b in zip(passes, passes[1:])]
+    assert min(gaps) >= settings.reaper_interval_s * 0.9, gaps
+
+
+async def test_a_failing_pass_is_logged_and_the_loop_goes_on(events, settings, group, monkeypatch, caplog):
+    async def requeue(job_id):
+        pass
+
+    reaper = Reaper(events, requeue, msgspec.structs.replace(settings, reaper_interval_s=0.1), group=group, name="w")
+    calls = []
+
+    async def flaky(at_ms=None):
+        calls.append(at_ms)
+        if len(calls) == 1:
+            raise RedisConnectionError("Redis went away")
+        return []
+
+    monkeypatch.setattr(reaper, "reap", flaky)
+    loop = asyncio.create_task(reaper.run())
+    with caplog.at_level(logging.WARNING, logger="workers.reaper"):
+        deadline = time.monotonic() + 5
+        while len(calls) < 2:
+            assert time.monotonic() < deadline, "the loop stopped after an error"
+            await asyncio.sleep(0.05)
+    loop.cancel()
+    await asyncio.gather(loop, return_exceptions=True)
+
+    failure = next(r for r in caplog.records if r.name == "workers.reaper")
+    assert failure.levelno == logging.WARNING and failure.exc_info is not None
+
+
+async def test_runner_schedules_the_first_look_at_a_job_for_when_its_lease_could_expire(
+    events, live, settings, redis_client, keys
+):
+    await submitted(events, live, "j", steps=20, delay_ms=20)
+    task = asyncio.create_task(Runner(events, settings, name="w").run("j"))
+    while (await events.state("j")).state != "running":
+        await asyncio.sleep(0.01)
+
+    due = await redis_client.zscore(keys.live(), "j")
+
+    assert due <= now_ms() + settings.lease_ttl_s * 1000, "not pending_stale_s after submission"
+    await asyncio.wait_for(task, 10)
+
+
+# --- end to end ---
+
+
+@pytest.fixture
+def workers(settings, tmp_path):
+    started = Workers(settings, tmp_path)
+    yield started
+    started.close()
+
+
+@pytest.mark.e2e
+async def test_job_of_a_killed_worker_on_an_idle_queue_is_finished_by_another_worker(client, workers, settings):
+    first = await workers.start()
+    job_id = await submit(client, {"steps": 40, "delay_ms": 100})
+    deadline = time.monotonic() + 10
+    while (await status(client, job_id))["progress"] == 0:
+        assert time.monotonic() < deadline, "the job never started"
+        await asyncio.sleep(0.05)
+    await workers.start()
+
+    os.kill(first.process.pid, signal.SIGKILL)
+    killed_ms = now_ms()
+
+    job = await wait_for_state(client, job_id, {"succeeded", "failed", "cancelled"}, timeout=15)
+    assert job["state"] == "succeeded"
+    events = await history(client, job_id)
+    assert [e["type"] for e in events if e["type"] != "progress"] == [
+        "submitted", "started", "retrying", "started", "succeeded"
+    ]
+    retrying = next(e for e in events if e["type"] == "retrying")
+    assert retrying["data"]["error"]["type"] == "Stalled"
+    bound_s = settings.lease_ttl_s + 1.5 * settings.reaper_interval_s + settings.retry_base_s
+    took_s = datetime.fromisoformat(retrying["at"]).timestamp() - killed_ms / 1000
+    assert took_s <= bound_s + 1.5, f"recovered {took_s:.2f}s after the kill; bound {bound_s}s"
+    assert len({e["id"] for e in events}) == len(events)
+    seen = [(e["type"], e["attempt"], msgspec.json.encode(e["data"])) for e in events]
+    assert len(set(seen)) == len(seen), "an event was written twice"
+
+
+@pytest.mark.e2e
+async def test_delivery_again_of_a_job_still_running_drops_itself(client, workers, settings):
+    # taskiq-redis claims a message idle longer than this whenever a read brings new ones.
+    worker = await workers.start(JOBTRAIL_BROKER_IDLE_MS="300")
+    job_id = await submit(client, {"steps": 20, "delay_ms": 100})
+    deadline = time.monotonic() + 10
+    while (await status(client, job_id))["progress"] < 0.2:
+        assert time.monotonic() < deadline, "the job never got going"
+        await asyncio.sleep(0.05)
+
+    await submit(client, {"steps": 1, "delay_ms": 0})  # a read with a new message: the claim happens
+
+    job = await wait_for_state(client, job_id, {"succeeded", "failed", "cancelled"})
+    assert job["state"] == "succeeded"
+    assert [e["type"] for e in await history(client, job_id) if e["type"] != "progress"] == [
+        "submitted", "started", "succeeded"
+    ]
+    assert f"job {job_id} is being run by another worker; dropping this delivery" in worker.output()

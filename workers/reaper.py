@@ -1,0 +1,125 @@
+"""The reaper: queues again the jobs that nothing else would ever move on.
+
+taskiq-redis hands a dead worker's message to another worker only after
+JOBTRAIL_BROKER_IDLE_MS, and only when a read also brings new messages, so on an idle
+queue never; and a job whose enqueue failed after its `submitted` has no message at all.
+Every worker runs this loop, and a lock lets one of them make the pass of each interval
+over the due jobs of the live set (app/livejobs.py):
+
+- finished or gone: forgotten;
+- lease held (running, or pending between attempts): looked at again when it would expire;
+- running without a lease: its worker died. Queued again; the runner that takes it ends
+  the lost attempt as `Stalled` (retrying, or failed when no attempts remain);
+- pending without a lease, unchanged for `pending_stale_s`: its message was lost. Queued
+  again, but only while no queued message waits to be read, so a backlog is not flooded.
+
+A job queued again is due again `pending_stale_s` later: at most one extra message each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.exceptions import RedisError
+
+from app.config import Settings
+from app.eventlog import EventLog
+from app.events import TERMINAL_STATES, State
+from app.livejobs import LiveJobs, now_ms
+from app.offsets import is_after
+from workers.runner import Requeue
+
+log = logging.getLogger(__name__)
+
+
+class Reaper:
+    # Due jobs looked at per round trip.
+    BATCH = 500
+
+    def __init__(self, events: EventLog, requeue: Requeue, settings: Settings, *, group: str, name: str) -> None:
+        self.redis = events.redis
+        self.keys = events.keys
+        self.live = LiveJobs(events.redis, events.keys, settings.pending_stale_s)
+        self.requeue = requeue
+        self.group = group
+        self.name = name
+        self.interval_ms = int(settings.reaper_interval_s * 1000)
+        self.pending_stale_ms = int(settings.pending_stale_s * 1000)
+
+    async def run(self) -> None:
+        """Until cancelled: every half interval, make a pass unless one was made this interval.
+
+        Trying twice per interval keeps passes at most 1.5 intervals apart whichever
+        worker makes them, and the lock keeps them at least one interval apart.
+        """
+        while True:
+            await asyncio.sleep(self.interval_ms / 2000)
+            try:
+                if await self.claim_pass():
+                    await self.reap()
+            except RedisError:
+                log.warning("reaper pass failed; trying again next interval", exc_info=True)
+            except Exception:  # a bug must not stop recovery for the life of the worker
+                log.exception("reaper pass failed unexpectedly; trying again next interval")
+
+    async def claim_pass(self) -> bool:
+        """Take this interval's pass unless another worker took it (one SET NX PX)."""
+        return bool(await self.redis.set(self.keys.reaper_lock(), self.name, nx=True, px=self.interval_ms))
+
+    async def reap(self, at_ms: int | None = None) -> list[str]:
+        """One pass over the jobs due at `at_ms` (default now); returns the ids queued again.
+
+        Every id looked at is forgotten or rescheduled after `at_ms`, so the pass ends.
+        """
+        at = now_ms() if at_ms is None else at_ms
+        requeued: list[str] = []
+        backlog: bool | None = None  # asked once per pass, and only when it matters
+        while True:
+            ids = await self.live.due(at, self.BATCH)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hmget(self.keys.job(job_id), "state", "updated_at")
+                    pipe.pttl(self.keys.lease(job_id))
+                replies = await pipe.execute()
+            gone: list[str] = []
+            later: dict[str, int] = {}
+            again: list[str] = []
+            for job_id, (state, updated_at), lease_ms in zip(ids, replies[::2], replies[1::2], strict=True):
+                if state is None or state in TERMINAL_STATES:
+                    gone.append(job_id)
+                elif lease_ms != -2:  # held (-1, no expiry, would be a bug: look again next interval)
+                    later[job_id] = at + (lease_ms if lease_ms > 0 else self.interval_ms)
+                elif state == State.RUNNING:
+                    log.warning("job %s is running but its worker is gone; queueing it again", job_id)
+                    again.append(job_id)
+                elif (stale_at := int(updated_at or 0) + self.pending_stale_ms) > at:
+                    later[job_id] = stale_at
+                else:
+                    if backlog is None:
+                        backlog = await self.queue_has_unread()
+                    if backlog:
+                        later[job_id] = at + self.pending_stale_ms
+                    else:
+                        log.warning("job %s is pending with no worker on it; queueing it again", job_id)
+                        again.append(job_id)
+            # Rescheduled before queueing, so the runner that takes a job sets its next look last.
+            later.update((job_id, at + self.pending_stale_ms) for job_id in again)
+            await self.live.forget(*gone)
+            await self.live.postpone(later)
+            for job_id in again:
+                await self.requeue(job_id)
+            requeued += again
+            if len(ids) < self.BATCH:
+                return requeued
+
+    async def queue_has_unread(self) -> bool:
+        """Whether the queue holds a message the workers' group has not read yet (one round trip)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xinfo_groups(self.keys.queue())
+            pipe.xrevrange(self.keys.queue(), count=1)
+            groups, newest = await pipe.execute()
+        if not newest:
+            return False
+        read = next((group["last-delivered-id"] for group in groups if group["name"] == self.group), None)
+        return read is None or is_after(newest[0][0], read)
