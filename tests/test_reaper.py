@@ -140,6 +140,27 @@ async def test_stale_pending_job_waits_while_the_queue_has_unread_messages(
     assert await reaper.reap(at + LATER_MS) == ["j"]
 
 
+async def test_the_queue_is_trimmed_of_acknowledged_messages_only(reaper, redis_client, keys, group):
+    ids = [await redis_client.xadd(keys.queue(), {"data": str(n)}) for n in range(6)]
+    await redis_client.xreadgroup(group, "w", {keys.queue(): ">"}, count=4)  # 0..3 read
+    await redis_client.xack(keys.queue(), group, ids[0], ids[2], ids[3])  # 1 still pending
+
+    await reaper.trim_queue()
+
+    # 0 went; 1 is unacknowledged, and 4 and 5 unread, so they and everything after stay.
+    assert [entry_id for entry_id, _ in await redis_client.xrange(keys.queue())] == ids[1:]
+    await redis_client.xack(keys.queue(), group, ids[1])
+    await reaper.trim_queue()
+    assert [entry_id for entry_id, _ in await redis_client.xrange(keys.queue())] == ids[3:]
+
+
+async def test_trimming_a_queue_that_does_not_exist_yet_does_nothing(events, settings, queued):
+    async def requeue(job_id):
+        queued.append(job_id)
+
+    assert await Reaper(events, requeue, settings, group="nobody", name="r").trim_queue() == 0
+
+
 async def test_finished_and_missing_jobs_are_dropped_from_the_live_set(events, live, reaper, queued, redis_client, keys):
     await submitted(events, live, "done")
     await events.append("done", EventType.CANCELLED, {})

@@ -65,6 +65,9 @@ def build_broker(settings: Settings, keys: Keys) -> AsyncBroker:
         idle_timeout=settings.broker_idle_ms,
         max_connection_pool_size=settings.worker_concurrency + 4,
         xread_block=XREAD_BLOCK_MS,
+        # One message per read: a read claims what it returns for this worker, so a
+        # larger batch would sit here, unstarted, while other workers have room.
+        xread_count=1,
         # Like app/store.py: give up within the timeout (beyond a blocking read), and
         # reconnect once, so a connection a Redis restart dropped is not an error.
         socket_connect_timeout=settings.redis_timeout_s,

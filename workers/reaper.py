@@ -14,6 +14,9 @@ over the due jobs of the live set (app/livejobs.py):
   again, but only while no queued message waits to be read, so a backlog is not flooded.
 
 A job queued again is due again `pending_stale_s` later: at most one extra message each.
+
+The pass also trims the queue stream: taskiq-redis acknowledges messages but never
+removes them, so without this the queue would grow for ever.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from app.config import Settings
 from app.eventlog import EventLog
@@ -58,6 +61,7 @@ class Reaper:
             try:
                 if await self.claim_pass():
                     await self.reap()
+                    await self.trim_queue()
             except RedisError:
                 log.warning("reaper pass failed; trying again next interval", exc_info=True)
             except Exception:  # a bug must not stop recovery for the life of the worker
@@ -112,6 +116,30 @@ class Reaper:
             requeued += again
             if len(ids) < self.BATCH:
                 return requeued
+
+    async def trim_queue(self) -> int:
+        """Remove the queue's messages every worker is done with; how many went (two round trips).
+
+        Done means read by the group and acknowledged: older than both the group's last
+        delivered id and its oldest pending (unacknowledged) message.
+        """
+        queue = self.keys.queue()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xinfo_groups(queue)
+                pipe.xpending(queue, self.group)
+                groups, pending = await pipe.execute()
+        except ResponseError:  # no queue or no group yet: nothing to trim
+            return 0
+        read = next((group["last-delivered-id"] for group in groups if group["name"] == self.group), None)
+        if read is None:
+            return 0
+        keep_from = read
+        if pending["pending"] and not is_after(pending["min"], read):
+            keep_from = pending["min"]
+        # Exact, not `~`: the queue is small once trimmed, and a trim that leaves
+        # nothing behind is easy to check.
+        return await self.redis.xtrim(queue, minid=keep_from, approximate=False)
 
     async def queue_has_unread(self) -> bool:
         """Whether the queue holds a message the workers' group has not read yet (one round trip)."""
