@@ -215,7 +215,8 @@ class Runner:
                 log.warning("job %s: %s append failed (%s); retrying in %.1fs", job_id, event_type, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        # Give up without acknowledging: the broker delivers the job again later.
+        # A last try, which raises if Redis is still away. taskiq acknowledges the message
+        # all the same, so the job is left to the reaper: running, and soon without a lease.
         await self.events.append(job_id, event_type, data, attempt=attempt, key=key)
 
     async def _load(self, job_id: str) -> JobState | None:
