@@ -131,6 +131,25 @@ async def test_progress_is_coalesced_but_phase_changes_and_completion_are_kept(e
     assert [(d["progress"], d.get("phase")) for d in written] == [(0.0, "collect"), (0.25, "render"), (1.0, None)]
 
 
+async def test_progress_held_back_is_written_when_the_interval_ends(events):
+    await submit(events, "j", {"steps": 1})
+    await events.append("j", EventType.STARTED, {"worker": "w", "attempt": 1}, attempt=1)
+    ctx = JobContext(events, "j", 1, min_interval_s=0.2)
+    for fraction in (0.1, 0.2, 0.3):
+        await ctx.progress(fraction)  # 0.1 is written; 0.2 and 0.3 are held back
+    assert (await events.state("j")).progress == 0.1
+    await asyncio.sleep(0.4)  # the handler goes quiet
+    assert (await events.state("j")).progress == 0.3
+    written = [e.data["progress"] async for e in events.events("j") if e.type is EventType.PROGRESS]
+    assert written == [0.1, 0.3]
+    await ctx.progress(0.35)  # the interval has passed: written at once
+    await ctx.progress(0.4)  # held back
+    await ctx.close()  # the attempt ends: what is held is dropped, nothing is written later
+    await asyncio.sleep(0.4)
+    written = [e.data["progress"] async for e in events.events("j") if e.type is EventType.PROGRESS]
+    assert written == [0.1, 0.3, 0.35]
+
+
 async def test_context_phase_and_log_are_recorded(events):
     await submit(events, "j", {"steps": 1})
     await events.append("j", EventType.STARTED, {"worker": "w", "attempt": 1}, attempt=1)

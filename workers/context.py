@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
@@ -30,8 +31,10 @@ class JobContext:
     """Handed to a handler for one attempt of one job.
 
     Progress is coalesced to one event per `min_interval_s`; a phase change and
-    completion (1.0) are always written. Every write also reports whether the job
-    was asked to cancel, so a handler learns of it at its next progress call.
+    completion (1.0) are always written, and the last report held back is written
+    when the interval ends, so a handler that goes quiet does not leave a stale figure.
+    Every write also reports whether the job was asked to cancel, so a handler learns
+    of it at its next progress call. The runner calls `close` when the attempt ends.
     """
 
     def __init__(
@@ -54,6 +57,10 @@ class JobContext:
         self.cancel_requested = False
         self._last_write = float("-inf")
         self._phase: str | None = None
+        self._held: ProgressData | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        # Writes in order: a held report must not land after a newer one.
+        self._writing = asyncio.Lock()
 
     async def progress(
         self,
@@ -68,14 +75,39 @@ class JobContext:
         fraction = min(max(float(fraction), 0.0), 1.0)
         phase_changed = phase is not None and phase != self._phase
         now = time.monotonic()
+        data = ProgressData(progress=fraction, current=current, total=total, message=message, phase=phase)
         if not (phase_changed or fraction >= 1.0 or now - self._last_write >= self.min_interval_s):
+            self._held = data
+            if self._flusher is None:
+                delay = self._last_write + self.min_interval_s - now
+                self._flusher = asyncio.create_task(self._flush_after(delay))
             self._raise_if_cancelled()
             return
         if phase is not None:
             self._phase = phase
-        data = ProgressData(progress=fraction, current=current, total=total, message=message, phase=phase)
+        self._held = None
         await self._write(EventType.PROGRESS, data)
         self._last_write = now
+
+    async def _flush_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._flusher = None
+        held, self._held = self._held, None
+        if held is None:
+            return
+        try:
+            await self._write(EventType.PROGRESS, held)
+            self._last_write = time.monotonic()
+        except Exception:  # noqa: BLE001 - the handler meets the same cause at its next write
+            pass
+
+    async def close(self) -> None:
+        """End the attempt's reporting: a held report is dropped (the outcome event follows)."""
+        self._held = None
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
 
     async def phase(self, name: str, message: str | None = None) -> None:
         """Enter a named phase (always written)."""
@@ -114,7 +146,8 @@ class JobContext:
 
     async def _write(self, event_type: EventType, data: Any) -> Appended:
         try:
-            appended = await self.events.append(self.job_id, event_type, data, attempt=self.attempt)
+            async with self._writing:
+                appended = await self.events.append(self.job_id, event_type, data, attempt=self.attempt)
         except JobNotFound as exc:
             raise JobCancelled(f"job {self.job_id} was deleted") from exc
         except TransitionRefused as exc:

@@ -154,7 +154,10 @@ class Runner:
         )
         try:
             spec = get_kind(job.kind)
-            result = await spec.handler(parse_params(job.kind, job.params), ctx)
+            try:
+                result = await spec.handler(parse_params(job.kind, job.params), ctx)
+            finally:
+                await ctx.close()  # before the outcome, so no held progress lands after it
             outcome = SucceededData(result=msgspec.to_builtins(result), artifact=ctx.produced)
         except JobCancelled as exc:
             await self._final(job.id, EventType.CANCELLED, ReasonData(reason=str(exc)), attempt)

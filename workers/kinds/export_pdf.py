@@ -216,12 +216,20 @@ class RenderStopped(Exception):
 
 
 class RenderWatch:
-    """reportlab's progress callback: runs in the render thread, wakes the event loop."""
+    """reportlab's progress callback: runs in the render thread, wakes the event loop.
+
+    At each new page the thread waits (briefly, bounded) until the loop has reported
+    the progress so far. Otherwise a thread holding the GIL on a busy machine can draw
+    every page before the loop runs once, and the job's progress jumps from 0 to done.
+    """
+
+    PAGE_WAIT_S = 1.0
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.woken = asyncio.Event()
         self.stop = threading.Event()
+        self.reported = threading.Event()
         self.total = 1
         self.done = 0
         self.page = 0
@@ -235,6 +243,10 @@ class RenderWatch:
             self.done = max(self.done, value)  # a split flowable can step the count back
         elif what == "PAGE":
             self.page = value
+            self.reported.clear()
+            self.loop.call_soon_threadsafe(self.woken.set)
+            self.reported.wait(self.PAGE_WAIT_S)
+            return
         else:
             return
         self.loop.call_soon_threadsafe(self.woken.set)
@@ -282,10 +294,12 @@ async def _render(ctx: JobContext, flowables: list[Flowable], params: ExportPdfP
             watch.woken.clear()
             fraction = _at(_RENDER, watch.done / watch.total)
             await ctx.progress(fraction, f"page {watch.page}", phase="render", current=watch.page)
+            watch.reported.set()
         return build.result()
     finally:
         # Never leave the thread drawing for a job that is over: it stops at its next flowable.
         watch.stop.set()
+        watch.reported.set()  # release a thread waiting at a page
         await asyncio.wait({build})
         if not build.cancelled():
             build.exception()  # the handler's own exception is the one that matters
