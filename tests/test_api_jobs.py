@@ -206,3 +206,9 @@ async def test_openapi_documents_every_endpoint_with_its_statuses(client):
     assert set(paths["/jobs/{job_id}/cancel"]["post"]["responses"]) >= {"202", "404", "409"}
     assert set(paths["/jobs/{job_id}"]["delete"]["responses"]) >= {"204", "404"}
     assert "SubmitRequest" in str(paths["/jobs"]["post"]["requestBody"])
+
+
+async def test_a_bad_query_parameter_is_named_as_the_caller_spelled_it(client):
+    response = await client.get("/jobs", params={"state": "bogus"})
+    assert response.status_code == 400
+    assert [(e["key"], e["source"]) for e in response.json()["extra"]] == [("state", "query")]

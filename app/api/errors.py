@@ -79,11 +79,26 @@ def on_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
-def on_http_error(_: Request, exc: HTTPException) -> Response:
+def on_http_error(request: Request, exc: HTTPException) -> Response:
     code = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
         exc.status_code, "http_error"
     )
-    return _error(exc.status_code, code, exc.detail, getattr(exc, "extra", None), exc.headers)
+    extra = getattr(exc, "extra", None)
+    if isinstance(extra, list):
+        extra = [_public_names(request, item) for item in extra]
+    return _error(exc.status_code, code, exc.detail, extra, exc.headers)
+
+
+def _public_names(request: Request, item: object) -> object:
+    """A validation error names the handler's argument; the caller knows the query or header name."""
+    if not isinstance(item, dict) or item.get("source") not in ("query", "header"):
+        return item
+    try:
+        param = request.route_handler.parsed_fn_signature.parameters.get(item["key"])
+    except AttributeError:  # no handler matched: nothing to translate
+        return item
+    public = getattr(getattr(param, "kwarg_definition", None), "name", None)
+    return {**item, "key": public} if public else item
 
 
 def on_unexpected(request: Request, exc: Exception) -> Response:
