@@ -139,7 +139,23 @@ async def hand_back_unstarted(broker: JobBroker, redis: Redis) -> None:
     log.info("put %d message(s) read but not started back on the queue", len(ids))
 
 
-async def cancel(*tasks: asyncio.Future[Any]) -> None:
+async def cancel(*tasks: asyncio.Future[Any], timeout_s: float = 5.0) -> bool:
+    """Cancel `tasks` and wait for them, at most `timeout_s`; True if they all ended.
+
+    The cancellation is asked for again every 0.2 s: a task blocked in redis-py can lose
+    one that lands while it reconnects (and Python 3.11's wait_for can lose one too), and
+    a stopping worker must not hang on it.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    pending = {task for task in tasks if not task.done()}
+    while pending and loop.time() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.2)
     for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it as never retrieved
+    if pending:
+        log.warning("%d task(s) did not stop within %.0f s; going on without them", len(pending), timeout_s)
+    return not pending
