@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import httpx
 import msgspec
@@ -290,6 +291,7 @@ async def test_params_over_the_size_limit_answer_422(start_api, secured):
 
 
 async def test_requests_carry_a_request_id_and_logs_hide_tokens(http, caplog):
+    caplog.set_level(logging.INFO)
     job = await submit(http, ACME)
     given = await http.get(f"/jobs/{job['id']}", headers={**bearer(ACME), "X-Request-ID": "trace-42"})
     assert given.headers["x-request-id"] == "trace-42"
