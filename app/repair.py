@@ -8,7 +8,6 @@ from app.config import Settings
 from app.errors import JobNotFound
 from app.eventlog import EventLog
 from app.keys import Keys
-from app.reducer import IllegalHistory
 from app.store import Store
 
 
@@ -36,7 +35,7 @@ async def repair(settings: Settings, job_ids: list[str], *, check: bool = False)
                 print(f"{job_id}: no such job")
                 broken += 1
                 continue
-            except IllegalHistory as exc:
+            except ValueError as exc:  # IllegalHistory, or an entry that is no event at all
                 print(f"{job_id}: stream is corrupt, not repaired: {exc}")
                 broken += 1
                 continue

@@ -36,4 +36,8 @@ async def run_sweeper(store: ArtifactStore, redis: Redis, keys: Keys, every_s: f
             log.warning("artifact sweep skipped: %s", exc)
         except OSError:
             log.exception("artifact sweep failed")
+        if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            # A cancellation that lands mid-call can be swallowed below us (as in
+            # app/hub.py); sleeping now would hold up the app's shutdown for ever.
+            raise asyncio.CancelledError
         await asyncio.sleep(every_s)

@@ -51,3 +51,16 @@ async def test_repair_check_reports_a_wrong_hash_and_repair_fixes_it(settings, e
 async def test_repair_of_an_unknown_job_says_so(settings):
     result = jobtrail(settings, "repair", "ghost")
     assert result.returncode == 1 and "ghost: no such job" in result.stdout
+
+
+async def test_repair_reports_an_entry_that_is_no_event_and_checks_the_rest(settings, events, redis_client, keys):
+    await events.append("good", EventType.SUBMITTED, {"kind": "demo", "params": {}, "max_attempts": 1})
+    await events.append("bad", EventType.SUBMITTED, {"kind": "demo", "params": {}, "max_attempts": 1})
+    await redis_client.xadd(keys.events("bad"), {"type": "log", "at": "1", "v": "1", "attempt": "0", "data": "[1"})
+
+    result = jobtrail(settings, "repair", "--check")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "bad: stream is corrupt, not repaired" in result.stdout
+    assert "2 checked, 0 mismatched, 1 not repairable" in result.stdout
+    assert "Traceback" not in result.stderr
