@@ -163,6 +163,13 @@ def check_data(event_type: EventType, data: msgspec.Struct | dict[str, Any]) -> 
 # --- stored and wire forms of an event ---
 
 
+class CorruptEvent(ValueError):
+    """A stream entry that is not an event: a field missing, not a number, or not a JSON object."""
+
+
+_decode_data = msgspec.json.Decoder(dict[str, Any]).decode
+
+
 class Event(msgspec.Struct, frozen=True, kw_only=True):
     """One event as the stream holds it; `id` is the stream entry id."""
 
@@ -176,16 +183,22 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_entry(cls, entry_id: str, fields: dict[str, str]) -> Event:
-        """Decode one XRANGE/XREAD entry (ValueError/msgspec errors on a corrupt entry)."""
-        return cls(
-            id=entry_id,
-            type=EventType(fields["type"]),
-            at=int(fields["at"]),
-            attempt=int(fields["attempt"]),
-            data=msgspec.json.decode(fields["data"]),
-            v=int(fields.get("v", SCHEMA_VERSION)),
-            key=fields.get("key"),
-        )
+        """Decode one XRANGE/XREAD entry; CorruptEvent (a ValueError) when it is not a valid event."""
+        try:
+            event = cls(
+                id=entry_id,
+                type=EventType(fields["type"]),
+                at=int(fields["at"]),
+                attempt=int(fields["attempt"]),
+                data=_decode_data(fields["data"]),
+                v=int(fields.get("v", SCHEMA_VERSION)),
+                key=fields.get("key"),
+            )
+            # Refused here, not later: every reader turns `at` into a datetime.
+            ms_to_datetime(event.at)
+        except (KeyError, TypeError, ValueError, OverflowError, OSError, RecursionError) as exc:
+            raise CorruptEvent(f"stream entry {entry_id} is not a valid event: {exc!r:.200}") from exc
+        return event
 
     def out(self) -> EventOut:
         return EventOut(id=self.id, type=self.type, at=ms_to_datetime(self.at), attempt=self.attempt, data=self.data)

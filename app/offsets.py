@@ -6,7 +6,8 @@ import re
 
 from app.errors import InvalidRequest
 
-_ID_RE = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
+# ASCII digits only: `\d` would also take Unicode ones (`١٢٣`), which Redis does not.
+_ID_RE = re.compile(r"^([0-9]{1,20})(?:-([0-9]{1,20}))?$")
 _U64 = 2**64 - 1
 BEGINNING = "0-0"
 
@@ -20,7 +21,9 @@ def parse_offset(raw: str) -> str:
     if not match:
         raise InvalidRequest(f"malformed event id {raw!r}: expected '<ms>-<seq>', e.g. 1700000000000-0")
     ms, seq = int(match[1]), int(match[2] or 0)
-    if ms > _U64 or seq > _U64:
+    # The greatest id is out of range too: nothing comes after it, and Redis refuses it
+    # as the exclusive start `(<id>` that history and SSE replay pass to XRANGE.
+    if ms > _U64 or seq > _U64 or (ms, seq) == (_U64, _U64):
         raise InvalidRequest(f"event id {raw!r} is out of range")
     return f"{ms}-{seq}"
 

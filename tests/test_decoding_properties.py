@@ -1,0 +1,316 @@
+"""Properties: whatever a client or a stream hands us decodes to a value or to a typed error, never a crash.
+
+Three decoders take input jobtrail did not produce itself:
+- `parse_offset`: the SSE Last-Event-ID header and the `after` query parameters;
+- `Event.from_entry`: a stream entry, which a bug or a hand edit may have corrupted;
+- `Cursor.decode`: the `cursor` query parameter of the job listing.
+
+No Redis is needed: the rules Redis applies to ids are written out below.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from types import SimpleNamespace
+
+import msgspec
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from app.api.common import requested_offset
+from app.errors import InvalidRequest
+from app.eventlog import decode_events
+from app.events import SCHEMA_VERSION, CorruptEvent, Event, EventType
+from app.index import Cursor
+from app.offsets import BEGINNING, id_key, is_after, parse_offset, previous_id
+from app.sse import sse_event
+
+U64 = 2**64 - 1
+MAX_ID = f"{U64}-{U64}"
+# Redis writes ids in decimal without leading zeros; so must every id we hand it.
+CANONICAL_ID = re.compile(r"(0|[1-9][0-9]*)-(0|[1-9][0-9]*)")
+
+# Derandomized: the same examples on every run, so CI cannot flake; small enough that
+# the whole file takes a few seconds.
+stable = settings(max_examples=300, derandomize=True, deadline=None)
+
+u64 = st.integers(0, U64)
+# Small values too, so that ids share their `ms` (and sit at seq 0 or U64) often.
+id_parts = st.integers(0, 3) | st.sampled_from([U64 - 1, U64]) | u64
+ids = st.tuples(id_parts, id_parts)
+
+
+def successor(ms: int, seq: int) -> tuple[int, int]:
+    """The next id after (ms, seq), as Redis orders them."""
+    return (ms, seq + 1) if seq < U64 else (ms + 1, 0)
+
+
+# --- 1. client offsets -------------------------------------------------------
+
+# Text that looks like an id but is not quite one: signs, extra dashes, spaces,
+# numbers past 2^64, non-ASCII digits.
+near_miss_pieces = st.one_of(
+    st.integers(-(2**70), 2**70).map(str),
+    st.integers(U64 - 2, U64 + 2).map(str),
+    st.sampled_from(["-", "-", "+", " ", "\t", "\n", "0", "00", "_", ".", "e", "x", "١٢٣", "１", "²"]),
+    st.text(st.characters(categories=["Nd"]), min_size=1, max_size=3),
+)
+near_miss_ids = st.lists(near_miss_pieces, max_size=5).map("".join)
+offsets = st.text() | near_miss_ids | ids.map("{0[0]}-{0[1]}".format)
+
+NEAR_MISSES = [
+    "", " ", "-", "1-", "-1", "+1", "1-+2", "1-2-3", "1--2", "1 -2", "1.5", "0x10", "1e3", "1_000",
+    "١٢٣", "１２３-４", "1-٢",  # Unicode digits: Redis reads only ASCII ones
+    f"{U64 + 1}", f"{U64 + 1}-0", f"0-{U64 + 1}", f"{10**30}-0", "1" * 21,
+    MAX_ID,  # a valid id, but XRANGE refuses "(" + it: nothing can come after it
+]
+
+
+@stable
+@given(raw=offsets)
+@example(raw="١٢٣")
+@example(raw=MAX_ID)
+@example(raw=f"{U64}")
+@example(raw=" 1-2\n")
+def test_parse_offset_returns_a_canonical_id_or_invalid_request(raw):
+    try:
+        parsed = parse_offset(raw)
+    except InvalidRequest:
+        return
+    assert CANONICAL_ID.fullmatch(parsed), parsed
+    ms, seq = id_key(parsed)
+    # What Redis accepts as the exclusive start `(<id>` of XRANGE, where the API uses it:
+    # both parts u64 ("Invalid stream ID"), and an id after it ("invalid start ID").
+    assert ms <= U64 and seq <= U64
+    assert parsed != MAX_ID
+    assert parse_offset(parsed) == parsed
+
+
+@pytest.mark.parametrize("raw", NEAR_MISSES)
+def test_parse_offset_refuses_near_misses_with_invalid_request(raw):
+    with pytest.raises(InvalidRequest):
+        parse_offset(raw)
+
+
+@stable
+@given(ms=u64, seq=u64)
+def test_parse_offset_round_trips_every_id_redis_accepts_after(ms, seq):
+    if (ms, seq) == (U64, U64):
+        return  # refused: see NEAR_MISSES
+    assert parse_offset(f"{ms}-{seq}") == f"{ms}-{seq}"
+
+
+@stable
+@given(ms=u64)
+def test_a_bare_ms_offset_means_its_first_sequence_number(ms):
+    # As in XRANGE: `1700000000000` is `1700000000000-0`.
+    assert parse_offset(str(ms)) == f"{ms}-0"
+
+
+@stable
+@given(header=st.none() | offsets, after=st.none() | offsets, last_event_id=st.none() | offsets)
+def test_requested_offset_is_the_first_offset_given_parsed_or_invalid_request(header, after, last_event_id):
+    request = SimpleNamespace(headers={"last-event-id": header} if header is not None else {})
+    raw = header or after or last_event_id
+    try:
+        offset, resuming = requested_offset(request, after, last_event_id)
+    except InvalidRequest:
+        assert raw
+        with pytest.raises(InvalidRequest):
+            parse_offset(raw)
+        return
+    assert (offset, resuming) == ((parse_offset(raw), True) if raw else (BEGINNING, False))
+
+
+@stable
+@given(a=ids, b=ids)
+def test_is_after_orders_ids_as_ms_seq_pairs(a, b):
+    assert is_after(f"{a[0]}-{a[1]}", f"{b[0]}-{b[1]}") == (a > b)
+    assert id_key(f"{a[0]}-{a[1]}") == a
+
+
+@stable
+@given(a=ids, ms=id_parts)
+def test_a_bare_ms_id_compares_as_its_first_sequence_number(a, ms):
+    assert is_after(f"{a[0]}-{a[1]}", str(ms)) == (a > (ms, 0))
+    assert is_after(str(ms), f"{a[0]}-{a[1]}") == ((ms, 0) > a)
+
+
+@stable
+@given(x=ids, y=ids)
+@example(x=(0, 1), y=(0, 0))
+@example(x=(1, 0), y=(0, U64))
+@example(x=(U64, U64), y=(U64, U64 - 1))
+def test_previous_id_is_the_greatest_id_strictly_before(x, y):
+    entry_id = f"{x[0]}-{x[1]}"
+    if x == (0, 0):
+        assert previous_id(entry_id) == BEGINNING
+        return
+    before = previous_id(entry_id)
+    assert CANONICAL_ID.fullmatch(before), before
+    assert is_after(entry_id, before)
+    assert successor(*id_key(before)) == x
+    other = f"{y[0]}-{y[1]}"
+    assert not (is_after(other, before) and is_after(entry_id, other)), "an id between"
+
+
+# --- 2. stream entries -------------------------------------------------------
+
+text = st.text(max_size=10)
+json_values = st.recursive(
+    # Finite floats: JSON has no infinity (msgspec writes it as null).
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | text,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(text, children, max_size=3),
+    max_leaves=10,
+)
+json_objects = st.dictionaries(text, json_values, max_size=4)
+# Every `at` a datetime can show (years 1 to 9999), in epoch ms.
+AT_RANGE = (-62_135_596_800_000, 253_402_300_799_999)
+
+
+@st.composite
+def stored_entries(draw):
+    """(entry id, fields as XRANGE returns them, the event they hold), in append.lua's layout."""
+    event = Event(
+        id="{}-{}".format(*draw(ids)),
+        type=draw(st.sampled_from(EventType)),
+        at=draw(st.integers(*AT_RANGE)),
+        attempt=draw(st.integers(0, 2**32)),
+        data=draw(json_objects),
+        key=draw(st.none() | st.text(min_size=1, max_size=20)),
+    )
+    # local entry = {'type', etype, 'at', at, 'v', '1', 'attempt', attempt, 'data', data} (+ 'key', key)
+    fields = {
+        "type": event.type.value,
+        "at": str(event.at),
+        "v": str(SCHEMA_VERSION),
+        "attempt": str(event.attempt),
+        "data": msgspec.json.encode(event.data).decode(),
+    }
+    if event.key is not None:
+        fields["key"] = event.key
+    return event.id, fields, event
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+# Per field, the values most likely to get past a naive decoder (and any text, in ODD).
+numbers = st.one_of(
+    st.integers(-(2**70), 2**70).map(str),  # past the datetime range, past u64
+    st.sampled_from([
+        "", " ", " 7 ", "nan", "inf", "1e3", "1.5", "0x10", "-1", "+1", "1_0", "٣", "9" * 5000,
+        str(AT_RANGE[0] - 1), str(AT_RANGE[1] + 1),
+    ]),
+)
+json_texts = st.one_of(
+    json_values.map(lambda v: msgspec.json.encode(v).decode()),  # valid JSON, mostly not an object
+    json_objects.map(lambda v: msgspec.json.encode(v).decode()[:-1]),  # truncated
+    st.sampled_from([
+        "", "null", "[]", "[1]", '"s"', "1", "true", "{", '{"a":', "{'a': 1}", '{"a": NaN}', '{"a": 1e400}',
+        "\ud800", '{"a": "\\ud800"}',
+    ]),
+    st.sampled_from([DEEP, '{"a":' + DEEP + "}", '{"a": {"b": ' + DEEP + "}}"]),  # nested past any stack
+)
+type_names = st.sampled_from(["SUBMITTED", " log", "Log", "unknown", "progress\x00", "", *EventType])
+ODD = {
+    name: values | st.text(max_size=12)
+    for name, values in {
+        "type": type_names, "at": numbers, "v": numbers, "attempt": numbers, "data": json_texts, "key": text,
+    }.items()
+}
+FIELD_NAMES = list(ODD)
+odd_values = st.one_of(*ODD.values())
+
+
+@st.composite
+def corrupt_entries(draw):
+    """Entries a bug or a hand edit could leave: fields dropped, changed, added, or made up."""
+    if draw(st.booleans()):
+        return "1-0", draw(st.dictionaries(st.sampled_from(FIELD_NAMES) | text, odd_values, max_size=7))
+    entry_id, fields, _ = draw(stored_entries())
+    for name in draw(st.lists(st.sampled_from(FIELD_NAMES), min_size=1, max_size=3)):
+        if draw(st.booleans()):
+            fields.pop(name, None)
+        else:
+            fields[name] = draw(ODD[name])
+    return entry_id, fields
+
+
+@stable
+@given(entry=stored_entries())
+def test_every_entry_the_append_script_writes_decodes_to_its_event(entry):
+    entry_id, fields, event = entry
+    decoded = Event.from_entry(entry_id, fields)
+    assert decoded == event
+    assert decode_events([(entry_id, fields)]) == [event]
+    sse_event(decoded)  # and every reader can send it
+
+
+# What the readers of a stream expect of a corrupt entry: the hub catches it (closing
+# that stream's subscriptions, `except Exception`), a request answers a logged 500, a
+# worker fails the job. CorruptEvent is a ValueError, as `from_entry` documents; an
+# entry that decodes must be one every reader can use.
+@stable
+@given(entry=corrupt_entries())
+@example(entry=("1-0", {}))  # was KeyError
+@example(entry=("1-0", {"type": "log", "at": "1", "attempt": "0", "data": "[1]"}))  # was accepted, data a list
+@example(entry=("1-0", {"type": "log", "at": "1", "attempt": "0", "data": '{"a":' + DEEP + "}"}))  # RecursionError
+@example(entry=("1-0", {"type": "log", "at": str(10**30), "attempt": "0", "data": "{}"}))  # OverflowError in out()
+@example(entry=("1-0", {"type": "log", "at": str(-(10**15)), "attempt": "0", "data": "{}"}))  # ValueError in out()
+def test_a_corrupt_entry_decodes_to_an_event_or_corrupt_event(entry):
+    entry_id, fields = entry
+    try:
+        event = Event.from_entry(entry_id, fields)
+    except CorruptEvent:
+        with pytest.raises(CorruptEvent):
+            decode_events([(entry_id, fields)])
+        return
+    assert isinstance(event.type, EventType)
+    assert isinstance(event.data, dict)
+    assert isinstance(event.at, int) and isinstance(event.attempt, int)
+    assert isinstance(event.terminal, bool)
+    sse_event(event)
+
+
+def test_corrupt_event_is_the_value_error_from_entry_documents():
+    assert issubclass(CorruptEvent, ValueError)
+
+
+# --- 3. listing cursors ------------------------------------------------------
+
+def b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+cursor_texts = st.one_of(
+    st.text(),
+    st.binary(max_size=40).map(b64),
+    json_values.map(lambda v: b64(msgspec.json.encode(v))),
+    st.tuples(json_values, json_values).map(lambda v: b64(msgspec.json.encode(list(v)))),
+    st.integers(1, 5000).map(lambda n: b64(b"[" + b"9" * n + b', "job"]')),
+)
+
+
+@stable
+@given(raw=cursor_texts)
+@example(raw="")
+@example(raw="é")
+@example(raw="====")
+@example(raw=b64(b'[1, "a", 3]'))
+def test_cursor_decode_returns_a_cursor_or_invalid_request(raw):
+    try:
+        cursor = Cursor.decode(raw)
+    except InvalidRequest:
+        return
+    assert isinstance(cursor.score, int) and not isinstance(cursor.score, bool)
+    assert isinstance(cursor.job_id, str)
+    str(cursor.score)  # how redis-py sends it to ZCOUNT / ZREVRANGEBYSCORE
+
+
+@stable
+@given(score=st.integers(-(2**63), U64), job_id=st.text())
+def test_cursor_encode_round_trips(score, job_id):
+    encoded = Cursor(score, job_id).encode()
+    assert re.fullmatch(r"[A-Za-z0-9_-]*", encoded), "URL-safe, no padding"
+    assert Cursor.decode(encoded) == Cursor(score, job_id)
