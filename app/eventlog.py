@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterable
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from redis.asyncio import Redis
 
 from app.activity import ActivityFeed
 from app.errors import AttemptSuperseded, JobExists, JobNotFound, TransitionRefused
-from app.events import ABSENT, RULES, TERMINAL_STATES, Event, EventType, check_data
+from app.events import ABSENT, RULES, TERMINAL_STATES, CorruptEvent, Event, EventType, check_data
 from app.jobstate import JobState
 from app.keys import Keys
 from app.offsets import BEGINNING, previous_id
@@ -56,6 +56,13 @@ class Appended(msgspec.Struct, frozen=True):
     state: str
     cancel_requested: bool
     duplicate: bool = False
+
+
+class Unreadable(NamedTuple):
+    """A stream entry that does not decode as an event, and why."""
+
+    id: str
+    error: CorruptEvent
 
 
 class EventLog:
@@ -141,13 +148,8 @@ class EventLog:
             raise JobNotFound(job_id)
         return JobState.from_hash(job_id, fields)
 
-    async def page(self, job_id: str, after: str = BEGINNING, limit: int = 100) -> list[Event]:
-        """Up to `limit` events after entry id `after`, oldest first (one XRANGE)."""
-        entries = await self.redis.xrange(self.keys.events(job_id), min=f"({after}", max="+", count=limit)
-        return decode_events(entries)
-
     async def history_page(self, job_id: str, after: str = BEGINNING, limit: int = 100) -> list[Event]:
-        """Like `page`, but JobNotFound for a job that does not exist (one round trip)."""
+        """Up to `limit` events after entry id `after`, oldest first; JobNotFound if no such job (one round trip)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.exists(self.keys.job(job_id))
             pipe.xrange(self.keys.events(job_id), min=f"({after}", max="+", count=limit)
@@ -157,14 +159,29 @@ class EventLog:
         return decode_events(entries)
 
     async def events(self, job_id: str, after: str = BEGINNING, page_size: int = 500) -> AsyncIterator[Event]:
-        """Every event after `after`, paging through the stream (one XRANGE per page)."""
+        """Every event after `after`, paging through the stream (one XRANGE per page).
+
+        A corrupt entry raises CorruptEvent; `readable` steps over it instead.
+        """
+        async for item in self.readable(job_id, after, page_size):
+            if isinstance(item, Unreadable):
+                raise item.error
+            yield item
+
+    async def readable(
+        self, job_id: str, after: str = BEGINNING, page_size: int = 500
+    ) -> AsyncIterator[Event | Unreadable]:
+        """Like `events`, but an entry that is no event comes as Unreadable and the walk goes on."""
         while True:
-            batch = await self.page(job_id, after, page_size)
-            for event in batch:
-                yield event
-            if len(batch) < page_size:
+            entries = await self.redis.xrange(self.keys.events(job_id), min=f"({after}", max="+", count=page_size)
+            for entry_id, fields in entries:
+                try:
+                    yield Event.from_entry(entry_id, fields)
+                except CorruptEvent as exc:
+                    yield Unreadable(entry_id, exc)
+            if len(entries) < page_size:
                 return
-            after = batch[-1].id
+            after = entries[-1][0]
 
     async def max_deleted_id(self, job_id: str) -> str:
         """The newest entry id the job's stream may have lost, `0-0` if none (one XINFO).

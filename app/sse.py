@@ -18,7 +18,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from app.activity import ActivityFeed, FeedPosition, Transition, decode_transitions
-from app.eventlog import EventLog
+from app.eventlog import EventLog, Unreadable
 from app.events import Event
 from app.hub import Hub, SubscriptionClosed
 from app.jobstate import JobState
@@ -69,11 +69,17 @@ async def job_event_stream(
         yield sse_goodbye("event store unavailable", retry_ms)
         return
     try:
-        async for event in events.events(job.id, after=last):
-            yield sse_event(event)
+        async for event in events.readable(job.id, after=last):
+            if isinstance(event, Unreadable):
+                log.error("job %s: SSE replay steps over an unreadable entry: %s", job.id, event.error)
+                # An `id:` without data moves the client's Last-Event-ID past the entry
+                # (nothing is dispatched), so a reconnect does not meet it again.
+                yield b"id: %s\n: unreadable entry skipped\n\n" % event.id.encode()
+            else:
+                yield sse_event(event)
+                if event.terminal:
+                    return
             last = event.id
-            if event.terminal:
-                return
         while True:
             event = await sub.get(timeout=ping_s)
             if event is None:

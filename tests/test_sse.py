@@ -456,3 +456,21 @@ async def test_a_corrupt_entry_in_one_stream_does_not_stall_the_live_tail_of_oth
         await events.append("good", EventType.PROGRESS, {"progress": 0.5})
         [message] = await good.events(1)
         assert message.event == "progress"
+
+
+async def test_replay_steps_over_an_unreadable_entry_and_a_reconnect_does_not_meet_it_again(
+    client, events, redis_client, keys
+):
+    await running_job(events, "j")
+    corrupt = await redis_client.xadd(keys.events("j"), {"type": "progress", "at": "1", "attempt": "1", "data": "[1"})
+    await events.append("j", EventType.SUCCEEDED, {"result": 1}, attempt=1)
+
+    async with open_stream(client, "/jobs/j/events") as stream:
+        received = await stream.rest()
+    skipped = next(m for m in stream.received if m.id == corrupt)
+    assert not skipped.data and "unreadable entry skipped" in skipped.comments
+    assert [m.event for m in received] == ["submitted", "started", "succeeded"]
+
+    # Resuming from the unreadable entry (the client's Last-Event-ID after it) goes on after it.
+    async with open_stream(client, "/jobs/j/events", headers={"Last-Event-ID": corrupt}) as stream:
+        assert [m.event for m in await stream.rest()] == ["succeeded"]
