@@ -70,6 +70,10 @@ class JobService:
             )
         data = SubmittedData(kind=kind, params=validate_params(kind, params), max_attempts=attempts, tenant=tenant)
         job_id = self.job_id_for(idempotency_key, tenant)
+        # Watched before it exists: whatever happens after the append (a crash, a failed
+        # enqueue), the reaper (workers/reaper.py) queues the job; an id that never
+        # became a job, it drops.
+        await self.live.track(job_id)
         try:
             appended = await self.events.append(job_id, EventType.SUBMITTED, data)
         except JobExists:
@@ -84,8 +88,6 @@ class JobService:
                 await self.enqueue(job_id)
             return existing, False
         await self.index.add(job_id, id_key(appended.id)[0], tenant)
-        # Before enqueueing: if that fails, the reaper (workers/reaper.py) enqueues it later.
-        await self.live.track(job_id)
         await self.enqueue(job_id)
         return await self.events.state(job_id), True
 

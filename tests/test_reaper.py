@@ -114,6 +114,26 @@ async def test_job_whose_enqueue_failed_at_submission_is_queued_by_the_reaper(ev
     assert await reaper.reap(now_ms() + LATER_MS) == [job_id]
 
 
+async def test_job_whose_submission_died_right_after_its_append_is_queued_by_the_reaper(
+    events, reaper, queued, settings
+):
+    class DyingIndex(JobIndex):
+        async def add(self, job_id, created_ms, tenant=None):
+            raise RedisConnectionError("the API lost Redis (or died) right after the append")
+
+    async def enqueue(job_id):
+        queued.append(("enqueued by the API", job_id))
+
+    service = JobService(events, DyingIndex(events.redis, events.keys), enqueue, settings,
+                         ArtifactStore(settings.artifact_dir))
+    with pytest.raises(RedisConnectionError):
+        await service.submit("demo", {"steps": 1}, None, idempotency_key="k")
+    job_id = service.job_id_for("k")
+    assert (await events.state(job_id)).state == "pending" and queued == []
+
+    assert await reaper.reap(now_ms() + LATER_MS) == [job_id]
+
+
 async def test_pending_job_holding_its_lease_between_attempts_is_left_alone(
     events, live, reaper, queued, redis_client, keys
 ):
