@@ -14,7 +14,7 @@ from litestar.params import FromQuery, JSONBody, Parameter, QueryParameter
 from litestar.response import Stream
 
 from app.api.access import FEED_TOKEN
-from app.api.common import SSE_HEADERS, error_responses, requested_offset, token_ttl
+from app.api.common import error_responses, requested_offset, sse_response, token_ttl
 from app.api.schemas import ActivityStreamMessage, TokenOut, TokenRequest
 from app.auth import Principal
 from app.config import Settings
@@ -66,7 +66,6 @@ async def activity_events(
     position = await events.activity.position()
     # A client without an offset asked for whatever the feed holds: nothing is missing for it.
     gap = resuming and is_after(position.lost_up_to, offset)
-    slot = await sse_slots.take(principal.scope)
     stream = activity_event_stream(
         events.activity,
         hub,
@@ -79,7 +78,7 @@ async def activity_events(
         state=state_filter.value if state_filter else None,
         sees=principal.sees,
     )
-    return Stream(sse_slots.held(principal.scope, slot, stream), media_type="text/event-stream", headers=SSE_HEADERS)
+    return await sse_response(sse_slots, principal, stream)
 
 
 @post(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from litestar import Request
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
+from litestar.response import Stream
 
 from app.api.schemas import ErrorBody, TokenRequest
 from app.auth import Principal
@@ -15,6 +17,7 @@ from app.errors import InvalidRequest, JobNotFound, NotAuthenticated
 from app.eventlog import EventLog
 from app.jobstate import JobState
 from app.keys import JOB_ID_RE
+from app.limits import SseSlots
 from app.offsets import BEGINNING, parse_offset
 
 JobId = Annotated[str, Parameter(description="Job id", max_length=128)]
@@ -62,6 +65,12 @@ async def visible_job(events: EventLog, principal: Principal, job_id: str) -> Jo
     if not principal.sees(job.tenant):
         raise JobNotFound(job_id)
     return job
+
+
+async def sse_response(slots: SseSlots, principal: Principal, stream: AsyncIterator[bytes]) -> Stream:
+    """`stream` as a text/event-stream response holding one of the principal's SSE slots (429 if none is free)."""
+    slot = await slots.take(principal.scope)
+    return Stream(slots.held(principal.scope, slot, stream), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def requested_offset(request: Request, after: str | None, last_event_id: str | None) -> tuple[str, bool]:

@@ -19,7 +19,7 @@ from litestar.params import FromQuery, HeaderParameter, JSONBody, Parameter, Que
 from litestar.response import File, Stream
 
 from app.api.access import JOB_TOKEN
-from app.api.common import SSE_HEADERS, JobId, error_responses, requested_offset, token_ttl, visible_job
+from app.api.common import JobId, error_responses, requested_offset, sse_response, token_ttl, visible_job
 from app.api.schemas import CancelRequest, HistoryPage, JobPage, JobStreamMessage, SubmitRequest, TokenOut, TokenRequest
 from app.artifacts import ArtifactStore
 from app.auth import Principal
@@ -214,13 +214,10 @@ class JobsController(Controller):
         if job.terminal and not is_after(job.last_event_id, offset):
             return Response(None, status_code=204)
         gap = is_after(await events.max_deleted_id(job_id), offset)
-        slot = await sse_slots.take(principal.scope)
         stream = job_event_stream(
             events, hub, job, offset, gap=gap, retry_ms=settings.sse_retry_ms, ping_s=settings.sse_ping_s
         )
-        return Stream(
-            sse_slots.held(principal.scope, slot, stream), media_type="text/event-stream", headers=SSE_HEADERS
-        )
+        return await sse_response(sse_slots, principal, stream)
 
     @get(
         "/{job_id:str}/artifact",
