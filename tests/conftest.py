@@ -48,6 +48,18 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.kill()
 
 
+@pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A throwaway redis-server whose append-only file is fsynced on every write.
+
+    So what Redis acknowledged survives a SIGKILL: tests kill and restart it at will,
+    never the shared server.
+    """
+    server = RedisServer(tmp_path / "redis", None, "--appendonly", "yes", "--appendfsync", "always").start()
+    yield server
+    server.kill()
+
+
 def delete_matching(redis_url: str, pattern: str) -> None:
     """Remove every key matching a SCAN pattern: a test's cleanup."""
     client = redis.Redis.from_url(redis_url)

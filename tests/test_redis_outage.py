@@ -10,8 +10,7 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -29,11 +28,8 @@ DEMO = {"kind": "demo", "params": {"steps": 2, "delay_ms": 10}}
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    # Append-only with fsync per write, so what the API acknowledged survives kill -9.
-    redis = RedisServer(tmp_path / "redis", None, "--appendonly", "yes", "--appendfsync", "always").start()
-    yield redis
-    redis.kill()
+def server(durable_redis: RedisServer) -> RedisServer:
+    return durable_redis
 
 
 @pytest.fixture

@@ -13,8 +13,6 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import msgspec
@@ -36,10 +34,8 @@ LEDGER = "ledger"  # the job the direct writer appends to
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    redis = RedisServer(tmp_path / "redis", None, "--appendonly", "yes", "--appendfsync", "always").start()
-    yield redis
-    redis.kill()
+def server(durable_redis: RedisServer) -> RedisServer:
+    return durable_redis
 
 
 @pytest.fixture
