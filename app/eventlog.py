@@ -148,6 +148,18 @@ class EventLog:
             raise JobNotFound(job_id)
         return JobState.from_hash(job_id, fields)
 
+    async def visible_state(self, job_id: str, tenant: str | None, *, sees_all: bool = False) -> JobState:
+        """The job's state if a viewer of `tenant` may see it; else JobNotFound, as for a missing job.
+
+        The rule of the API and of handlers reading other jobs alike: a viewer sees the
+        jobs of its own tenant, and one that `sees_all` (an admin, or open mode) sees
+        every job (one HGETALL).
+        """
+        job = await self.state(job_id)
+        if not (sees_all or job.tenant == tenant):
+            raise JobNotFound(job_id)
+        return job
+
     async def history_page(self, job_id: str, after: str = BEGINNING, limit: int = 100) -> list[Event]:
         """Up to `limit` events after entry id `after`, oldest first; JobNotFound if no such job (one round trip)."""
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -12,9 +12,11 @@ import tracemalloc
 import zipfile
 from pathlib import Path
 
+import httpx
 import msgspec
 import pytest
 
+from app.auth import hash_key, new_key
 from app.events import EventType, State, SubmittedData
 from app.jobstate import JobState
 from workers.registry import _KINDS, Kind, validate_params
@@ -214,6 +216,48 @@ async def test_cancelled_export_leaves_no_zip_behind(events, settings):
     await asyncio.wait_for(task, 10)
     assert (await events.state("zip")).state is State.CANCELLED
     assert list((Path(settings.artifact_dir) / "zip").iterdir()) == [], "no zip and no temporary"
+
+
+async def test_an_export_sees_another_tenants_jobs_as_missing_exactly_like_unknown_ids(start_api, events, settings):
+    acme, globex, admin = new_key(), new_key(), new_key()
+    secured = msgspec.structs.replace(
+        settings, auth="auto", api_keys=f"acme:{hash_key(acme)}, globex:{hash_key(globex)}, *:{hash_key(admin)}"
+    )
+    api = await start_api(secured)
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+
+        async def ran(key: str, kind: str, params: dict) -> str:
+            response = await http.post("/jobs", json={"kind": kind, "params": params},
+                                       headers={"Authorization": f"Bearer {key}"})
+            assert response.status_code == 202, response.text
+            await Runner(events, settings).run(job_id := response.json()["id"])
+            return job_id
+
+        async def exported(key: str, job_ids: list[str]) -> tuple[list[str], dict[str, dict]]:
+            export_id = await ran(key, "export.zip", {"job_ids": job_ids, "include_history": True})
+            response = await http.get(f"/jobs/{export_id}/artifact", headers={"Authorization": f"Bearer {key}"})
+            assert response.status_code == 200, response.text
+            archive = zipfile.ZipFile(io.BytesIO(response.content))
+            entries = {e["job_id"]: e for e in json.loads(archive.read("manifest.json"))["jobs"]}
+            return archive.namelist(), entries
+
+        theirs = await ran(acme, "test.blob", {"size": 1_000})
+        mine = await ran(globex, "test.blob", {"size": 2_000})
+        ghost = "0" * 32
+
+        names, entries = await exported(globex, [theirs, mine, ghost])
+        assert names == [f"{mine}/blob.bin", f"{mine}/history.ndjson", "manifest.json"]
+        assert entries[ghost] == {"job_id": ghost, "status": "missing", "detail": "no such job (or it expired)"}
+        assert entries[theirs] == {**entries[ghost], "job_id": theirs}, "no state, no kind, no files: as if unknown"
+        assert entries[mine]["status"] == "included"
+
+        names, entries = await exported(acme, [theirs, mine])
+        assert names == [f"{theirs}/blob.bin", f"{theirs}/history.ndjson", "manifest.json"]
+        assert entries[mine]["status"] == "missing"
+
+        names, entries = await exported(admin, [theirs, mine])  # an admin sees every tenant's jobs
+        assert {entries[theirs]["status"], entries[mine]["status"]} == {"included"}
+        assert len(names) == 5
 
 
 @pytest.mark.e2e
