@@ -85,9 +85,9 @@ class Keys:
         """String: a tenant's submissions in one minute-long window (a counter with a TTL)."""
         return f"{self.prefix}:tenant:{{{tenant}}}:submits:{window}"
 
-    def token_secret(self) -> str:
-        """String: the key that signs read-only tokens, when JOBTRAIL_TOKEN_SECRET is not set."""
-        return f"{self.prefix}:auth:token-secret"
+    def server_secret(self) -> str:
+        """String: the server secret (app/secret.py), when JOBTRAIL_TOKEN_SECRET is not set. Made once, never derived."""
+        return f"{self.prefix}:auth:secret"
 
     def hub_wake(self, hub_id: str) -> str:
         """Stream: written to wake one API process's hub when it gains a stream."""

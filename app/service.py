@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from app.index import JobIndex
 from app.livejobs import LiveJobs
 from app.jobstate import JobState
 from app.offsets import id_key
+from app.secret import ServerSecret
 from workers.registry import validate_params
 
 log = logging.getLogger(__name__)
@@ -37,17 +39,21 @@ class JobService:
         self.enqueue = enqueue
         self.settings = settings
         self.live = LiveJobs(events.redis, events.keys, settings.pending_stale_s)
+        self.secret = ServerSecret(events.redis, events.keys, settings.token_secret)
 
-    def job_id_for(self, idempotency_key: str | None, tenant: str | None = None) -> str:
+    async def job_id_for(self, idempotency_key: str | None, tenant: str | None = None) -> str:
         """A fresh id, or the id an Idempotency-Key always maps to (so a retry finds its job).
 
-        The tenant is part of the digest: two tenants using one key get two jobs, and
-        neither can learn that the other's exists.
+        A keyed HMAC with the server secret (app/secret.py), which every API process
+        shares: without the secret nobody can compute the id of a key, so a guessable
+        key (an invoice number) gives away no other tenant's job id. The tenant is part
+        of the message: two tenants using one key get two jobs, and neither can learn
+        that the other's exists.
         """
         if idempotency_key is None:
             return uuid.uuid4().hex
-        digest = hashlib.sha256(f"{self.events.keys.prefix}\0{tenant or ''}\0{idempotency_key}".encode())
-        return digest.hexdigest()[:32]
+        message = f"{self.events.keys.prefix}\0{tenant or ''}\0{idempotency_key}".encode()
+        return hmac.new(await self.secret.key("job-ids"), message, hashlib.sha256).hexdigest()[:32]
 
     async def submit(
         self,
@@ -69,7 +75,7 @@ class JobService:
                 "(JOBTRAIL_MAX_PARAMS_BYTES): pass large inputs by reference, e.g. a URL"
             )
         data = SubmittedData(kind=kind, params=validate_params(kind, params), max_attempts=attempts, tenant=tenant)
-        job_id = self.job_id_for(idempotency_key, tenant)
+        job_id = await self.job_id_for(idempotency_key, tenant)
         # Watched before it exists: whatever happens after the append (a crash, a failed
         # enqueue), the reaper (workers/reaper.py) queues the job; an id that never
         # became a job, it drops.
