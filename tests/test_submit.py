@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
+import httpx
 import msgspec
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.artifacts import ArtifactStore
+from app.auth import hash_key, new_key
 from app.eventlog import EventLog
 from app.index import JobIndex
+from app.limits import WINDOW_S
 from app.service import JobService
 from app.store import Store
 from tests.lossy_proxy import ReplyLosingProxy
@@ -126,3 +130,44 @@ async def test_deleting_a_job_removes_its_enqueue_claim(client, redis_client, ke
     assert (await client.delete(f"/jobs/{job_id}")).status_code == 204
     assert not await redis_client.exists(*keys.all_job_keys(job_id))
 
+
+
+async def within_one_window() -> None:
+    """Wait for the next minute when this one ends within 10 s: the counts must stay in one window."""
+    left = WINDOW_S - time.time() % WINDOW_S
+    if left < 10:
+        await asyncio.sleep(left + 0.1)
+
+
+async def test_only_jobs_created_count_against_the_submission_limit(start_api, settings):
+    await within_one_window()
+    acme = new_key()
+    limited = msgspec.structs.replace(settings, auth="auto", api_keys=f"acme:{hash_key(acme)}", submissions_per_minute=3)
+    api = await start_api(limited)
+    async with httpx.AsyncClient(base_url=api.url, timeout=30, headers={"Authorization": f"Bearer {acme}"}) as http:
+
+        async def post(body: dict, key: str | None = None) -> int:
+            headers = {"Idempotency-Key": key} if key else {}
+            return (await http.post("/jobs", json=body, headers=headers)).status_code
+
+        assert await post({"kind": "demo"}, key="invoice-1") == 202
+        for _ in range(10):  # a client retrying with its key, as it should
+            assert await post({"kind": "demo"}, key="invoice-1") == 200
+        assert await post({"kind": "demo", "params": {"steps": 2}}, key="invoice-1") == 409
+        assert await post({"kind": "no-such-kind"}) == 422
+        assert await post({"kind": "demo", "params": {"steps": -1}}) == 422
+        assert await post({"kind": "demo", "max_attempts": 0}) == 422
+        assert await post({"kind": "demo", "unknown": 1}) == 400
+
+        assert [await post({"kind": "demo"}) for _ in range(3)] == [202, 202, 429], "3 jobs created, then full"
+        assert await post({"kind": "demo"}) == 429, "a refused request creates nothing and takes nothing"
+
+
+async def test_parallel_submissions_do_not_slip_past_the_limit_together(start_api, settings):
+    await within_one_window()
+    acme = new_key()
+    limited = msgspec.structs.replace(settings, auth="auto", api_keys=f"acme:{hash_key(acme)}", submissions_per_minute=5)
+    api = await start_api(limited)
+    async with httpx.AsyncClient(base_url=api.url, timeout=30, headers={"Authorization": f"Bearer {acme}"}) as http:
+        answers = await asyncio.gather(*(http.post("/jobs", json={"kind": "demo"}) for _ in range(20)))
+    assert sorted(a.status_code for a in answers) == [202] * 5 + [429] * 15
