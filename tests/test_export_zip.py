@@ -290,3 +290,37 @@ async def test_worker_process_bundles_a_pdf_report_into_a_downloadable_zip(clien
     statuses = {e["job_id"]: e["status"] for e in json.loads(archive.read("manifest.json"))["jobs"]}
     assert statuses == {pdf_id: "included", "gone": "missing"}
     assert json.loads(archive.read(f"{pdf_id}/history.ndjson").splitlines()[-1])["type"] == "succeeded"
+
+
+@pytest.mark.e2e
+async def test_a_worker_process_exports_another_tenants_pdf_as_missing(start_api, settings, start_worker):
+    acme, globex = new_key(), new_key()
+    api = await start_api(msgspec.structs.replace(
+        settings, auth="auto", api_keys=f"acme:{hash_key(acme)}, globex:{hash_key(globex)}"
+    ))
+    start_worker()
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+
+        async def finished(key: str, kind: str, params: dict) -> dict:
+            headers = {"Authorization": f"Bearer {key}"}
+            response = await http.post("/jobs", json={"kind": kind, "params": params}, headers=headers)
+            assert response.status_code == 202, response.text
+            deadline = time.monotonic() + 30
+            while (job := (await http.get(f"/jobs/{response.json()['id']}", headers=headers)).json())["state"] not in (
+                "succeeded", "failed"
+            ):
+                assert time.monotonic() < deadline, f"still {job['state']}"
+                await asyncio.sleep(0.05)
+            assert job["state"] == "succeeded", job
+            return job
+
+        params = {"title": "Acme only", "start_date": "2024-01-01", "end_date": "2024-01-31", "group_by": "month"}
+        pdf = await finished(acme, "export.pdf", params)
+        export_job = await finished(globex, "export.zip", {"job_ids": [pdf["id"]], "include_history": True})
+        content = (await http.get(f"/jobs/{export_job['id']}/artifact",
+                                  headers={"Authorization": f"Bearer {globex}"})).content
+    archive = zipfile.ZipFile(io.BytesIO(content))
+    assert archive.namelist() == ["manifest.json"]
+    assert json.loads(archive.read("manifest.json"))["jobs"] == [
+        {"job_id": pdf["id"], "status": "missing", "detail": "no such job (or it expired)"}
+    ]
