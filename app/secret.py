@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from app.keys import Keys
+
+log = logging.getLogger(__name__)
 
 REFRESH_S = 30.0  # how stale a process's copy of a Redis-kept secret may get
 RETRY_S = 1.0  # how often a failed check may make a process re-read it early
@@ -44,7 +48,13 @@ class ServerSecret:
     async def key(self, purpose: str) -> bytes:
         """The key for one purpose ("tokens", "job-ids"); re-reads a Redis-kept master once it is stale."""
         if not self.configured and (self._master is None or time.monotonic() - self._read_at >= self.refresh_s):
-            await self._read()
+            try:
+                await self._read()
+            except RedisError as exc:
+                if self._master is None:
+                    raise
+                # A refresh is a precaution; the copy we hold serves until Redis answers again.
+                log.warning("could not re-read the server secret (%s); using the one held", exc)
         assert self._master is not None
         return hmac.new(self._master, purpose.encode(), hashlib.sha256).digest()
 

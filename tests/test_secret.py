@@ -8,6 +8,8 @@ import hashlib
 
 import msgspec
 import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.artifacts import ArtifactStore
 from app.auth import Principal
@@ -112,3 +114,14 @@ async def test_forged_tokens_make_a_signer_re_read_the_secret_at_most_once_per_i
         with pytest.raises(TokenRejected):
             await signer.verify(f"{body}.{signature[::-1]}")
     assert reads == 1
+
+
+async def test_a_held_secret_serves_while_redis_cannot_be_reached_for_a_refresh(redis_client, keys):
+    held = ServerSecret(redis_client, keys, refresh_s=0.0)
+    key = await held.key("tokens")
+    unreachable = ServerSecret(aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5), keys)
+    with pytest.raises(RedisConnectionError):
+        await unreachable.key("tokens")  # nothing held yet: the error is the caller's
+    held.redis = unreachable.redis
+    assert await held.key("tokens") == key
+    await unreachable.redis.aclose()
