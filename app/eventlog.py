@@ -24,6 +24,8 @@ from app.reducer import fields_for, fold
 
 log = logging.getLogger(__name__)
 
+_VISIBLE_SCRIPT = resources.files("app").joinpath("visible.lua").read_text()
+
 
 def _lua_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -74,6 +76,7 @@ class EventLog:
         self.retention_s = retention_s
         self.activity = ActivityFeed(redis, keys, activity_maxlen)
         self._append = redis.register_script(render_append_script())
+        self._visible = redis.register_script(_VISIBLE_SCRIPT)
 
     # --- writing ---
 
@@ -144,6 +147,21 @@ class EventLog:
     async def state(self, job_id: str) -> JobState:
         """The job's current state (one HGETALL). Raises JobNotFound."""
         fields = await self.redis.hgetall(self.keys.job(job_id))
+        if not fields.get("state"):
+            raise JobNotFound(job_id)
+        return JobState.from_hash(job_id, fields)
+
+    async def visible_state(self, job_id: str, tenant: str | None, *, sees_all: bool = False) -> JobState:
+        """The job's state if a viewer of `tenant` may see it; else JobNotFound, as for a missing job.
+
+        The rule of the API and of handlers reading other jobs alike: a viewer sees the
+        jobs of its own tenant, and one that `sees_all` (an admin, or open mode) sees
+        every job. One EVALSHA (visible.lua), which checks the owner inside Redis: another
+        tenant's job comes back as the same empty reply as a missing one, and goes through
+        the same code here, so not even the time taken tells them apart.
+        """
+        reply = await self._visible(keys=[self.keys.job(job_id)], args=[tenant or "", "1" if sees_all else "0"])
+        fields = dict(zip(reply[::2], reply[1::2], strict=True))
         if not fields.get("state"):
             raise JobNotFound(job_id)
         return JobState.from_hash(job_id, fields)

@@ -37,13 +37,17 @@ class Keys:
         """String: the worker currently running the job, expiring unless renewed."""
         return f"{self.prefix}:job:{{{job_id}}}:lease"
 
+    def enqueue_claim(self, job_id: str) -> str:
+        """String: set by the one submission request that queues the job's first run (SET NX, retention TTL)."""
+        return f"{self.prefix}:job:{{{job_id}}}:enqueued"
+
     def job_keys(self, job_id: str) -> tuple[str, str, str]:
         """The keys the append script takes, in its order (all get the retention TTL)."""
         return self.job(job_id), self.events(job_id), self.dedupe(job_id)
 
     def all_job_keys(self, job_id: str) -> tuple[str, ...]:
         """Every key one job may have."""
-        return (*self.job_keys(job_id), self.lease(job_id))
+        return (*self.job_keys(job_id), self.lease(job_id), self.enqueue_claim(job_id))
 
     def index(self) -> str:
         """Sorted set: job id scored by creation time (ms). Derived, repairable."""
@@ -85,9 +89,9 @@ class Keys:
         """String: a tenant's submissions in one minute-long window (a counter with a TTL)."""
         return f"{self.prefix}:tenant:{{{tenant}}}:submits:{window}"
 
-    def token_secret(self) -> str:
-        """String: the key that signs read-only tokens, when JOBTRAIL_TOKEN_SECRET is not set."""
-        return f"{self.prefix}:auth:token-secret"
+    def server_secret(self) -> str:
+        """String: the server secret (app/secret.py), when JOBTRAIL_TOKEN_SECRET is not set. Made once, never derived."""
+        return f"{self.prefix}:auth:secret"
 
     def hub_wake(self, hub_id: str) -> str:
         """Stream: written to wake one API process's hub when it gains a stream."""

@@ -1,6 +1,7 @@
 """Per-tenant limits, counted in Redis so that every API process shares them.
 
-Submissions: a counter per tenant and minute-long window (INCR, then EXPIRE). SSE
+Submissions: a counter of jobs created per tenant and minute-long window (INCR, then
+EXPIRE; DECR for a request that created nothing). SSE
 connections: a sorted set of slots, each expiring unless its stream renews it, so a
 killed API process does not hold its tenant's slots for ever (app/sse_slots.lua).
 """
@@ -27,15 +28,27 @@ WINDOW_S = 60
 
 
 class SubmitRate:
+    """Jobs created per tenant and minute-long window.
+
+    Only jobs actually created count: a request takes a place in the window before it
+    creates (so one over the limit creates nothing and gets 429), and gives it back when
+    it created nothing (a 4xx, an idempotent repeat, a Redis failure). Taking first, not
+    merely looking, keeps parallel submissions from slipping past the limit together.
+    """
+
     def __init__(self, redis: Redis, keys: Keys, per_minute: int) -> None:
         self.redis = redis
         self.keys = keys
         self.per_minute = per_minute  # 0: unlimited
 
-    async def check(self, scope: str) -> None:
-        """Count one submission; RateLimited once the window's count exceeds the limit (one round trip)."""
+    async def take(self, scope: str) -> str | None:
+        """A place for one job in the current window (its counter's key; None when unlimited).
+
+        RateLimited once the window is full, with nothing counted. One round trip, two
+        when refused.
+        """
         if not self.per_minute:
-            return
+            return None
         now = time.time()
         window = int(now // WINDOW_S)
         key = self.keys.submit_window(scope, window)
@@ -44,10 +57,25 @@ class SubmitRate:
             pipe.expire(key, WINDOW_S * 2)
             count, _ = await pipe.execute()
         if count > self.per_minute:
+            await self.give_back(key)
             retry_after = max(1, int((window + 1) * WINDOW_S - now + 0.999))
             raise RateLimited(
                 f"more than {self.per_minute} submissions this minute; retry after {retry_after} s", retry_after
             )
+        return key
+
+    async def give_back(self, place: str | None) -> None:
+        """Return a place taken for a request that created no job (one round trip, best-effort)."""
+        if place is None:
+            return
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.decr(place)
+                # Again, so a counter that expired meanwhile is not left behind for ever.
+                pipe.expire(place, WINDOW_S * 2)
+                await pipe.execute()
+        except RedisError as exc:
+            log.warning("could not give back a submission place (%s); it expires with its window", exc)
 
 
 class SseSlots:

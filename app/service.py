@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,7 @@ from app.events import EventType, ReasonData, State, SubmittedData
 from app.index import JobIndex
 from app.livejobs import LiveJobs
 from app.jobstate import JobState
-from app.offsets import id_key
+from app.secret import ServerSecret
 from workers.registry import validate_params
 
 log = logging.getLogger(__name__)
@@ -37,17 +38,21 @@ class JobService:
         self.enqueue = enqueue
         self.settings = settings
         self.live = LiveJobs(events.redis, events.keys, settings.pending_stale_s)
+        self.secret = ServerSecret(events.redis, events.keys, settings.token_secret)
 
-    def job_id_for(self, idempotency_key: str | None, tenant: str | None = None) -> str:
+    async def job_id_for(self, idempotency_key: str | None, tenant: str | None = None) -> str:
         """A fresh id, or the id an Idempotency-Key always maps to (so a retry finds its job).
 
-        The tenant is part of the digest: two tenants using one key get two jobs, and
-        neither can learn that the other's exists.
+        A keyed HMAC with the server secret (app/secret.py), which every API process
+        shares: without the secret nobody can compute the id of a key, so a guessable
+        key (an invoice number) gives away no other tenant's job id. The tenant is part
+        of the message: two tenants using one key get two jobs, and neither can learn
+        that the other's exists.
         """
         if idempotency_key is None:
             return uuid.uuid4().hex
-        digest = hashlib.sha256(f"{self.events.keys.prefix}\0{tenant or ''}\0{idempotency_key}".encode())
-        return digest.hexdigest()[:32]
+        message = f"{self.events.keys.prefix}\0{tenant or ''}\0{idempotency_key}".encode()
+        return hmac.new(await self.secret.key("job-ids"), message, hashlib.sha256).hexdigest()[:32]
 
     async def submit(
         self,
@@ -69,27 +74,47 @@ class JobService:
                 "(JOBTRAIL_MAX_PARAMS_BYTES): pass large inputs by reference, e.g. a URL"
             )
         data = SubmittedData(kind=kind, params=validate_params(kind, params), max_attempts=attempts, tenant=tenant)
-        job_id = self.job_id_for(idempotency_key, tenant)
+        job_id = await self.job_id_for(idempotency_key, tenant)
         # Watched before it exists: whatever happens after the append (a crash, a failed
         # enqueue), the reaper (workers/reaper.py) queues the job; an id that never
         # became a job, it drops.
         await self.live.track(job_id)
         try:
-            appended = await self.events.append(job_id, EventType.SUBMITTED, data)
+            # A key of this request alone: when the reply is lost and redis-py sends the
+            # append again, the script answers `duplicate` for our own first call, which
+            # created the job, and JobExists only for another, earlier request's.
+            await self.events.append(job_id, EventType.SUBMITTED, data, key=f"submitted:{uuid.uuid4().hex}")
         except JobExists:
             existing = await self.events.state(job_id)
             if (existing.kind, existing.params, existing.max_attempts) != (data.kind, data.params, data.max_attempts):
                 raise IdempotencyConflict(
                     "this Idempotency-Key was already used for a different request; use a new key"
                 ) from None
+            # The request that created it may have died before indexing or enqueueing it.
+            await self._index(existing)
             if existing.state is State.PENDING and existing.attempt == 0:
-                # The first request may have died before enqueueing; a duplicate
-                # delivery is harmless (the runner refuses to start a job twice).
-                await self.enqueue(job_id)
+                await self._enqueue_once(job_id)
             return existing, False
-        await self.index.add(job_id, id_key(appended.id)[0], tenant)
-        await self.enqueue(job_id)
-        return await self.events.state(job_id), True
+        job = await self.events.state(job_id)
+        await self._index(job)
+        await self._enqueue_once(job_id)
+        return job, True
+
+    async def _index(self, job: JobState) -> None:
+        """List the job (both index entries; idempotent, so a repeat repairs a creator that died first)."""
+        created_ms = round(job.created_at.timestamp() * 1000) if job.created_at else 0
+        await self.index.add(job.id, created_ms, job.tenant)
+
+    async def _enqueue_once(self, job_id: str) -> None:
+        """Queue the job's first run unless another request already did (one SET NX, then one XADD).
+
+        The claim lives in the job's own slot and decides, among the creator and any number
+        of racing repeats, the one that enqueues. A request that dies between its claim and
+        its enqueue leaves the job pending, which the reaper queues once it is stale.
+        """
+        claim = self.events.keys.enqueue_claim(job_id)
+        if await self.events.redis.set(claim, "1", nx=True, ex=self.settings.retention_s):
+            await self.enqueue(job_id)
 
     async def cancel(self, job_id: str, reason: str | None = None) -> JobState:
         """Cancel a pending job now, or flag a running one for its handler to stop.

@@ -2,8 +2,11 @@
 
 A token is `base64url(claims).base64url(HMAC-SHA256(claims))`. It names the tenant, one
 job (or the tenant's activity feed) and an expiry; nothing is stored, so any API process
-holding the signing key can check it. The key is JOBTRAIL_TOKEN_SECRET when set, else
-one generated on first use and kept in Redis for every API process to share.
+holding the signing key can check it. The key is derived from the server secret
+(app/secret.py): JOBTRAIL_TOKEN_SECRET when set, else one kept in Redis for every API
+process to share. A signature that does not hold makes the signer re-read that secret
+(rate-bounded) and check once more, so after Redis lost its data the processes agree on
+the new secret again without a restart.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import secrets
 import time
 
 import msgspec
@@ -20,6 +22,7 @@ from redis.asyncio import Redis
 
 from app.auth import Principal
 from app.keys import Keys
+from app.secret import ServerSecret
 
 
 class TokenRejected(Exception):
@@ -43,22 +46,24 @@ def _unb64(text: str) -> bytes:
 
 class TokenSigner:
     def __init__(self, redis: Redis, keys: Keys, secret: str = "") -> None:
-        self.redis = redis
-        self.keys = keys
-        self._secret = secret.encode() if secret else None
+        self.secret = ServerSecret(redis, keys, secret)
 
-    async def _key(self) -> bytes:
-        if self._secret is None:
-            # SET NX: the first process to need a key makes it; the others read that one.
-            await self.redis.set(self.keys.token_secret(), secrets.token_hex(32), nx=True)
-            self._secret = (await self.redis.get(self.keys.token_secret())).encode()
-        return self._secret
+    async def _signs(self, body: bytes, signature: bytes) -> bool:
+        """Whether `signature` is ours for `body`; on a mismatch, once more with the secret re-read."""
+        expected = hmac.new(await self.secret.key("tokens"), body, hashlib.sha256).digest()
+        if hmac.compare_digest(signature, expected):
+            return True
+        # Perhaps another process holds a newer secret (Redis lost the old one): take it.
+        if not await self.secret.reread():
+            return False
+        expected = hmac.new(await self.secret.key("tokens"), body, hashlib.sha256).digest()
+        return hmac.compare_digest(signature, expected)
 
     async def issue(self, principal: Principal, job: str | None, ttl_s: int) -> tuple[str, int]:
         """A token for `job` (None: the principal's activity feed) and its expiry (epoch s)."""
         exp = int(time.time()) + ttl_s
         body = msgspec.json.encode(Claims(principal.tenant, principal.admin, job, exp))
-        signature = hmac.new(await self._key(), body, hashlib.sha256).digest()
+        signature = hmac.new(await self.secret.key("tokens"), body, hashlib.sha256).digest()
         return f"{_b64(body)}.{_b64(signature)}", exp
 
     async def verify(self, token: str) -> Principal:
@@ -68,8 +73,7 @@ class TokenSigner:
             body, signature = _unb64(head), _unb64(tail)
         except (binascii.Error, ValueError):
             raise TokenRejected("malformed token") from None
-        expected = hmac.new(await self._key(), body, hashlib.sha256).digest()
-        if not hmac.compare_digest(signature, expected):
+        if not await self._signs(body, signature):
             raise TokenRejected("token signature does not match")
         claims = msgspec.json.decode(body, type=Claims)
         if claims.exp <= time.time():

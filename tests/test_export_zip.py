@@ -12,9 +12,11 @@ import tracemalloc
 import zipfile
 from pathlib import Path
 
+import httpx
 import msgspec
 import pytest
 
+from app.auth import hash_key, new_key
 from app.events import EventType, State, SubmittedData
 from app.jobstate import JobState
 from workers.registry import _KINDS, Kind, validate_params
@@ -216,6 +218,48 @@ async def test_cancelled_export_leaves_no_zip_behind(events, settings):
     assert list((Path(settings.artifact_dir) / "zip").iterdir()) == [], "no zip and no temporary"
 
 
+async def test_an_export_sees_another_tenants_jobs_as_missing_exactly_like_unknown_ids(start_api, events, settings):
+    acme, globex, admin = new_key(), new_key(), new_key()
+    secured = msgspec.structs.replace(
+        settings, auth="auto", api_keys=f"acme:{hash_key(acme)}, globex:{hash_key(globex)}, *:{hash_key(admin)}"
+    )
+    api = await start_api(secured)
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+
+        async def ran(key: str, kind: str, params: dict) -> str:
+            response = await http.post("/jobs", json={"kind": kind, "params": params},
+                                       headers={"Authorization": f"Bearer {key}"})
+            assert response.status_code == 202, response.text
+            await Runner(events, settings).run(job_id := response.json()["id"])
+            return job_id
+
+        async def exported(key: str, job_ids: list[str]) -> tuple[list[str], dict[str, dict]]:
+            export_id = await ran(key, "export.zip", {"job_ids": job_ids, "include_history": True})
+            response = await http.get(f"/jobs/{export_id}/artifact", headers={"Authorization": f"Bearer {key}"})
+            assert response.status_code == 200, response.text
+            archive = zipfile.ZipFile(io.BytesIO(response.content))
+            entries = {e["job_id"]: e for e in json.loads(archive.read("manifest.json"))["jobs"]}
+            return archive.namelist(), entries
+
+        theirs = await ran(acme, "test.blob", {"size": 1_000})
+        mine = await ran(globex, "test.blob", {"size": 2_000})
+        ghost = "0" * 32
+
+        names, entries = await exported(globex, [theirs, mine, ghost])
+        assert names == [f"{mine}/blob.bin", f"{mine}/history.ndjson", "manifest.json"]
+        assert entries[ghost] == {"job_id": ghost, "status": "missing", "detail": "no such job (or it expired)"}
+        assert entries[theirs] == {**entries[ghost], "job_id": theirs}, "no state, no kind, no files: as if unknown"
+        assert entries[mine]["status"] == "included"
+
+        names, entries = await exported(acme, [theirs, mine])
+        assert names == [f"{theirs}/blob.bin", f"{theirs}/history.ndjson", "manifest.json"]
+        assert entries[mine]["status"] == "missing"
+
+        names, entries = await exported(admin, [theirs, mine])  # an admin sees every tenant's jobs
+        assert {entries[theirs]["status"], entries[mine]["status"]} == {"included"}
+        assert len(names) == 5
+
+
 @pytest.mark.e2e
 async def test_worker_process_bundles_a_pdf_report_into_a_downloadable_zip(client, start_worker):
     start_worker()
@@ -246,3 +290,37 @@ async def test_worker_process_bundles_a_pdf_report_into_a_downloadable_zip(clien
     statuses = {e["job_id"]: e["status"] for e in json.loads(archive.read("manifest.json"))["jobs"]}
     assert statuses == {pdf_id: "included", "gone": "missing"}
     assert json.loads(archive.read(f"{pdf_id}/history.ndjson").splitlines()[-1])["type"] == "succeeded"
+
+
+@pytest.mark.e2e
+async def test_a_worker_process_exports_another_tenants_pdf_as_missing(start_api, settings, start_worker):
+    acme, globex = new_key(), new_key()
+    api = await start_api(msgspec.structs.replace(
+        settings, auth="auto", api_keys=f"acme:{hash_key(acme)}, globex:{hash_key(globex)}"
+    ))
+    start_worker()
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+
+        async def finished(key: str, kind: str, params: dict) -> dict:
+            headers = {"Authorization": f"Bearer {key}"}
+            response = await http.post("/jobs", json={"kind": kind, "params": params}, headers=headers)
+            assert response.status_code == 202, response.text
+            deadline = time.monotonic() + 30
+            while (job := (await http.get(f"/jobs/{response.json()['id']}", headers=headers)).json())["state"] not in (
+                "succeeded", "failed"
+            ):
+                assert time.monotonic() < deadline, f"still {job['state']}"
+                await asyncio.sleep(0.05)
+            assert job["state"] == "succeeded", job
+            return job
+
+        params = {"title": "Acme only", "start_date": "2024-01-01", "end_date": "2024-01-31", "group_by": "month"}
+        pdf = await finished(acme, "export.pdf", params)
+        export_job = await finished(globex, "export.zip", {"job_ids": [pdf["id"]], "include_history": True})
+        content = (await http.get(f"/jobs/{export_job['id']}/artifact",
+                                  headers={"Authorization": f"Bearer {globex}"})).content
+    archive = zipfile.ZipFile(io.BytesIO(content))
+    assert archive.namelist() == ["manifest.json"]
+    assert json.loads(archive.read("manifest.json"))["jobs"] == [
+        {"job_id": pdf["id"], "status": "missing", "detail": "no such job (or it expired)"}
+    ]

@@ -128,7 +128,7 @@ async def test_job_whose_submission_died_right_after_its_append_is_queued_by_the
                          ArtifactStore(settings.artifact_dir))
     with pytest.raises(RedisConnectionError):
         await service.submit("demo", {"steps": 1}, None, idempotency_key="k")
-    job_id = service.job_id_for("k")
+    job_id = await service.job_id_for("k")
     assert (await events.state(job_id)).state == "pending" and queued == []
 
     assert await reaper.reap(now_ms() + LATER_MS) == [job_id]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, BinaryIO
 
 from app.artifacts import ArtifactStore
 from app.errors import JobNotFound, TransitionRefused
 from app.eventlog import Appended, EventLog
-from app.events import TERMINAL_STATES, Artifact, EventType, LogData, PhaseData, ProgressData
+from app.events import TERMINAL_STATES, Artifact, Event, EventType, LogData, PhaseData, ProgressData
+from app.jobstate import JobState
 from workers.lease import Lease
 
 
@@ -35,6 +36,11 @@ class JobContext:
     when the interval ends, so a handler that goes quiet does not leave a stale figure.
     Every write also reports whether the job was asked to cancel, so a handler learns
     of it at its next progress call. The runner calls `close` when the attempt ends.
+
+    A handler that reads other jobs does it through `job` and `history`, which see them
+    as the job's submitter would through the API: `tenant` is the job's own (None for an
+    admin's job, or in open mode, which see every job), and another tenant's job is
+    JobNotFound, exactly like a missing one. `events` is for the context's own writes.
     """
 
     def __init__(
@@ -46,8 +52,10 @@ class JobContext:
         min_interval_s: float = 0.1,
         lease: Lease | None = None,
         artifacts: ArtifactStore | None = None,
+        tenant: str | None = None,
     ) -> None:
         self.events = events
+        self.tenant = tenant
         self.lease = lease
         self.artifacts = artifacts
         self.produced: Artifact | None = None
@@ -61,6 +69,23 @@ class JobContext:
         self._flusher: asyncio.Task[None] | None = None
         # Writes in order: a held report must not land after a newer one.
         self._writing = asyncio.Lock()
+
+    def sees(self, tenant: str | None) -> bool:
+        """Whether this job's submitter may see a job of `tenant`."""
+        return self.tenant is None or tenant == self.tenant
+
+    async def job(self, job_id: str) -> JobState:
+        """Another job's state, as this job's submitter may see it; JobNotFound otherwise (one round trip)."""
+        return await self.events.visible_state(job_id, self.tenant, sees_all=self.tenant is None)
+
+    async def history(self, job_id: str, page_size: int = 500) -> AsyncIterator[Event]:
+        """Another job's events, oldest first, if this job's submitter may see it; JobNotFound otherwise.
+
+        One round trip to check, then one XRANGE per page.
+        """
+        await self.job(job_id)
+        async for event in self.events.events(job_id, page_size=page_size):
+            yield event
 
     async def progress(
         self,

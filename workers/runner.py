@@ -150,7 +150,7 @@ class Runner:
             return None
         ctx = JobContext(
             self.events, job.id, attempt, min_interval_s=self.settings.progress_interval_s, lease=lease,
-            artifacts=self.artifacts,
+            artifacts=self.artifacts, tenant=job.tenant,
         )
         try:
             spec = get_kind(job.kind)

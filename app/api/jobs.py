@@ -101,10 +101,15 @@ class JobsController(Controller):
             str | None, HeaderParameter(name="Idempotency-Key", required=False, min_length=1, max_length=255)
         ] = None,
     ) -> Response[JobState]:
-        await submit_rate.check(principal.scope)
-        job, created = await service.submit(
-            data.kind, data.params, data.max_attempts, idempotency_key, tenant=principal.tenant
-        )
+        place = await submit_rate.take(principal.scope)
+        created = False
+        try:
+            job, created = await service.submit(
+                data.kind, data.params, data.max_attempts, idempotency_key, tenant=principal.tenant
+            )
+        finally:
+            if not created:  # a repeat, a refusal or a failure: only jobs created count
+                await submit_rate.give_back(place)
         return Response(job, status_code=202 if created else 200, headers={"Location": f"/jobs/{job.id}"})
 
     @get("/", summary="List jobs, newest first", responses=error_responses(400, 503))

@@ -4,6 +4,10 @@ Files are streamed into the archive chunk by chunk, so memory stays bounded what
 their size; each copied artifact's SHA-256 is checked against the one its job recorded.
 A source job that is missing, unfinished or without a file does not fail the export:
 `manifest.json` in the archive says what became of every job asked for.
+
+Source jobs are read through the context (`ctx.job`, `ctx.history`), which sees them
+as the export's submitter does through the API: another tenant's job is `missing`,
+with no state, kind or files, exactly like an id no job has.
 """
 
 from __future__ import annotations
@@ -102,7 +106,7 @@ def _copy_chunk(source: BinaryIO, dest: BinaryIO, digest: Any) -> int:
 async def inspect(ctx: JobContext, job_id: str) -> tuple[ManifestEntry, JobState | None]:
     """What the export can take from one source job (one HGETALL)."""
     try:
-        job = await ctx.events.state(job_id)
+        job = await ctx.job(job_id)
     except JobNotFound:
         return ManifestEntry(job_id=job_id, status=SourceStatus.MISSING, detail="no such job (or it expired)"), None
     if job.state in (State.PENDING, State.RUNNING):
@@ -160,12 +164,15 @@ async def copy_history(
             size += len(block)
             lines.clear()
 
-        async for event in ctx.events.events(job.id, page_size=_HISTORY_PAGE):
-            lines.append(_encode(event.out()) + b"\n")
-            count += 1
-            if len(lines) == _HISTORY_PAGE:
-                flush()
-                await report(count / max(job.event_count, 1), f"{info.filename}: {count} events")
+        try:
+            async for event in ctx.history(job.id, page_size=_HISTORY_PAGE):
+                lines.append(_encode(event.out()) + b"\n")
+                count += 1
+                if len(lines) == _HISTORY_PAGE:
+                    flush()
+                    await report(count / max(job.event_count, 1), f"{info.filename}: {count} events")
+        except JobNotFound:
+            entry.detail = "the job was deleted (or expired) while its history was being exported"
         flush()
     entry.files.append(ManifestFile(info.filename, size, digest.hexdigest(), events=count))
 
