@@ -142,11 +142,14 @@ class EventLog:
     # --- reading ---
 
     async def state(self, job_id: str) -> JobState:
-        """The job's current state (one HGETALL). Raises JobNotFound."""
-        fields = await self.redis.hgetall(self.keys.job(job_id))
+        """The job's current state (one round trip: HGETALL and PEXPIRETIME). Raises JobNotFound."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.job(job_id))
+            pipe.pexpiretime(self.keys.job(job_id))
+            fields, expires_ms = await pipe.execute()
         if not fields.get("state"):
             raise JobNotFound(job_id)
-        return JobState.from_hash(job_id, fields)
+        return JobState.from_hash(job_id, fields, expires_ms)
 
     async def history_page(self, job_id: str, after: str = BEGINNING, limit: int = 100) -> list[Event]:
         """Up to `limit` events after entry id `after`, oldest first; JobNotFound if no such job (one round trip)."""

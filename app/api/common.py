@@ -19,6 +19,7 @@ from app.jobstate import JobState
 from app.keys import JOB_ID_RE
 from app.limits import SseSlots
 from app.offsets import BEGINNING, parse_offset
+from app.tokens import TokenSigner
 
 JobId = Annotated[str, Parameter(description="Job id", max_length=128)]
 
@@ -89,3 +90,11 @@ def token_ttl(settings: Settings, request: TokenRequest | None) -> int:
     if not 1 <= ttl <= settings.token_max_ttl_s:
         raise InvalidRequest(f"ttl_s must be between 1 and {settings.token_max_ttl_s} seconds, got {ttl}")
     return ttl
+
+
+async def with_download_token(job: JobState, principal: Principal, signer: TokenSigner, settings: Settings) -> JobState:
+    """`job` with a read-only token in its artifact's `download_url` (unchanged without an artifact)."""
+    if job.artifact is None:
+        return job
+    token, _ = await signer.issue(principal, job.id, settings.token_ttl_s)
+    return job.with_download_token(token)

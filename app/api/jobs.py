@@ -19,7 +19,9 @@ from litestar.params import FromQuery, HeaderParameter, JSONBody, Parameter, Que
 from litestar.response import File, Stream
 
 from app.api.access import JOB_TOKEN
-from app.api.common import JobId, error_responses, requested_offset, sse_response, token_ttl, visible_job
+from app.api.common import (
+    JobId, error_responses, requested_offset, sse_response, token_ttl, visible_job, with_download_token,
+)
 from app.api.schemas import CancelRequest, HistoryPage, JobPage, JobStreamMessage, SubmitRequest, TokenOut, TokenRequest
 from app.artifacts import ArtifactStore
 from app.auth import Principal
@@ -137,10 +139,19 @@ class JobsController(Controller):
         job_id: JobId,
         events: NamedDependency[EventLog],
         principal: NamedDependency[Principal],
+        signer: NamedDependency[TokenSigner],
+        settings: NamedDependency[Settings],
         if_none_match: Annotated[str | None, HeaderParameter(name="If-None-Match", required=False)] = None,
+        download_token: Annotated[bool, Parameter(
+            description="Put a read-only token (`JOBTRAIL_TOKEN_TTL_S`) in the artifact's `download_url`, for a "
+            "client that downloads without an `Authorization` header",
+        )] = False,
     ) -> Response[JobState]:
         job = await visible_job(events, principal, job_id)
         etag = _etag(job)
+        if download_token:
+            # No 304 here: a cached body would hold a token that may have expired.
+            return Response(await with_download_token(job, principal, signer, settings), headers={"ETag": etag})
         if _matches(if_none_match, etag):
             return Response(None, status_code=304, headers={"ETag": etag})  # type: ignore[arg-type]
         return Response(job, headers={"ETag": etag})
