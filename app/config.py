@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Literal
 
 import msgspec
 
@@ -51,6 +52,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_params_bytes: int = 16 * 1024
     sse_connections_per_tenant: int = 100
     submissions_per_minute: int = 600
+    # The export service's routes (/api/exports, app/api/legacy.py), for its clients during a switch-over.
+    legacy_routes: Literal["on", "off"] = "off"
 
     @property
     def embedded(self) -> bool:

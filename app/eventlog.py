@@ -145,11 +145,14 @@ class EventLog:
     # --- reading ---
 
     async def state(self, job_id: str) -> JobState:
-        """The job's current state (one HGETALL). Raises JobNotFound."""
-        fields = await self.redis.hgetall(self.keys.job(job_id))
+        """The job's current state (one round trip: HGETALL and PEXPIRETIME). Raises JobNotFound."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.job(job_id))
+            pipe.pexpiretime(self.keys.job(job_id))
+            fields, expires_ms = await pipe.execute()
         if not fields.get("state"):
             raise JobNotFound(job_id)
-        return JobState.from_hash(job_id, fields)
+        return JobState.from_hash(job_id, fields, expires_ms)
 
     async def visible_state(self, job_id: str, tenant: str | None, *, sees_all: bool = False) -> JobState:
         """The job's state if a viewer of `tenant` may see it; else JobNotFound, as for a missing job.
@@ -161,10 +164,10 @@ class EventLog:
         the same code here, so not even the time taken tells them apart.
         """
         reply = await self._visible(keys=[self.keys.job(job_id)], args=[tenant or "", "1" if sees_all else "0"])
-        fields = dict(zip(reply[::2], reply[1::2], strict=True))
+        fields = dict(zip(reply[1::2], reply[2::2], strict=True))
         if not fields.get("state"):
             raise JobNotFound(job_id)
-        return JobState.from_hash(job_id, fields)
+        return JobState.from_hash(job_id, fields, reply[0])
 
     async def history_page(self, job_id: str, after: str = BEGINNING, limit: int = 100) -> list[Event]:
         """Up to `limit` events after entry id `after`, oldest first; JobNotFound if no such job (one round trip)."""

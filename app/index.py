@@ -90,15 +90,16 @@ class JobIndex:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for job_id, _ in batch:
                     pipe.hgetall(self.keys.job(job_id))
-                hashes = await pipe.execute()
+                    pipe.pexpiretime(self.keys.job(job_id))
+                replies = await pipe.execute()
             stale = []
-            for (job_id, score), fields in zip(batch, hashes, strict=True):
+            for (job_id, score), fields, expires_ms in zip(batch, replies[::2], replies[1::2], strict=True):
                 scanned += 1
                 last = Cursor(score, job_id)
                 if not fields.get("state"):
                     stale.append(job_id)
                     continue
-                job = JobState.from_hash(job_id, fields)
+                job = JobState.from_hash(job_id, fields, expires_ms)
                 if (state is None or job.state == state) and (kind is None or job.kind == kind):
                     found.append(job)
                     if len(found) == limit:

@@ -1,4 +1,9 @@
-"""The current state of a job, as `GET /jobs/{id}` returns it."""
+"""The current state of a job, as `GET /jobs/{id}` returns it.
+
+Two fields are derived when the hash is read rather than stored in it: `expires_at`, from
+the expiry time of the job's keys (set by the terminal event's retention, or kept from a
+migrated legacy key), and the artifact's `download_url`.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,16 @@ from typing import Any
 import msgspec
 
 from app.events import TERMINAL_STATES, Artifact, State, ms_to_datetime
+
+
+class ArtifactOut(Artifact, frozen=True):
+    """An artifact as the API shows it: what the job recorded, and where to download it."""
+
+    download_url: str  # the path of GET /jobs/{id}/artifact (with `?token=` when one was asked for)
+
+
+def artifact_path(job_id: str) -> str:
+    return f"/jobs/{job_id}/artifact"
 
 
 class JobState(msgspec.Struct, frozen=True, kw_only=True):
@@ -29,16 +44,23 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True):
     result: Any
     error: dict[str, Any] | None
     params: dict[str, Any]
-    artifact: Artifact | None = None
+    artifact: ArtifactOut | None = None
     tenant: str | None = None
+    # None while the job lives; once its keys have a TTL (after its terminal event, or
+    # kept from a migrated legacy key), when they expire and the job answers 404.
+    expires_at: datetime | None = None
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
 
     @classmethod
-    def from_hash(cls, job_id: str, fields: dict[str, str]) -> JobState:
-        """Decode HGETALL of a job's hash (which holds at least `state`)."""
+    def from_hash(cls, job_id: str, fields: dict[str, str], expires_ms: int = -1) -> JobState:
+        """Decode HGETALL of a job's hash (which holds at least `state`).
+
+        `expires_ms` is the hash's PEXPIRETIME read with it (negative: no TTL): the
+        absolute expiry, so every read of one job answers the same `expires_at`.
+        """
 
         def stamp(name: str) -> datetime | None:
             raw = fields.get(name)
@@ -67,6 +89,21 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True):
             result=json_field("result"),
             error=json_field("error"),
             params=json_field("params") or {},
-            artifact=msgspec.json.decode(fields["artifact"], type=Artifact) if fields.get("artifact") else None,
+            artifact=_artifact_out(job_id, fields.get("artifact")),
             tenant=fields.get("tenant") or None,
+            expires_at=ms_to_datetime(expires_ms) if expires_ms >= 0 else None,
         )
+
+    def with_download_token(self, token: str) -> JobState:
+        """This state with the artifact's download URL carrying a read-only token."""
+        if self.artifact is None:
+            return self
+        url = f"{artifact_path(self.id)}?token={token}"
+        return msgspec.structs.replace(self, artifact=msgspec.structs.replace(self.artifact, download_url=url))
+
+
+def _artifact_out(job_id: str, raw: str | None) -> ArtifactOut | None:
+    if not raw:
+        return None
+    recorded = msgspec.json.decode(raw, type=Artifact)
+    return ArtifactOut(**msgspec.structs.asdict(recorded), download_url=artifact_path(job_id))

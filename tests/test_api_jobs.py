@@ -90,7 +90,7 @@ async def test_status_has_every_documented_field(client):
     assert set(body) == {
         "id", "kind", "state", "progress", "phase", "message", "attempt", "max_attempts", "cancel_requested",
         "created_at", "started_at", "finished_at", "updated_at", "last_event_id", "event_count", "result",
-        "error", "params", "artifact", "tenant",
+        "error", "params", "artifact", "tenant", "expires_at",
     }
     assert datetime.fromisoformat(body["created_at"]).utcoffset().total_seconds() == 0
 

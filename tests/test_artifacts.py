@@ -92,12 +92,13 @@ async def test_succeeded_event_carries_the_artifact_and_it_downloads(client, eve
     job = (await client.get("/jobs/j")).json()
     content = expected_bytes(50_000)
     assert job["state"] == "succeeded"
-    assert job["artifact"] == {
+    recorded = {
         "name": "data.bin", "size_bytes": 50_000, "sha256": hashlib.sha256(content).hexdigest(),
         "content_type": "application/octet-stream",
     }
+    assert job["artifact"] == {**recorded, "download_url": "/jobs/j/artifact"}
     history = (await client.get("/jobs/j/history")).json()["events"]
-    assert history[-1]["data"]["artifact"] == job["artifact"]
+    assert history[-1]["data"]["artifact"] == recorded
     response = await client.get("/jobs/j/artifact")
     assert response.status_code == 200 and response.content == content
     assert response.headers["content-type"] == "application/octet-stream"

@@ -44,7 +44,8 @@ from tests.redis_server import free_port
 # Access control is on, as in production, with an admin key: it reaches every seeded job
 # (tests/test_auth.py covers what tenants may not reach).
 ADMIN_KEY = new_key()
-ACCESS = {"auth": "on", "api_keys": f"*:{hash_key(ADMIN_KEY)}"}
+# The export service's routes are on too, so they are checked like the native ones.
+ACCESS = {"auth": "on", "api_keys": f"*:{hash_key(ADMIN_KEY)}", "legacy_routes": "on"}
 HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 CONFORMS = [status_code_conformance, content_type_conformance, response_schema_conformance]

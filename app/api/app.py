@@ -21,6 +21,7 @@ from app.api.audit import audit_report
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import healthz, readyz
 from app.api.jobs import JobsController
+from app.api.legacy import LegacyExportsController
 from app.api.requests import RequestIdMiddleware
 from app.artifacts import ArtifactStore
 from app.auth import ApiKeys, Principal, auth_enabled
@@ -103,7 +104,10 @@ def create_app(settings: Settings) -> Litestar:
 
     state_names = ("redis", "events", "hub", "index", "service", "artifacts", "signer", "submit_rate", "sse_slots")
     return Litestar(
-        route_handlers=[JobsController, audit_report, activity_events, feed_token, healthz, readyz],
+        route_handlers=[
+            JobsController, audit_report, activity_events, feed_token, healthz, readyz,
+            *([LegacyExportsController] if settings.legacy_routes == "on" else []),
+        ],
         lifespan=[lifespan],
         guards=[access_guard(api_keys, secured)],
         middleware=[RequestIdMiddleware],

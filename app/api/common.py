@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from litestar import Request
 from litestar.openapi.datastructures import ResponseSpec
@@ -17,8 +17,10 @@ from app.errors import InvalidRequest, JobNotFound, NotAuthenticated
 from app.eventlog import EventLog
 from app.jobstate import JobState
 from app.keys import JOB_ID_RE
-from app.limits import SseSlots
+from app.limits import SseSlots, SubmitRate
 from app.offsets import BEGINNING, parse_offset
+from app.service import JobService
+from app.tokens import TokenSigner
 
 JobId = Annotated[str, Parameter(description="Job id", max_length=128)]
 
@@ -88,3 +90,35 @@ def token_ttl(settings: Settings, request: TokenRequest | None) -> int:
     if not 1 <= ttl <= settings.token_max_ttl_s:
         raise InvalidRequest(f"ttl_s must be between 1 and {settings.token_max_ttl_s} seconds, got {ttl}")
     return ttl
+
+
+async def with_download_token(job: JobState, principal: Principal, signer: TokenSigner, settings: Settings) -> JobState:
+    """`job` with a read-only token in its artifact's `download_url` (unchanged without an artifact)."""
+    if job.artifact is None:
+        return job
+    token, _ = await signer.issue(principal, job.id, settings.token_ttl_s)
+    return job.with_download_token(token)
+
+
+async def submit_counted(
+    service: JobService,
+    submit_rate: SubmitRate,
+    principal: Principal,
+    kind: str,
+    params: dict[str, Any],
+    max_attempts: int | None,
+    idempotency_key: str | None,
+) -> tuple[JobState, bool]:
+    """Submit for `principal` within its submissions limit (429 when over); (state, created).
+
+    A place is taken before anything is created and given back unless a job was: a repeat,
+    a refusal or a failure does not count.
+    """
+    place = await submit_rate.take(principal.scope)
+    created = False
+    try:
+        job, created = await service.submit(kind, params, max_attempts, idempotency_key, tenant=principal.tenant)
+    finally:
+        if not created:
+            await submit_rate.give_back(place)
+    return job, created

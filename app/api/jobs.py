@@ -19,7 +19,10 @@ from litestar.params import FromQuery, HeaderParameter, JSONBody, Parameter, Que
 from litestar.response import File, Stream
 
 from app.api.access import JOB_TOKEN
-from app.api.common import JobId, error_responses, requested_offset, sse_response, token_ttl, visible_job
+from app.api.common import (
+    JobId, error_responses, requested_offset, sse_response, submit_counted, token_ttl, visible_job,
+    with_download_token,
+)
 from app.api.schemas import CancelRequest, HistoryPage, JobPage, JobStreamMessage, SubmitRequest, TokenOut, TokenRequest
 from app.artifacts import ArtifactStore
 from app.auth import Principal
@@ -101,15 +104,9 @@ class JobsController(Controller):
             str | None, HeaderParameter(name="Idempotency-Key", required=False, min_length=1, max_length=255)
         ] = None,
     ) -> Response[JobState]:
-        place = await submit_rate.take(principal.scope)
-        created = False
-        try:
-            job, created = await service.submit(
-                data.kind, data.params, data.max_attempts, idempotency_key, tenant=principal.tenant
-            )
-        finally:
-            if not created:  # a repeat, a refusal or a failure: only jobs created count
-                await submit_rate.give_back(place)
+        job, created = await submit_counted(
+            service, submit_rate, principal, data.kind, data.params, data.max_attempts, idempotency_key
+        )
         return Response(job, status_code=202 if created else 200, headers={"Location": f"/jobs/{job.id}"})
 
     @get("/", summary="List jobs, newest first", responses=error_responses(400, 503))
@@ -142,10 +139,19 @@ class JobsController(Controller):
         job_id: JobId,
         events: NamedDependency[EventLog],
         principal: NamedDependency[Principal],
+        signer: NamedDependency[TokenSigner],
+        settings: NamedDependency[Settings],
         if_none_match: Annotated[str | None, HeaderParameter(name="If-None-Match", required=False)] = None,
+        download_token: Annotated[bool, Parameter(
+            description="Put a read-only token (`JOBTRAIL_TOKEN_TTL_S`) in the artifact's `download_url`, for a "
+            "client that downloads without an `Authorization` header",
+        )] = False,
     ) -> Response[JobState]:
         job = await visible_job(events, principal, job_id)
         etag = _etag(job)
+        if download_token:
+            # No 304 here: a cached body would hold a token that may have expired.
+            return Response(await with_download_token(job, principal, signer, settings), headers={"ETag": etag})
         if _matches(if_none_match, etag):
             return Response(None, status_code=304, headers={"ETag": etag})  # type: ignore[arg-type]
         return Response(job, headers={"ETag": etag})
