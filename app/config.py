@@ -30,7 +30,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry_max_s: float = 60.0
     worker_concurrency: int = 10
     lease_ttl_s: float = 30.0
-    artifact_dir: str = "artifacts"
+    # Empty: `artifacts` under the working directory, except embedded, where `jobtrail
+    # serve` uses a temporary directory removed at exit (app/cli.py); see `artifact_root`.
+    artifact_dir: str = ""
     artifact_sweep_s: float = 300.0
     broker_idle_ms: int = 600_000
     activity_maxlen: int = 100_000
@@ -56,6 +58,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def embedded(self) -> bool:
         """True when no REDIS_URL is set: API, worker and a Redis stand-in share one process."""
         return not self.redis_url
+
+    @property
+    def artifact_root(self) -> str:
+        """Where artifacts are written: `artifact_dir`, or `artifacts` when it is not set."""
+        return self.artifact_dir or "artifacts"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -70,7 +70,7 @@ def create_app(settings: Settings) -> Litestar:
             await enqueue(broker, job_id)
 
         index = JobIndex(redis, keys)
-        artifacts = ArtifactStore(settings.artifact_dir)
+        artifacts = ArtifactStore(settings.artifact_root)
         sweeper = asyncio.create_task(run_sweeper(artifacts, redis, keys, settings.artifact_sweep_s))
         app.state.update(
             redis=redis,
