@@ -34,6 +34,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # serve` uses a temporary directory removed at exit (app/cli.py); see `artifact_root`.
     artifact_dir: str = ""
     artifact_sweep_s: float = 300.0
+    # Job index entries each sweeper pass checks (app/index_sweep.py).
+    index_sweep_per_pass: int = 20_000
     broker_idle_ms: int = 600_000
     activity_maxlen: int = 100_000
     legacy_prefix: str = ""
