@@ -9,26 +9,27 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime
 from typing import Any
-from xml.sax.saxutils import escape
 
 import msgspec
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
-from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
 from reportlab.platypus import LongTable, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 from reportlab.platypus.flowables import Flowable
 
+from app import fonts
 from app.audit import Audit, Omitted, duration, summary
 
-_STYLES = getSampleStyleSheet()
+# Set in the fonts of app/fonts.py, so params, messages and errors in any script print.
+_STYLES = fonts.stylesheet()
 _BODY = _STYLES["BodyText"]
 _CELL = ParagraphStyle("cell", parent=_BODY, fontSize=7.5, leading=9)
-_MONO = ParagraphStyle("mono", parent=_CELL, fontName="Courier")
-_NOTE = ParagraphStyle("note", parent=_CELL, textColor=colors.HexColor("#555555"), fontName="Helvetica-Oblique")
+_MONO = ParagraphStyle("mono", parent=_CELL, fontName=fonts.MONO)
+_NOTE = ParagraphStyle("note", parent=_CELL, textColor=colors.HexColor("#555555"), fontName=fonts.SANS_OBLIQUE)
 _GRID = [
-    ("FONT", (0, 0), (-1, -1), "Helvetica", 7.5),
-    ("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 7.5),
+    ("FONT", (0, 0), (-1, -1), fonts.SANS, 7.5),
+    ("FONT", (0, 0), (-1, 0), fonts.SANS_BOLD, 7.5),
     ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e8e8e8")),
     ("GRID", (0, 0), (-1, -1), 0.25, colors.HexColor("#bbbbbb")),
     ("VALIGN", (0, 0), (-1, -1), "TOP"),
@@ -47,7 +48,7 @@ def _between(start: int | None, end: int | None) -> str:
 
 
 def _para(text: str, style: ParagraphStyle = _CELL) -> Paragraph:
-    return Paragraph(escape(text), style)
+    return Paragraph(fonts.markup(text, style.fontName), style)
 
 
 def _json(value: Any, limit: int = 4000) -> str:
@@ -68,7 +69,7 @@ def _identity(a: Audit) -> list[Flowable]:
     counts = ", ".join(f"{t} {n:,}" for t, n in a.counts.items())
     rows = [
         ["Job id", job.id],
-        ["Kind", job.kind],
+        ["Kind", _para(job.kind)],
         ["Outcome", _outcome_line(a)],
         ["Attempts", f"{len(a.attempts)} of at most {job.max_attempts}"],
         ["Submitted", _time(a.first_at)],
@@ -82,8 +83,8 @@ def _identity(a: Audit) -> list[Flowable]:
         ["Report made", _time(a.now_ms)],
     ]
     table = Table(rows, colWidths=[35 * mm, _WIDTH - 35 * mm], hAlign="LEFT")
-    table.setStyle(TableStyle([*_GRID[2:], ("FONT", (0, 0), (-1, -1), "Helvetica", 8),
-                               ("FONT", (0, 0), (0, -1), "Helvetica-Bold", 8),
+    table.setStyle(TableStyle([*_GRID[2:], ("FONT", (0, 0), (-1, -1), fonts.SANS, 8),
+                               ("FONT", (0, 0), (0, -1), fonts.SANS_BOLD, 8),
                                ("BACKGROUND", (0, 0), (0, -1), colors.HexColor("#e8e8e8")),
                                ("BACKGROUND", (1, 0), (1, -1), colors.white)]))
     return [table, Spacer(1, 3 * mm), Paragraph("Params", _STYLES["Heading3"]), _para(_json(job.params), _MONO)]
@@ -163,14 +164,13 @@ def render_audit_pdf(a: Audit) -> bytes:
 
     def footer(canvas: Any, doc: Any) -> None:
         canvas.saveState()
-        canvas.setFont("Helvetica", 7)
-        canvas.drawString(15 * mm, 8 * mm, f"jobtrail · {title} · made {_time(a.now_ms)} UTC")
-        canvas.drawRightString(A4[0] - 15 * mm, 8 * mm, f"page {doc.page}")
+        fonts.draw_string(canvas, 15 * mm, 8 * mm, f"jobtrail · {title} · made {_time(a.now_ms)} UTC", fonts.SANS, 7)
+        fonts.draw_right_string(canvas, A4[0] - 15 * mm, 8 * mm, f"page {doc.page}", fonts.SANS, 7)
         canvas.restoreState()
 
     doc = SimpleDocTemplate(buffer, pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm, topMargin=15 * mm,
                             bottomMargin=15 * mm, title=title, author="jobtrail", subject=f"{a.job.kind} job audit")
-    story: list[Flowable] = [Paragraph(escape(title), _STYLES["Title"])]
+    story: list[Flowable] = [_para(title, _STYLES["Title"])]
     for section in (_identity, _outcome, _attempts, _phases, _timeline):
         story += section(a)
         story.append(Spacer(1, 4 * mm))

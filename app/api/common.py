@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Literal
+from urllib.parse import quote
 
 from litestar import Request
 from litestar.openapi.datastructures import ResponseSpec
@@ -89,3 +92,21 @@ def token_ttl(settings: Settings, request: TokenRequest | None) -> int:
     if not 1 <= ttl <= settings.token_max_ttl_s:
         raise InvalidRequest(f"ttl_s must be between 1 and {settings.token_max_ttl_s} seconds, got {ttl}")
     return ttl
+
+
+def content_disposition(name: str, *, fallback: str, kind: Literal["attachment", "inline"] = "attachment") -> str:
+    """A Content-Disposition naming the file `name` (RFC 6266), whatever its script.
+
+    `filename=` gets an ASCII version of the name (accents dropped, other characters
+    gone; `fallback` as the stem when nothing is left), which every client reads; when
+    that differs from the name, `filename*=UTF-8''…` (RFC 5987) carries the name itself,
+    which browsers and `curl -OJ` prefer.
+    """
+    stem, dot, extension = name.rpartition(".") if "." in name else (name, "", "")
+    plain = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
+    plain = re.sub(r"[^A-Za-z0-9._-]+", "-", plain).strip("-.") or fallback
+    ascii_name = f"{plain}{dot}{re.sub(r'[^A-Za-z0-9]+', '', extension)}"
+    header = f'{kind}; filename="{ascii_name}"'
+    if ascii_name != name:
+        header += f"; filename*=UTF-8''{quote(name, safe='')}"
+    return header

@@ -19,7 +19,7 @@ from litestar.params import FromQuery, HeaderParameter, JSONBody, Parameter, Que
 from litestar.response import File, Stream
 
 from app.api.access import JOB_TOKEN
-from app.api.common import JobId, error_responses, requested_offset, sse_response, token_ttl, visible_job
+from app.api.common import JobId, content_disposition, error_responses, requested_offset, sse_response, token_ttl, visible_job
 from app.api.schemas import CancelRequest, HistoryPage, JobPage, JobStreamMessage, SubmitRequest, TokenOut, TokenRequest
 from app.artifacts import ArtifactStore
 from app.auth import Principal
@@ -247,7 +247,9 @@ class JobsController(Controller):
             path=path,
             filename=job.artifact.name,
             media_type=job.artifact.content_type,
-            headers={"ETag": f'"{job.artifact.sha256}"'},
+            # Litestar's own header gives a non-ASCII name no ASCII `filename=` to fall back on.
+            headers={"ETag": f'"{job.artifact.sha256}"',
+                     "Content-Disposition": content_disposition(job.artifact.name, fallback=job.id)},
         )
 
     @post(
