@@ -50,7 +50,8 @@ _FILES = {
 _FALLBACK = (SANS, CJK)
 
 _lock = threading.Lock()
-_coverage: dict[str, frozenset[int] | set[int]] = {}
+# Font name -> the code points it has glyphs for; filled whole, once, by register().
+_coverage: dict[str, frozenset[int]] = {}
 
 
 def register() -> None:
@@ -73,8 +74,8 @@ def register() -> None:
         addMapping(SANS, 1, 0, SANS_BOLD)
         addMapping(SANS, 0, 1, SANS_OBLIQUE)
         addMapping(SANS, 1, 1, SANS_BOLD)
-        for name, font in loaded.items():
-            _coverage[name] = frozenset(font.face.charToGlyph)
+        # One update, last: a thread that sees _coverage non-empty sees all of it.
+        _coverage.update({name: frozenset(font.face.charToGlyph) for name, font in loaded.items()})
 
 
 def _chain(font: str) -> tuple[str, ...]:
