@@ -44,7 +44,8 @@ def _embedded_artifacts(settings: Settings) -> Iterator[tuple[Settings, str]]:
     system's temporary-file cleanup). A JOBTRAIL_ARTIFACT_DIR set on purpose is kept,
     and the banner says where it is.
     """
-    if settings.artifact_dir:
+    # Set or not is the environment's to say: the setting's default is a folder too.
+    if "JOBTRAIL_ARTIFACT_DIR" in os.environ:
         yield settings, f"Export files are KEPT in {os.path.abspath(settings.artifact_dir)}."
         return
     with tempfile.TemporaryDirectory(prefix="jobtrail-artifacts-") as folder:

@@ -30,9 +30,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry_max_s: float = 60.0
     worker_concurrency: int = 10
     lease_ttl_s: float = 30.0
-    # Empty: `artifacts` under the working directory, except embedded, where `jobtrail
-    # serve` uses a temporary directory removed at exit (app/cli.py); see `artifact_root`.
-    artifact_dir: str = ""
+    # Unless set, embedded `jobtrail serve` uses a temporary directory instead (app/cli.py).
+    artifact_dir: str = "artifacts"
     artifact_sweep_s: float = 300.0
     # Job index entries each sweeper pass checks (app/index_sweep.py).
     index_sweep_per_pass: int = 20_000
@@ -60,11 +59,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def embedded(self) -> bool:
         """True when no REDIS_URL is set: API, worker and a Redis stand-in share one process."""
         return not self.redis_url
-
-    @property
-    def artifact_root(self) -> str:
-        """Where artifacts are written: `artifact_dir`, or `artifacts` when it is not set."""
-        return self.artifact_dir or "artifacts"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

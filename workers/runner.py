@@ -54,7 +54,7 @@ class Runner:
     ) -> None:
         self.events = events
         self.settings = settings
-        self.artifacts = ArtifactStore(settings.artifact_root)
+        self.artifacts = ArtifactStore(settings.artifact_dir)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.live = LiveJobs(events.redis, events.keys, settings.pending_stale_s)
         # Queues a job handed off by `interrupt` for the next worker; without it the reaper does.

@@ -71,7 +71,7 @@ def create_app(settings: Settings) -> Litestar:
             await enqueue(broker, job_id)
 
         index = JobIndex(redis, keys)
-        artifacts = ArtifactStore(settings.artifact_root)
+        artifacts = ArtifactStore(settings.artifact_dir)
         index_sweep = IndexSweep(redis, keys, per_pass=settings.index_sweep_per_pass)
         sweeper = asyncio.create_task(run_sweeper(artifacts, index_sweep, redis, keys, settings.artifact_sweep_s))
         app.state.update(
