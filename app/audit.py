@@ -4,6 +4,12 @@
 bounded memory: durations are computed over every event, while the timeline keeps its
 first and last rows, every transition in between, and counts of what it left out.
 app/audit_report.py renders the result as a PDF.
+
+Time is split the way the state machine splits it, so the parts add up: *queued*
+(submitted to the first `started`), *running* (each attempt, `started` to the event
+that ended it; phases live inside attempts), and *waiting to retry* (`retrying` to the
+next `started`, or to the terminal event of a job cancelled or failed while it waited).
+A retry's backoff is never counted as running, nor in a phase.
 """
 
 from __future__ import annotations
@@ -60,11 +66,20 @@ class Audit(msgspec.Struct, kw_only=True):
     outcome: Event | None  # the terminal event, if the job has finished
     attempts: list[Span]
     phases: list[Span]
+    waits: list[Span]  # from each `retrying` to the next start (or the end)
     timeline: list[Event | Omitted]
 
     @property
     def omitted(self) -> int:
         return sum(row.count for row in self.timeline if isinstance(row, Omitted))
+
+    def running_ms(self) -> int:
+        """Time spent running, summed over the attempts: no queueing, no retry waits."""
+        return sum(span.duration_ms(self.now_ms) for span in self.attempts)
+
+    def waiting_ms(self) -> int:
+        """Time spent pending between a `retrying` and the next attempt's start."""
+        return sum(span.duration_ms(self.now_ms) for span in self.waits)
 
     def phase_totals(self) -> dict[str, int]:
         """Time per phase name, summed over every attempt, in order of first appearance."""
@@ -88,7 +103,9 @@ class AuditBuilder:
         self.outcome: Event | None = None
         self.attempts: list[Span] = []
         self.phases: list[Span] = []
+        self.waits: list[Span] = []
         self._attempt: Span | None = None
+        self._wait: Span | None = None
         self._phase: Span | None = None
         self._head: list[Event] = []
         self._middle: list[Event | Omitted] = []
@@ -101,6 +118,7 @@ class AuditBuilder:
         self.last_at = event.at
         self._track_attempt(event)
         self._track_phase(event)
+        self._track_wait(event)
         if event.terminal:
             self.outcome = event
         self._keep_row(event)
@@ -141,6 +159,15 @@ class AuditBuilder:
             self._phase.end_ms = at
             self._phase = None
 
+    def _track_wait(self, event: Event) -> None:
+        if self._wait is not None and (event.type is EventType.STARTED or event.terminal):
+            self._wait.end_ms = event.at
+            self._wait = None
+        if event.type is EventType.RETRYING:
+            number = int(event.data.get("next_attempt") or event.attempt + 1)
+            self._wait = Span(name="waiting to retry", attempt=number, start_ms=event.at)
+            self.waits.append(self._wait)
+
     def _keep_row(self, event: Event) -> None:
         if len(self._head) < self.head_size:
             self._head.append(event)
@@ -174,6 +201,7 @@ class AuditBuilder:
             outcome=self.outcome,
             attempts=self.attempts,
             phases=self.phases,
+            waits=self.waits,
             timeline=[*self._head, *self._middle, *self._tail],
         )
 
@@ -205,16 +233,18 @@ def _with_reason(d: dict[str, Any]) -> str:
 
 # One line per event, by type: what a reader of the audit wants to know about it.
 SUMMARIES: dict[EventType, Any] = {
+    # Params are printed in full under Params, once.
     EventType.SUBMITTED: lambda d: f"kind {d.get('kind')}, max {d.get('max_attempts')} attempts, "
-    f"params {_json(d.get('params', {}))}",
+    f"params under Params",
     EventType.STARTED: lambda d: f"attempt {d.get('attempt')} on {d.get('worker')}",
     EventType.PROGRESS: _progress,
     EventType.PHASE: lambda d: " · ".join(str(x) for x in (d.get("phase"), d.get("message")) if x),
     EventType.LOG: lambda d: f"[{d.get('level')}] {d.get('message')}",
     EventType.CANCEL_REQUESTED: _with_reason,
     EventType.RETRYING: lambda d: f"{_error(d)}; attempt {d.get('next_attempt')} in {d.get('delay_s')} s",
-    EventType.SUCCEEDED: lambda d: f"result {_json(d.get('result'))}"
-    + (f"; artifact {d['artifact']['name']} ({d['artifact']['size_bytes']} bytes)" if d.get("artifact") else ""),
+    # The result itself is printed once, under Outcome; a timeline row only points there.
+    EventType.SUCCEEDED: lambda d: ("no result" if d.get("result") is None else "result under Outcome")
+    + (f"; artifact {d['artifact']['name']} ({d['artifact']['size_bytes']:,} bytes)" if d.get("artifact") else ""),
     EventType.FAILED: _error,
     EventType.CANCELLED: _with_reason,
 }

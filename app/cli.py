@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 import sys
+import tempfile
+from collections.abc import Iterator
+
+import msgspec
 
 from app.config import Settings
 
@@ -14,6 +21,7 @@ EMBEDDED_BANNER = """
    jobtrail is running EMBEDDED: no REDIS_URL is set, so the API, the worker
    and an in-memory Redis stand-in share this one process. NOTHING IS KEPT:
    every job is gone when it stops. Set REDIS_URL to run it for real.
+   {artifacts}
   ============================================================================
 """
 
@@ -27,7 +35,48 @@ OPEN_BANNER = """
 """
 
 
+@contextlib.contextmanager
+def _embedded_artifacts(settings: Settings) -> Iterator[tuple[Settings, str]]:
+    """The settings `serve` runs with, and the banner's line about export files.
+
+    Embedded, nothing is kept, so export files too go to a temporary directory that is
+    removed when `serve` returns (after SIGINT or SIGTERM; a SIGKILL leaves it to the
+    system's temporary-file cleanup). A JOBTRAIL_ARTIFACT_DIR set on purpose is kept,
+    and the banner says where it is.
+    """
+    # Set or not is the environment's to say: the setting's default is a folder too.
+    if "JOBTRAIL_ARTIFACT_DIR" in os.environ:
+        yield settings, f"Export files are KEPT in {os.path.abspath(settings.artifact_dir)}."
+        return
+    with tempfile.TemporaryDirectory(prefix="jobtrail-artifacts-") as folder:
+        yield msgspec.structs.replace(settings, artifact_dir=folder), f"Export files: {folder} (removed at exit)."
+
+
+class _Terminated(Exception):
+    """SIGTERM, turned into an exception so that `with` blocks clean up on the way out."""
+
+
+def _terminated(sig: int, frame: object) -> None:
+    raise _Terminated
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    if not settings.embedded:
+        return _run_server(settings, args, "")
+    # uvicorn stops on SIGTERM, then raises it again under the handler it found; with the
+    # default one that kills the process before the temporary directory is removed.
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        with _embedded_artifacts(settings) as (embedded, artifacts_line):
+            return _run_server(embedded, args, artifacts_line)
+    except _Terminated:
+        # Cleaned up; now end as SIGTERM would have, so the exit status still says so.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+        return 128 + signal.SIGTERM
+
+
+def _run_server(settings: Settings, args: argparse.Namespace, artifacts_line: str) -> int:
     import uvicorn
 
     from app.api.app import create_app
@@ -40,7 +89,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         print(f"jobtrail serve: {exc}", file=sys.stderr)
         return 2
     if settings.embedded:
-        print(EMBEDDED_BANNER, file=sys.stderr, flush=True)
+        print(EMBEDDED_BANNER.format(artifacts=artifacts_line), file=sys.stderr, flush=True)
     if not secured:
         print(OPEN_BANNER, file=sys.stderr, flush=True)
 

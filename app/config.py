@@ -31,8 +31,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry_max_s: float = 60.0
     worker_concurrency: int = 10
     lease_ttl_s: float = 30.0
+    # Unless set, embedded `jobtrail serve` uses a temporary directory instead (app/cli.py).
     artifact_dir: str = "artifacts"
     artifact_sweep_s: float = 300.0
+    # Job index entries each sweeper pass checks (app/index_sweep.py).
+    index_sweep_per_pass: int = 20_000
     broker_idle_ms: int = 600_000
     activity_maxlen: int = 100_000
     legacy_prefix: str = ""

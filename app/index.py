@@ -4,7 +4,9 @@ There is one set of every job (what an admin lists) and one per tenant (what the
 tenant lists), written together at submission.
 
 It is derived and best-effort: a job whose keys expired or were deleted leaves an
-entry behind, which listing drops when it meets it. The per-job hash stays the truth.
+entry behind. Listing drops those it meets, and the sweeper (app/index_sweep.py) walks
+every index in the background and drops the rest. The per-job hash stays the truth.
+Each tenant with an index is recorded in `keys.tenants()` so the sweep can find them.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class JobIndex:
             pipe.zadd(self.keys.index(), {job_id: created_ms})
             if tenant:
                 pipe.zadd(self.keys.tenant_index(tenant), {job_id: created_ms})
+                pipe.sadd(self.keys.tenants(), tenant)
             await pipe.execute()
 
     async def remove(self, job_id: str, tenant: str | None = None) -> None:
@@ -77,7 +80,8 @@ class JobIndex:
 
         Filters are applied to the jobs' hashes, so a selective filter may scan many
         index entries; at most `scan_limit` per call, after which a shorter page is
-        returned with a cursor to continue.
+        returned with a cursor to continue, unless nothing is left after it (one more
+        round trip to look): a page never ends the listing with a `next` to nowhere.
         """
         key = self.keys.tenant_index(tenant) if tenant else self.keys.index()
         found: list[JobState] = []
@@ -106,6 +110,10 @@ class JobIndex:
                         break
             if stale:
                 await self.redis.zrem(key, *stale)
+        if len(found) < limit and last is not None and not await self._ids_after(key, last, 1):
+            # Stopped at the scan limit exactly where the index ends (say every entry
+            # scanned was an expired job's): there is no next page to point to.
+            return found, None
         return found, last
 
     async def _ids_after(self, key: str, cursor: Cursor | None, count: int) -> list[tuple[str, int]]:

@@ -81,6 +81,10 @@ class Keys:
         """Sorted set: one tenant's job ids by creation time (ms), like `index`."""
         return f"{self.prefix}:tenant:{{{tenant}}}:jobs"
 
+    def tenants(self) -> str:
+        """Set: every tenant that has a job index, so the index sweep can find them. Derived."""
+        return f"{self.prefix}:tenants"
+
     def sse_slots(self, tenant: str) -> str:
         """Sorted set: a tenant's open SSE connections, scored by when each expires unless renewed (ms)."""
         return f"{self.prefix}:tenant:{{{tenant}}}:sse"

@@ -1,4 +1,8 @@
-"""Removes the artifacts of jobs whose keys expired by retention or were deleted."""
+"""Removes what jobs whose keys expired by retention or were deleted leave behind.
+
+Each pass removes their artifact folders, then prunes a bounded share of the job
+indexes (app/index_sweep.py).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.artifacts import ArtifactStore
+from app.index_sweep import IndexSweep
 from app.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -27,7 +32,7 @@ async def sweep_once(store: ArtifactStore, redis: Redis, keys: Keys, *, grace_s:
     return await asyncio.to_thread(store.sweep, live, grace_s=grace_s)
 
 
-async def run_sweeper(store: ArtifactStore, redis: Redis, keys: Keys, every_s: float) -> None:
+async def run_sweeper(store: ArtifactStore, index_sweep: IndexSweep, redis: Redis, keys: Keys, every_s: float) -> None:
     """Sweep every `every_s` seconds until cancelled; Redis errors wait for the next pass."""
     while True:
         try:
@@ -36,6 +41,10 @@ async def run_sweeper(store: ArtifactStore, redis: Redis, keys: Keys, every_s: f
             log.warning("artifact sweep skipped: %s", exc)
         except OSError:
             log.exception("artifact sweep failed")
+        try:
+            await index_sweep.prune()
+        except RedisError as exc:
+            log.warning("job index sweep skipped: %s", exc)
         if asyncio.current_task().cancelling():  # type: ignore[union-attr]
             # A cancellation that lands mid-call can be swallowed below us (as in
             # app/hub.py); sleeping now would hold up the app's shutdown for ever.

@@ -14,6 +14,7 @@ import msgspec
 import pypdf
 import redis.asyncio as aioredis
 
+from app.audit import AuditBuilder
 from app.eventlog import EventLog
 from app.events import (
     ErrorInfo,
@@ -22,6 +23,7 @@ from app.events import (
     LogData,
     PhaseData,
     ProgressData,
+    ReasonData,
     RetryingData,
     StartedData,
     SubmittedData,
@@ -244,3 +246,75 @@ async def test_audit_pdf_of_an_unknown_job_is_a_404_json_error(client):
         response = await client.get(f"/jobs/{job_id}/audit.pdf")
         assert response.status_code == 404
         assert response.json()["error"] == "job_not_found"
+
+
+# --- an audit an auditor can hand on ---
+
+
+async def retried_job(events: EventLog, job_id: str, *, notes_words: int = 0) -> None:
+    """Attempt 1 runs 250 -> 2750 ms and fails; it waits 1.75 s; attempt 2 runs 4500 -> 70600 ms."""
+    params = {"region": "eu-west", "notes": " ".join(f"w{i}" for i in range(notes_words))}
+    await events.append(job_id, EventType.SUBMITTED, SubmittedData(kind="report", params=params, max_attempts=3),
+                        at_ms=T0)
+    ev = events.append
+    await ev(job_id, EventType.STARTED, StartedData(worker="w1", attempt=1), attempt=1, at_ms=T0 + 250)
+    await ev(job_id, EventType.PROGRESS, ProgressData(progress=0.4, phase="download"), attempt=1, at_ms=T0 + 1_250)
+    error = ErrorInfo(type="TimeoutError", message="upstream took too long")
+    await ev(job_id, EventType.RETRYING, RetryingData(error=error, delay_s=1.75, next_attempt=2), attempt=1,
+             at_ms=T0 + 2_750)
+    await ev(job_id, EventType.STARTED, StartedData(worker="w2", attempt=2), attempt=2, at_ms=T0 + 4_500)
+    await ev(job_id, EventType.PROGRESS, ProgressData(progress=0.6, phase="transform"), attempt=2, at_ms=T0 + 7_600)
+    await ev(job_id, EventType.SUCCEEDED, SucceededData(result={"rows": 1197, "files": ["a.csv", "b.csv"]}),
+             attempt=2, at_ms=T0 + 70_600)
+
+
+async def test_running_time_counts_the_attempts_and_not_the_wait_before_a_retry(client, events):
+    await retried_job(events, "r")
+    builder = AuditBuilder(await events.state("r"))
+    async for event in events.events("r"):
+        builder.add(event)
+    audit = builder.finish(T0 + 80_000)
+
+    assert audit.running_ms() == 2_500 + 66_100
+    assert audit.waiting_ms() == 1_750 and [w.attempt for w in audit.waits] == [2]
+    queued = audit.first_started_at - audit.first_at
+    assert queued + audit.running_ms() + audit.waiting_ms() == audit.finished_at - audit.first_at, "the parts add up"
+    assert audit.phase_totals() == {"download": 1_500, "transform": 63_000}, "no phase holds the wait"
+
+    text = flat(pdf_text((await client.get("/jobs/r/audit.pdf")).content)[1])
+    assert "Queued 250 ms" in text
+    assert "Running 1 min 08 s (all attempts, without retry waits)" in text
+    assert "Waiting to retry 1.8 s (1 wait)" in text and "Total 1 min 10 s" in text
+
+
+async def test_a_wait_for_a_retry_that_never_came_ends_at_the_cancellation(events):
+    await started_job(events, "c")
+    error = ErrorInfo(type="TimeoutError", message="slow")
+    await events.append("c", EventType.RETRYING, RetryingData(error=error, delay_s=30, next_attempt=2), attempt=1,
+                        at_ms=T0 + 1_000)
+    await events.append("c", EventType.CANCELLED, ReasonData(reason="enough"), attempt=1, at_ms=T0 + 6_000)
+    builder = AuditBuilder(await events.state("c"))
+    async for event in events.events("c"):
+        builder.add(event)
+    audit = builder.finish(T0 + 99_000)
+    assert (audit.running_ms(), audit.waiting_ms()) == (750, 5_000)
+
+
+async def test_the_result_is_printed_once(client, events):
+    await retried_job(events, "once")
+    text = flat(pdf_text((await client.get("/jobs/once/audit.pdf")).content)[1])
+    assert text.count("1197") == 1, text
+    assert text.count("eu-west") == 1, "params too are printed once"
+    assert "result under Outcome" in text
+
+
+async def test_no_section_heading_is_left_alone_at_the_foot_of_a_page(client, events):
+    headings = {"Params", "Outcome", "Result", "Attempts", "Phases", "Timeline"}
+    # Params of growing length push every heading past the foot of page 1 in turn.
+    for words in range(600, 1400, 40):
+        await retried_job(events, f"h{words}", notes_words=words)
+        reader = pypdf.PdfReader(io.BytesIO((await client.get(f"/jobs/h{words}/audit.pdf")).content))
+        for number, page in enumerate(reader.pages, 1):
+            lines = [line.strip() for line in page.extract_text().splitlines()
+                     if line.strip() and not line.startswith(("jobtrail ·", "page "))]
+            assert lines[-1] not in headings, f"{words} words: page {number} ends with the heading {lines[-1]!r}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import re
 import time
 from pathlib import Path
 
@@ -213,3 +214,27 @@ async def test_worker_process_renders_a_pdf_that_downloads(client, start_worker)
     assert hashlib.sha256(pdf).hexdigest() == job["artifact"]["sha256"]
     reader = PdfReader(io.BytesIO(pdf))
     assert len(reader.pages) == job["result"]["pages"] > 1 and "Q1 Sales" in reader.pages[0].extract_text()
+
+
+def test_the_chart_scale_covers_the_largest_bar_in_at_most_five_round_steps():
+    from datetime import date
+
+    from workers.kinds.export_pdf import Group, chart_scale
+
+    for largest in (0, 7, 999, 26_512, 100_001, 3_000_000):
+        group = Group("g", date(2024, 1, 1), date(2024, 1, 1), (1, 1), (largest * 100, 100))
+        top, step = chart_scale([group])
+        assert top >= largest and top % step == 0 and top // step <= 5, (largest, top, step)
+        assert str(step).rstrip("0") in ("1", "2", "25", "5"), step
+
+
+async def test_every_chart_has_the_same_labelled_revenue_axis_so_bars_compare(events, settings):
+    job = await run(events, settings, "j", include_tables=False)
+    reader = PdfReader(io.BytesIO(artifact_bytes(settings, job)))
+    sections = [page.extract_text() for page in reader.pages[1:]]
+    text = "\n".join(sections)
+    assert text.count("Revenue (USD)") == job.result["groups"] == 13, "a y-axis label with its unit on every chart"
+    # One scale: every chart has the same axis labels, $0 up to the same top.
+    labels = re.findall(r"^\$\d+k?$", text, re.M)
+    assert {label: labels.count(label) for label in labels} == {label: 13 for label in labels}, labels
+    assert "$0" in labels and len(set(labels)) >= 3

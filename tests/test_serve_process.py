@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -105,3 +106,57 @@ async def test_sigterm_ends_open_sse_streams_cleanly_and_a_client_resumes_elsewh
 async def _until_closed(stream):
     while (message := await stream.next(timeout=10)) is not None:
         yield message
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+async def test_embedded_serve_keeps_export_files_in_a_temporary_directory_it_removes_at_exit(tmp_path, stop):
+    cwd, temp = tmp_path / "cwd", tmp_path / "tmp"
+    cwd.mkdir()
+    temp.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRAIL_") and k != "REDIS_URL"}
+    env.update(PYTHONPATH=str(ROOT), TMPDIR=str(temp), PYTHONUNBUFFERED="1")
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+                                   cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_ready(process, url)
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            job = (await http.post("/jobs", json={"kind": "export.pdf", "params": {
+                "title": "Kept nowhere", "start_date": "2024-01-01", "end_date": "2024-01-07"}})).json()
+            for _ in range(300):
+                state = (await http.get(f"/jobs/{job['id']}")).json()
+                if state["state"] == "succeeded":
+                    break
+                await asyncio.sleep(0.1)
+            assert state["state"] == "succeeded", state
+            assert (await http.get(f"/jobs/{job['id']}/artifact")).content.startswith(b"%PDF")
+        folders = list(temp.glob("jobtrail-artifacts-*"))
+        assert len(folders) == 1 and (folders[0] / job["id"] / "kept-nowhere.pdf").is_file()
+        assert f"Export files: {folders[0]} (removed at exit)" in log_path.read_text()
+        assert not (cwd / "artifacts").exists(), "nothing is written under the working directory"
+        process.send_signal(stop)
+        assert process.wait(20) in (0, -stop)
+        assert not folders[0].exists(), "the temporary directory is removed at exit"
+        assert list(cwd.iterdir()) == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+async def test_embedded_serve_with_an_artifact_dir_set_keeps_it_and_says_where(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRAIL_") and k != "REDIS_URL"}
+    env.update(PYTHONPATH=str(ROOT), JOBTRAIL_ARTIFACT_DIR="exports", PYTHONUNBUFFERED="1")
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+                                   cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        await wait_ready(process, f"http://127.0.0.1:{port}")
+        assert f"Export files are KEPT in {tmp_path / 'exports'}." in log_path.read_text()
+    finally:
+        process.terminate()
+        process.wait(20)

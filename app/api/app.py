@@ -29,6 +29,7 @@ from app.config import Settings
 from app.eventlog import EventLog
 from app.hub import Hub
 from app.index import JobIndex
+from app.index_sweep import IndexSweep
 from app.keys import Keys
 from app.limits import SseSlots, SubmitRate
 from app.service import JobService
@@ -72,7 +73,8 @@ def create_app(settings: Settings) -> Litestar:
 
         index = JobIndex(redis, keys)
         artifacts = ArtifactStore(settings.artifact_dir)
-        sweeper = asyncio.create_task(run_sweeper(artifacts, redis, keys, settings.artifact_sweep_s))
+        index_sweep = IndexSweep(redis, keys, per_pass=settings.index_sweep_per_pass)
+        sweeper = asyncio.create_task(run_sweeper(artifacts, index_sweep, redis, keys, settings.artifact_sweep_s))
         app.state.update(
             redis=redis,
             events=events,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from litestar import Request
 from litestar.openapi.datastructures import ResponseSpec
@@ -122,3 +125,21 @@ async def submit_counted(
         if not created:
             await submit_rate.give_back(place)
     return job, created
+
+
+def content_disposition(name: str, *, fallback: str, kind: Literal["attachment", "inline"] = "attachment") -> str:
+    """A Content-Disposition naming the file `name` (RFC 6266), whatever its script.
+
+    `filename=` gets an ASCII version of the name (accents dropped, other characters
+    gone; `fallback` as the stem when nothing is left), which every client reads; when
+    that differs from the name, `filename*=UTF-8''…` (RFC 5987) carries the name itself,
+    which browsers and `curl -OJ` prefer.
+    """
+    stem, dot, extension = name.rpartition(".") if "." in name else (name, "", "")
+    plain = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
+    plain = re.sub(r"[^A-Za-z0-9._-]+", "-", plain).strip("-.") or fallback
+    ascii_name = f"{plain}{dot}{re.sub(r'[^A-Za-z0-9]+', '', extension)}"
+    header = f'{kind}; filename="{ascii_name}"'
+    if ascii_name != name:
+        header += f"; filename*=UTF-8''{quote(name, safe='')}"
+    return header

@@ -20,7 +20,7 @@ from litestar.response import File, Stream
 
 from app.api.access import JOB_TOKEN
 from app.api.common import (
-    JobId, error_responses, requested_offset, sse_response, submit_counted, token_ttl, visible_job,
+    JobId, content_disposition, error_responses, requested_offset, sse_response, submit_counted, token_ttl, visible_job,
     with_download_token,
 )
 from app.api.schemas import CancelRequest, HistoryPage, JobPage, JobStreamMessage, SubmitRequest, TokenOut, TokenRequest
@@ -258,7 +258,9 @@ class JobsController(Controller):
             path=path,
             filename=job.artifact.name,
             media_type=job.artifact.content_type,
-            headers={"ETag": f'"{job.artifact.sha256}"'},
+            # Litestar's own header gives a non-ASCII name no ASCII `filename=` to fall back on.
+            headers={"ETag": f'"{job.artifact.sha256}"',
+                     "Content-Disposition": content_disposition(job.artifact.name, fallback=job.id)},
         )
 
     @post(

@@ -14,21 +14,22 @@ import hashlib
 import io
 import re
 import threading
+import unicodedata
 from collections.abc import Iterator
 from datetime import date, timedelta
 from typing import Annotated, Any, Literal, NamedTuple
-from xml.sax.saxutils import escape
 
 import msgspec
 from reportlab.graphics.charts.barcharts import VerticalBarChart
-from reportlab.graphics.shapes import Drawing
+from reportlab.graphics import shapes
+from reportlab.graphics.shapes import Drawing, String
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
-from reportlab.lib.styles import getSampleStyleSheet
 from reportlab.lib.units import cm
 from reportlab.platypus import Flowable, KeepTogether, PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table
 from reportlab.platypus import TableStyle
 
+from app import fonts
 from workers.context import JobContext
 from workers.registry import kind
 
@@ -142,10 +143,11 @@ def collect_group(rng: SplitMix64, label: str, first: date, last: date) -> Group
 
 # --- the document ---
 
-_STYLES = getSampleStyleSheet()
+_STYLES = fonts.stylesheet()
 _TABLE_STYLE = TableStyle([
-    ("FONT", (0, 0), (-1, 0), "Helvetica-Bold"),
-    ("FONT", (0, -1), (-1, -1), "Helvetica-Bold"),
+    ("FONT", (0, 0), (-1, -1), fonts.SANS),
+    ("FONT", (0, 0), (-1, 0), fonts.SANS_BOLD),
+    ("FONT", (0, -1), (-1, -1), fonts.SANS_BOLD),
     ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#dde4ee")),
     ("GRID", (0, 0), (-1, -1), 0.5, colors.grey),
     ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
@@ -169,15 +171,44 @@ def region_table(orders: tuple[int, ...], revenue: tuple[int, ...]) -> Table:
     return table
 
 
-def revenue_chart(group: Group) -> Drawing:
-    drawing = Drawing(14 * cm, 5 * cm)
+def chart_scale(groups: list[Group]) -> tuple[int, int]:
+    """(top, step) of the revenue axis in whole dollars, one for every group's chart, so bars compare.
+
+    The top is the largest region's revenue in any group rounded up to a step of 1, 2,
+    2.5 or 5 times a power of ten, with at most 5 steps.
+    """
+    largest = max((cents // 100 for group in groups for cents in group.revenue_cents), default=0)
+    step = 1
+    while True:
+        for factor in (1, 2, 2.5, 5):
+            candidate = int(step * factor)
+            if candidate * 5 >= largest:
+                return max(candidate, -(-largest // candidate) * candidate), candidate
+        step *= 10
+
+
+def _dollars(value: float) -> str:
+    return f"${value / 1000:,.0f}k" if value >= 1000 else f"${value:,.0f}"
+
+
+def revenue_chart(group: Group, scale: tuple[int, int]) -> Drawing:
+    """Revenue per region, on the report's one `scale` (chart_scale), with a labelled y axis."""
+    drawing = Drawing(14 * cm, 5.4 * cm)
     chart = VerticalBarChart()
-    chart.x, chart.y, chart.width, chart.height = 1.6 * cm, 0.6 * cm, 12 * cm, 4 * cm
+    chart.x, chart.y, chart.width, chart.height = 2.4 * cm, 0.8 * cm, 11.2 * cm, 4.2 * cm
     chart.data = [[cents // 100 for cents in group.revenue_cents]]
     chart.categoryAxis.categoryNames = list(REGIONS)
-    chart.valueAxis.valueMin = 0
+    chart.categoryAxis.labels.fontName = fonts.SANS
+    chart.valueAxis.valueMin, chart.valueAxis.valueMax, chart.valueAxis.valueStep = 0, *scale
+    chart.valueAxis.labels.fontName = fonts.SANS
+    chart.valueAxis.labelTextFormat = _dollars
+    chart.valueAxis.visibleGrid = True
+    chart.valueAxis.gridStrokeColor = colors.HexColor("#dddddd")
     chart.bars[0].fillColor = colors.HexColor("#4a78b5")
     drawing.add(chart)
+    label = String(0, 0, "Revenue (USD)", fontName=fonts.SANS, fontSize=8, textAnchor="middle")
+    # Rotated a quarter turn to run up the axis, centred on it.
+    drawing.add(shapes.Group(label, transform=(0, 1, -1, 0, 0.35 * cm, chart.y + chart.height / 2)))
     return drawing
 
 
@@ -186,7 +217,7 @@ def title_page(params: ExportPdfParams, groups: list[Group], seed: int) -> list[
     revenue = tuple(sum(g.revenue_cents[i] for g in groups) for i in range(len(REGIONS)))
     return [
         Spacer(1, 5 * cm),
-        Paragraph(escape(params.title), _STYLES["Title"]),
+        Paragraph(fonts.markup(params.title, fonts.SANS_BOLD), _STYLES["Title"]),
         Paragraph(f"{params.start_date} to {params.end_date}, by {params.group_by}: {len(groups)} groups",
                   _STYLES["Heading3"]),
         Spacer(1, 1 * cm),
@@ -197,17 +228,17 @@ def title_page(params: ExportPdfParams, groups: list[Group], seed: int) -> list[
     ]
 
 
-def group_section(group: Group, params: ExportPdfParams) -> Flowable:
+def group_section(group: Group, params: ExportPdfParams, scale: tuple[int, int]) -> Flowable:
     days = (group.end - group.start).days + 1
     parts: list[Flowable] = [
-        Paragraph(escape(group.label), _STYLES["Heading2"]),
+        Paragraph(fonts.markup(group.label, fonts.SANS_BOLD), _STYLES["Heading2"]),
         Paragraph(f"{group.start} to {group.end} ({days} day{'s' if days != 1 else ''})", _STYLES["Normal"]),
         Spacer(1, 0.3 * cm),
     ]
     if params.include_tables:
         parts += [region_table(group.orders, group.revenue_cents), Spacer(1, 0.3 * cm)]
     if params.include_charts:
-        parts += [revenue_chart(group), Spacer(1, 0.3 * cm)]
+        parts += [revenue_chart(group, scale), Spacer(1, 0.3 * cm)]
     return KeepTogether(parts)
 
 
@@ -262,18 +293,28 @@ def build_pdf(flowables: list[Flowable], params: ExportPdfParams, watch: RenderW
     footer = f"{params.title} - {params.start_date} to {params.end_date}"
 
     def on_page(canvas: Any, document: Any) -> None:
-        canvas.setFont("Helvetica", 8)
-        canvas.drawString(2 * cm, 1.2 * cm, footer[:120])
-        canvas.drawRightString(A4[0] - 2 * cm, 1.2 * cm, f"page {document.page}")
+        fonts.draw_string(canvas, 2 * cm, 1.2 * cm, footer[:120], fonts.SANS, 8)
+        fonts.draw_right_string(canvas, A4[0] - 2 * cm, 1.2 * cm, f"page {document.page}", fonts.SANS, 8)
 
     doc.setProgressCallBack(watch)
     doc.build(flowables, onFirstPage=on_page, onLaterPages=on_page)
     return buffer.getvalue(), doc.page
 
 
+# Bytes of the name's stem: a file system allows 255 per name, and the artifact's
+# temporary name (app/artifacts.py) adds 40 to it.
+_NAME_BYTES = 160
+
+
 def artifact_name(title: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", title).strip("-").lower()[:80].strip("-")
-    return f"{slug or 'report'}.pdf"
+    """The title as a file name: its letters and digits in any script, lower case, `-` between words.
+
+    "Отчёт 売上 — Q1 ✓" gives `отчёт-売上-q1.pdf` (symbols and punctuation go). The
+    download's Content-Disposition carries it as UTF-8, with an ASCII fallback.
+    """
+    words = re.sub(r"[\W_]+", "-", unicodedata.normalize("NFC", title)).strip("-").lower()
+    stem = words.encode()[:_NAME_BYTES].decode(errors="ignore").strip("-")
+    return f"{stem or 'report'}.pdf"
 
 
 def _at(span: tuple[float, float], fraction: float) -> float:
@@ -322,8 +363,9 @@ async def run_export_pdf(params: ExportPdfParams, ctx: JobContext) -> dict[str, 
 
     await ctx.phase("render", f"laying out {total} groups")
     flowables = title_page(params, groups, seed)
+    scale = chart_scale(groups)
     for i, group in enumerate(groups, 1):
-        flowables.append(group_section(group, params))
+        flowables.append(group_section(group, params, scale))
         await ctx.progress(_at(_LAYOUT, i / total), group.label, phase="render", current=i, total=total)
     pdf, pages = await _render(ctx, flowables, params)
 
