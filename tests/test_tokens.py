@@ -56,3 +56,29 @@ async def test_a_token_is_accepted_in_its_one_spelling_only(secured_http):
         response = await secured_http.get(f"/jobs/{job_id}/history", params={"token": spelling})
         assert response.status_code == 401, (name, spelling, response.text)
         assert response.json()["error"] == "not_authenticated"
+
+
+async def test_open_mode_checks_a_presented_token_and_keeps_it_to_what_it_covers(client):
+    job_id, other_id = await submit(client), await submit(client)
+    token = (await client.post(f"/jobs/{job_id}/tokens")).json()["token"]
+    body, signature = token.split(".")
+
+    assert (await client.get(f"/jobs/{job_id}/history")).status_code == 200, "open: no token, no check"
+    assert (await client.get(f"/jobs/{job_id}/history", params={"token": token})).status_code == 200
+    refused = {
+        "forged": (job_id, "history", f"{body}.{signature[::-1]}"),
+        "garbage": (job_id, "history", "not-a-token"),
+        "respelled": (job_id, "history", f"{token}="),
+        "another job's": (other_id, "history", token),
+        "another job's events": (other_id, "events", token),
+        "a job's, on the feed": (None, "feed", token),
+        "a job's, on a route without tokens": (job_id, "", token),
+    }
+    for name, (target, path, presented) in refused.items():
+        url = "/events" if path == "feed" else f"/jobs/{target}/{path}".rstrip("/")
+        response = await client.get(url, params={"token": presented})
+        assert response.status_code == 401, (name, response.text)
+        assert response.json()["error"] == "not_authenticated"
+    # A percent-encoded name is the same parameter: it is checked too.
+    response = await client.get(f"/jobs/{job_id}/history?%74oken=not-a-token")
+    assert response.status_code == 401
