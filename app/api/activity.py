@@ -88,7 +88,7 @@ async def activity_events(
     summary="Issue a read-only token for the activity feed",
     description="Like `POST /jobs/{job_id}/tokens`, for `GET /events?token=`: the feed of the key's tenant "
     "(every tenant's, for an admin key).",
-    responses=error_responses(400, 503),
+    responses=error_responses(400, 413, 415, 503),
 )
 async def feed_token(
     principal: NamedDependency[Principal],

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from app.api.access import SCHEMA_PATH, access_guard
 from app.api.activity import activity_events, feed_token
 from app.api.audit import audit_report
+from app.api.body import JsonRequest
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import healthz, readyz
 from app.api.jobs import JobsController
@@ -116,6 +117,7 @@ def create_app(settings: Settings) -> Litestar:
         # Logging is the process's business (app/cli.py), request ids included.
         logging_config=None,
         request_max_body_size=settings.max_body_bytes,
+        request_class=JsonRequest,
         openapi_config=OpenAPIConfig(
             title="jobtrail",
             version="0.1.0",
