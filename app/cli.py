@@ -31,6 +31,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.api.app import create_app
+    from app.api.protocol import JsonErrorH11Protocol
     from app.auth import ApiKeys, ConfigError, auth_enabled
 
     try:
@@ -62,6 +63,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=5,
+        # uvicorn answers a request it cannot parse in plain text; this one in JSON.
+        http=JsonErrorH11Protocol,
     )
     Server(config).run()
     return 0

@@ -1,21 +1,26 @@
 """Hostile and odd requests get the documented error (status, code, a message that says what to fix).
 
-Deep JSON, lone surrogates, coerced types, bodies that are not JSON, malformed job ids:
-against the API on a real port and real Redis.
+Deep JSON, lone surrogates, coerced types, bodies that are not JSON, malformed job ids,
+thousands of query parameters: against the API on a real port and real Redis, and
+for what only the HTTP protocol sees, against `jobtrail serve` itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 
 import msgspec
 import pytest
 
+from app.api.bounds import MAX_QUERY_PARAMS
 from app.artifacts import ArtifactStore
 from app.errors import InvalidParams
 from app.index import JobIndex
 from app.jsondepth import MAX_JSON_DEPTH
 from app.service import JobService
+from tests.test_serve_process import serve, wait_ready
 
 DEMO = {"kind": "demo", "params": {}}
 JSON = {"content-type": "application/json"}
@@ -114,3 +119,46 @@ async def test_any_malformed_job_id_is_a_404_like_a_missing_job(client, job_id):
                          ("POST", "/jobs/{}/tokens"), ("DELETE", "/jobs/{}")]:
         response = await client.request(method, path.format(job_id))
         assert_error(response, 404, "job_not_found")
+
+
+async def test_too_many_query_parameters_is_a_400_in_the_json_shape(client):
+    allowed = "&".join(f"p{i}=1" for i in range(MAX_QUERY_PARAMS))
+    assert (await client.get(f"/jobs?{allowed}")).status_code == 200
+    many = "&".join(["a=1"] * 10_000)  # one URL under httpx's length limit
+    response = await client.get(f"/jobs?{many}")
+    assert_error(response, 400, "invalid_request", f"at most {MAX_QUERY_PARAMS}")
+    assert response.headers["x-request-id"]
+
+
+def send_slowly(port: int, request: bytes) -> bytes:
+    """Send `request` in small pieces, as a real network delivers a long one, and read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        try:
+            for start in range(0, len(request), 4096):
+                sock.sendall(request[start:start + 4096])
+                time.sleep(0.005)
+        except OSError:
+            pass  # the server answered and closed before the whole request was sent
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.e2e
+async def test_serve_answers_a_request_it_cannot_parse_in_the_json_error_shape(settings, tmp_path):
+    process, url = serve(settings, tmp_path, JOBTRAIL_AUTH="off")
+    try:
+        await wait_ready(process, url)
+        port = int(url.rsplit(":", 1)[1])
+        query = "&".join(f"p{i}=v" for i in range(10_000))
+        for request in (f"GET /jobs?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), b"NOT HTTP AT ALL\r\n\r\n"):
+            answer = await asyncio.to_thread(send_slowly, port, request)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400"), answer[:300]
+            assert b"content-type: application/json" in head.lower()
+            error = msgspec.json.decode(body)
+            assert error["error"] == "invalid_request" and "16384 bytes" in error["detail"]
+    finally:
+        process.terminate()
+        process.wait(15)

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -19,6 +20,7 @@ from app.api.access import SCHEMA_PATH, access_guard
 from app.api.activity import activity_events, feed_token
 from app.api.audit import audit_report
 from app.api.body import JsonRequest
+from app.api.bounds import RequestBounds
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import healthz, readyz
 from app.api.jobs import JobsController
@@ -107,7 +109,8 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[JobsController, audit_report, activity_events, feed_token, healthz, readyz],
         lifespan=[lifespan],
         guards=[access_guard(api_keys, secured)],
-        middleware=[RequestIdMiddleware],
+        # Outermost first: the request id and access log see the bounds' refusals too.
+        middleware=[RequestIdMiddleware, DefineMiddleware(RequestBounds, deadline_s=settings.redis_timeout_s)],
         dependencies={
             "settings": Provide(lambda: settings, sync_to_thread=False, use_cache=True),
             "principal": Provide(principal, sync_to_thread=False),

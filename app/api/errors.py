@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
+from litestar.types import Receive, Scope, Send
 from redis import exceptions as redis_errors
 
 from app.api.schemas import ErrorBody
@@ -61,6 +64,13 @@ def _error(status: int, code: str, detail: str, extra: object = None, headers: d
     )
 
 
+def unparsable_request_body(head_limit: int) -> bytes:
+    """The error body of a request the HTTP protocol could not parse (app/api/protocol.py)."""
+    detail = (f"the request is not valid HTTP/1.1, or its request line and headers take more than {head_limit} "
+              "bytes (a URL that long, with that many query parameters, is not one jobtrail answers)")
+    return msgspec.json.encode(ErrorBody(error=_STATUS[InvalidRequest][1], detail=detail))
+
+
 def on_jobtrail_error(_: Request, exc: Exception) -> Response:
     status, code = _STATUS[type(exc)]
     headers = None
@@ -107,6 +117,24 @@ def on_unexpected(request: Request, exc: Exception) -> Response:
     job_id = request.path_params.get("job_id", "-")
     log.error("unhandled error in %s %s (job %s)", request.method, request.url.path, job_id, exc_info=exc)
     return _error(500, "internal_error", "an unexpected error occurred; it has been logged")
+
+
+def handler_for(exc: Exception) -> Callable[[Request, Exception], Response]:
+    for cls in type(exc).__mro__:
+        if cls in EXCEPTION_HANDLERS:
+            return EXCEPTION_HANDLERS[cls]  # type: ignore[return-value]
+    return on_unexpected
+
+
+async def send_error(exc: Exception, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer `exc` from ASGI middleware, as the app's handlers above would.
+
+    Litestar's exception handling wraps a route's handler and the app as a whole, so an
+    error raised in middleware skips the send wrappers of the middleware outside it (the
+    request id, the access log); middleware answers its own errors with this instead.
+    """
+    request: Request = Request(scope, receive)
+    await handler_for(exc)(request, exc).to_asgi_response(None, request)(scope, receive, send)
 
 
 EXCEPTION_HANDLERS = {
