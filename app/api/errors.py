@@ -11,6 +11,7 @@ from litestar.exceptions import HTTPException
 from litestar.types import Receive, Scope, Send
 from redis import exceptions as redis_errors
 
+from app.api.redaction import redacted_target, redacted_text
 from app.api.schemas import ErrorBody
 from app.errors import (
     ArtifactNotFound,
@@ -56,8 +57,12 @@ UNAVAILABLE = (
 
 
 def _error(status: int, code: str, detail: str, extra: object = None, headers: dict[str, str] | None = None) -> Response:
+    # An error may name what the request sent (an id, a parameter): never a credential.
+    if isinstance(extra, list):
+        extra = [{**item, "message": redacted_text(str(item["message"]))} if isinstance(item, dict) and "message" in item
+                 else item for item in extra]
     return Response(
-        ErrorBody(error=code, detail=detail, extra=extra),
+        ErrorBody(error=code, detail=redacted_text(detail), extra=extra),
         status_code=status,
         media_type=MediaType.JSON,
         headers=headers,
@@ -82,7 +87,7 @@ def on_jobtrail_error(_: Request, exc: Exception) -> Response:
 
 
 def on_unavailable(request: Request, exc: Exception) -> Response:
-    log.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
+    log.warning("Redis unavailable during %s %s: %s", request.method, redacted_text(request.url.path), exc)
     return _error(
         503,
         "store_unavailable",
@@ -98,7 +103,16 @@ def on_http_error(request: Request, exc: HTTPException) -> Response:
     extra = getattr(exc, "extra", None)
     if isinstance(extra, list):
         extra = [_public_names(request, item) for item in extra]
-    return _error(exc.status_code, code, exc.detail, extra, exc.headers)
+    return _error(exc.status_code, code, _without_query(request, exc.detail), extra, exc.headers)
+
+
+def _without_query(request: Request, detail: str) -> str:
+    """Litestar's "Validation failed for GET /jobs?…" echoes the query string whole; a token with it."""
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    path = request.scope.get("path", "")
+    if not query:
+        return detail
+    return detail.replace(f"{path}?{query}", redacted_target(path, query))
 
 
 def _public_names(request: Request, item: object) -> object:
@@ -115,7 +129,8 @@ def _public_names(request: Request, item: object) -> object:
 
 def on_unexpected(request: Request, exc: Exception) -> Response:
     job_id = request.path_params.get("job_id", "-")
-    log.error("unhandled error in %s %s (job %s)", request.method, request.url.path, job_id, exc_info=exc)
+    log.error("unhandled error in %s %s (job %s)", request.method, redacted_text(request.url.path),
+              redacted_text(str(job_id)), exc_info=exc)
     return _error(500, "internal_error", "an unexpected error occurred; it has been logged")
 
 
