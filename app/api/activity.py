@@ -33,7 +33,8 @@ from app.tokens import TokenSigner
     summary="Server-sent events of every job's transitions (the activity feed)",
     description="Each message has `id:` (the feed's entry id), `event:` (the event type: submitted, started, "
     "cancel_requested, retrying, succeeded, failed or cancelled) and `data:` (`{id, job_id, kind, type, state, "
-    "at, event_id, attempt}`, where `event_id` is the event's id in the job's own history). Starts after "
+    "at, event_id, attempt, tenant}`, where `event_id` is the event's id in the job's own history and `tenant` "
+    "the job's tenant, null for none). Starts after "
     "`Last-Event-ID` (header), else `after` or `last_event_id` (query), else from the oldest entry the feed "
     "still holds, then follows live and never closes by itself. The feed is capped "
     "(`JOBTRAIL_ACTIVITY_MAXLEN`, approximately): when entries after the client's offset were trimmed, a `gap` "

@@ -1,4 +1,10 @@
-"""Every error type mapped to an HTTP answer, once."""
+"""Every error type mapped to an HTTP answer, once.
+
+The codes an answer can carry are all named here (`_STATUS`, `_HTTP_CODES`,
+`UNAVAILABLE_CODE`, `INTERNAL_CODE`, `HTTP_FALLBACK`), and `error_codes()` collects them:
+tests/test_readme.py holds the README's error table equal to it, so a new code is
+documented or the suite fails.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +52,18 @@ _STATUS: dict[type[Exception], tuple[int, str]] = {
     RateLimited: (429, "rate_limited"),
 }
 
+# Litestar's own HTTP errors (routing, parameter validation, body size), by status.
+_HTTP_CODES: dict[int, str] = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    500: "internal_error",
+}
+HTTP_FALLBACK = "http_error"  # a Litestar HTTP error of any other status (none is expected)
+UNAVAILABLE_CODE = (503, "store_unavailable")
+INTERNAL_CODE = (500, "internal_error")
+
 # Errors that mean "Redis is away for now", not "this request is wrong".
 UNAVAILABLE = (
     redis_errors.ConnectionError,  # includes BusyLoadingError: Redis is loading its data
@@ -89,17 +107,14 @@ def on_jobtrail_error(_: Request, exc: Exception) -> Response:
 def on_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("Redis unavailable during %s %s: %s", request.method, redacted_text(request.url.path), exc)
     return _error(
-        503,
-        "store_unavailable",
+        *UNAVAILABLE_CODE,
         "the event store (Redis) is not answering; retry shortly",
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )
 
 
 def on_http_error(request: Request, exc: HTTPException) -> Response:
-    code = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
-        exc.status_code, "http_error"
-    )
+    code = _HTTP_CODES.get(exc.status_code, HTTP_FALLBACK)
     extra = getattr(exc, "extra", None)
     if isinstance(extra, list):
         extra = [_public_names(request, item) for item in extra]
@@ -131,7 +146,12 @@ def on_unexpected(request: Request, exc: Exception) -> Response:
     job_id = request.path_params.get("job_id", "-")
     log.error("unhandled error in %s %s (job %s)", request.method, redacted_text(request.url.path),
               redacted_text(str(job_id)), exc_info=exc)
-    return _error(500, "internal_error", "an unexpected error occurred; it has been logged")
+    return _error(*INTERNAL_CODE, "an unexpected error occurred; it has been logged")
+
+
+def error_codes() -> set[tuple[int | None, str]]:
+    """Every (status, code) an error answer can carry; status None for HTTP_FALLBACK, which takes any status."""
+    return {*_STATUS.values(), *_HTTP_CODES.items(), UNAVAILABLE_CODE, INTERNAL_CODE, (None, HTTP_FALLBACK)}
 
 
 def handler_for(exc: Exception) -> Callable[[Request, Exception], Response]:
