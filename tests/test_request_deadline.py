@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ STALL_S = 7
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+def server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis", None, "--enable-debug-command", "local").start()
     yield server
     server.kill()
