@@ -15,7 +15,10 @@ from itertools import accumulate
 # Deeper than any request body or job params need, and far from any decoder's limit.
 MAX_JSON_DEPTH = 32
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)  # brackets inside strings do not nest
+# Brackets inside strings do not nest. The closing quote is optional and the quantifiers
+# possessive, so an unterminated string ends the scan instead of being retried from
+# every later quote: linear in the body, where `"\"\"\"…` would otherwise be quadratic.
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"?', re.DOTALL)
 _NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
 
 

@@ -162,3 +162,12 @@ async def test_serve_answers_a_request_it_cannot_parse_in_the_json_error_shape(s
     finally:
         process.terminate()
         process.wait(15)
+
+
+async def test_bodies_built_to_slow_the_checks_down_are_answered_at_once(client):
+    # Quadratic scans would take minutes over these; the margin is for a busy machine.
+    for body in (b'"' + b'\\"' * 30_000, b'["' + b"\\\\" * 30_000, b"[" * 30_000 + b"]" * 30_000):
+        started = time.monotonic()
+        response = await submit_raw(client, body)
+        assert response.status_code == 400, response.text
+        assert time.monotonic() - started < 5

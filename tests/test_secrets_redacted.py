@@ -5,6 +5,7 @@ Against `jobtrail serve` as a process, reading the log it writes.
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import httpx
@@ -80,3 +81,10 @@ def test_ordinary_parameters_and_ids_are_left_alone():
     assert redacted_text("job '501f584564894af790d0964a242e0ec3' does not exist") == (
         "job '501f584564894af790d0964a242e0ec3' does not exist"
     )
+
+
+def test_redaction_takes_linear_time_on_long_runs():
+    started = time.monotonic()
+    redacted_query("cursor=" + "A" * 60_000 + "&after=" + "jt_" * 20_000)
+    redacted_text("/jobs/" + ("a" * 40 + ".") * 1_500)
+    assert time.monotonic() - started < 2  # a backtracking pattern takes minutes here
