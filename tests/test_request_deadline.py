@@ -72,12 +72,16 @@ async def test_a_stalled_redis_answers_503_within_the_timeout_and_the_api_recove
         ("GET", f"/jobs/{job_id}/events", {}),  # before its first byte, an SSE stream is bounded too
         ("POST", f"/jobs/{job_id}/cancel", {}),
         ("DELETE", f"/jobs/{job_id}", {}),
+        ("GET", "/readyz", {}),
     ]
     answers = await asyncio.gather(*(timed(client, method, path, **kw) for method, path, kw in requests))
 
     for (method, path, _), (response, took) in zip(requests, answers):
         assert took < TIMEOUT_S + MARGIN_S, f"{method} {path} answered after {took:.1f}s ({response.status_code})"
         assert response.status_code == 503, (method, path, response.text)
+        if path == "/readyz":
+            assert response.json() == {"status": "redis unavailable"}, "the probe's own answer"
+            continue
         assert response.json()["error"] == "store_unavailable"
         assert int(response.headers["Retry-After"]) > 0
         assert response.headers["x-request-id"]

@@ -47,6 +47,8 @@ async def test_secrets_in_urls_are_redacted_in_the_access_log_and_never_echoed(s
                 f"/jobs/{mistaken_key}",  # in the path, echoed in the 404
             ]
             bodies = []
+            response = await http.get("/jobs", headers={**auth, "X-Request-ID": mistaken_key})
+            assert response.headers["x-request-id"] != mistaken_key, "a key is no request id"
             for target in targets:
                 response = await http.get(target, headers=auth)
                 bodies.append(response.text)

@@ -17,7 +17,7 @@ import uuid
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.redaction import redacted_target
+from app.api.redaction import redacted_target, redacted_text
 
 log = logging.getLogger("jobtrail.access")
 
@@ -42,7 +42,8 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _SANE_ID.match(given) else uuid.uuid4().hex
+        # A key pasted as a request id would be printed on every log line of the request.
+        request_id = given if _SANE_ID.match(given) and redacted_text(given) == given else uuid.uuid4().hex
         token = REQUEST_ID.set(request_id)
         started = time.perf_counter()
         status = 0
