@@ -92,6 +92,12 @@ async def test_body_fields_are_typed_strictly(client, redis_client, keys):
     assert response.json()["extra"][0]["key"] == "ttl_s"
 
 
+async def test_a_submission_without_a_body_says_one_is_required(client):
+    response = await client.post("/jobs", headers=JSON)
+    assert_error(response, 400, "invalid_request")
+    assert response.json()["extra"][0]["message"] == "a JSON body is required"
+
+
 async def test_json_routes_take_application_json_only(client, redis_client, keys):
     body = msgspec.json.encode(DEMO)
     for headers in ({"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}, {}):

@@ -34,9 +34,8 @@ def is_json_media_type(media_type: str) -> bool:
 def decode_json_body(body: bytes, media_type: str) -> Any:
     """The JSON value of a request body; UnsupportedMediaType or InvalidRequest when it is not one."""
     if not is_json_media_type(media_type):
-        raise UnsupportedMediaType(
-            f"the body must be JSON sent as `Content-Type: application/json`, not {media_type or 'no content type'!r}"
-        )
+        sent = f"not {media_type!r}" if media_type else "and this request has no Content-Type"
+        raise UnsupportedMediaType(f"the body must be JSON sent as `Content-Type: application/json`, {sent}")
     depth = json_depth(body)
     if depth > MAX_JSON_DEPTH:
         raise InvalidRequest(f"the JSON body nests {depth} levels deep; at most {MAX_JSON_DEPTH} are allowed")

@@ -132,6 +132,9 @@ def _without_query(request: Request, detail: str) -> str:
 
 def _public_names(request: Request, item: object) -> object:
     """A validation error names the handler's argument; the caller knows the query or header name."""
+    if isinstance(item, dict) and item.get("key") == "data" and item.get("message") == "'data'":
+        # Litestar's word (a KeyError's) for a required body that was not sent.
+        return {**item, "message": "a JSON body is required"}
     if not isinstance(item, dict) or item.get("source") not in ("query", "header"):
         return item
     try:
