@@ -80,6 +80,7 @@ def _run_server(settings: Settings, args: argparse.Namespace, artifacts_line: st
     import uvicorn
 
     from app.api.app import create_app
+    from app.api.protocol import JsonErrorH11Protocol
     from app.auth import ApiKeys, ConfigError, auth_enabled
 
     try:
@@ -111,6 +112,8 @@ def _run_server(settings: Settings, args: argparse.Namespace, artifacts_line: st
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=5,
+        # uvicorn answers a request it cannot parse in plain text; this one in JSON.
+        http=JsonErrorH11Protocol,
     )
     Server(config).run()
     return 0

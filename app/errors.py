@@ -62,6 +62,10 @@ class InvalidRequest(JobtrailError):
     """Input the caller can fix (HTTP 400)."""
 
 
+class UnsupportedMediaType(JobtrailError):
+    """A request body in a content type the route does not take (HTTP 415)."""
+
+
 class InvalidParams(JobtrailError):
     """A submission the job kind rejects (HTTP 422)."""
 

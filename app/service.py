@@ -20,6 +20,7 @@ from app.events import EventType, ReasonData, State, SubmittedData
 from app.index import JobIndex
 from app.livejobs import LiveJobs
 from app.jobstate import JobState
+from app.jsondepth import MAX_JSON_DEPTH, json_depth
 from app.secret import ServerSecret
 from workers.registry import validate_params
 
@@ -67,12 +68,16 @@ class JobService:
         attempts = self.settings.default_max_attempts if max_attempts is None else max_attempts
         if not 1 <= attempts <= limit:
             raise InvalidParams(f"max_attempts must be between 1 and {limit}, got {attempts}")
-        size = len(msgspec.json.encode(params))
+        encoded = msgspec.json.encode(params)
+        size = len(encoded)
         if size > self.settings.max_params_bytes:
             raise InvalidParams(
                 f"params take {size} bytes as JSON; the limit is {self.settings.max_params_bytes} "
                 "(JOBTRAIL_MAX_PARAMS_BYTES): pass large inputs by reference, e.g. a URL"
             )
+        # Params are decoded again by workers, history and SSE: bounded here, not only in request bodies.
+        if (depth := json_depth(encoded)) > MAX_JSON_DEPTH:
+            raise InvalidParams(f"params nest {depth} levels deep; at most {MAX_JSON_DEPTH} are allowed")
         data = SubmittedData(kind=kind, params=validate_params(kind, params), max_attempts=attempts, tenant=tenant)
         job_id = await self.job_id_for(idempotency_key, tenant)
         # Watched before it exists: whatever happens after the append (a crash, a failed

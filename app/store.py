@@ -30,8 +30,10 @@ class Store:
     def pooled(self) -> Redis:
         """A client whose pool never holds more than `redis_pool_size` connections.
 
-        Connection errors surface within `redis_timeout_s` (one quick retry first), so
-        a request answers 503 instead of hanging while Redis is away.
+        Connection errors surface within `redis_timeout_s` (one quick retry first), and
+        waiting for a pooled connection is bounded by it too. A request as a whole is
+        bounded by the same figure (app/api/bounds.py), so a Redis that hangs rather
+        than refuses costs a request one timeout, not one per command and retry.
         """
         if self._fake_server is not None:
             return self._fake()

@@ -15,6 +15,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import time
 
 import msgspec
@@ -40,8 +41,23 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+# The one spelling `_b64` writes: the URL-safe alphabet, no padding.
+_B64URL = re.compile(r"^[A-Za-z0-9_-]+\Z")
+
+
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """The bytes `text` spells, only if `_b64` spells them so: ValueError for any other spelling.
+
+    Python's decoder drops characters outside the alphabet, accepts padding and ignores
+    the unused low bits of the last character, so many strings decode to one token's
+    bytes; re-encoding and comparing leaves exactly one.
+    """
+    if not _B64URL.match(text):
+        raise ValueError("not unpadded base64url")
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(raw) != text:
+        raise ValueError("not the canonical spelling")
+    return raw
 
 
 class TokenSigner:
@@ -68,8 +84,10 @@ class TokenSigner:
 
     async def verify(self, token: str) -> Principal:
         """The read-only principal a token stands for; TokenRejected if it does not hold."""
-        head, _, tail = token.partition(".")
+        head, dot, tail = token.partition(".")
         try:
+            if not dot:
+                raise ValueError("no signature")
             body, signature = _unb64(head), _unb64(tail)
         except (binascii.Error, ValueError):
             raise TokenRejected("malformed token") from None

@@ -4,6 +4,7 @@ processes that agree on it again after Redis lost it."""
 from __future__ import annotations
 
 import asyncio
+import time
 import hashlib
 
 import msgspec
@@ -110,10 +111,12 @@ async def test_forged_tokens_make_a_signer_re_read_the_secret_at_most_once_per_i
 
     signer.secret._read = counted  # type: ignore[method-assign]
     await asyncio.sleep(signer.secret.retry_s)
+    started = time.monotonic()
     for _ in range(50):
         with pytest.raises(TokenRejected):
             await signer.verify(f"{body}.{signature[::-1]}")
-    assert reads == 1
+    # At most one re-read per interval, however slow a busy machine makes the 50 checks.
+    assert 1 <= reads <= 1 + int((time.monotonic() - started) / signer.secret.retry_s)
 
 
 async def test_a_held_secret_serves_while_redis_cannot_be_reached_for_a_refresh(redis_client, keys):

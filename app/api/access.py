@@ -5,6 +5,10 @@ as every other error, request id included. Routes name in their `opt` whether a 
 may stand in for a key there: `opt={"token": "job"}` on a job's read-only routes (SSE,
 history, artifact), and `opt={"token": "feed"}` on the activity feed; `PUBLIC` routes
 need neither. The principal found is the request's `user`.
+
+A presented token is checked in every mode: with access control off (open) a request
+without one acts as the open principal, but one with a token acts as that token, so a
+forged token is a 401 and a valid one reads only what it covers, as when keys are on.
 """
 
 from __future__ import annotations
@@ -32,7 +36,11 @@ def access_guard(api_keys: ApiKeys, enabled: bool) -> Guard:
         path = connection.scope["path"]
         if handler.opt.get("public") or path == SCHEMA_PATH or path.startswith(SCHEMA_PATH + "/"):
             return
-        connection.scope["user"] = await principal_of(connection, handler, api_keys) if enabled else OPEN
+        if enabled:
+            connection.scope["user"] = await principal_of(connection, handler, api_keys)
+        else:
+            token = connection.query_params.get("token")
+            connection.scope["user"] = OPEN if token is None else await token_principal(connection, handler, token)
 
     return guard
 
@@ -49,6 +57,14 @@ async def principal_of(connection: ASGIConnection, handler: BaseRouteHandler, ap
     token = connection.query_params.get("token")
     if token is None:
         raise NotAuthenticated("send an API key as `Authorization: Bearer <key>`")
+    return await token_principal(connection, handler, token)
+
+
+async def token_principal(connection: ASGIConnection, handler: BaseRouteHandler, token: str) -> Principal:
+    """The read-only principal `token` stands for on this route; NotAuthenticated if it does not hold here.
+
+    One round trip the first time this process needs the signing key (app/tokens.py), none after.
+    """
     use: TokenUse | None = handler.opt.get("token")
     if use is None or connection.method != "GET":
         raise NotAuthenticated("a token is accepted only on a job's events, history and artifact, and on /events")

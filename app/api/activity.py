@@ -33,7 +33,8 @@ from app.tokens import TokenSigner
     summary="Server-sent events of every job's transitions (the activity feed)",
     description="Each message has `id:` (the feed's entry id), `event:` (the event type: submitted, started, "
     "cancel_requested, retrying, succeeded, failed or cancelled) and `data:` (`{id, job_id, kind, type, state, "
-    "at, event_id, attempt}`, where `event_id` is the event's id in the job's own history). Starts after "
+    "at, event_id, attempt, tenant}`, where `event_id` is the event's id in the job's own history and `tenant` "
+    "the job's tenant, null for none). Starts after "
     "`Last-Event-ID` (header), else `after` or `last_event_id` (query), else from the oldest entry the feed "
     "still holds, then follows live and never closes by itself. The feed is capped "
     "(`JOBTRAIL_ACTIVITY_MAXLEN`, approximately): when entries after the client's offset were trimmed, a `gap` "
@@ -88,7 +89,7 @@ async def activity_events(
     summary="Issue a read-only token for the activity feed",
     description="Like `POST /jobs/{job_id}/tokens`, for `GET /events?token=`: the feed of the key's tenant "
     "(every tenant's, for an admin key).",
-    responses=error_responses(400, 503),
+    responses=error_responses(400, 413, 415, 503),
 )
 async def feed_token(
     principal: NamedDependency[Principal],

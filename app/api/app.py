@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -18,6 +19,8 @@ from redis.exceptions import RedisError
 from app.api.access import SCHEMA_PATH, access_guard
 from app.api.activity import activity_events, feed_token
 from app.api.audit import audit_report
+from app.api.body import JsonRequest
+from app.api.bounds import RequestBounds
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import healthz, readyz
 from app.api.jobs import JobsController
@@ -112,7 +115,8 @@ def create_app(settings: Settings) -> Litestar:
         ],
         lifespan=[lifespan],
         guards=[access_guard(api_keys, secured)],
-        middleware=[RequestIdMiddleware],
+        # Outermost first: the request id and access log see the bounds' refusals too.
+        middleware=[RequestIdMiddleware, DefineMiddleware(RequestBounds, deadline_s=settings.redis_timeout_s)],
         dependencies={
             "settings": Provide(lambda: settings, sync_to_thread=False, use_cache=True),
             "principal": Provide(principal, sync_to_thread=False),
@@ -122,6 +126,7 @@ def create_app(settings: Settings) -> Litestar:
         # Logging is the process's business (app/cli.py), request ids included.
         logging_config=None,
         request_max_body_size=settings.max_body_bytes,
+        request_class=JsonRequest,
         openapi_config=OpenAPIConfig(
             title="jobtrail",
             version="0.1.0",

@@ -9,6 +9,7 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 
+from app.api.bounds import deadline_paused
 from app.api.common import JobId, error_responses, visible_job
 from app.auth import Principal
 from app.audit import AuditBuilder
@@ -33,9 +34,12 @@ async def audit_report(
     job_id: JobId, events: NamedDependency[EventLog], principal: NamedDependency[Principal]
 ) -> Response[bytes]:
     builder = AuditBuilder(await visible_job(events, principal, job_id))
-    async for event in events.events(job_id):
-        builder.add(event)
-    pdf = await asyncio.to_thread(render_audit_pdf, builder.finish(int(time.time() * 1000)))
+    # Like a stream's body, which this is but for its size header: reading a long history
+    # and rendering it take their time, each page read bounded by its own socket timeout.
+    async with deadline_paused():
+        async for event in events.events(job_id):
+            builder.add(event)
+        pdf = await asyncio.to_thread(render_audit_pdf, builder.finish(int(time.time() * 1000)))
     return Response(
         pdf,
         media_type="application/pdf",

@@ -25,7 +25,9 @@ from app.offsets import BEGINNING, parse_offset
 from app.service import JobService
 from app.tokens import TokenSigner
 
-JobId = Annotated[str, Parameter(description="Job id", max_length=128)]
+# No length or pattern here: any id that no job can have is a 404 (checked_job_id), as for
+# a job that does not exist, rather than a 400 that tells ids apart.
+JobId = Annotated[str, Parameter(description="Job id: letters, digits and `_.-`, at most 128")]
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -36,6 +38,7 @@ _ERROR_DESCRIPTIONS = {
     404: "No such job (or it has expired, or it belongs to another tenant)",
     409: "The job's state does not allow this",
     413: "Request body too large",
+    415: "The body is not `application/json`",
     422: "Unknown job kind or params the kind rejects",
     429: "Over a per-tenant limit; retry after `Retry-After` seconds",
     503: "Redis is not answering; retry after `Retry-After` seconds",

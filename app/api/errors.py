@@ -1,13 +1,23 @@
-"""Every error type mapped to an HTTP answer, once."""
+"""Every error type mapped to an HTTP answer, once.
+
+The codes an answer can carry are all named here (`_STATUS`, `_HTTP_CODES`,
+`UNAVAILABLE_CODE`, `INTERNAL_CODE`, `HTTP_FALLBACK`), and `error_codes()` collects them:
+tests/test_readme.py holds the README's error table equal to it, so a new code is
+documented or the suite fails.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
+from litestar.types import Receive, Scope, Send
 from redis import exceptions as redis_errors
 
+from app.api.redaction import redacted_target, redacted_text
 from app.api.schemas import ErrorBody
 from app.errors import (
     ArtifactNotFound,
@@ -21,6 +31,7 @@ from app.errors import (
     RateLimited,
     StoreUnavailable,
     TransitionRefused,
+    UnsupportedMediaType,
 )
 
 log = logging.getLogger(__name__)
@@ -36,9 +47,22 @@ _STATUS: dict[type[Exception], tuple[int, str]] = {
     IdempotencyConflict: (409, "idempotency_conflict"),
     InvalidRequest: (400, "invalid_request"),
     InvalidParams: (422, "invalid_params"),
+    UnsupportedMediaType: (415, "unsupported_media_type"),
     NotAuthenticated: (401, "not_authenticated"),
     RateLimited: (429, "rate_limited"),
 }
+
+# Litestar's own HTTP errors (routing, parameter validation, body size), by status.
+_HTTP_CODES: dict[int, str] = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    500: "internal_error",
+}
+HTTP_FALLBACK = "http_error"  # a Litestar HTTP error of any other status (none is expected)
+UNAVAILABLE_CODE = (503, "store_unavailable")
+INTERNAL_CODE = (500, "internal_error")
 
 # Errors that mean "Redis is away for now", not "this request is wrong".
 UNAVAILABLE = (
@@ -51,12 +75,23 @@ UNAVAILABLE = (
 
 
 def _error(status: int, code: str, detail: str, extra: object = None, headers: dict[str, str] | None = None) -> Response:
+    # An error may name what the request sent (an id, a parameter): never a credential.
+    if isinstance(extra, list):
+        extra = [{**item, "message": redacted_text(str(item["message"]))} if isinstance(item, dict) and "message" in item
+                 else item for item in extra]
     return Response(
-        ErrorBody(error=code, detail=detail, extra=extra),
+        ErrorBody(error=code, detail=redacted_text(detail), extra=extra),
         status_code=status,
         media_type=MediaType.JSON,
         headers=headers,
     )
+
+
+def unparsable_request_body(head_limit: int) -> bytes:
+    """The error body of a request the HTTP protocol could not parse (app/api/protocol.py)."""
+    detail = (f"the request is not valid HTTP/1.1, or its request line and headers take more than {head_limit} "
+              "bytes (a URL that long, with that many query parameters, is not one jobtrail answers)")
+    return msgspec.json.encode(ErrorBody(error=_STATUS[InvalidRequest][1], detail=detail))
 
 
 def on_jobtrail_error(_: Request, exc: Exception) -> Response:
@@ -70,27 +105,36 @@ def on_jobtrail_error(_: Request, exc: Exception) -> Response:
 
 
 def on_unavailable(request: Request, exc: Exception) -> Response:
-    log.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
+    log.warning("Redis unavailable during %s %s: %s", request.method, redacted_text(request.url.path), exc)
     return _error(
-        503,
-        "store_unavailable",
+        *UNAVAILABLE_CODE,
         "the event store (Redis) is not answering; retry shortly",
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )
 
 
 def on_http_error(request: Request, exc: HTTPException) -> Response:
-    code = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
-        exc.status_code, "http_error"
-    )
+    code = _HTTP_CODES.get(exc.status_code, HTTP_FALLBACK)
     extra = getattr(exc, "extra", None)
     if isinstance(extra, list):
         extra = [_public_names(request, item) for item in extra]
-    return _error(exc.status_code, code, exc.detail, extra, exc.headers)
+    return _error(exc.status_code, code, _without_query(request, exc.detail), extra, exc.headers)
+
+
+def _without_query(request: Request, detail: str) -> str:
+    """Litestar's "Validation failed for GET /jobs?…" echoes the query string whole; a token with it."""
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    path = request.scope.get("path", "")
+    if not query:
+        return detail
+    return detail.replace(f"{path}?{query}", redacted_target(path, query))
 
 
 def _public_names(request: Request, item: object) -> object:
     """A validation error names the handler's argument; the caller knows the query or header name."""
+    if isinstance(item, dict) and item.get("key") == "data" and item.get("message") == "'data'":
+        # Litestar's word (a KeyError's) for a required body that was not sent.
+        return {**item, "message": "a JSON body is required"}
     if not isinstance(item, dict) or item.get("source") not in ("query", "header"):
         return item
     try:
@@ -103,8 +147,32 @@ def _public_names(request: Request, item: object) -> object:
 
 def on_unexpected(request: Request, exc: Exception) -> Response:
     job_id = request.path_params.get("job_id", "-")
-    log.error("unhandled error in %s %s (job %s)", request.method, request.url.path, job_id, exc_info=exc)
-    return _error(500, "internal_error", "an unexpected error occurred; it has been logged")
+    log.error("unhandled error in %s %s (job %s)", request.method, redacted_text(request.url.path),
+              redacted_text(str(job_id)), exc_info=exc)
+    return _error(*INTERNAL_CODE, "an unexpected error occurred; it has been logged")
+
+
+def error_codes() -> set[tuple[int | None, str]]:
+    """Every (status, code) an error answer can carry; status None for HTTP_FALLBACK, which takes any status."""
+    return {*_STATUS.values(), *_HTTP_CODES.items(), UNAVAILABLE_CODE, INTERNAL_CODE, (None, HTTP_FALLBACK)}
+
+
+def handler_for(exc: Exception) -> Callable[[Request, Exception], Response]:
+    for cls in type(exc).__mro__:
+        if cls in EXCEPTION_HANDLERS:
+            return EXCEPTION_HANDLERS[cls]  # type: ignore[return-value]
+    return on_unexpected
+
+
+async def send_error(exc: Exception, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer `exc` from ASGI middleware, as the app's handlers above would.
+
+    Litestar's exception handling wraps a route's handler and the app as a whole, so an
+    error raised in middleware skips the send wrappers of the middleware outside it (the
+    request id, the access log); middleware answers its own errors with this instead.
+    """
+    request: Request = Request(scope, receive)
+    await handler_for(exc)(request, exc).to_asgi_response(None, request)(scope, receive, send)
 
 
 EXCEPTION_HANDLERS = {

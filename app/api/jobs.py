@@ -91,7 +91,7 @@ class JobsController(Controller):
         "returns the job the key first created, with status 200.",
         responses={
             200: ResponseSpec(data_container=JobState, description="Idempotent repeat: the existing job"),
-            **error_responses(400, 409, 413, 422, 429, 503),
+            **error_responses(400, 409, 413, 415, 422, 429, 503),
         },
     )
     async def submit(
@@ -269,7 +269,7 @@ class JobsController(Controller):
         summary="Cancel a job",
         description="A pending job is cancelled at once; a running one is asked to stop, which its handler does at "
         "its next progress report. The body (a reason) is optional.",
-        responses=error_responses(400, 404, 409, 413, 503),
+        responses=error_responses(400, 404, 409, 413, 415, 503),
     )
     async def cancel(
         self,
@@ -302,7 +302,7 @@ class JobsController(Controller):
         "pass the token as `?token=` to this job's `/events`, `/history` and `/artifact`, and nowhere else. "
         "It expires after `ttl_s` seconds (default `JOBTRAIL_TOKEN_TTL_S`, at most `JOBTRAIL_TOKEN_MAX_TTL_S`). "
         "Issuing one takes an API key; a token cannot make another.",
-        responses=error_responses(400, 404, 503),
+        responses=error_responses(400, 404, 413, 415, 503),
     )
     async def token(
         self,

@@ -3,7 +3,8 @@
 Every request gets an id: the caller's `X-Request-ID` when it is a sane one, else a
 fresh one. It is sent back in the response, and every log line written while the
 request runs carries it (see `RequestIdFilter`). The access log is ours rather than
-uvicorn's because uvicorn's prints query strings whole, and `?token=` is a credential.
+uvicorn's because uvicorn's prints query strings whole, and `?token=` is a credential:
+ours prints the target through app/api/redaction.py.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import uuid
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.redaction import redacted_target, redacted_text
+
 log = logging.getLogger("jobtrail.access")
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
-_SECRET_PARAM = re.compile(r"(^|&)(token=)[^&]*")
 
 
 class RequestIdFilter(logging.Filter):
@@ -29,10 +31,6 @@ class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = REQUEST_ID.get()
         return True
-
-
-def redacted_query(query: str) -> str:
-    return _SECRET_PARAM.sub(r"\1\2[redacted]", query)
 
 
 class RequestIdMiddleware:
@@ -44,7 +42,8 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _SANE_ID.match(given) else uuid.uuid4().hex
+        # A key pasted as a request id would be printed on every log line of the request.
+        request_id = given if _SANE_ID.match(given) and redacted_text(given) == given else uuid.uuid4().hex
         token = REQUEST_ID.set(request_id)
         started = time.perf_counter()
         status = 0
@@ -59,7 +58,6 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            query = scope.get("query_string", b"").decode("latin-1")
-            target = scope["path"] + (f"?{redacted_query(query)}" if query else "")
+            target = redacted_target(scope["path"], scope.get("query_string", b"").decode("latin-1"))
             log.info("%s %s %d %.1fms", scope["method"], target, status, (time.perf_counter() - started) * 1000)
             REQUEST_ID.reset(token)

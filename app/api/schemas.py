@@ -67,7 +67,7 @@ class JobStreamMessage(msgspec.Struct, frozen=True):
 
 
 class ActivityStreamMessage(msgspec.Struct, frozen=True):
-    """One message of the activity feed (`data`: `{id, job_id, kind, type, state, at, event_id, attempt}`)."""
+    """One message of the activity feed (`data`: `{id, job_id, kind, type, state, at, event_id, attempt, tenant}`)."""
 
     event: str  # the transition's type, or `gap`
     data: Annotated[str, _json_of()]
