@@ -50,6 +50,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Limits (app/limits.py).
     max_params_bytes: int = 16 * 1024
     sse_connections_per_tenant: int = 100
+    # How long an SSE slot outlives its API process; each process renews its slots every third of it.
+    sse_slot_ttl_s: float = 15.0
     submissions_per_minute: int = 600
 
     @property

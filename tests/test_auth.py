@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -275,6 +277,57 @@ async def test_sse_connections_over_the_per_tenant_limit_answer_429(start_api, s
             await asyncio.sleep(0.1)
         else:
             pytest.fail("the SSE slot was never given back")
+
+
+async def fill_feed(redis, keys, tenant: str, count: int) -> None:
+    """`count` transitions in `tenant`'s feed (a few MB of SSE to replay), pipelined."""
+    fields = {"job_id": "j", "type": "submitted", "state": "pending", "at": 1_800_000_000_000, "event_id": "1-1",
+              "attempt": 0, "kind": "demo", "tenant": tenant}
+    for _ in range(0, count, 2000):
+        async with redis.pipeline(transaction=False) as pipe:
+            for _ in range(2000):
+                pipe.xadd(keys.tenant_activity(tenant), fields)
+            await pipe.execute()
+
+
+async def open_and_never_read(url: str, path: str, key: str) -> tuple[socket.socket, bytes]:
+    """Send a GET, read its status line, then read nothing more (a tiny receive buffer, so the server blocks)."""
+    loop = asyncio.get_running_loop()
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, (host, port))
+    await loop.sock_sendall(sock, f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n\r\n".encode())
+    status = b""
+    while not status.endswith(b"\r\n"):
+        status += await asyncio.wait_for(loop.sock_recv(sock, 1), 10)
+    return sock, status
+
+
+async def test_streams_whose_clients_never_read_keep_their_slots_past_the_slot_ttl(start_api, secured, events):
+    limited = msgspec.structs.replace(secured, sse_connections_per_tenant=2, sse_slot_ttl_s=1.0)
+    api = await start_api(limited)
+    slots = api.server.config.app.state.sse_slots
+    await fill_feed(events.redis, events.keys, "acme", 20_000)
+    stalled = [await open_and_never_read(api.url, "/events?after=0-0", ACME) for _ in range(2)]
+    try:
+        assert all(b" 200 " in status for _, status in stalled), stalled
+        async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+            for _ in range(4):  # 6 s: six TTLs, eighteen renewals
+                await asyncio.sleep(1.5)
+                async with http.stream("GET", "/events", headers=bearer(ACME)) as refused:
+                    assert refused.status_code == 429, "a stream nobody reads gave its slot up while still open"
+            assert len(await events.redis.zrange(events.keys.sse_slots("acme"), 0, -1)) == 2
+    finally:
+        for sock, _ in stalled:
+            sock.close()
+    for _ in range(100):  # closing the connections gives the slots back
+        if slots.held_count == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert slots.held_count == 0
+    assert await events.redis.zcard(events.keys.sse_slots("acme")) == 0
 
 
 async def test_params_over_the_size_limit_answer_422(start_api, secured):
