@@ -279,6 +279,22 @@ async def test_sse_connections_over_the_per_tenant_limit_answer_429(start_api, s
             pytest.fail("the SSE slot was never given back")
 
 
+async def test_a_reconnect_over_the_stream_limit_gets_a_retry_hint_so_a_browser_keeps_trying(start_api, secured):
+    api = await start_api(msgspec.structs.replace(secured, sse_connections_per_tenant=1))
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+        job = await submit(http, ACME)
+        async with open_stream(http, f"/jobs/{job['id']}/events", headers=bearer(ACME)) as first:
+            submitted = await first.next_event()
+            for path in (f"/jobs/{job['id']}/events", "/events"):
+                # EventSource gives up for good on a 429; a reconnect is told to come back instead.
+                again = await http.get(path, headers={**bearer(ACME), "Last-Event-ID": submitted.id})
+                assert again.status_code == 200, again.text
+                assert again.headers["content-type"].startswith("text/event-stream")
+                assert again.text == "retry: 5000\n: too many open event streams; reconnect to resume\n\n"
+                # A first connect, which no browser retries anyway, still learns the status.
+                assert (await http.get(path, headers=bearer(ACME))).status_code == 429
+
+
 async def fill_feed(redis, keys, tenant: str, count: int) -> None:
     """`count` transitions in `tenant`'s feed (a few MB of SSE to replay), pipelined."""
     fields = {"job_id": "j", "type": "submitted", "state": "pending", "at": 1_800_000_000_000, "event_id": "1-1",

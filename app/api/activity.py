@@ -16,7 +16,7 @@ from litestar.params import FromQuery, JSONBody, Parameter, QueryParameter
 from litestar.response import Stream
 
 from app.api.access import FEED_TOKEN
-from app.api.common import error_responses, requested_offset, sse_response, token_ttl
+from app.api.common import SSE_ROUTE, error_responses, requested_offset, sse_response, token_ttl
 from app.api.schemas import ActivityStreamMessage, TokenOut, TokenRequest
 from app.auth import Principal
 from app.config import Settings
@@ -42,7 +42,9 @@ from app.tokens import TokenSigner
     "The feed is capped "
     "(`JOBTRAIL_ACTIVITY_MAXLEN`, approximately): when entries after the client's offset were trimmed, a `gap` "
     "event without an id, carrying `{\"first_available\": id}`, comes first. `kind` and `state` filter the "
-    "messages. The feed is best-effort: a job's own history is the truth.",
+    "messages. The feed is best-effort: a job's own history is the truth. A reconnect (a `Last-Event-ID` header) "
+    "that meets the tenant's stream limit or a Redis outage answers 200 with only a `retry:` hint and a comment "
+    "saying why, then ends, so an EventSource keeps trying; without the header those are 429 and 503.",
     responses={
         200: ResponseSpec(
             data_container=ActivityStreamMessage, media_type="text/event-stream", generate_examples=False,
@@ -50,7 +52,7 @@ from app.tokens import TokenSigner
         ),
         **error_responses(400, 429, 503),
     },
-    opt=FEED_TOKEN,
+    opt={**FEED_TOKEN, **SSE_ROUTE},
 )
 async def activity_events(
     request: Request,

@@ -26,6 +26,9 @@ from app.offsets import BEGINNING, parse_offset
 JobId = Annotated[str, Parameter(description="Job id", max_length=128)]
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# `opt` of the event-stream routes: a reconnect there that meets a 429 or a 503 is
+# answered as a short event stream instead (app/api/errors.py, reconnect_later).
+SSE_ROUTE = {"sse": True}
 
 _ERROR_DESCRIPTIONS = {
     400: "Malformed request: the body says what to fix",
