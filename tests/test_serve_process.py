@@ -108,7 +108,7 @@ async def _until_closed(stream):
 
 
 async def test_a_killed_servers_stream_slots_free_within_the_slot_ttl_and_reconnects_keep_trying(settings, tmp_path):
-    ttl_s = 5.0
+    ttl_s = 8.0  # the 429 check right after the kill must come before the slot's last renewal lapses
     env = dict(JOBTRAIL_AUTH="off", JOBTRAIL_SSE_CONNECTIONS_PER_TENANT="1", JOBTRAIL_SSE_SLOT_TTL_S=str(ttl_s))
     doomed, doomed_url = serve(settings, tmp_path, **env)
     survivor, url = serve(settings, tmp_path, **env)
