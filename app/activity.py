@@ -1,9 +1,15 @@
-"""The activity feed: a capped, cross-job stream of every job's state transitions.
+"""The activity feed: capped streams of jobs' state transitions, one for everybody and one per tenant.
 
 It is derived and best-effort (DESIGN.md, Keys): `EventLog.append` adds an entry after
 a transition is committed to the job's own stream, in a second round trip, because the
-feed's key is in another Redis Cluster slot than the job's keys. If that write fails the
+feed's keys are in other Redis Cluster slots than the job's keys. If that write fails the
 append still stands; the job's stream stays the truth.
+
+A tenant's job goes into two streams in that one round trip (a pipeline): the global feed,
+which an admin reads, and its tenant's own feed, which that tenant's keys and tokens read.
+So what a tenant's `GET /events` reads never grows with other tenants' traffic. The two
+entries of one transition have different ids; a client resumes with the ids of the feed it
+reads.
 """
 
 from __future__ import annotations
@@ -65,39 +71,12 @@ class FeedPosition(msgspec.Struct, frozen=True):
     lost_up_to: str  # `0-0` when nothing was trimmed
 
 
-class ActivityFeed:
-    """Writes and reads the capped activity stream under one key prefix."""
+class FeedReader:
+    """Reads one feed stream (the global one or a tenant's); its entry ids are what its clients resume by."""
 
-    def __init__(self, redis: Redis, keys: Keys, maxlen: int) -> None:
-        # maxlen 0 turns the feed off (nothing is written).
+    def __init__(self, redis: Redis, key: str) -> None:
         self.redis = redis
-        self.key = keys.activity()
-        self.maxlen = maxlen
-
-    def records(self, event_type: EventType) -> bool:
-        return self.maxlen > 0 and event_type in ACTIVITY_TYPES
-
-    async def record(
-        self,
-        *,
-        job_id: str,
-        kind: str,
-        event_type: EventType,
-        state: str,
-        at: int,
-        event_id: str,
-        attempt: int,
-        tenant: str = "",
-    ) -> str:
-        """Add one transition (one XADD, trimmed to about `maxlen` entries); its feed id."""
-        fields = {"job_id": job_id, "type": event_type.value, "state": state, "at": at, "event_id": event_id,
-                  "attempt": attempt}
-        if kind:
-            fields["kind"] = kind
-        if tenant:
-            fields["tenant"] = tenant
-        # `~` lets Redis trim whole stream nodes (about 100 entries), which is cheap.
-        return await self.redis.xadd(self.key, fields, maxlen=self.maxlen, approximate=True)
+        self.key = key
 
     async def page(self, after: str = BEGINNING, limit: int = 500) -> list[Transition]:
         """Up to `limit` entries after `after`, oldest first (one XRANGE)."""
@@ -120,3 +99,50 @@ class ActivityFeed:
         if lost == BEGINNING and int(info.get("entries-added") or 0) > int(info.get("length") or 0):
             lost = previous_id(first) if first else last
         return FeedPosition(last_id=last, first_id=first, lost_up_to=lost)
+
+
+class ActivityFeed:
+    """Writes the capped feed streams under one key prefix, and hands out their readers."""
+
+    def __init__(self, redis: Redis, keys: Keys, maxlen: int) -> None:
+        # maxlen 0 turns the feed off (nothing is written); each stream is capped at maxlen.
+        self.redis = redis
+        self.keys = keys
+        self.maxlen = maxlen
+
+    def records(self, event_type: EventType) -> bool:
+        return self.maxlen > 0 and event_type in ACTIVITY_TYPES
+
+    def reader(self, tenant: str | None) -> FeedReader:
+        """The feed of `tenant`'s jobs; None: the global feed of every job."""
+        return FeedReader(self.redis, self.keys.activity() if tenant is None else self.keys.tenant_activity(tenant))
+
+    async def record(
+        self,
+        *,
+        job_id: str,
+        kind: str,
+        event_type: EventType,
+        state: str,
+        at: int,
+        event_id: str,
+        attempt: int,
+        tenant: str = "",
+    ) -> str:
+        """Add one transition to the global feed and its tenant's (one round trip); its global feed id.
+
+        Each XADD trims its stream to about `maxlen` entries.
+        """
+        fields = {"job_id": job_id, "type": event_type.value, "state": state, "at": at, "event_id": event_id,
+                  "attempt": attempt}
+        if kind:
+            fields["kind"] = kind
+        if tenant:
+            fields["tenant"] = tenant
+        # `~` lets Redis trim whole stream nodes (about 100 entries), which is cheap.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(self.keys.activity(), fields, maxlen=self.maxlen, approximate=True)
+            if tenant:
+                pipe.xadd(self.keys.tenant_activity(tenant), fields, maxlen=self.maxlen, approximate=True)
+            ids = await pipe.execute()
+        return ids[0]

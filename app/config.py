@@ -54,6 +54,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Limits (app/limits.py).
     max_params_bytes: int = 16 * 1024
     sse_connections_per_tenant: int = 100
+    # How long an SSE slot outlives its API process; each process renews its slots every third of it.
+    sse_slot_ttl_s: float = 15.0
     submissions_per_minute: int = 600
     # The export service's routes (/api/exports, app/api/legacy.py), for its clients during a switch-over.
     legacy_routes: Literal["on", "off"] = "off"

@@ -54,8 +54,12 @@ class Keys:
         return f"{self.prefix}:jobs"
 
     def activity(self) -> str:
-        """Stream: every job's state transitions, capped. Derived, best-effort."""
+        """Stream: every job's state transitions, capped; the feed an admin reads. Derived, best-effort."""
         return f"{self.prefix}:activity"
+
+    def tenant_activity(self, tenant: str) -> str:
+        """Stream: one tenant's jobs' transitions, capped like `activity`; the feed its keys read. Derived."""
+        return f"{self.prefix}:tenant:{{{tenant}}}:activity"
 
     def queue(self) -> str:
         """Stream: the taskiq broker's message queue."""

@@ -1,17 +1,20 @@
 """Per-tenant limits, counted in Redis so that every API process shares them.
 
 Submissions: a counter of jobs created per tenant and minute-long window (INCR, then
-EXPIRE; DECR for a request that created nothing). SSE
-connections: a sorted set of slots, each expiring unless its stream renews it, so a
-killed API process does not hold its tenant's slots for ever (app/sse_slots.lua).
+EXPIRE; DECR for a request that created nothing). SSE connections: a sorted set of slots,
+each expiring unless its process renews it, so a killed API process does not hold its
+tenant's slots for long (app/sse_slots.lua).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
 
 import anyio
@@ -79,16 +82,32 @@ class SubmitRate:
 
 
 class SseSlots:
-    def __init__(self, redis: Redis, keys: Keys, limit: int, ping_s: float) -> None:
+    """Each tenant's open SSE connections, counted in Redis so that the limit holds across API processes.
+
+    A slot is a member of the tenant's sorted set, scored by when it expires. One renewer
+    task per process (`start`, from the app's lifespan) pushes the expiry of every slot the
+    process holds forward, all of them in one pipelined round trip every third of the TTL.
+    It does not depend on any stream being read: a client that stops reading keeps its
+    connection open, so it keeps its slot, and cannot get more by letting slots expire. A
+    slot is given back when its response ends, however it ends (`holding`); the slots of a
+    killed process expire within `ttl_s`.
+    """
+
+    def __init__(self, redis: Redis, keys: Keys, limit: int, ttl_s: float) -> None:
         self.redis = redis
         self.keys = keys
         self.limit = limit  # 0: unlimited
-        # A stream yields at least a ping every ping_s, and renews its slot then.
-        self.ttl_ms = int(max(60.0, 4 * ping_s) * 1000)
+        self.ttl_ms = max(1, int(ttl_s * 1000))
+        self.renew_s = self.ttl_ms / 3000
         self._take = redis.register_script(_SLOT_SCRIPT)
+        self._held: defaultdict[str, set[str]] = defaultdict(set)  # scope -> slots of open responses
+        # A renewal in flight must not put back a slot given back meanwhile.
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def take(self, scope: str) -> str | None:
-        """A slot for one SSE connection of `scope` (None when unlimited); RateLimited at the limit."""
+        """A slot for one SSE connection of `scope` (None when unlimited); RateLimited at the limit (one EVALSHA)."""
         if not self.limit:
             return None
         slot = uuid.uuid4().hex
@@ -97,35 +116,73 @@ class SseSlots:
             raise RateLimited(f"this tenant already has {self.limit} open event streams; close one first", 5)
         return slot
 
-    async def held(self, scope: str, slot: str | None, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """`stream`, renewing `slot` as it goes and giving it back when the stream ends or is dropped."""
+    @asynccontextmanager
+    async def holding(self, scope: str, slot: str | None) -> AsyncIterator[None]:
+        """Keep `slot` renewed while the block runs, and give it back when it ends (one ZREM then)."""
         if slot is None:
-            async for chunk in stream:
-                yield chunk
+            yield
             return
-        key = self.keys.sse_slots(scope)
-        renewed = time.monotonic()
+        self._held[scope].add(slot)
         try:
-            async for chunk in stream:
-                yield chunk
-                if time.monotonic() - renewed > self.ttl_ms / 3000:
-                    renewed = time.monotonic()
-                    await self._renew(key, slot)
+            yield
         finally:
-            # Shielded: a client that leaves gets its stream cancelled, and inside the
-            # cancelled scope an unshielded await would be cancelled too, keeping the slot.
+            # Shielded: a response cut short may be ending inside a cancelled scope, where
+            # an unshielded await would be cancelled too, keeping the slot.
             with anyio.move_on_after(5, shield=True):
-                try:
-                    await self.redis.zrem(key, slot)
-                except RedisError as exc:
-                    log.warning("could not give back SSE slot of %s (%s); it expires by itself", scope, exc)
+                await self._give_back(scope, slot)
 
-    async def _renew(self, key: str, slot: str) -> None:
+    async def _give_back(self, scope: str, slot: str) -> None:
+        held = self._held.get(scope)
+        if held is not None:
+            held.discard(slot)
+            if not held:
+                del self._held[scope]
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(key, {slot: int(time.time() * 1000) + self.ttl_ms}, xx=True)
-                pipe.pexpire(key, self.ttl_ms)
-                await pipe.execute()
+            async with self._lock:
+                await self.redis.zrem(self.keys.sse_slots(scope), slot)
         except RedisError as exc:
-            # The stream itself notices an outage; a slot not renewed merely expires.
-            log.warning("could not renew an SSE slot (%s)", exc)
+            log.warning("could not give back SSE slot of %s (%s); it expires by itself", scope, exc)
+
+    @property
+    def held_count(self) -> int:
+        return sum(len(slots) for slots in self._held.values())
+
+    async def renew(self) -> None:
+        """Push the expiry of every slot this process holds forward (one pipelined round trip; none if it holds none).
+
+        A slot that expired meanwhile (the renewer was held up past the TTL) is put back:
+        its connection is still open.
+        """
+        if not self._held:
+            return
+        async with self._lock:
+            expires = int(time.time() * 1000) + self.ttl_ms
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for scope, slots in self._held.items():
+                    key = self.keys.sse_slots(scope)
+                    pipe.zadd(key, dict.fromkeys(slots, expires))
+                    pipe.pexpire(key, self.ttl_ms)
+                await pipe.execute()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="jobtrail-sse-slots")
+
+    async def stop(self) -> None:
+        # The flag too, not only cancel(): redis-py can lose a cancellation that lands
+        # while it reconnects (as in the hub).
+        self._stopping = True
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.renew_s)
+            try:
+                await self.renew()
+            except RedisError as exc:
+                # Streams notice an outage themselves; slots not renewed merely expire.
+                log.warning("could not renew %d SSE slots (%s)", self.held_count, exc)
+            except Exception:
+                log.exception("renewing SSE slots failed")

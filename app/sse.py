@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 import msgspec
 from redis.exceptions import RedisError
 
-from app.activity import ActivityFeed, FeedPosition, Transition, decode_transitions
+from app.activity import FeedPosition, FeedReader, Transition, decode_transitions
 from app.eventlog import EventLog, Unreadable
 from app.events import Event
 from app.hub import Hub, SubscriptionClosed
@@ -115,7 +115,7 @@ def sse_transition(transition: Transition) -> bytes:
 
 
 async def activity_event_stream(
-    feed: ActivityFeed,
+    feed: FeedReader,
     hub: Hub,
     position: FeedPosition,
     offset: str,
@@ -127,11 +127,13 @@ async def activity_event_stream(
     state: str | None = None,
     sees: Callable[[str | None], bool] = lambda tenant: True,
 ) -> AsyncIterator[bytes]:
-    """The SSE byte stream of the activity feed from `offset`, optionally filtered; open until the client leaves.
+    """The SSE byte stream of one feed from `offset`, optionally filtered; open until the client leaves.
 
     Same order as `job_event_stream`: subscribe from the feed's newest id (read by the
-    caller), replay with XRANGE, then the live tail, dropping ids already sent. Only
-    transitions of jobs whose tenant `sees` accepts are sent.
+    caller), replay with XRANGE, then the live tail, dropping ids already sent. An
+    `offset` at that newest id (a client that gave none) replays only what was added since
+    the caller read it. Only transitions of jobs whose tenant `sees` accepts are sent (a
+    tenant's own feed holds no others; this is a second fence).
     """
 
     def wanted(t: Transition) -> bool:

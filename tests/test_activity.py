@@ -14,6 +14,7 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from app.auth import hash_key, new_key
 from app.eventlog import EventLog
 from app.events import (
     EventType,
@@ -28,18 +29,19 @@ from app.events import (
 )
 from app.keys import Keys
 from tests.conftest import RunningApi
+from tests.redis_server import RedisServer
 from tests.sse import Message, open_stream
 
 # --- making jobs ---
 
 
-async def submitted(events: EventLog, job_id: str, kind: str = "demo") -> None:
-    await events.append(job_id, EventType.SUBMITTED, SubmittedData(kind=kind, params={}, max_attempts=2))
+async def submitted(events: EventLog, job_id: str, kind: str = "demo", tenant: str | None = None) -> None:
+    await events.append(job_id, EventType.SUBMITTED, SubmittedData(kind=kind, params={}, max_attempts=2, tenant=tenant))
 
 
-async def short_job(events: EventLog, job_id: str, kind: str = "demo") -> None:
+async def short_job(events: EventLog, job_id: str, kind: str = "demo", tenant: str | None = None) -> None:
     """submitted, started, a progress event (not a transition), succeeded."""
-    await submitted(events, job_id, kind)
+    await submitted(events, job_id, kind, tenant)
     await events.append(job_id, EventType.STARTED, StartedData(worker="w", attempt=1), attempt=1)
     await events.append(job_id, EventType.PROGRESS, ProgressData(progress=0.5))
     await events.append(job_id, EventType.SUCCEEDED, SucceededData(result=1))
@@ -100,8 +102,21 @@ async def test_a_failing_feed_write_never_fails_the_append(events, redis_client,
 
 async def test_a_feed_capped_at_zero_records_nothing(redis_client, keys):
     silent = EventLog(redis_client, keys, 60, activity_maxlen=0)
-    await short_job(silent, "j")
+    await short_job(silent, "j", tenant="acme")
     assert not await redis_client.exists(keys.activity())
+    assert not await redis_client.exists(keys.tenant_activity("acme"))
+
+
+async def test_a_tenants_transitions_go_to_the_global_feed_and_to_its_own(events, redis_client, keys):
+    await short_job(events, "a", tenant="acme")
+    await short_job(events, "g", tenant="globex")
+    await short_job(events, "open")  # no tenant (access control off, or an admin's job)
+
+    everybody = [fields for _, fields in await feed(redis_client, keys)]
+    assert [f["job_id"] for f in everybody] == ["a"] * 3 + ["g"] * 3 + ["open"] * 3
+    for tenant, job_id in (("acme", "a"), ("globex", "g")):
+        own = [fields for _, fields in await redis_client.xrange(keys.tenant_activity(tenant))]
+        assert own == [f for f in everybody if f["job_id"] == job_id]
 
 
 # --- GET /events ---
@@ -110,7 +125,7 @@ async def test_a_feed_capped_at_zero_records_nothing(redis_client, keys):
 async def test_feed_replays_then_follows_live_transitions_of_several_jobs(client, events, redis_client, keys, settings):
     await short_job(events, "before")
 
-    async with open_stream(client, "/events") as stream:
+    async with open_stream(client, "/events?after=0-0") as stream:
         hint = await stream.next()
         replayed = await stream.events(3)
         await asyncio.gather(*(short_job(events, f"live-{n}", kind=f"k{n % 2}") for n in range(4)))
@@ -130,9 +145,17 @@ async def test_feed_replays_then_follows_live_transitions_of_several_jobs(client
     assert [m.json["state"] for m in live if m.json["job_id"] == "live-1"] == ["pending", "running", "succeeded"]
 
 
+async def test_a_client_without_an_offset_starts_at_the_live_tail(client, events):
+    await short_job(events, "old")
+    async with open_stream(client, "/events") as stream:
+        await short_job(events, "new")
+        got = await stream.events(3)
+    assert [m.json["job_id"] for m in got] == ["new"] * 3, "the backlog is not replayed"
+
+
 async def test_feed_stays_open_and_pings_while_idle(client, events, settings):
     await short_job(events, "j")
-    async with open_stream(client, "/events") as stream:
+    async with open_stream(client, "/events?after=0-0") as stream:
         await stream.events(3)
         pings = []
         while len(pings) < 2:
@@ -157,7 +180,7 @@ async def test_reconnecting_with_the_last_seen_id_yields_every_transition_exactl
     seen: list[Message] = []
     reconnects = 0
     while len(seen) < jobs * 3:
-        headers = {"Last-Event-ID": seen[-1].id} if seen else None
+        headers = {"Last-Event-ID": seen[-1].id if seen else "0-0"}
         async with open_stream(client, "/events", headers=headers) as stream:
             for _ in range(rng.randint(1, 12)):
                 if len(seen) == jobs * 3:
@@ -210,11 +233,15 @@ async def test_offset_older_than_the_capped_feed_starts_with_a_gap(start_api, se
         assert gap.json == {"first_available": entries[0][0]}
         assert ids(replayed) == [entry_id for entry_id, _ in entries]
 
-        # A client that already has the first entry kept, or that gave no offset, lost nothing.
-        for headers in ({"Last-Event-ID": entries[0][0]}, None):
-            async with open_stream(http, "/events", headers=headers) as stream:
-                got = await stream.events(3)
-            assert "gap" not in [m.event for m in got]
+        # A client that already has the first entry kept lost nothing.
+        async with open_stream(http, "/events", headers={"Last-Event-ID": entries[0][0]}) as stream:
+            got = await stream.events(3)
+        assert "gap" not in [m.event for m in got]
+        # Nor did one that gave no offset: it starts at the live tail.
+        async with open_stream(http, "/events") as stream:
+            await short_job(log, "live")
+            got = await stream.events(3)
+        assert [m.json["job_id"] for m in got] == ["live"] * 3
 
 
 async def test_feed_filters_by_kind_and_state(client, events, redis_client, keys):
@@ -222,7 +249,7 @@ async def test_feed_filters_by_kind_and_state(client, events, redis_client, keys
     await short_job(events, "b1", kind="beta")
     await submitted(events, "a2", kind="alpha")
 
-    async with open_stream(client, "/events?kind=alpha") as stream:
+    async with open_stream(client, "/events?after=0-0&kind=alpha") as stream:
         got = await stream.events(4)
         assert [(m.json["job_id"], m.event) for m in got] == [
             ("a1", "submitted"), ("a1", "started"), ("a1", "succeeded"), ("a2", "submitted")
@@ -231,7 +258,7 @@ async def test_feed_filters_by_kind_and_state(client, events, redis_client, keys
         await events.append("a2", EventType.CANCELLED, ReasonData())
         assert [(m.json["job_id"], m.event) for m in await stream.events(1)] == [("a2", "cancelled")]
 
-    async with open_stream(client, "/events?state=succeeded") as stream:
+    async with open_stream(client, "/events?after=0-0&state=succeeded") as stream:
         got = await stream.events(3)
     assert [m.json["job_id"] for m in got] == ["a1", "b1", "b2"]
 
@@ -243,3 +270,64 @@ async def test_malformed_offset_is_400(client, headers, query):
     response = await client.get(f"/events{query}", headers=headers)
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_request"
+
+
+# --- cost: a tenant's connect does not grow with other tenants' traffic ---
+
+BUSY_ENTRIES = 20_000
+
+
+async def fill_busy_feed(redis: aioredis.Redis, keys: Keys, count: int) -> None:
+    """`count` transitions of tenant `busy`, laid out as the append path records them, pipelined."""
+    for start in range(0, count, 2000):
+        async with redis.pipeline(transaction=False) as pipe:
+            for n in range(start, min(count, start + 2000)):
+                fields = {"job_id": f"busy-{n}", "type": "submitted", "state": "pending", "at": 1_800_000_000_000,
+                          "event_id": "1-1", "attempt": 0, "kind": "demo", "tenant": "busy"}
+                pipe.xadd(keys.activity(), fields)
+                pipe.xadd(keys.tenant_activity("busy"), fields)
+            await pipe.execute()
+
+
+async def xrange_calls(redis: aioredis.Redis) -> int:
+    return int((await redis.info("commandstats")).get("cmdstat_xrange", {}).get("calls", 0))
+
+
+async def test_a_quiet_tenants_connect_reads_none_of_a_busy_tenants_entries(start_api, settings, tmp_path):
+    # A server of its own: the XRANGE count must be this test's alone.
+    server = RedisServer(tmp_path / "redis").start()
+    redis = aioredis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        quiet, admin = new_key(), new_key()
+        secured = msgspec.structs.replace(
+            settings, redis_url=server.url, auth="on", api_keys=f"quiet:{hash_key(quiet)},*:{hash_key(admin)}"
+        )
+        keys = Keys(secured.prefix)
+        log = EventLog(redis, keys, 60, activity_maxlen=secured.activity_maxlen)
+        await short_job(log, "quiet-1", tenant="quiet")
+        await short_job(log, "busy-1", tenant="busy")
+        await fill_busy_feed(redis, keys, BUSY_ENTRIES)
+        await short_job(log, "quiet-2", tenant="quiet")
+        old = (await redis.xrange(keys.tenant_activity("quiet"), count=1))[0][0]
+        api = await start_api(secured)
+
+        cases = [  # (key, offset header, job ids expected before the live job's three)
+            (quiet, {}, []),
+            (quiet, {"Last-Event-ID": old}, ["quiet-1"] * 2 + ["quiet-2"] * 3 + ["live-0"] * 3),
+            (admin, {}, []),
+        ]
+        async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+            for n, (key, offset, replayed) in enumerate(cases):
+                await redis.config_resetstat()
+                headers = {"Authorization": f"Bearer {key}", **offset}
+                async with open_stream(http, "/events", headers=headers) as stream:
+                    await short_job(log, f"live-{n}", tenant="quiet")
+                    got = await stream.events(len(replayed) + 3, timeout=10)
+                assert [m.json["job_id"] for m in got] == [*replayed, *[f"live-{n}"] * 3], (n, offset)
+                # One page (500 entries) of replay at most; reading the busy tenant's
+                # entries would take BUSY_ENTRIES / 500 = 40 XRANGE calls.
+                assert await xrange_calls(redis) <= 2, (n, offset)
+        await api.stop()
+    finally:
+        await redis.aclose()
+        server.kill()

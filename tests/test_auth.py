@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -168,9 +170,9 @@ async def test_one_idempotency_key_used_by_two_tenants_makes_two_jobs(http):
 async def test_the_activity_feed_holds_the_tenants_own_transitions(http):
     mine, theirs = await submit(http, ACME), await submit(http, GLOBEX)
 
-    assert await feed_job_ids(http, "/events", bearer(ACME)) == [mine["id"]]
-    assert await feed_job_ids(http, "/events", bearer(GLOBEX)) == [theirs["id"]]
-    assert set(await feed_job_ids(http, "/events", bearer(ADMIN))) == {mine["id"], theirs["id"]}
+    assert await feed_job_ids(http, "/events?after=0-0", bearer(ACME)) == [mine["id"]]
+    assert await feed_job_ids(http, "/events?after=0-0", bearer(GLOBEX)) == [theirs["id"]]
+    assert set(await feed_job_ids(http, "/events?after=0-0", bearer(ADMIN))) == {mine["id"], theirs["id"]}
 
 
 # --- read-only tokens ---
@@ -208,7 +210,7 @@ async def test_expired_forged_and_other_job_tokens_answer_401(http, events, secu
     cases = {
         "expired": (job["id"], expired),
         "forged claims": (job["id"], f"{forged_claims}.{signature}"),
-        "forged signature": (job["id"], f"{body}.{signature[::-1]}"),
+        "forged signature": (job["id"], f"{body}.{'B' if signature[0] == 'A' else 'A'}{signature[1:]}"),
         "garbage": (job["id"], "not-a-token"),
         "other job": (other["id"], good),
     }
@@ -222,7 +224,7 @@ async def test_a_feed_token_opens_the_tenants_feed_and_no_job(http):
     job = await submit(http, ACME)
     await submit(http, GLOBEX)
     token = (await http.post("/events/tokens", headers=bearer(ACME))).json()["token"]
-    assert await feed_job_ids(http, f"/events?token={token}") == [job["id"]]
+    assert await feed_job_ids(http, f"/events?token={token}&after=0-0") == [job["id"]]
     assert (await http.get(f"/jobs/{job['id']}/history", params={"token": token})).status_code == 401
     job_token = (await http.post(f"/jobs/{job['id']}/tokens", headers=bearer(ACME))).json()["token"]
     assert (await http.get("/events", params={"token": job_token})).status_code == 401
@@ -275,6 +277,74 @@ async def test_sse_connections_over_the_per_tenant_limit_answer_429(start_api, s
             await asyncio.sleep(0.1)
         else:
             pytest.fail("the SSE slot was never given back")
+
+
+async def test_a_reconnect_over_the_stream_limit_gets_a_retry_hint_so_a_browser_keeps_trying(start_api, secured):
+    api = await start_api(msgspec.structs.replace(secured, sse_connections_per_tenant=1))
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+        job = await submit(http, ACME)
+        async with open_stream(http, f"/jobs/{job['id']}/events", headers=bearer(ACME)) as first:
+            submitted = await first.next_event()
+            for path in (f"/jobs/{job['id']}/events", "/events"):
+                # EventSource gives up for good on a 429; a reconnect is told to come back instead.
+                again = await http.get(path, headers={**bearer(ACME), "Last-Event-ID": submitted.id})
+                assert again.status_code == 200, again.text
+                assert again.headers["content-type"].startswith("text/event-stream")
+                assert again.text == "retry: 5000\n: too many open event streams; reconnect to resume\n\n"
+                # A first connect, which no browser retries anyway, still learns the status.
+                assert (await http.get(path, headers=bearer(ACME))).status_code == 429
+
+
+async def fill_feed(redis, keys, tenant: str, count: int) -> None:
+    """`count` transitions in `tenant`'s feed (a few MB of SSE to replay), pipelined."""
+    fields = {"job_id": "j", "type": "submitted", "state": "pending", "at": 1_800_000_000_000, "event_id": "1-1",
+              "attempt": 0, "kind": "demo", "tenant": tenant}
+    for _ in range(0, count, 2000):
+        async with redis.pipeline(transaction=False) as pipe:
+            for _ in range(2000):
+                pipe.xadd(keys.tenant_activity(tenant), fields)
+            await pipe.execute()
+
+
+async def open_and_never_read(url: str, path: str, key: str) -> tuple[socket.socket, bytes]:
+    """Send a GET, read its status line, then read nothing more (a tiny receive buffer, so the server blocks)."""
+    loop = asyncio.get_running_loop()
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, (host, port))
+    await loop.sock_sendall(sock, f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n\r\n".encode())
+    status = b""
+    while not status.endswith(b"\r\n"):
+        status += await asyncio.wait_for(loop.sock_recv(sock, 1), 10)
+    return sock, status
+
+
+async def test_streams_whose_clients_never_read_keep_their_slots_past_the_slot_ttl(start_api, secured, events):
+    # A short TTL, but renewals (every 1 s) may run 2 s late on a busy machine before a slot lapses.
+    limited = msgspec.structs.replace(secured, sse_connections_per_tenant=2, sse_slot_ttl_s=3.0)
+    api = await start_api(limited)
+    slots = api.server.config.app.state.sse_slots
+    await fill_feed(events.redis, events.keys, "acme", 20_000)
+    stalled = [await open_and_never_read(api.url, "/events?after=0-0", ACME) for _ in range(2)]
+    try:
+        assert all(b" 200 " in status for _, status in stalled), stalled
+        async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+            for _ in range(3):  # 10.5 s: three and a half TTLs
+                await asyncio.sleep(3.5)
+                async with http.stream("GET", "/events", headers=bearer(ACME)) as refused:
+                    assert refused.status_code == 429, "a stream nobody reads gave its slot up while still open"
+            assert len(await events.redis.zrange(events.keys.sse_slots("acme"), 0, -1)) == 2
+    finally:
+        for sock, _ in stalled:
+            sock.close()
+    for _ in range(100):  # closing the connections gives the slots back
+        if slots.held_count == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert slots.held_count == 0
+    assert await events.redis.zcard(events.keys.sse_slots("acme")) == 0
 
 
 async def test_params_over_the_size_limit_answer_422(start_api, secured):

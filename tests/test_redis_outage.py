@@ -98,6 +98,19 @@ async def test_requests_answer_503_with_retry_after_while_redis_is_down(client, 
     assert "Retry-After" in ready.headers
 
 
+async def test_a_reconnect_while_redis_is_down_gets_a_retry_hint_instead_of_503(client, server):
+    job_id = await submit(client)
+    server.kill()
+
+    for path in (f"/jobs/{job_id}/events", "/events"):
+        # EventSource gives up for good on a 503; a reconnect is told to come back instead.
+        response = await client.get(path, headers={"Last-Event-ID": "1-0"})
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.text == "retry: 2000\n: event store unavailable; reconnect to resume\n\n"
+        assert_unavailable(await client.get(path))  # a first connect still learns the status
+
+
 async def test_api_serves_again_by_itself_after_redis_restarts(client, server):
     before = await submit(client)
     server.kill()

@@ -160,3 +160,35 @@ async def test_embedded_serve_with_an_artifact_dir_set_keeps_it_and_says_where(t
     finally:
         process.terminate()
         process.wait(20)
+
+
+async def test_a_killed_servers_stream_slots_free_within_the_slot_ttl_and_reconnects_keep_trying(settings, tmp_path):
+    ttl_s = 8.0  # the 429 check right after the kill must come before the slot's last renewal lapses
+    env = dict(JOBTRAIL_AUTH="off", JOBTRAIL_SSE_CONNECTIONS_PER_TENANT="1", JOBTRAIL_SSE_SLOT_TTL_S=str(ttl_s))
+    doomed, doomed_url = serve(settings, tmp_path, **env)
+    survivor, url = serve(settings, tmp_path, **env)
+    try:
+        await wait_ready(doomed, doomed_url)
+        await wait_ready(survivor, url)
+        async with httpx.AsyncClient(timeout=30) as http:
+            async with open_stream(http, f"{doomed_url}/events") as stream:
+                await stream.next()  # the retry hint: the stream is open, and holds the one slot
+                doomed.kill()
+                killed = time.monotonic()
+                assert doomed.wait(10) == -signal.SIGKILL
+            # The dead process's slot still counts; a reconnect is told to come back later.
+            assert (await http.get(f"{url}/events")).status_code == 429
+            again = await http.get(f"{url}/events", headers={"Last-Event-ID": "1-0"})
+            assert again.status_code == 200 and again.text.startswith("retry: ")
+            while True:
+                async with http.stream("GET", f"{url}/events") as response:
+                    if response.status_code == 200:
+                        break
+                assert time.monotonic() - killed < ttl_s + 10, "the killed server's slot was never freed"
+                await asyncio.sleep(0.2)
+        assert time.monotonic() - killed < ttl_s + 10
+    finally:
+        for process in (doomed, survivor):
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)

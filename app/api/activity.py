@@ -1,6 +1,8 @@
 """/events: the activity feed of every job's transitions, as server-sent events.
 
-A tenant's feed holds its own jobs' transitions only; an admin's holds everybody's.
+A tenant reads its own feed stream, which holds its own jobs' transitions only; an admin
+reads the global one, which holds everybody's (app/activity.py). So neither the replay nor
+the live tail of a tenant costs anything in proportion to other tenants' traffic.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from litestar.params import FromQuery, JSONBody, Parameter, QueryParameter
 from litestar.response import Stream
 
 from app.api.access import FEED_TOKEN
-from app.api.common import error_responses, requested_offset, sse_response, token_ttl
+from app.api.common import SSE_ROUTE, error_responses, requested_offset, sse_response, token_ttl
 from app.api.schemas import ActivityStreamMessage, TokenOut, TokenRequest
 from app.auth import Principal
 from app.config import Settings
@@ -35,11 +37,15 @@ from app.tokens import TokenSigner
     "cancel_requested, retrying, succeeded, failed or cancelled) and `data:` (`{id, job_id, kind, type, state, "
     "at, event_id, attempt, tenant}`, where `event_id` is the event's id in the job's own history and `tenant` "
     "the job's tenant, null for none). Starts after "
-    "`Last-Event-ID` (header), else `after` or `last_event_id` (query), else from the oldest entry the feed "
-    "still holds, then follows live and never closes by itself. The feed is capped "
+    "`Last-Event-ID` (header), else `after` or `last_event_id` (query; `after=0-0` replays all the feed still "
+    "holds), else at the live tail (only transitions from now on), then follows live and never closes by "
+    "itself. A tenant's key reads its own jobs' feed, an admin key every job's; each has its own entry ids. "
+    "The feed is capped "
     "(`JOBTRAIL_ACTIVITY_MAXLEN`, approximately): when entries after the client's offset were trimmed, a `gap` "
     "event without an id, carrying `{\"first_available\": id}`, comes first. `kind` and `state` filter the "
-    "messages. The feed is best-effort: a job's own history is the truth.",
+    "messages. The feed is best-effort: a job's own history is the truth. A reconnect (a `Last-Event-ID` header) "
+    "that meets the tenant's stream limit or a Redis outage answers 200 with only a `retry:` hint and a comment "
+    "saying why, then ends, so an EventSource keeps trying; without the header those are 429 and 503.",
     responses={
         200: ResponseSpec(
             data_container=ActivityStreamMessage, media_type="text/event-stream", generate_examples=False,
@@ -47,7 +53,7 @@ from app.tokens import TokenSigner
         ),
         **error_responses(400, 429, 503),
     },
-    opt=FEED_TOKEN,
+    opt={**FEED_TOKEN, **SSE_ROUTE},
 )
 async def activity_events(
     request: Request,
@@ -64,11 +70,15 @@ async def activity_events(
     ] = None,
 ) -> Stream:
     offset, resuming = requested_offset(request, after, last_event_id)
-    position = await events.activity.position()
-    # A client without an offset asked for whatever the feed holds: nothing is missing for it.
-    gap = resuming and is_after(position.lost_up_to, offset)
+    feed = events.activity.reader(None if principal.admin else principal.tenant)
+    position = await feed.position()
+    if not resuming:
+        # No offset: start at the live tail, so a connect costs the same however much
+        # the feed holds; a client that wants the backlog asks for it (`after=0-0`).
+        offset = position.last_id
+    gap = is_after(position.lost_up_to, offset)
     stream = activity_event_stream(
-        events.activity,
+        feed,
         hub,
         position,
         offset,

@@ -74,6 +74,8 @@ def create_app(settings: Settings) -> Litestar:
         async def enqueue_job(job_id: str) -> None:
             await enqueue(broker, job_id)
 
+        sse_slots = SseSlots(redis, keys, settings.sse_connections_per_tenant, settings.sse_slot_ttl_s)
+        sse_slots.start()
         index = JobIndex(redis, keys)
         artifacts = ArtifactStore(settings.artifact_dir)
         index_sweep = IndexSweep(redis, keys, per_pass=settings.index_sweep_per_pass)
@@ -87,7 +89,7 @@ def create_app(settings: Settings) -> Litestar:
             service=JobService(events, index, enqueue_job, settings, artifacts),
             signer=TokenSigner(redis, keys, settings.token_secret),
             submit_rate=SubmitRate(redis, keys, settings.submissions_per_minute),
-            sse_slots=SseSlots(redis, keys, settings.sse_connections_per_tenant, settings.sse_ping_s),
+            sse_slots=sse_slots,
         )
         try:
             yield
@@ -95,6 +97,7 @@ def create_app(settings: Settings) -> Litestar:
             sweeper.cancel()
             await asyncio.gather(sweeper, return_exceptions=True)
             await hub.stop()
+            await sse_slots.stop()
             await broker.shutdown()
             await redis.aclose()
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import quote
 
 from litestar import Request
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Stream
+from litestar.response.base import ASGIResponse
+from litestar.types import Receive, Scope, Send
 
 from app.api.schemas import ErrorBody, TokenRequest
 from app.auth import Principal
@@ -30,6 +33,9 @@ from app.tokens import TokenSigner
 JobId = Annotated[str, Parameter(description="Job id: letters, digits and `_.-`, at most 128")]
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# `opt` of the event-stream routes: a reconnect there that meets a 429 or a 503 is
+# answered as a short event stream instead (app/api/errors.py, reconnect_later).
+SSE_ROUTE = {"sse": True}
 
 _ERROR_DESCRIPTIONS = {
     400: "Malformed request: the body says what to fix",
@@ -74,10 +80,56 @@ async def visible_job(events: EventLog, principal: Principal, job_id: str) -> Jo
     return await events.visible_state(job_id, principal.tenant, sees_all=principal.admin)
 
 
+Hold = Callable[[], AbstractAsyncContextManager[None]]
+
+
+class _Holding:
+    """An ASGI response run inside `hold`, its body closed as soon as it ends."""
+
+    def __init__(self, response: ASGIResponse, hold: Hold, body: Any) -> None:
+        self.response = response
+        self.hold = hold
+        self.body = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with self.hold():
+            try:
+                await self.response(scope, receive, send)
+            finally:
+                # A client that leaves stops the response while the body is parked at a
+                # `yield`; closed now, its own cleanup (the hub subscription) runs now too,
+                # not whenever the generator happens to be collected.
+                aclose = getattr(self.body, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+
+class HeldStream(Stream):
+    """A Stream that holds something (an SSE slot) for exactly as long as its response is being sent.
+
+    Not the body's own `finally`: that runs only when the generator is collected if the
+    client left while it was parked at a `yield`, and a slot would be renewed until then.
+    """
+
+    def __init__(self, content: AsyncIterator[bytes], *, hold: Hold, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._hold = hold
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
+        # litestar only calls the result, as any ASGI app.
+        return cast(ASGIResponse, _Holding(super().to_asgi_response(*args, **kwargs), self._hold, self.iterator))
+
+
 async def sse_response(slots: SseSlots, principal: Principal, stream: AsyncIterator[bytes]) -> Stream:
-    """`stream` as a text/event-stream response holding one of the principal's SSE slots (429 if none is free)."""
+    """`stream` as a text/event-stream response holding one of the principal's SSE slots (429 if none is free).
+
+    The slot is held, and renewed by the process's renewer, for as long as the response is
+    being sent, whether or not the client reads it, and given back when it ends.
+    """
     slot = await slots.take(principal.scope)
-    return Stream(slots.held(principal.scope, slot, stream), media_type="text/event-stream", headers=SSE_HEADERS)
+    return HeldStream(
+        stream, hold=lambda: slots.holding(principal.scope, slot), media_type="text/event-stream", headers=SSE_HEADERS
+    )
 
 
 def requested_offset(request: Request, after: str | None, last_event_id: str | None) -> tuple[str, bool]:

@@ -18,6 +18,7 @@ from litestar.types import Receive, Scope, Send
 from redis import exceptions as redis_errors
 
 from app.api.redaction import redacted_target, redacted_text
+from app.api.common import SSE_HEADERS
 from app.api.schemas import ErrorBody
 from app.errors import (
     ArtifactNotFound,
@@ -33,6 +34,7 @@ from app.errors import (
     TransitionRefused,
     UnsupportedMediaType,
 )
+from app.sse import sse_goodbye
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +96,43 @@ def unparsable_request_body(head_limit: int) -> bytes:
     return msgspec.json.encode(ErrorBody(error=_STATUS[InvalidRequest][1], detail=detail))
 
 
-def on_jobtrail_error(_: Request, exc: Exception) -> Response:
+def reconnect_later(request: Request, reason: str, retry_s: int) -> Response | None:
+    """For a reconnect to an event stream (a `Last-Event-ID` header), a 200 stream that only says when to retry.
+
+    A browser's EventSource treats any answer but 200 text/event-stream as fatal and never
+    reconnects again (WHATWG HTML, server-sent events), so a tenant at its stream limit or
+    Redis away for a moment would stop it for good. This answer carries `retry:` and a
+    comment saying why, then ends; the browser comes back after `retry_s` with the same
+    Last-Event-ID and loses nothing. A first connect (no header) still gets the status,
+    which a client that is not a browser can act on. None when the request is not such a
+    reconnect.
+    """
+    handler = request.scope.get("route_handler")
+    if handler is None or not handler.opt.get("sse") or not request.headers.get("last-event-id"):
+        return None
+    return Response(
+        sse_goodbye(reason, retry_s * 1000), status_code=200, media_type="text/event-stream", headers=SSE_HEADERS
+    )
+
+
+def on_jobtrail_error(request: Request, exc: Exception) -> Response:
     status, code = _STATUS[type(exc)]
     headers = None
     if isinstance(exc, NotAuthenticated):
         headers = {"WWW-Authenticate": "Bearer"}
     elif isinstance(exc, RateLimited):
+        later = reconnect_later(request, "too many open event streams", exc.retry_after_s)
+        if later is not None:
+            return later
         headers = {"Retry-After": str(exc.retry_after_s)}
     return _error(status, code, str(exc), headers=headers)
 
 
 def on_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("Redis unavailable during %s %s: %s", request.method, redacted_text(request.url.path), exc)
+    later = reconnect_later(request, "event store unavailable", RETRY_AFTER_S)
+    if later is not None:
+        return later
     return _error(
         *UNAVAILABLE_CODE,
         "the event store (Redis) is not answering; retry shortly",

@@ -20,7 +20,7 @@ from litestar.response import File, Stream
 
 from app.api.access import JOB_TOKEN
 from app.api.common import (
-    JobId, content_disposition, error_responses, requested_offset, sse_response, submit_counted, token_ttl, visible_job,
+    SSE_ROUTE, JobId, content_disposition, error_responses, requested_offset, sse_response, submit_counted, token_ttl, visible_job,
     with_download_token,
 )
 from app.api.schemas import CancelRequest, HistoryPage, JobPage, JobStreamMessage, SubmitRequest, TokenOut, TokenRequest
@@ -197,7 +197,9 @@ class JobsController(Controller):
         "the beginning. Each message has `id:` (the event id), `event:` (its type) and `data:` (the event as in "
         "history). A `gap` event carrying the job's state comes first when events after the offset were trimmed. "
         "A finished job whose terminal event the client already has answers 204, which tells an EventSource to "
-        "stop reconnecting.",
+        "stop reconnecting. A reconnect (a `Last-Event-ID` header) that meets the tenant's stream limit or a Redis "
+        "outage answers 200 with only a `retry:` hint and a comment saying why, then ends, so an EventSource keeps "
+        "trying; without the header those are 429 and 503.",
         responses={
             200: ResponseSpec(
                 data_container=JobStreamMessage, media_type="text/event-stream", generate_examples=False,
@@ -206,7 +208,7 @@ class JobsController(Controller):
             204: ResponseSpec(data_container=None, description="The job is finished and the client has every event"),
             **error_responses(400, 404, 429, 503),
         },
-        opt=JOB_TOKEN,
+        opt={**JOB_TOKEN, **SSE_ROUTE},
     )
     async def events(
         self,
