@@ -21,6 +21,7 @@ from app.errors import (
     RateLimited,
     StoreUnavailable,
     TransitionRefused,
+    UnknownKind,
 )
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ _STATUS: dict[type[Exception], tuple[int, str]] = {
     IdempotencyConflict: (409, "idempotency_conflict"),
     InvalidRequest: (400, "invalid_request"),
     InvalidParams: (422, "invalid_params"),
+    UnknownKind: (422, "invalid_params"),
     NotAuthenticated: (401, "not_authenticated"),
     RateLimited: (429, "rate_limited"),
 }
