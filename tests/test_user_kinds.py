@@ -137,7 +137,8 @@ async def test_kinds_named_by_jobtrail_kinds_or_kinds_flag_run_end_to_end_in_ser
         typo = await finished(http, await submitted(http, "acme.typo", {}))
         assert typo["state"] == "failed"
         assert typo["error"] == {
-            "type": "UnknownPhase", "message": "phase 'rendering' is not one of kind 'acme.typo''s phases: collect, render",
+            "type": "UnknownPhase",
+            "message": "phase 'rendering' is not one of kind 'acme.typo''s phases: collect, render",
         }
         assert "retrying" not in [e["type"] for e in await history(http, typo["id"])], "a bug is not retried"
     assert "job kinds: acme.invoice, acme.typo, demo, export.pdf, export.zip" in worker_log.read_text()
@@ -147,7 +148,8 @@ async def test_kinds_named_by_jobtrail_kinds_or_kinds_flag_run_end_to_end_in_ser
 def test_a_module_that_fails_to_import_stops_the_process_naming_the_module_with_the_traceback(settings, command):
     done = subprocess.run(
         [sys.executable, "-m", "app.cli", command], cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={**worker_env(settings), "JOBTRAIL_AUTH": "off", "JOBTRAIL_KINDS": f"{USER_KINDS}, tests.user_kinds.broken"},
+        env={**worker_env(settings), "JOBTRAIL_AUTH": "off",
+             "JOBTRAIL_KINDS": f"{USER_KINDS}, tests.user_kinds.broken"},
     )
     assert done.returncode == 1, done.stderr
     lines = done.stderr.splitlines()
@@ -156,6 +158,7 @@ def test_a_module_that_fails_to_import_stops_the_process_naming_the_module_with_
         "(named by JOBTRAIL_KINDS or --kinds): KeyError: 'ACME_BILLING_URL'"
     ), done.stderr
     assert lines[1] == "Traceback (most recent call last):"
+    assert "kinds_loader.py" not in done.stderr and "importlib" not in done.stderr, "from the module on"
     assert f"{os.sep}tests{os.sep}user_kinds{os.sep}broken.py\", line 7, in <module>" in done.stderr
     assert lines[-1] == "KeyError: 'ACME_BILLING_URL'"
 
@@ -170,6 +173,7 @@ def test_a_module_that_does_not_exist_stops_the_worker_naming_it(settings):
         "jobtrail worker: cannot load job kinds from module 'acme.jobz' (named by JOBTRAIL_KINDS or --kinds): "
         "ModuleNotFoundError: No module named 'acme'"
     ), done.stderr
+    assert len(done.stderr.splitlines()) == 1, "no traceback of importlib's own"
 
 
 def hand_made_wheel(directory: Path) -> Path:

@@ -52,11 +52,17 @@ class KindsLoadError(Exception):
         self.source = source
 
     def report(self) -> str:
-        """The message, then the cause's traceback: what a person needs to fix it."""
+        """The message, then the cause's traceback from the failing module on: what a person needs to fix it."""
         cause = self.__cause__
         if cause is None:
             return str(self)
-        return f"{self}\n" + "".join(traceback.format_exception(cause)).rstrip()
+        # The loader's and importlib's own frames come first and say nothing about the module.
+        tb = cause.__traceback__
+        while tb is not None and _is_machinery(tb.tb_frame.f_code.co_filename):
+            tb = tb.tb_next
+        if tb is None:  # it failed in importlib (no such module): the message says it all
+            return str(self)
+        return f"{self}\n" + "".join(traceback.format_exception(type(cause), cause, tb)).rstrip()
 
 
 def module_names(setting: str) -> list[str]:
@@ -92,6 +98,13 @@ def _load(source: str, load: Callable[[], object]) -> None:
     except Exception as exc:
         raise KindsLoadError(source, exc) from exc
     _loaded.add(source)
+
+
+def _is_machinery(filename: str) -> bool:
+    return filename == __file__ or filename.startswith(("<frozen importlib", _IMPORTLIB))
+
+
+_IMPORTLIB = os.path.dirname(importlib.__file__)
 
 
 def _from_entry_point(point: EntryPoint) -> None:

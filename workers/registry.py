@@ -63,7 +63,9 @@ def kind(
     TypeError or ValueError at import, so the loader stops the process at start.
     """
     if not isinstance(name, str) or not KIND_NAME_RE.fullmatch(name):
-        raise ValueError(f"job kind name {name!r}: use 1-100 letters, digits and `_.:-`, starting with a letter or digit")
+        raise ValueError(
+            f"job kind name {name!r}: use 1-100 letters, digits and `_.:-`, starting with a letter or digit"
+        )
     if not (isinstance(params, type) and issubclass(params, msgspec.Struct)):
         raise TypeError(f"job kind {name!r}: params must be a msgspec.Struct class, got {params!r}")
     try:
@@ -73,7 +75,8 @@ def kind(
     declared = _phases(name, phases)
 
     def register(handler: Handler) -> Handler:
-        if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None))):
+        call = getattr(handler, "__call__", None)  # an object with an async __call__ will do
+        if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)):
             raise TypeError(f"job kind {name!r}: the handler {_where(handler)} must be an `async def`")
         new = Kind(name, params, handler, declared)
         existing = _KINDS.get(name)
