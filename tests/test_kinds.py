@@ -66,9 +66,10 @@ def test_registering_a_name_again_with_another_handler_raises_naming_both(regist
     ],
 )
 def test_a_kind_declared_wrongly_is_refused_where_it_is_declared(registry, declare, error, fragment):
+    before = set(_KINDS)
     with pytest.raises(error, match=fragment):
         declare()(nothing)
-    assert set(_KINDS) == {"demo", "export.pdf", "export.zip"}
+    assert set(_KINDS) == before
 
 
 def test_a_handler_that_is_not_async_is_refused(registry):

@@ -29,6 +29,8 @@ pytestmark = pytest.mark.e2e
 
 USER_KINDS = "tests.user_kinds.acme_jobs"
 FINISH_S = 30.0
+# The package as handler authors import it: `app` today, `jobtrail` once the package is named so.
+PACKAGE = Settings.__module__.partition(".")[0]
 
 
 def free_port() -> int:
@@ -115,7 +117,8 @@ async def history(http: httpx.AsyncClient, job_id: str) -> list[dict[str, Any]]:
 
 async def test_kinds_named_by_jobtrail_kinds_or_kinds_flag_run_end_to_end_in_serve_and_a_worker(procs):
     url = await procs.serve(JOBTRAIL_KINDS=USER_KINDS)
-    worker_log = procs.start("worker", "--kinds", USER_KINDS)
+    # --kinds replaces JOBTRAIL_KINDS: the broken module is not imported.
+    worker_log = procs.start("worker", "--kinds", USER_KINDS, JOBTRAIL_KINDS="tests.user_kinds.broken")
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         listed = {k["name"]: k for k in (await http.get("/kinds")).json()["kinds"]}
         assert set(listed) == {"acme.invoice", "acme.typo", "demo", "export.pdf", "export.zip"}
@@ -180,20 +183,20 @@ def hand_made_wheel(directory: Path) -> Path:
     """A wheel of `acme-receipts` declaring two entry points: a module, and a callable that registers a kind."""
     sources = {
         "acme_receipts/__init__.py": "",
-        "acme_receipts/receipts.py": textwrap.dedent('''
+        "acme_receipts/receipts.py": textwrap.dedent(f'''
             import msgspec
-            import app as jobtrail
+            import {PACKAGE} as jobtrail
 
             class ReceiptParams(msgspec.Struct, forbid_unknown_fields=True):
                 amount_cents: int
 
             @jobtrail.kind("acme.receipt", ReceiptParams)
             async def receipt(params, ctx):
-                return {"amount_cents": params.amount_cents}
+                return {{"amount_cents": params.amount_cents}}
         '''),
-        "acme_receipts/stamps.py": textwrap.dedent('''
+        "acme_receipts/stamps.py": textwrap.dedent(f'''
             import msgspec
-            import app as jobtrail
+            import {PACKAGE} as jobtrail
 
             class StampParams(msgspec.Struct, forbid_unknown_fields=True):
                 text: str
@@ -203,7 +206,7 @@ def hand_made_wheel(directory: Path) -> Path:
                 async def stamp(params, ctx):
                     await ctx.phase("ink")
                     await ctx.phase("press", params.text)
-                    return {"stamped": params.text}
+                    return {{"stamped": params.text}}
         '''),
         "acme_receipts-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: acme-receipts\nVersion: 1.0\n",
         "acme_receipts-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
@@ -237,31 +240,14 @@ async def test_entry_points_of_an_installed_distribution_register_kinds_in_serve
     assert (receipt["state"], receipt["result"]) == ("succeeded", {"amount_cents": 1250})
 
 
-# The README's "Your own jobs" module, as it is before the package is named `jobtrail`.
-WALKTHROUGH_MODULE = '''
-import asyncio
-
-import msgspec
-
-import app as jobtrail
-
-
-class InvoiceParams(msgspec.Struct):
-    customer: str
-    lines: int = 3
-
-
-@jobtrail.kind("acme.invoice", InvoiceParams, phases=["collect", "render", "upload"])
-async def make_invoice(params: InvoiceParams, ctx: jobtrail.JobContext) -> dict:
-    """An invoice for `customer`, one line at a time."""
-    await ctx.phase("collect")
-    for line in range(1, params.lines + 1):
-        await asyncio.sleep(0.2)
-        await ctx.progress(0.8 * line / params.lines, f"line {line}", phase="collect")
-    await ctx.phase("render")
-    await ctx.phase("upload", "invoices/acme.pdf")
-    return {"customer": params.customer, "lines": params.lines}
-'''
+def readme_module() -> str:
+    """The module of the README's "Your own jobs" walkthrough, importing the package by today's name."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("\n## Your own jobs\n"):]
+    code = section[section.index("```python\n") + len("```python\n"):]
+    code = code[:code.index("```")]
+    assert "\nimport jobtrail\n" in code
+    return code.replace("\nimport jobtrail\n", f"\nimport {PACKAGE} as jobtrail\n")
 
 
 async def test_a_module_in_the_current_directory_is_found_though_the_console_script_does_not_add_it(
@@ -269,7 +255,7 @@ async def test_a_module_in_the_current_directory_is_found_though_the_console_scr
 ):
     project = tmp_path / "acme"
     project.mkdir()
-    (project / "acme_jobs.py").write_text(WALKTHROUGH_MODULE)
+    (project / "acme_jobs.py").write_text(readme_module())
     # `-P` leaves the current directory off sys.path, as the `jobtrail` console script does;
     # PYTHONPATH stands in for the installed package.
     env = {"JOBTRAIL_KINDS": "acme_jobs", "PYTHONPATH": str(ROOT)}
@@ -278,3 +264,4 @@ async def test_a_module_in_the_current_directory_is_found_though_the_console_scr
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         job = await finished(http, await submitted(http, "acme.invoice", {"customer": "Initech"}))
     assert (job["state"], job["result"], job["phase"]) == ("succeeded", {"customer": "Initech", "lines": 3}, "upload")
+    assert job["message"] == "invoices/initech.pdf"
