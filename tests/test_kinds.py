@@ -8,6 +8,8 @@ built-in kinds only.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -16,10 +18,12 @@ import msgspec
 import pytest
 
 from app.auth import hash_key, new_key
+from app.config import Settings
 from app.events import EventType, SubmittedData
 from workers.context import JobContext, PermanentFailure, UnknownPhase
 from workers.kinds.demo import DemoParams
 from workers.registry import _KINDS, DuplicateKind, Kind, kind
+from tests.conftest import ROOT
 
 FINISH_S = 30.0
 
@@ -164,3 +168,18 @@ async def test_a_worker_that_does_not_know_the_kind_fails_the_job_at_once_naming
     }
     history = (await client.get(f"/jobs/{job_id}/history")).json()["events"]
     assert [e["type"] for e in history] == ["submitted", "started", "failed"], "failed at once, not retried"
+
+
+def test_the_public_package_exports_what_handler_authors_need_without_importing_the_web_framework():
+    package = Settings.__module__.partition(".")[0]  # `app` today, `jobtrail` once named so
+    code = (
+        f"import sys, {package} as jobtrail\n"
+        "assert {'litestar', 'redis', 'taskiq', 'uvicorn'}.isdisjoint(sys.modules), 'import jobtrail is cheap'\n"
+        "from workers.registry import kind\n"
+        "from workers.context import JobCancelled, JobContext, PermanentFailure\n"
+        "assert (jobtrail.kind, jobtrail.JobContext, jobtrail.PermanentFailure, jobtrail.JobCancelled) == "
+        "(kind, JobContext, PermanentFailure, JobCancelled)\n"
+        "assert 'litestar' not in sys.modules, 'a handler module needs no web framework'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
