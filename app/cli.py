@@ -14,7 +14,10 @@ from collections.abc import Iterator
 
 import msgspec
 
+import msgspec
+
 from app.config import Settings
+from workers.kinds_loader import KindsLoadError
 
 EMBEDDED_BANNER = """
   ============================================================================
@@ -159,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.set_defaults(run=_serve)
     worker = commands.add_parser("worker", help="run a worker that executes queued jobs (needs REDIS_URL)")
     worker.set_defaults(run=_worker)
+    for command in (serve, worker):
+        command.add_argument("--kinds", metavar="MODULES",
+                             help="modules of job kinds to import, comma-separated (default JOBTRAIL_KINDS)")
     repair = commands.add_parser("repair", help="rebuild job state hashes from their event streams")
     repair.add_argument("job_ids", nargs="*", metavar="ID", help="jobs to repair (default: every job)")
     repair.add_argument("--check", action="store_true", help="only report mismatches; exit 1 if any")
@@ -177,7 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
     except ValueError as exc:
         parser.error(str(exc))
-    return args.run(settings, args)
+    if getattr(args, "kinds", None) is not None:
+        settings = msgspec.structs.replace(settings, kinds=args.kinds)
+    try:
+        return args.run(settings, args)
+    except KindsLoadError as exc:
+        # The first line says which module; the traceback below it says where in it.
+        print(f"jobtrail {args.command}: {exc.report()}", file=sys.stderr)
+        return 1
 
 
 def _configure_logging() -> None:

@@ -39,6 +39,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     broker_idle_ms: int = 600_000
     activity_maxlen: int = 100_000
     legacy_prefix: str = ""
+    # Modules of job kinds to import at start, comma-separated (workers/kinds_loader.py).
+    kinds: str = ""
     # Recovery of stalled jobs (workers/reaper.py).
     reaper_interval_s: float = 10.0
     pending_stale_s: float = 30.0

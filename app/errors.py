@@ -70,6 +70,15 @@ class InvalidParams(JobtrailError):
     """A submission the job kind rejects (HTTP 422)."""
 
 
+class UnknownKind(InvalidParams):
+    """No kind of that name is registered here: a 422 at submit; a worker fails such a job at once."""
+
+    def __init__(self, kind: str, known: list[str]) -> None:
+        super().__init__(f"unknown job kind {kind!r}; known kinds: {', '.join(known) or 'none'}")
+        self.kind = kind
+        self.known = known
+
+
 class IdempotencyConflict(JobtrailError):
     """An Idempotency-Key reused with a different request body (HTTP 409)."""
 

@@ -26,8 +26,19 @@ from app.config import Settings
 from app.eventlog import EventLog
 from app.keys import Keys
 from tests.redis_server import RedisServer
+from workers.kinds_loader import load_kinds
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def builtin_kinds() -> None:
+    """The built-in kinds, loaded as `jobtrail serve` and `jobtrail worker` load them at start.
+
+    So a test that validates params or runs a handler in-process finds them whether or
+    not an app was created before it.
+    """
+    load_kinds(Settings())
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from app.artifacts import ArtifactStore
 from app.errors import JobNotFound, TransitionRefused
@@ -14,6 +14,9 @@ from app.eventlog import Appended, EventLog
 from app.events import TERMINAL_STATES, Artifact, Event, EventType, LogData, PhaseData, ProgressData
 from app.jobstate import JobState
 from workers.lease import Lease
+
+if TYPE_CHECKING:
+    from workers.registry import Kind
 
 
 class JobCancelled(Exception):
@@ -26,6 +29,16 @@ class AttemptLost(Exception):
 
 class PermanentFailure(Exception):
     """Raise from a handler to fail the job at once, without the remaining attempts."""
+
+
+class UnknownPhase(PermanentFailure):
+    """A phase the job's kind did not declare: a bug in the handler, which no retry would fix."""
+
+    def __init__(self, kind: str, phase: str, phases: tuple[str, ...]) -> None:
+        super().__init__(f"phase {phase!r} is not one of kind {kind!r}'s phases: {', '.join(phases)}")
+        self.kind = kind
+        self.phase = phase
+        self.phases = phases
 
 
 class JobContext:
@@ -53,9 +66,11 @@ class JobContext:
         lease: Lease | None = None,
         artifacts: ArtifactStore | None = None,
         tenant: str | None = None,
+        kind: Kind | None = None,
     ) -> None:
         self.events = events
         self.tenant = tenant
+        self.kind = kind  # its phases, when it declares them, are the only ones accepted
         self.lease = lease
         self.artifacts = artifacts
         self.produced: Artifact | None = None
@@ -96,7 +111,8 @@ class JobContext:
         current: int | None = None,
         total: int | None = None,
     ) -> None:
-        """Report progress (0..1). Raises JobCancelled if the job was cancelled."""
+        """Report progress (0..1). Raises JobCancelled if the job was cancelled, UnknownPhase for a bad phase."""
+        self._check_phase(phase)
         fraction = min(max(float(fraction), 0.0), 1.0)
         phase_changed = phase is not None and phase != self._phase
         now = time.monotonic()
@@ -135,7 +151,8 @@ class JobContext:
             self._flusher = None
 
     async def phase(self, name: str, message: str | None = None) -> None:
-        """Enter a named phase (always written)."""
+        """Enter a named phase (always written); UnknownPhase if the kind does not declare it."""
+        self._check_phase(name)
         self._phase = name
         await self._write(EventType.PHASE, PhaseData(phase=name, message=message))
 
@@ -162,6 +179,11 @@ class JobContext:
             raise JobCancelled(f"job {self.job_id} no longer exists")
         self.cancel_requested = flag == "1"
         self._raise_if_cancelled()
+
+    def _check_phase(self, phase: str | None) -> None:
+        if phase is not None and self.kind is not None and self.kind.phases is not None:
+            if phase not in self.kind.phases:
+                raise UnknownPhase(self.kind.name, phase, self.kind.phases)
 
     def _raise_if_cancelled(self) -> None:
         if self.lease is not None and self.lease.lost:

@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.artifacts import ArtifactStore
 from app.config import Settings
-from app.errors import JobNotFound, TransitionRefused
+from app.errors import JobNotFound, TransitionRefused, UnknownKind
 from app.eventlog import EventLog
 from app.events import (
     TERMINAL_STATES, EventType, ErrorInfo, FailedData, ReasonData, RetryingData, StartedData, State, SucceededData,
@@ -34,7 +34,7 @@ from app.jobstate import JobState
 from app.livejobs import LiveJobs, now_ms
 from workers.context import AttemptLost, JobCancelled, JobContext, PermanentFailure
 from workers.lease import Lease
-from workers.registry import get_kind, parse_params
+from workers.registry import find_kind, get_kind, parse_params
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class Runner:
             return None
         ctx = JobContext(
             self.events, job.id, attempt, min_interval_s=self.settings.progress_interval_s, lease=lease,
-            artifacts=self.artifacts, tenant=job.tenant,
+            artifacts=self.artifacts, tenant=job.tenant, kind=find_kind(job.kind),
         )
         try:
             spec = get_kind(job.kind)
@@ -165,7 +165,7 @@ class Runner:
         except AttemptLost as exc:
             log.warning("job %s attempt %d abandoned: %s", job.id, attempt, exc)
             return None
-        except PermanentFailure as exc:
+        except (PermanentFailure, UnknownKind) as exc:  # no retry brings a handler this worker lacks
             log.warning("job %s failed permanently: %s", job.id, exc, exc_info=True)
             await self._final(job.id, EventType.FAILED, FailedData(error=error_info(exc)), attempt)
             return None

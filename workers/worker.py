@@ -22,6 +22,7 @@ from app.eventlog import EventLog
 from app.keys import Keys
 from app.store import Store
 from workers.broker import JobBroker, build_broker, enqueue, register_runner
+from workers.kinds_loader import load_kinds
 from workers.reaper import Reaper
 from workers.runner import Runner
 
@@ -35,6 +36,7 @@ async def run_worker(settings: Settings) -> None:
     """Consume jobs until SIGTERM or SIGINT, then drain."""
     if settings.embedded:
         raise SystemExit("jobtrail worker needs REDIS_URL: the embedded mode runs its worker inside `jobtrail serve`")
+    load_kinds(settings)  # before Redis: a module that fails to import stops the worker at once
     keys = Keys(settings.prefix)
     redis = Store(settings, role="worker").pooled()
     events = EventLog(redis, keys, settings.retention_s, activity_maxlen=settings.activity_maxlen)

@@ -24,6 +24,7 @@ from app.api.bounds import RequestBounds
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import healthz, readyz
 from app.api.jobs import JobsController
+from app.api.kinds import list_kinds
 from app.api.legacy import LegacyExportsController
 from app.api.requests import RequestIdMiddleware
 from app.artifacts import ArtifactStore
@@ -40,6 +41,7 @@ from app.store import Store
 from app.sweeper import run_sweeper
 from app.tokens import TokenSigner
 from workers.broker import build_broker, enqueue, register_runner
+from workers.kinds_loader import load_kinds
 from workers.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -48,8 +50,10 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> Litestar:
     """The API for `settings`; embedded (no REDIS_URL) it also runs jobs in-process.
 
-    Raises app.auth.ConfigError when access control is configured wrongly or missing.
+    Raises app.auth.ConfigError when access control is configured wrongly or missing, and
+    KindsLoadError when a module of kinds fails to import.
     """
+    load_kinds(settings)  # the same kinds as the workers: the API validates submissions against them
     api_keys = ApiKeys.from_settings(settings)
     secured = auth_enabled(settings, api_keys)
 
@@ -113,7 +117,7 @@ def create_app(settings: Settings) -> Litestar:
     state_names = ("redis", "events", "hub", "index", "service", "artifacts", "signer", "submit_rate", "sse_slots")
     return Litestar(
         route_handlers=[
-            JobsController, audit_report, activity_events, feed_token, healthz, readyz,
+            JobsController, list_kinds, audit_report, activity_events, feed_token, healthz, readyz,
             *([LegacyExportsController] if settings.legacy_routes == "on" else []),
         ],
         lifespan=[lifespan],

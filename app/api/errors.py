@@ -33,6 +33,7 @@ from app.errors import (
     StoreUnavailable,
     TransitionRefused,
     UnsupportedMediaType,
+    UnknownKind,
 )
 from app.sse import sse_goodbye
 
@@ -50,6 +51,7 @@ _STATUS: dict[type[Exception], tuple[int, str]] = {
     InvalidRequest: (400, "invalid_request"),
     InvalidParams: (422, "invalid_params"),
     UnsupportedMediaType: (415, "unsupported_media_type"),
+    UnknownKind: (422, "invalid_params"),
     NotAuthenticated: (401, "not_authenticated"),
     RateLimited: (429, "rate_limited"),
 }

@@ -26,6 +26,7 @@ class DemoFailure(Exception):
 
 @kind("demo", DemoParams)
 async def run_demo(params: DemoParams, ctx: JobContext) -> dict[str, int]:
+    """Counts through `steps`, `delay_ms` apart; fails at `fail_at_step` if asked."""
     for step in range(1, params.steps + 1):
         if step == params.fail_at_step:
             raise DemoFailure(f"failing at step {step} as asked (fail_at_step={params.fail_at_step})")

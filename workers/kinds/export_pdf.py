@@ -346,8 +346,9 @@ async def _render(ctx: JobContext, flowables: list[Flowable], params: ExportPdfP
             build.exception()  # the handler's own exception is the one that matters
 
 
-@kind("export.pdf", ExportPdfParams)
+@kind("export.pdf", ExportPdfParams, phases=["collect", "render", "write"])
 async def run_export_pdf(params: ExportPdfParams, ctx: JobContext) -> dict[str, Any]:
+    """A PDF sales report of a synthetic data set, from `start_date` to `end_date`."""
     seed = seed_of(params)
     rng = SplitMix64(seed)
     spans = list(group_spans(params.start_date, params.end_date, params.group_by))

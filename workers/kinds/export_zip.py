@@ -177,8 +177,9 @@ async def copy_history(
     entry.files.append(ManifestFile(info.filename, size, digest.hexdigest(), events=count))
 
 
-@kind("export.zip", ExportZipParams)
+@kind("export.zip", ExportZipParams, phases=["collect", "bundle"])
 async def run_export_zip(params: ExportZipParams, ctx: JobContext) -> dict[str, Any]:
+    """The artifacts (and optionally the histories) of finished jobs in one ZIP."""
     n = len(params.job_ids)
     await ctx.phase("collect", f"checking {n} jobs")
     sources: list[tuple[ManifestEntry, JobState | None]] = []
