@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -49,14 +50,12 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     try:
         params = json.loads(args.params)
     except json.JSONDecodeError as exc:
         params = exc
     if not isinstance(params, dict):
-        Console(stderr=True).print(f"jobtrail submit: --params must be a JSON object ({params})", markup=False)
+        print(f"jobtrail submit: --params must be a JSON object ({params})", file=sys.stderr)
         return 5
 
     def run(client: Any, console: Any) -> int:
@@ -82,19 +81,18 @@ def _guarded(args: argparse.Namespace, run: Any) -> int:
     from app.client.watch import EXIT_ERROR, EXIT_NOT_FOUND, EXIT_UNAUTHORIZED
 
     command = f"jobtrail {args.command}"
-    errors = Console(stderr=True)
     try:
         with Client(args.url, args.key) as client:
             return int(run(client, Console()))
     except JobNotFound as exc:
-        errors.print(f"{command}: {exc.detail}", markup=False)
+        print(f"{command}: {exc.detail}", file=sys.stderr)
         return EXIT_NOT_FOUND
     except Unauthorized as exc:
-        errors.print(f"{command}: {exc.detail} (pass --key or set JOBTRAIL_API_KEY)", markup=False)
+        print(f"{command}: {exc.detail} (pass --key or set JOBTRAIL_API_KEY)", file=sys.stderr)
         return EXIT_UNAUTHORIZED
     except ClientError as exc:
-        errors.print(f"{command}: {exc}", markup=False)
+        print(f"{command}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        errors.print(f"{command}: interrupted", markup=False)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130

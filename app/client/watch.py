@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Column
 
 from app.client.errors import ClientError
 from app.client.models import Event, Gap, JobState
@@ -24,6 +25,10 @@ EXIT_NOT_FOUND, EXIT_UNAUTHORIZED, EXIT_ERROR = 3, 4, 5
 EXIT_BY_STATE = {"succeeded": EXIT_SUCCEEDED, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
 _STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "retrying": "yellow",
           "reconnecting": "yellow", "pending": "dim", "running": "blue"}
+
+
+_CAUSES = {"stream_dropped": "connection lost", "stream_closed": "stream closed by the API",
+           "unreachable": "API unreachable"}
 
 
 def _short(value: Any, limit: int = 160) -> str:
@@ -39,10 +44,11 @@ class WatchView:
         self.progress = Progress(
             TextColumn("{task.description}"),
             TextColumn("{task.fields[state]}"),
-            BarColumn(bar_width=30),
+            BarColumn(bar_width=24),
             TaskProgressColumn(),
             TextColumn("[cyan]{task.fields[phase]}"),
-            TextColumn("{task.fields[message]}"),
+            # Bounded, so that a long message never squeezes the bar away.
+            TextColumn("{task.fields[message]}", table_column=Column(max_width=44, no_wrap=True, overflow="ellipsis")),
             TimeElapsedColumn(),
             console=console,
             refresh_per_second=8,
@@ -106,7 +112,8 @@ class WatchView:
     def reconnecting(self, delay: float, why: ClientError) -> None:
         """The client's `on_reconnect`: the bar says so until the next event."""
         shown, self.state = self.state, "reconnecting"
-        self._update(message=f"{why.code}; reconnecting in {delay:.1f} s")
+        cause = _CAUSES.get(why.code) or f"API answered {why.status}"
+        self._update(message=f"{cause}; reconnecting in {delay:.1f} s")
         self.state = shown
 
     def outcome(self, final: JobState) -> str:
