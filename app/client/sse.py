@@ -22,9 +22,13 @@ class SseParser:
     def __init__(self) -> None:
         self._buffer = b""
         self._block: Block | None = None
+        self._after_cr = False  # the last chunk ended with \r: a \n starting this one is its pair
 
     def feed(self, chunk: bytes) -> list[Block]:
         """The blocks completed by `chunk`."""
+        if self._after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        self._after_cr = False
         self._buffer += chunk
         done: list[Block] = []
         while True:
@@ -40,13 +44,14 @@ class SseParser:
                 self._field(line.decode("utf-8", "replace"))
 
     def _next_line(self) -> tuple[bytes, bytes, bytes]:
-        # A line ends with \n, \r\n or \r; a \r at the very end may be the start of \r\n.
+        # A line ends with \n, \r\n or \r; a \r at the very end may be the first half of \r\n.
         for i, byte in enumerate(self._buffer):
             if byte == 0x0A:
                 return self._buffer[:i], b"\n", self._buffer[i + 1:]
             if byte == 0x0D:
                 if i + 1 == len(self._buffer):
-                    return b"", b"", self._buffer
+                    self._after_cr = True
+                    return self._buffer[:i], b"\r", b""
                 skip = 2 if self._buffer[i + 1] == 0x0A else 1
                 return self._buffer[:i], b"\r", self._buffer[i + skip:]
         return b"", b"", self._buffer
