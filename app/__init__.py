@@ -28,18 +28,26 @@ if TYPE_CHECKING:
         WaitTimeout,
     )
 
-# public name -> the submodule (relative to this package) that defines it
-_LAZY = {
-    name: ".client"
-    for name in (
-        # the client and its errors
-        "Client", "AsyncClient", "ClientError", "NotFound", "JobNotFound", "ArtifactNotFound", "RateLimited",
-        "Unavailable", "Unauthorized", "InvalidRequest", "InvalidParams", "Conflict", "WaitTimeout",
-        "ChecksumMismatch",
-    )
-}
+__all__ = [
+    # the client and its errors
+    "ArtifactNotFound",
+    "AsyncClient",
+    "ChecksumMismatch",
+    "Client",
+    "ClientError",
+    "Conflict",
+    "InvalidParams",
+    "InvalidRequest",
+    "JobNotFound",
+    "NotFound",
+    "RateLimited",
+    "Unauthorized",
+    "Unavailable",
+    "WaitTimeout",
+]
 
-__all__ = sorted(_LAZY)
+# public name -> the submodule (relative to this package) that defines it
+_LAZY = {name: ".client" for name in __all__}
 
 
 def __getattr__(name: str) -> Any:

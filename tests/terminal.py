@@ -7,6 +7,7 @@ test asserts on what is on the screen, not on the bytes that drew it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shlex
 import uuid
@@ -60,7 +61,5 @@ class Terminal:
         return int(match[1])
 
     async def close(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):
             await self._tmux("kill-server")
-        except RuntimeError:
-            pass

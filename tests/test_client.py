@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import aclosing, closing
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -177,7 +176,8 @@ async def test_api_errors_arrive_as_typed_errors(jt, events):
     await finished_job(events, "done")
     with pytest.raises(JobNotFound) as missing:
         await jt.call("get", "no-such-job")
-    assert (missing.value.status, missing.value.code) == (404, "job_not_found") and "no-such-job" in missing.value.detail
+    assert (missing.value.status, missing.value.code) == (404, "job_not_found")
+    assert "no-such-job" in missing.value.detail
     with pytest.raises(InvalidParams) as invalid:
         await jt.call("submit", "no.such.kind", {})
     assert invalid.value.status == 422
@@ -246,7 +246,7 @@ async def test_events_resume_exactly_once_after_the_network_drops_mid_stream(fla
     jt = flavors(await proxy.start(), max_reconnect_delay_s=1.0)
     await running_job(events, "flaky")
     reconnects: list[float] = []
-    reader = asyncio.create_task(jt.collect("events", "flaky", on_reconnect=lambda delay, why: reconnects.append(delay)))
+    reader = asyncio.create_task(jt.collect("events", "flaky", on_reconnect=lambda delay, _: reconnects.append(delay)))
 
     for round_ in range(3):
         for step in range(1, 6):
@@ -268,7 +268,9 @@ async def test_events_resume_on_another_api_after_a_retry_hinted_close(flavors, 
     jt = flavors(await proxy.start())
     await running_job(events, "drained")
     reconnects: list[str] = []
-    reader = asyncio.create_task(jt.collect("events", "drained", on_reconnect=lambda _, why: reconnects.append(why.code)))
+    reader = asyncio.create_task(
+        jt.collect("events", "drained", on_reconnect=lambda _, why: reconnects.append(why.code))
+    )
     await progress(events, "drained", 1, 2)
     await asyncio.sleep(0.5)
 
@@ -310,8 +312,9 @@ async def test_activity_follows_the_feed_with_filters(jt, events):
 
 async def test_wait_returns_the_final_state_when_the_job_ends(jt, events):
     await running_job(events, "slow")
-    asyncio.create_task(finish(events, "slow", delay=0.5))
+    finishing = asyncio.create_task(finish(events, "slow", delay=0.5))
     final = await asyncio.wait_for(jt.call("wait", "slow", timeout=20), 30)
+    await finishing
     assert final.state == "succeeded" and final.result == {"ok": True}
     assert (await jt.call("wait", "slow")).state == "succeeded", "a finished job answers at once"
 

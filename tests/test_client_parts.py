@@ -52,7 +52,7 @@ def test_the_parser_reads_every_block_with_any_line_ending():
 @given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=12))
 def test_the_parser_gives_the_same_blocks_however_the_bytes_are_chunked(cuts):
     points = sorted(set(cuts))
-    chunks = [STREAM[a:b] for a, b in zip([0, *points], [*points, len(STREAM)])]
+    chunks = [STREAM[a:b] for a, b in zip([0, *points], [*points, len(STREAM)], strict=True)]
     assert parse(chunks) == BLOCKS
 
 

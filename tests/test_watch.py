@@ -124,7 +124,8 @@ async def test_watch_exit_codes_say_failed_missing_and_refused(start_api, settin
     code, out, _ = await run("watch", "fine", env={"JOBTRAIL_URL": open_api.url})
     assert code == 0 and "succeeded job fine" in out
     code, out, err = await run("watch", "nothing-here", "--url", open_api.url)
-    assert (code, out) == (3, "") and err.strip() == "jobtrail watch: job 'nothing-here' does not exist (or has expired)"
+    assert (code, out) == (3, "")
+    assert err.strip() == "jobtrail watch: job 'nothing-here' does not exist (or has expired)"
     code, _, err = await run("watch", "broke", "--url", secured.url, "--key", "jt_wrong")
     assert code == 4 and len(err.strip().splitlines()) == 1 and "API key" in err
     code, _, err = await run("watch", "broke", "--url", "http://127.0.0.1:9")

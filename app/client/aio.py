@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -107,7 +107,7 @@ class AsyncClient:
         finally:
             await steps.aclose()
 
-    async def _steps(self, operation: Operation[Any]) -> AsyncIterator[Any]:
+    async def _steps(self, operation: Operation[Any]) -> AsyncGenerator[Any, None]:
         """Perform the operation's effects; yield its items, then `Done(result)`."""
         stream: httpx.Response | None = None
         chunks: AsyncIterator[bytes] | None = None

@@ -103,8 +103,7 @@ class ClientCore:
             params = {"limit": str(page_size), **({"after": after} if after else {})}
             reply = yield Call(method="GET", path=_job(job_id, "history"), params=params)
             page = decode(checked(reply, 200), HistoryPage)
-            for event in page.events:
-                yield event
+            yield from page.events
             if page.next is None or not page.events:
                 return
             after = page.next
@@ -171,8 +170,8 @@ class ClientCore:
                 os.fsync(out.fileno())
             expected = reply.headers.get("etag", "").strip('"')  # the API's ETag is the file's SHA-256
             if expected and expected != digest.hexdigest():
-                raise ChecksumMismatch(200, "checksum_mismatch",
-                                       f"artifact of job {job_id!r}: got sha256 {digest.hexdigest()}, expected {expected}")
+                detail = f"artifact of job {job_id!r}: got sha256 {digest.hexdigest()}, expected {expected}"
+                raise ChecksumMismatch(200, "checksum_mismatch", detail)
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)

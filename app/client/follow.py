@@ -71,7 +71,9 @@ def follow(
     failures = 0
     failing_since: float | None = None
     while True:
-        read_timeout = policy.stall_s if deadline is None else max(0.01, min(policy.stall_s, deadline - time.monotonic()))
+        read_timeout = policy.stall_s
+        if deadline is not None:
+            read_timeout = max(0.01, min(read_timeout, deadline - time.monotonic()))
         headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last} if last else {})}
         try:
             reply: Reply = yield Open(Call(method="GET", path=path, params=params, headers=headers,

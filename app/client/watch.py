@@ -70,9 +70,9 @@ class WatchView:
 
     def _update(self, progress: float | None = None, **fields: str) -> None:
         label = f"{self.state} {self.attempt}".strip() if self.state in ("running", "retrying") else self.state
-        fields = {name: escape(value) for name, value in fields.items()}
-        fields["state"] = f"[{_STYLE.get(self.state, 'white')}]{escape(label)}[/]"
-        self.progress.update(self.task, completed=progress, **fields)
+        shown: dict[str, Any] = {name: escape(value) for name, value in fields.items()}
+        shown["state"] = f"[{_STYLE.get(self.state, 'white')}]{escape(label)}[/]"
+        self.progress.update(self.task, completed=progress, **shown)
 
     def show(self, item: Event | Gap) -> None:
         if isinstance(item, Gap):
@@ -94,7 +94,8 @@ class WatchView:
         elif item.type == "phase":
             self._update(phase=str(data.get("phase", "")), message=str(data.get("message") or ""))
         elif item.type == "log":
-            self.console.print(f"[dim]{escape(str(data.get('level', 'info')))}[/] {escape(str(data.get('message', '')))}")
+            level, text = str(data.get("level", "info")), str(data.get("message", ""))
+            self.console.print(f"[dim]{escape(level)}[/] {escape(text)}")
             self._update()
         elif item.type == "cancel_requested":
             self._update(message="cancel requested")
