@@ -341,3 +341,12 @@ async def test_wait_times_out_while_events_keep_arriving(jt, events):
         await jt.call("wait", "busy", timeout=1.0)
     assert time.monotonic() - started < 4
     busy.cancel()
+
+
+async def test_events_raise_job_not_found_when_the_job_is_deleted_while_followed(jt, client, events):
+    await running_job(events, "doomed")
+    reader = asyncio.create_task(jt.collect("events", "doomed"))
+    await asyncio.sleep(0.5)
+    assert (await client.delete("/jobs/doomed")).status_code == 204
+    with pytest.raises(JobNotFound):
+        await asyncio.wait_for(reader, 30)

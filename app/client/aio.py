@@ -142,6 +142,9 @@ class AsyncClient:
                     elif isinstance(step, Read):
                         outcome = await _next_chunk(chunks)
                     elif isinstance(step, Sleep):
+                        if stream is not None:  # a broken stream is not kept open while we wait
+                            await stream.aclose()
+                            stream = None
                         await asyncio.sleep(step.seconds)
                 except transport.FAILURES as exc:
                     error = transport.dropped(exc) if isinstance(step, Read) else transport.unreachable(self._http, exc)

@@ -8,10 +8,11 @@ The loop (one round trip per connection):
 4. when the connection drops, stalls past `read_timeout`, is closed early by the server
    (with a `retry:` hint, as a draining API does), or is answered 429/5xx or not at all:
    sleep the hint (or `Retry-After`), doubled for each failure in a row up to
-   `max_delay_s`, and go to 1. Any other error answer is raised.
+   `max_delay_s`, and go to 1. Any other error answer (404: the job was deleted) is raised.
 
-`give_up_s` bounds how long failures in a row may last; `deadline` (monotonic) ends the
-whole follow with `on_deadline()`'s exception.
+An event, or a connection that lived longer than `max_delay_s`, ends a run of failures.
+`give_up_s` bounds how long the API may go without answering at all; `deadline`
+(monotonic) ends the whole follow with `on_deadline()`'s exception.
 """
 
 from __future__ import annotations
@@ -54,6 +55,37 @@ def comes_after(entry_id: str, last: str | None) -> bool:
     return new is None or old is None or new > old
 
 
+class _Backoff:
+    """How long to wait before the next connection, and when to give up."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.retry_s = DEFAULT_RETRY_S  # the server's latest `retry:` hint
+        self.failures = 0  # connections in a row that ended without an event
+        self.failing_since: float | None = None  # when the API last stopped answering
+        self.opened_at: float | None = None
+
+    def connected(self) -> None:
+        # The API answers: whatever happens to this connection, it is not down.
+        self.failing_since, self.opened_at = None, time.monotonic()
+
+    def progressed(self) -> None:
+        self.failures, self.failing_since = 0, None
+
+    def delay(self, failure: RateLimited | Unavailable, now: float) -> float:
+        """The wait before reconnecting after `failure`; raises it once the API has been away too long."""
+        if self.opened_at is not None and now - self.opened_at > self.policy.max_delay_s:
+            self.failures = 0  # a connection that lived (an idle job's, cut by a proxy) starts afresh
+        self.opened_at = None
+        self.failures += 1
+        self.failing_since = self.failing_since or now
+        if self.policy.give_up_s is not None and now - self.failing_since > self.policy.give_up_s:
+            raise failure
+        hint = failure.retry_after if failure.retry_after is not None else self.retry_s
+        delay = min(hint * 2.0 ** (self.failures - 1), self.policy.max_delay_s)
+        return delay * (1 + random.random() / 4)  # spread a crowd of clients reconnecting at once
+
+
 def follow(
     path: str,
     params: dict[str, str] | None,
@@ -67,58 +99,50 @@ def follow(
     on_reconnect: OnReconnect | None = None,
 ) -> Operation[None]:
     last = after
-    retry_s = DEFAULT_RETRY_S
-    failures = 0
-    failing_since: float | None = None
+    backoff = _Backoff(policy)
     while True:
         read_timeout = policy.stall_s
         if deadline is not None:
             read_timeout = max(0.01, min(read_timeout, deadline - time.monotonic()))
         headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last} if last else {})}
         try:
-            reply: Reply = yield Open(Call(method="GET", path=path, params=params, headers=headers,
-                                           timeout=read_timeout), read_timeout)
+            call = Call(method="GET", path=path, params=params, headers=headers, timeout=read_timeout)
+            reply: Reply = yield Open(call, read_timeout)
             if reply.status == 204:
                 return
             if reply.status != 200:
                 raise error_from(reply.status, reply.headers, reply.content)  # 429 and 5xx: retried below
+            backoff.connected()
             parser = SseParser()
             while True:
                 chunk: bytes = yield Read()
                 if not chunk:
-                    raise StreamDropped(None, "stream_closed", "the server closed the stream before the job ended")
+                    raise StreamDropped(None, "stream_closed", "the server ended the stream early")
                 for block in parser.feed(chunk):
                     if block.retry_ms is not None:
-                        retry_s = block.retry_ms / 1000
-                    if block.id is not None and not comes_after(block.id, last):
-                        continue  # already handed out (a server may resend around a reconnect)
+                        backoff.retry_s = block.retry_ms / 1000
                     if block.id is not None:
+                        if not comes_after(block.id, last):
+                            continue  # already handed out (a server may resend around a reconnect)
                         last = block.id
                     if block.data is None:
-                        continue
+                        continue  # a hint, or a bare `id:` that moved the resume point
                     item = decode(block)
-                    failures, failing_since = 0, None
+                    backoff.progressed()
                     yield item
                     if ends(item):
                         return
                 if deadline is not None and time.monotonic() >= deadline:
                     raise _deadline(on_deadline)
-        except (RateLimited, Unavailable) as error:
-            failure: ClientError = error
-            hint = error.retry_after
-        now = time.monotonic()
-        if deadline is not None and now >= deadline:
-            raise _deadline(on_deadline)
-        failures += 1
-        failing_since = failing_since or now
-        if policy.give_up_s is not None and now - failing_since > policy.give_up_s:
-            raise failure
-        delay = min((hint if hint is not None else retry_s) * 2 ** (failures - 1), policy.max_delay_s)
-        delay *= 1 + random.random() / 4  # spread a crowd of clients reconnecting at once
-        if deadline is not None:
-            delay = min(delay, max(0.0, deadline - now))
-        if on_reconnect is not None:
-            on_reconnect(delay, failure)
+        except (RateLimited, Unavailable) as failure:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise _deadline(on_deadline) from None
+            delay = backoff.delay(failure, now)
+            if deadline is not None:
+                delay = min(delay, max(0.0, deadline - now))
+            if on_reconnect is not None:
+                on_reconnect(delay, failure)
         yield Sleep(delay)
 
 

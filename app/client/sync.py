@@ -137,6 +137,9 @@ class Client:
                     elif isinstance(step, Read):
                         outcome = next((chunk for chunk in chunks if chunk), b"")
                     elif isinstance(step, Sleep):
+                        if stream is not None:  # a broken stream is not kept open while we wait
+                            stream.close()
+                            stream = None
                         time.sleep(step.seconds)
                 except transport.FAILURES as exc:
                     error = transport.dropped(exc) if isinstance(step, Read) else transport.unreachable(self._http, exc)
