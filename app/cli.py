@@ -1,4 +1,4 @@
-"""The `jobtrail` command: serve, worker, repair, migrate, keys; watch and submit (app/client/cli.py)."""
+"""The `jobtrail` command: serve, worker, repair, migrate, keys, watch, submit."""
 
 from __future__ import annotations
 
