@@ -1,9 +1,11 @@
 """jobtrail: every job transition is an event in a per-job Redis stream.
 
-The public API for handler authors: `kind` registers a job kind; its handler gets a
-`JobContext` and may raise `PermanentFailure` (fail now, no retry) or meet
-`JobCancelled`. The names are imported on first use, so `import jobtrail` stays cheap
-and starts nothing (no Redis client, no web framework).
+The public API is what this module exports; everything else is internal. For handler
+authors: `kind` registers a job kind; its handler gets a `JobContext` and may raise
+`PermanentFailure` (fail now, no retry) or meet `JobCancelled`. For clients: `Client`,
+`AsyncClient` and their errors. Names are imported on first use (PEP 562), so
+`import jobtrail` stays cheap and starts nothing: a handler module does not load the
+client's httpx, nor a client the server's litestar or redis.
 """
 
 from __future__ import annotations
@@ -11,20 +13,56 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from app.client import (
+        ArtifactNotFound,
+        AsyncClient,
+        ChecksumMismatch,
+        Client,
+        ClientError,
+        Conflict,
+        InvalidParams,
+        InvalidRequest,
+        JobNotFound,
+        NotFound,
+        RateLimited,
+        Unauthorized,
+        Unavailable,
+        WaitTimeout,
+    )
     from workers.context import JobCancelled, JobContext, PermanentFailure
     from workers.registry import kind
 
-__all__ = ["JobCancelled", "JobContext", "PermanentFailure", "kind"]
+_HANDLER_API = ["JobCancelled", "JobContext", "PermanentFailure", "kind"]
+_CLIENT_API = [
+    "ArtifactNotFound",
+    "AsyncClient",
+    "ChecksumMismatch",
+    "Client",
+    "ClientError",
+    "Conflict",
+    "InvalidParams",
+    "InvalidRequest",
+    "JobNotFound",
+    "NotFound",
+    "RateLimited",
+    "Unauthorized",
+    "Unavailable",
+    "WaitTimeout",
+]
+__all__ = [*_HANDLER_API, *_CLIENT_API]
 
 
 def __getattr__(name: str) -> Any:
     # Plain imports, not module paths in strings, so they follow the package when it moves.
-    if name == "kind":
-        from workers.registry import kind
+    if name in _HANDLER_API:
+        from workers import context, registry
 
-        return kind
-    if name in ("JobContext", "PermanentFailure", "JobCancelled"):
-        from workers.context import JobCancelled, JobContext, PermanentFailure
+        value = registry.kind if name == "kind" else getattr(context, name)
+    elif name in _CLIENT_API:
+        from app import client
 
-        return {"JobContext": JobContext, "PermanentFailure": PermanentFailure, "JobCancelled": JobCancelled}[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(client, name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # found once; later lookups do not come here
+    return value

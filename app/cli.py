@@ -1,4 +1,4 @@
-"""The `jobtrail` command: serve, worker, repair, migrate, keys."""
+"""The `jobtrail` command: serve, worker, repair, migrate, keys, watch, submit."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import msgspec
 
 import msgspec
 
+from app.client.cli import add_commands as add_client_commands
 from app.config import Settings
 from workers.kinds_loader import KindsLoadError
 
@@ -177,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     keys_new = keys.add_parser("new", help="make a key for a tenant and print it with its hashed config entry")
     keys_new.add_argument("tenant", help="the tenant the key acts for; `*` makes an admin key")
     keys_new.set_defaults(run=_keys_new)
+    add_client_commands(commands)
     args = parser.parse_args(argv)
+    if getattr(args, "standalone", False):
+        return int(args.run(args))  # a client of an API: no server settings, no server logging
     _configure_logging()
     try:
         settings = Settings.from_env()
