@@ -19,7 +19,7 @@ from app.events import EventType, ReasonData, State, SubmittedData
 from app.index import JobIndex
 from app.livejobs import LiveJobs
 from app.jobstate import JobState
-from app.offsets import id_key
+from app.submission import record_submitted
 from workers.registry import validate_params
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class JobService:
         # became a job, it drops.
         await self.live.track(job_id)
         try:
-            appended = await self.events.append(job_id, EventType.SUBMITTED, data)
+            await record_submitted(self.events, self.index, job_id, data)
         except JobExists:
             existing = await self.events.state(job_id)
             if (existing.kind, existing.params, existing.max_attempts) != (data.kind, data.params, data.max_attempts):
@@ -87,7 +87,6 @@ class JobService:
                 # delivery is harmless (the runner refuses to start a job twice).
                 await self.enqueue(job_id)
             return existing, False
-        await self.index.add(job_id, id_key(appended.id)[0], tenant)
         await self.enqueue(job_id)
         return await self.events.state(job_id), True
 
