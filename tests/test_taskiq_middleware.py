@@ -26,6 +26,7 @@ import pytest
 from app.config import Settings
 from tests.conftest import ROOT
 from tests.sse import collect
+from tests.test_audit import pdf_text
 
 pytestmark = pytest.mark.e2e
 
@@ -84,9 +85,9 @@ def start_user_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[.
     """Start `taskiq worker tests.user_taskiq_app:broker` as the team would; stopped at teardown."""
     started: list[UserWorker] = []
 
-    async def start(jobtrail_url: str | None = None) -> UserWorker:
+    async def start(jobtrail_url: str | None = None, **extra: str) -> UserWorker:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBTRAIL_", "USER_APP_"))}
-        env |= app_env(settings, jobtrail_url) | {
+        env |= app_env(settings, jobtrail_url) | extra | {
             "JOBTRAIL_PROGRESS_INTERVAL_S": "0", "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
         }
         log = tmp_path / f"taskiq-worker-{len(started)}.log"
@@ -182,6 +183,11 @@ async def test_a_failure_the_retry_middleware_retries_is_retrying_then_the_next_
     assert (retrying["next_attempt"], retrying["delay_s"]) == (2, 0.2)
     state = await job(client, task.task_id)
     assert (state["state"], state["attempt"], state["max_attempts"]) == ("succeeded", 2, 3)
+    # The audit report tells both attempts apart like a job of jobtrail's own.
+    audit = await client.get(f"/jobs/{task.task_id}/audit.pdf")
+    assert audit.status_code == 200, audit.text
+    _, text = pdf_text(audit.content)
+    assert "tests.user_taskiq_app:flaky" in text and "run 1 of a flaky task" in text
 
 
 async def test_the_last_failed_attempt_fails_the_job(client, user_app, start_user_worker):
@@ -233,6 +239,27 @@ async def test_a_task_cancelled_while_queued_does_not_start(client, user_app, st
     result = await task.wait_result(timeout=FINISH_S)
     assert result.is_err and type(result.error).__name__ == "JobCancelled"
     assert kinds_of(await history(client, task.task_id)) == ["submitted", "cancelled"]
+
+
+async def test_a_task_whose_worker_was_killed_goes_on_with_the_same_attempt_when_taskiq_delivers_it_again(
+    client, user_app, start_user_worker
+):
+    first = await start_user_worker(USER_APP_IDLE_MS="1000")
+    task = await user_app.count_to.kiq(40, 0.05)
+    await wait_for(client, task.task_id, lambda s: s["progress"] > 0)
+    os.killpg(first.process.pid, signal.SIGKILL)
+    first.process.wait()
+
+    await start_user_worker(USER_APP_IDLE_MS="1000")
+    await asyncio.sleep(1.2)
+    # taskiq-redis claims a message idle past its timeout only after a read that brought a new one.
+    nudge = await user_app.add.kiq(1, 1)
+    assert (await nudge.wait_result(timeout=FINISH_S)).return_value == 2
+    assert (await task.wait_result(timeout=FINISH_S)).return_value == {"counted": 40}
+    events = await history(client, task.task_id)
+    assert kinds_of(events) == ["submitted", "started", "phase", "phase", "succeeded"]
+    assert {e["attempt"] for e in events[1:]} == {1}
+    assert (await job(client, task.task_id))["state"] == "succeeded"
 
 
 async def test_a_worker_records_a_job_its_producer_could_not(

@@ -24,7 +24,7 @@ _NOTE_CHARS = 300
 def _enc_hook(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
-    raise NotImplementedError(f"{type(value).__name__} is not JSON")
+    raise TypeError(f"{type(value).__name__} has no JSON form")
 
 
 _encode = msgspec.json.Encoder(enc_hook=_enc_hook).encode
@@ -34,7 +34,7 @@ def as_json(value: Any, what: str, limit: int) -> Any:
     """`value` as plain JSON values, or a note when it does not encode within `limit` bytes."""
     try:
         raw = _encode(value)
-    except (TypeError, ValueError, OverflowError, NotImplementedError, RecursionError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         reason = f"{type(exc).__name__}: {exc}"[:_NOTE_CHARS]
         return {"note": f"{what} did not encode as JSON ({reason})"}
     if len(raw) > limit:

@@ -8,6 +8,7 @@ point it at their own keys:
 
     USER_APP_REDIS_URL        the app's broker and result backend
     USER_APP_QUEUE            its queue (results go under `<queue>:results`)
+    USER_APP_IDLE_MS          how long a message stays with a silent worker (taskiq-redis's default if unset)
     USER_APP_JOBTRAIL_URL     the Redis of jobtrail's API
     USER_APP_JOBTRAIL_PREFIX  jobtrail's key prefix
 """
@@ -25,7 +26,10 @@ from workers.context import JobContext, PermanentFailure
 
 QUEUE = os.environ["USER_APP_QUEUE"]
 
-broker = RedisStreamBroker(os.environ["USER_APP_REDIS_URL"], queue_name=QUEUE, consumer_group_name=f"{QUEUE}-workers")
+broker = RedisStreamBroker(
+    os.environ["USER_APP_REDIS_URL"], queue_name=QUEUE, consumer_group_name=f"{QUEUE}-workers",
+    idle_timeout=int(os.environ.get("USER_APP_IDLE_MS", 600_000)),
+)
 broker = broker.with_result_backend(
     RedisAsyncResultBackend(os.environ["USER_APP_REDIS_URL"], prefix_str=f"{QUEUE}:results", result_ex_time=600)
 )
