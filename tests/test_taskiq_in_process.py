@@ -8,13 +8,17 @@ worker are in tests/test_taskiq_middleware.py.
 
 from __future__ import annotations
 
+import asyncio
+
 import pydantic
 import pytest
-from taskiq import InMemoryBroker, SimpleRetryMiddleware, SmartRetryMiddleware
+from taskiq import InMemoryBroker, SimpleRetryMiddleware, SmartRetryMiddleware, TaskiqDepends
 
 from app.eventlog import EventLog
 from app.index import JobIndex
-from app.taskiq import JobtrailMiddleware
+from app.taskiq import JobtrailMiddleware, job_context
+from tests.redis_server import RedisServer
+from workers.context import JobContext
 from workers.taskiq_json import as_json
 
 
@@ -97,6 +101,38 @@ async def test_a_task_id_that_cannot_be_a_job_id_runs_unobserved(events: EventLo
     assert (await task.wait_result()).return_value == 3
     assert "task id 'a/b' cannot be a jobtrail job id" in caplog.text
     assert await events.redis.keys(f"{events.keys.prefix}:*") == []
+
+
+async def test_redis_failing_mid_task_loses_its_later_events_but_not_the_task(
+    durable_redis: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+):
+    middleware = JobtrailMiddleware(durable_redis.url, prefix=prefix)
+    broker = in_memory(middleware)
+    broker.await_inplace = False  # kiq returns while the task runs
+    go_on = asyncio.Event()
+
+    @broker.task
+    async def halves(ctx: JobContext = TaskiqDepends(job_context)) -> int:
+        await ctx.progress(0.5, "half")
+        await go_on.wait()
+        await ctx.progress(1.0, "all")  # Redis is down: dropped, and no exception
+        return 7
+
+    await broker.startup()
+    task = await halves.kiq()
+    async with asyncio.timeout(10):
+        while (await middleware.events.redis.hget(middleware.events.keys.job(task.task_id), "progress")) != "0.5":
+            await asyncio.sleep(0.02)
+    durable_redis.kill()
+    go_on.set()
+    assert (await task.wait_result(timeout=10)).return_value == 7
+
+    durable_redis.start()  # on its append-only file: what it took before it died is there
+    job = await middleware.events.state(task.task_id)
+    assert (job.state, job.progress, job.message) == ("running", 0.5, "half")
+    assert f"job {task.task_id}: progress not written" in caplog.text
+    assert "the outcome not recorded, Redis failed" in caplog.text
+    await broker.shutdown()
 
 
 class Point(pydantic.BaseModel):

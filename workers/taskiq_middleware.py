@@ -33,6 +33,7 @@ is untouched. Progress through the context is likewise best-effort (TaskiqJobCon
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -140,7 +141,9 @@ class JobtrailMiddleware(TaskiqMiddleware):
             overrides = {"redis_url": redis_url, "prefix": prefix}
             settings = msgspec.structs.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
             if settings.embedded:
-                raise ValueError("JobtrailMiddleware needs the Redis of jobtrail's API: pass redis_url= or set REDIS_URL")
+                raise ValueError(
+                    "JobtrailMiddleware needs the Redis of jobtrail's API: pass redis_url= or set REDIS_URL"
+                )
             events = EventLog(
                 Store(settings, role="taskiq").pooled(), Keys(settings.prefix), settings.retention_s,
                 activity_maxlen=settings.activity_maxlen,
@@ -173,10 +176,9 @@ class JobtrailMiddleware(TaskiqMiddleware):
             kind=message.task_name, params=params_of(message, self.settings.max_params_bytes),
             max_attempts=max_attempts(self.broker, message), tenant=self.tenant,
         )
-        try:
+        # JobExists: recorded by the worker, which was quicker, or by an earlier kick of this id.
+        with contextlib.suppress(JobExists):
             await record_submitted(self.events, self.index, message.task_id, data)
-        except JobExists:
-            pass  # recorded by the worker, which was quicker, or by an earlier kick of this id
 
     # --- the worker's side ---
 

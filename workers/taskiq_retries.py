@@ -25,6 +25,7 @@ job that a later delivery cannot start again.
 from __future__ import annotations
 
 from collections.abc import Iterable
+
 from taskiq import AsyncBroker, SimpleRetryMiddleware, SmartRetryMiddleware, TaskiqMessage, TaskiqMiddleware
 from taskiq.exceptions import NoResultError
 
