@@ -12,7 +12,7 @@ import asyncio
 
 import pydantic
 import pytest
-from taskiq import InMemoryBroker, SimpleRetryMiddleware, SmartRetryMiddleware, TaskiqDepends
+from taskiq import Context, InMemoryBroker, SimpleRetryMiddleware, SmartRetryMiddleware, TaskiqDepends
 
 from app.eventlog import EventLog
 from app.index import JobIndex
@@ -101,6 +101,23 @@ async def test_a_task_id_that_cannot_be_a_job_id_runs_unobserved(events: EventLo
     assert (await task.wait_result()).return_value == 3
     assert "task id 'a/b' cannot be a jobtrail job id" in caplog.text
     assert await events.redis.keys(f"{events.keys.prefix}:*") == []
+
+
+async def test_a_task_that_requeues_itself_is_one_attempt_ended_by_its_next_delivery(events: EventLog):
+    broker = in_memory(JobtrailMiddleware(events=events))
+
+    @broker.task
+    async def twice(context: Context = TaskiqDepends()) -> str:
+        if "X-Taskiq-requeue" not in context.message.labels:
+            await context.requeue()  # sends the message again and raises NoResultError
+        return "second delivery"
+
+    await broker.startup()
+    task = await twice.kiq()
+    assert (await task.wait_result()).return_value == "second delivery"
+    history = [event async for event in events.events(task.task_id)]
+    assert [(e.type, e.attempt) for e in history] == [("submitted", 0), ("started", 1), ("succeeded", 1)]
+    assert history[-1].data == {"result": "second delivery"}
 
 
 async def test_redis_failing_mid_task_loses_its_later_events_but_not_the_task(

@@ -37,6 +37,7 @@ import contextlib
 import logging
 import os
 import socket
+import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -68,11 +69,12 @@ T = TypeVar("T")
 
 # Set by taskiq's Context.requeue, which sends the same message again and raises NoResultError.
 REQUEUE_LABEL = "X-Taskiq-requeue"
-# The attempt a delivery runs, noted at its start: the retry middleware's kick changes
+# Names one delivery, from its start to its end, among the runs of this process. Not the
+# task id (nor the attempt): a retry or a requeue of the same task can start here before
+# the delivery that kicked it has ended, and the retry middleware's kick even changes
 # `_retries` in the labels of the message that failed (its kicker updates that very
-# dict), so after it the label names the next attempt. A kick carries this label on;
-# each delivery's start writes it again.
-ATTEMPT_LABEL = "jobtrail_attempt"
+# dict). A kick carries this label on; each delivery's start writes its own.
+DELIVERY_LABEL = "jobtrail_delivery"
 
 
 class TaskiqJobContext(JobContext):
@@ -154,9 +156,7 @@ class JobtrailMiddleware(TaskiqMiddleware):
         self.events = events
         self.index = JobIndex(events.redis, events.keys)
         self.tenant = tenant
-        # By (task id, attempt): a retry can start in this process before the attempt
-        # that kicked it has ended here (ATTEMPT_LABEL).
-        self._runs: dict[tuple[str, int], _Run] = {}
+        self._runs: dict[str, _Run] = {}  # by DELIVERY_LABEL
 
     def startup(self) -> None:
         check_order(self.broker, self)
@@ -183,7 +183,7 @@ class JobtrailMiddleware(TaskiqMiddleware):
     # --- the worker's side ---
 
     async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
-        message.labels[ATTEMPT_LABEL] = attempt_of(message)
+        message.labels[DELIVERY_LABEL] = uuid.uuid4().hex
         ctx = TaskiqJobContext(
             self.events, message.task_id, attempt_of(message), min_interval_s=self.settings.progress_interval_s
         )
@@ -292,8 +292,8 @@ class JobtrailMiddleware(TaskiqMiddleware):
         return None
 
 
-def _run_key(message: TaskiqMessage) -> tuple[str, int]:
-    return message.task_id, int(message.labels.get(ATTEMPT_LABEL, 0))
+def _run_key(message: TaskiqMessage) -> str:
+    return str(message.labels.get(DELIVERY_LABEL, ""))
 
 
 def job_context(context: Context = TaskiqDepends()) -> JobContext:
