@@ -22,6 +22,7 @@ from app.livejobs import LiveJobs
 from app.jobstate import JobState
 from app.jsondepth import MAX_JSON_DEPTH, json_depth
 from app.secret import ServerSecret
+from app.submission import index_job, record_submitted
 from workers.registry import validate_params
 
 log = logging.getLogger(__name__)
@@ -85,10 +86,7 @@ class JobService:
         # became a job, it drops.
         await self.live.track(job_id)
         try:
-            # A key of this request alone: when the reply is lost and redis-py sends the
-            # append again, the script answers `duplicate` for our own first call, which
-            # created the job, and JobExists only for another, earlier request's.
-            await self.events.append(job_id, EventType.SUBMITTED, data, key=f"submitted:{uuid.uuid4().hex}")
+            job = await record_submitted(self.events, self.index, job_id, data)
         except JobExists:
             existing = await self.events.state(job_id)
             if (existing.kind, existing.params, existing.max_attempts) != (data.kind, data.params, data.max_attempts):
@@ -96,19 +94,12 @@ class JobService:
                     "this Idempotency-Key was already used for a different request; use a new key"
                 ) from None
             # The request that created it may have died before indexing or enqueueing it.
-            await self._index(existing)
+            await index_job(self.index, existing)
             if existing.state is State.PENDING and existing.attempt == 0:
                 await self._enqueue_once(job_id)
             return existing, False
-        job = await self.events.state(job_id)
-        await self._index(job)
         await self._enqueue_once(job_id)
         return job, True
-
-    async def _index(self, job: JobState) -> None:
-        """List the job (both index entries; idempotent, so a repeat repairs a creator that died first)."""
-        created_ms = round(job.created_at.timestamp() * 1000) if job.created_at else 0
-        await self.index.add(job.id, created_ms, job.tenant)
 
     async def _enqueue_once(self, job_id: str) -> None:
         """Queue the job's first run unless another request already did (one SET NX, then one XADD).
