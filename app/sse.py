@@ -62,7 +62,11 @@ async def job_event_stream(
     if gap:
         yield sse_gap(job)
     stream_key = events.keys.events(job.id)
-    last = offset
+    # An offset past the job's last event claims events that do not exist (a clock's
+    # `now`, the largest id): it means "everything so far". Kept as is, it would make
+    # the live tail drop every new event as already sent, the terminal one too, and
+    # the stream would ping until the job expired.
+    last = job.last_event_id if is_after(offset, job.last_event_id) else offset
     try:
         sub = await hub.subscribe(stream_key, after=job.last_event_id)
     except RedisError:
