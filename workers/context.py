@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from app.artifacts import ArtifactStore
-from app.errors import JobNotFound, TransitionRefused
+from app.errors import JobNotFound, JobReplaced, TransitionRefused
 from app.eventlog import Appended, EventLog
 from app.events import TERMINAL_STATES, Artifact, EventType, LogData, PhaseData, ProgressData
 from workers.lease import Lease
@@ -20,7 +20,11 @@ class JobCancelled(Exception):
 
 
 class AttemptLost(Exception):
-    """Raised inside a handler whose attempt another worker has taken over: stop, write nothing."""
+    """Raised inside a handler whose attempt is no longer the job's: stop, write nothing.
+
+    Another worker took the attempt over, or the job was deleted and a new one submitted
+    under its id (same Idempotency-Key).
+    """
 
 
 class PermanentFailure(Exception):
@@ -35,6 +39,10 @@ class JobContext:
     when the interval ends, so a handler that goes quiet does not leave a stale figure.
     Every write also reports whether the job was asked to cancel, so a handler learns
     of it at its next progress call. The runner calls `close` when the attempt ends.
+
+    Every write names the attempt and the job's `incarnation` (the id of its `submitted`
+    event, as the runner loaded it), so a worker that lost its attempt, or whose job was
+    deleted and submitted again, writes nothing into the job that now has the id.
     """
 
     def __init__(
@@ -46,6 +54,7 @@ class JobContext:
         min_interval_s: float = 0.1,
         lease: Lease | None = None,
         artifacts: ArtifactStore | None = None,
+        incarnation: str | None = None,
     ) -> None:
         self.events = events
         self.lease = lease
@@ -53,6 +62,7 @@ class JobContext:
         self.produced: Artifact | None = None
         self.job_id = job_id
         self.attempt = attempt
+        self.incarnation = incarnation
         self.min_interval_s = min_interval_s
         self.cancel_requested = False
         self._last_write = float("-inf")
@@ -131,10 +141,14 @@ class JobContext:
         self.produced = out[0]
 
     async def check_cancelled(self) -> None:
-        """Ask Redis now (one HGET) and raise JobCancelled if the job should stop."""
-        flag = await self.events.redis.hget(self.events.keys.job(self.job_id), "cancel_requested")
+        """Ask Redis now (one HMGET) and raise JobCancelled (or AttemptLost) if the job should stop."""
+        flag, incarnation = await self.events.redis.hmget(
+            self.events.keys.job(self.job_id), "cancel_requested", "incarnation"
+        )
         if flag is None:
             raise JobCancelled(f"job {self.job_id} no longer exists")
+        if self.incarnation is not None and incarnation is not None and incarnation != self.incarnation:
+            raise AttemptLost(f"job {self.job_id} was deleted and submitted again")
         self.cancel_requested = flag == "1"
         self._raise_if_cancelled()
 
@@ -147,9 +161,13 @@ class JobContext:
     async def _write(self, event_type: EventType, data: Any) -> Appended:
         try:
             async with self._writing:
-                appended = await self.events.append(self.job_id, event_type, data, attempt=self.attempt)
+                appended = await self.events.append(
+                    self.job_id, event_type, data, attempt=self.attempt, incarnation=self.incarnation
+                )
         except JobNotFound as exc:
             raise JobCancelled(f"job {self.job_id} was deleted") from exc
+        except JobReplaced as exc:
+            raise AttemptLost(str(exc)) from exc
         except TransitionRefused as exc:
             if exc.state in TERMINAL_STATES:  # cancelled through the API while we ran
                 raise JobCancelled(str(exc)) from exc
