@@ -145,9 +145,10 @@ async def test_an_event_for_a_deleted_incarnation_of_the_job_is_refused_and_writ
     before = await events.state("job")
     assert await events.state_and_incarnation("job") == (before, second.id)
     # The old worker goes on: same attempt number, same idempotency keys, another job.
-    for event_type, data, key in [(EventType.PROGRESS, {"progress": 0.5}, None), (EventType.LOG, SAMPLE_DATA[EventType.LOG], None),
-                                  (EventType.STARTED, {"worker": "old", "attempt": 1}, "started:1"),
-                                  (EventType.SUCCEEDED, {"result": "old"}, "succeeded")]:
+    for event_type, data, key in [
+        (EventType.PROGRESS, {"progress": 0.5}, None), (EventType.LOG, SAMPLE_DATA[EventType.LOG], None),
+        (EventType.STARTED, {"worker": "old", "attempt": 1}, "started:1"), (EventType.SUCCEEDED, {"result": "old"}, "succeeded"),
+    ]:
         with pytest.raises(JobReplaced):
             await events.append("job", event_type, data, attempt=1, key=key, incarnation=first.id)
     assert await events.state("job") == before

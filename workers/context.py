@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
-from typing import Any, BinaryIO
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, BinaryIO, TypeVar
 
 from app.artifacts import ArtifactStore
 from app.errors import JobNotFound, JobReplaced, TransitionRefused
 from app.eventlog import Appended, EventLog
 from app.events import TERMINAL_STATES, Artifact, EventType, LogData, PhaseData, ProgressData
+from app.patience import Patience
 from workers.lease import Lease
+
+T = TypeVar("T")
 
 
 class JobCancelled(Exception):
@@ -43,6 +46,11 @@ class JobContext:
     Every write names the attempt and the job's `incarnation` (the id of its `submitted`
     event, as the runner loaded it), so a worker that lost its attempt, or whose job was
     deleted and submitted again, writes nothing into the job that now has the id.
+
+    With `patience`, a report waits Redis out (down, frozen, read-only, full) instead of
+    raising into the handler, which would fail the attempt; each write carries an
+    idempotency key of its own (`c<attempt>.<n>`), so one retried after a timeout that
+    hid its success lands once.
     """
 
     def __init__(
@@ -55,6 +63,7 @@ class JobContext:
         lease: Lease | None = None,
         artifacts: ArtifactStore | None = None,
         incarnation: str | None = None,
+        patience: Patience | None = None,
     ) -> None:
         self.events = events
         self.lease = lease
@@ -63,6 +72,8 @@ class JobContext:
         self.job_id = job_id
         self.attempt = attempt
         self.incarnation = incarnation
+        self.patience = patience
+        self._writes = 0  # numbers each write's idempotency key
         self.min_interval_s = min_interval_s
         self.cancel_requested = False
         self._last_write = float("-inf")
@@ -142,9 +153,10 @@ class JobContext:
 
     async def check_cancelled(self) -> None:
         """Ask Redis now (one HMGET) and raise JobCancelled (or AttemptLost) if the job should stop."""
-        flag, incarnation = await self.events.redis.hmget(
-            self.events.keys.job(self.job_id), "cancel_requested", "incarnation"
-        )
+        def ask() -> Any:
+            return self.events.redis.hmget(self.events.keys.job(self.job_id), "cancel_requested", "incarnation")
+
+        flag, incarnation = await self._patiently("checking for cancellation", ask)
         if flag is None:
             raise JobCancelled(f"job {self.job_id} no longer exists")
         if self.incarnation is not None and incarnation is not None and incarnation != self.incarnation:
@@ -161,9 +173,15 @@ class JobContext:
     async def _write(self, event_type: EventType, data: Any) -> Appended:
         try:
             async with self._writing:
-                appended = await self.events.append(
-                    self.job_id, event_type, data, attempt=self.attempt, incarnation=self.incarnation
-                )
+                self._writes += 1
+                key = f"c{self.attempt}.{self._writes}"
+
+                def append() -> Awaitable[Appended]:
+                    return self.events.append(
+                        self.job_id, event_type, data, attempt=self.attempt, key=key, incarnation=self.incarnation
+                    )
+
+                appended = await self._patiently(f"{event_type.value} report", append)
         except JobNotFound as exc:
             raise JobCancelled(f"job {self.job_id} was deleted") from exc
         except JobReplaced as exc:
@@ -175,3 +193,8 @@ class JobContext:
         self.cancel_requested = appended.cancel_requested
         self._raise_if_cancelled()
         return appended
+
+    async def _patiently(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        if self.patience is None:
+            return await call()
+        return await self.patience.run(f"job {self.job_id} attempt {self.attempt}: {what}", call)

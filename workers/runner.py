@@ -11,6 +11,10 @@ worker, so its own message can be acknowledged.
 A delivery runs the incarnation of the job it first loads (the id of its `submitted`
 event) and names it in every append: a job deleted and submitted again under the same
 id is another job, which this delivery leaves alone; its own message runs it.
+
+Redis away (down, frozen, read-only, full) costs no attempt: every load and append here,
+and every report of the handler, waits it out for up to `redis_outage_s`
+(app/patience.py), and each append it may retry carries an idempotency key.
 """
 
 from __future__ import annotations
@@ -23,9 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.artifacts import ArtifactStore
 from app.config import Settings
@@ -36,6 +38,7 @@ from app.events import (
 )
 from app.jobstate import JobState
 from app.livejobs import LiveJobs, now_ms
+from app.patience import Patience
 from workers.context import AttemptLost, JobCancelled, JobContext, PermanentFailure
 from workers.lease import Lease
 from workers.registry import get_kind, parse_params
@@ -73,6 +76,7 @@ class Runner:
         self.artifacts = ArtifactStore(settings.artifact_dir)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.live = LiveJobs(events.redis, events.keys, settings.pending_stale_s)
+        self.patience = Patience(settings.redis_outage_s)
         # Queues a job handed off by `interrupt` for the next worker; without it the reaper does.
         self.requeue = requeue
         # The tasks inside `run`: taskiq acknowledges a message in the same task once `run`
@@ -101,8 +105,11 @@ class Runner:
             body.cancel()
 
     async def _run(self, job_id: str) -> None:
-        lease = Lease(self.events.redis, self.events.keys.lease(job_id), self.name, self.settings.lease_ttl_s)
-        if not await lease.acquire():
+        keys = self.events.keys
+        lease = Lease(
+            self.events.redis, keys.lease(job_id), self.name, self.settings.lease_ttl_s, job_key=keys.job(job_id)
+        )
+        if not await self.patience.run(f"job {job_id}: taking its lease", lease.acquire):
             log.info("job %s is being run by another worker; dropping this delivery", job_id)
             return
         handed_off = False
@@ -132,6 +139,7 @@ class Runner:
         job = await self._load(delivery)
         if job is None:
             return
+        lease.hold(job.attempt, delivery.incarnation)
         # The reaper's first look at the job comes when this lease could first expire.
         await self._update_live(self.live.postpone({job_id: now_ms() + lease.ttl_ms}), job_id)
         if job.state is State.RUNNING:
@@ -161,20 +169,22 @@ class Runner:
     async def _attempt(self, delivery: Delivery, job: JobState) -> JobState | None:
         """One attempt; the job's state afterwards when another attempt should follow."""
         attempt = job.attempt + 1
+        started_data = StartedData(worker=self.name, attempt=attempt)
         try:
-            started = await self.events.append(
-                job.id, EventType.STARTED, StartedData(worker=self.name, attempt=attempt), attempt=attempt,
-                key=f"started:{attempt}", incarnation=delivery.incarnation,
-            )
+            started = await self.patience.run(f"job {job.id}: started", lambda: self.events.append(
+                job.id, EventType.STARTED, started_data, attempt=attempt, key=f"started:{attempt}",
+                incarnation=delivery.incarnation,
+            ))
         except JobReplaced as exc:
             log.info("%s; dropping this delivery", exc)
             return None
         if started.duplicate:
             log.info("job %s attempt %d was already started elsewhere; dropping this delivery", job.id, attempt)
             return None
+        delivery.lease.hold(attempt, delivery.incarnation)
         ctx = JobContext(
             self.events, job.id, attempt, min_interval_s=self.settings.progress_interval_s, lease=delivery.lease,
-            artifacts=self.artifacts, incarnation=delivery.incarnation,
+            artifacts=self.artifacts, incarnation=delivery.incarnation, patience=self.patience,
         )
         try:
             spec = get_kind(job.kind)
@@ -234,27 +244,26 @@ class Runner:
         except RedisError as exc:
             log.warning("job %s: live set not updated (%s)", job_id, exc)
 
-    async def _durable_append(self, delivery: Delivery, event_type: EventType, data: Any, attempt: int, key: str) -> None:
-        """Append, retrying while Redis is unreachable; the key makes a retried append land once."""
-        job_id, incarnation = delivery.job_id, delivery.incarnation
-        delay = 0.2
-        for _ in range(12):
-            try:
-                await self.events.append(job_id, event_type, data, attempt=attempt, key=key, incarnation=incarnation)
-                return
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                log.warning("job %s: %s append failed (%s); retrying in %.1fs", job_id, event_type, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        # A last try, which raises if Redis is still away. taskiq acknowledges the message
-        # all the same, so the job is left to the reaper: running, and soon without a lease.
-        await self.events.append(job_id, event_type, data, attempt=attempt, key=key, incarnation=incarnation)
+    async def _durable_append(
+        self, delivery: Delivery, event_type: EventType, data: Any, attempt: int, key: str
+    ) -> None:
+        """Append, waiting Redis out (up to `redis_outage_s`); the key makes a retried append land once.
+
+        When Redis stays away longer, the error is raised. taskiq acknowledges the message
+        all the same, so the job is left to the reaper: running, and soon without a lease.
+        """
+        job_id = delivery.job_id
+        await self.patience.run(f"job {job_id}: {event_type.value} append", lambda: self.events.append(
+            job_id, event_type, data, attempt=attempt, key=key, incarnation=delivery.incarnation
+        ))
 
     async def _load(self, delivery: Delivery) -> JobState | None:
         """The job if it is still live and still the incarnation this delivery runs (one HGETALL)."""
         job_id = delivery.job_id
         try:
-            job, incarnation = await self.events.state_and_incarnation(job_id)
+            job, incarnation = await self.patience.run(
+                f"job {job_id}: loading it", lambda: self.events.state_and_incarnation(job_id)
+            )
         except JobNotFound:
             log.info("job %s no longer exists; nothing to run", job_id)
             return None

@@ -6,7 +6,6 @@ import logging
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
-from redis import exceptions as redis_errors
 
 from app.api.schemas import ErrorBody
 from app.errors import (
@@ -22,6 +21,7 @@ from app.errors import (
     StoreUnavailable,
     TransitionRefused,
 )
+from app.patience import REDIS_AWAY
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,7 @@ _STATUS: dict[type[Exception], tuple[int, str]] = {
 }
 
 # Errors that mean "Redis is away for now", not "this request is wrong".
-UNAVAILABLE = (
-    redis_errors.ConnectionError,  # includes BusyLoadingError: Redis is loading its data
-    redis_errors.TimeoutError,
-    redis_errors.ReadOnlyError,  # a failover left us on a replica
-    redis_errors.OutOfMemoryError,  # maxmemory reached under noeviction (ops/redis.conf)
-    StoreUnavailable,
-)
+UNAVAILABLE = (*REDIS_AWAY, StoreUnavailable)
 
 
 def _error(status: int, code: str, detail: str, extra: object = None, headers: dict[str, str] | None = None) -> Response:
