@@ -9,22 +9,35 @@
 -- ARGV[4]  idempotency key, or '' for none
 -- ARGV[5]  retention in seconds, applied to every key at a terminal event
 -- ARGV[6]  `at` in epoch ms, or '' for the server's clock
--- ARGV[7..] field, value pairs derived from the data (app/reducer.py: fields_for)
+-- ARGV[7]  incarnation the writer works for (the id of the job's `submitted`), or '' for any
+-- ARGV[8..] field, value pairs derived from the data (app/reducer.py: fields_for)
 --
 -- Returns {'ok', id, state, cancel_requested, at, attempt, kind, tenant}  (the last four feed app/activity.py)
 --      or {'duplicate', id, state, cancel_requested}  (key seen: nothing written)
 --      or {'refused', state}                          (state forbids it: nothing written)
 --      or {'stale', state, current attempt}            (ARGV[2] is not the attempt the rule
 --                                                      wants: nothing written)
+--      or {'replaced', state}                         (ARGV[7] is not the job's incarnation: the
+--                                                      job was deleted and submitted again; nothing written)
 --
 -- RULES, TERMINAL and ABSENT are rendered above this line from app/events.py.
 
 local job, stream, dedupe = KEYS[1], KEYS[2], KEYS[3]
 local etype, attempt, data, key, retention, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local incarnation = ARGV[7]
 
 local rule = RULES[etype]
 if not rule then
   return redis.error_reply('unknown event type ' .. etype)
+end
+
+-- Before the dedupe: the new incarnation's keys say nothing about the old one's writes.
+-- A hash without an incarnation (written before it was recorded) is not fenced.
+if incarnation ~= '' then
+  local own = redis.call('HMGET', job, 'incarnation', 'state')
+  if own[1] and own[1] ~= incarnation then
+    return {'replaced', own[2] or ABSENT}
+  end
 end
 
 if key ~= '' then
@@ -71,7 +84,11 @@ if rule.stamp then
   table.insert(fields, rule.stamp)
   table.insert(fields, at)
 end
-for i = 7, #ARGV do
+if rule.opens then
+  table.insert(fields, 'incarnation')
+  table.insert(fields, id)
+end
+for i = 8, #ARGV do
   table.insert(fields, ARGV[i])
 end
 redis.call('HSET', job, unpack(fields))

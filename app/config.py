@@ -31,6 +31,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry_max_s: float = 60.0
     worker_concurrency: int = 10
     lease_ttl_s: float = 30.0
+    # How long a worker waits for an unreachable (or read-only, or full) Redis before a
+    # job's write fails its attempt (app/patience.py).
+    redis_outage_s: float = 60.0
     # Unless set, embedded `jobtrail serve` uses a temporary directory instead (app/cli.py).
     artifact_dir: str = "artifacts"
     artifact_sweep_s: float = 300.0

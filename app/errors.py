@@ -58,6 +58,19 @@ class AttemptSuperseded(TransitionRefused):
         self.current = current
 
 
+class JobReplaced(TransitionRefused):
+    """The event names an incarnation the job no longer is: it was deleted, and a new job took its id."""
+
+    def __init__(self, job_id: str, event_type: str, state: str) -> None:
+        JobtrailError.__init__(
+            self, f"event '{event_type}' refused: job {job_id!r} was deleted and submitted again since this "
+            "writer loaded it"
+        )
+        self.job_id = job_id
+        self.event_type = event_type
+        self.state = state
+
+
 class InvalidRequest(JobtrailError):
     """Input the caller can fix (HTTP 400)."""
 

@@ -15,7 +15,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from app.activity import ActivityFeed
-from app.errors import AttemptSuperseded, JobExists, JobNotFound, TransitionRefused
+from app.errors import AttemptSuperseded, JobExists, JobNotFound, JobReplaced, TransitionRefused
 from app.events import ABSENT, RULES, TERMINAL_STATES, CorruptEvent, Event, EventType, check_data
 from app.jobstate import JobState
 from app.keys import Keys
@@ -39,9 +39,10 @@ def render_append_script() -> str:
         nxt = _lua_string(rule.next_state) if rule.next_state else "nil"
         stamp = _lua_string(rule.stamp) if rule.stamp else "nil"
         attempt = _lua_string(rule.attempt) if rule.attempt else "nil"
+        opens = "true" if rule.opens else "false"
         lines.append(
             f"  [{_lua_string(event_type)}] = {{allowed = {{{allowed}}}, next = {nxt}, stamp = {stamp}, "
-            f"attempt = {attempt}}},"
+            f"attempt = {attempt}, opens = {opens}}},"
         )
     lines.append("}")
     terminal = ", ".join(f"[{_lua_string(s)}] = true" for s in sorted(TERMINAL_STATES))
@@ -90,11 +91,14 @@ class EventLog:
         key: str | None = None,
         at_ms: int | None = None,
         retention_s: int | None = None,
+        incarnation: str | None = None,
     ) -> Appended:
         """Append one event (one round trip). Raises JobNotFound, JobExists or TransitionRefused.
 
         An explicit `attempt` must be the job's current one (the next one for `started`),
-        else AttemptSuperseded (a TransitionRefused) and nothing is written.
+        else AttemptSuperseded (a TransitionRefused) and nothing is written. An explicit
+        `incarnation` (see `state_and_incarnation`) must be the job's, else JobReplaced (a
+        TransitionRefused) and nothing is written: workers name both.
 
         `at_ms` keeps an original timestamp; `retention_s` replaces the configured retention
         (the TTL a terminal event gives the job's keys), e.g. to keep an imported job's TTL.
@@ -109,11 +113,14 @@ class EventLog:
             key or "",
             self.retention_s if retention_s is None else retention_s,
             "" if at_ms is None else at_ms,
+            incarnation or "",
         ]
         for field, value in fields_for(event_type, payload).items():
             args += [field, value]
         reply = await self._append(keys=list(self.keys.job_keys(job_id)), args=args)
         status = reply[0]
+        if status == "replaced":
+            raise JobReplaced(job_id, event_type, reply[1])
         if status == "stale":
             raise AttemptSuperseded(job_id, event_type, reply[1], attempt or 0, int(reply[2]))
         if status == "refused":
@@ -146,13 +153,22 @@ class EventLog:
 
     async def state(self, job_id: str) -> JobState:
         """The job's current state (one round trip: HGETALL and PEXPIRETIME). Raises JobNotFound."""
+        return (await self.state_and_incarnation(job_id))[0]
+
+    async def state_and_incarnation(self, job_id: str) -> tuple[JobState, str | None]:
+        """The job's state and its incarnation, the id of its `submitted` event (one round trip).
+
+        A writer that passes the incarnation to `append` can never write into a job that
+        replaced the one it loaded. None for a hash written before incarnations were recorded.
+        Raises JobNotFound.
+        """
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.keys.job(job_id))
             pipe.pexpiretime(self.keys.job(job_id))
             fields, expires_ms = await pipe.execute()
         if not fields.get("state"):
             raise JobNotFound(job_id)
-        return JobState.from_hash(job_id, fields, expires_ms)
+        return JobState.from_hash(job_id, fields, expires_ms), fields.get("incarnation")
 
     async def visible_state(self, job_id: str, tenant: str | None, *, sees_all: bool = False) -> JobState:
         """The job's state if a viewer of `tenant` may see it; else JobNotFound, as for a missing job.

@@ -50,13 +50,18 @@ class Rule(NamedTuple):
     # the one after it ("next", for `started`): a worker that lost its job (frozen past
     # its lease, say) must not write into the attempt that replaced its own.
     attempt: str | None = "current"
+    # The event opens an incarnation of the job id: its own id becomes the job's
+    # `incarnation`. A job deleted and submitted again under the same id (the same
+    # Idempotency-Key) is a new incarnation, and a writer that names the old one is
+    # refused, even when the attempt numbers agree.
+    opens: bool = False
 
 
 _LIVE = frozenset({State.PENDING, State.RUNNING})
 _RUNNING = frozenset({State.RUNNING})
 
 RULES: dict[EventType, Rule] = {
-    EventType.SUBMITTED: Rule(frozenset({ABSENT}), State.PENDING, "created_at", attempt=None),
+    EventType.SUBMITTED: Rule(frozenset({ABSENT}), State.PENDING, "created_at", attempt=None, opens=True),
     EventType.STARTED: Rule(frozenset({State.PENDING}), State.RUNNING, "started_at", attempt="next"),
     EventType.PROGRESS: Rule(_RUNNING, None, None),
     EventType.PHASE: Rule(_RUNNING, None, None),

@@ -81,6 +81,10 @@ class Keys:
         """String: held by the one worker reaping stalled jobs in the current interval."""
         return f"{self.prefix}:reaper:lock"
 
+    def reaper_passes(self) -> str:
+        """Hash: `last` (epoch ms of the latest reaper pass) and `calm_since` (since when passes came without a gap)."""
+        return f"{self.prefix}:reaper:passes"
+
     def tenant_index(self, tenant: str) -> str:
         """Sorted set: one tenant's job ids by creation time (ms), like `index`."""
         return f"{self.prefix}:tenant:{{{tenant}}}:jobs"

@@ -65,6 +65,8 @@ def bookkeeping(event: Event) -> dict[str, str]:
         fields["state"] = rule.next_state.value
     if rule.stamp is not None:
         fields[rule.stamp] = str(event.at)
+    if rule.opens:
+        fields["incarnation"] = event.id
     return fields
 
 
@@ -75,8 +77,9 @@ class IllegalHistory(ValueError):
 def fold(events: Iterable[Event]) -> dict[str, str]:
     """The state hash that appending `events` in order leaves behind.
 
-    The attempt fence (`Rule.attempt`) is not checked here: it guards writers, and a
-    stream written before it existed may hold a superseded attempt's events.
+    The attempt and incarnation fences (`Rule.attempt`, the `incarnation` an append
+    names) are not checked here: they guard writers, and a stream written before they
+    existed may hold a superseded attempt's events.
     """
     state: dict[str, str] = {}
     for event in events:

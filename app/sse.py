@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from app.activity import FeedPosition, FeedReader, Transition, decode_transitions
 from app.eventlog import EventLog, Unreadable
-from app.events import Event
+from app.events import Event, EventType
 from app.hub import Hub, SubscriptionClosed
 from app.jobstate import JobState
 from app.offsets import is_after
@@ -57,12 +57,22 @@ async def job_event_stream(
     retry_ms: int,
     ping_s: float,
 ) -> AsyncIterator[bytes]:
-    """The SSE byte stream of one job from `offset`, ending after its terminal event."""
+    """The SSE byte stream of one job from `offset`, ending after its terminal event.
+
+    Or ending with `: job was deleted`: when the job's key is gone at a ping, or at once
+    when the stream brings a `submitted` after the job's last event, which is a new job
+    submitted under the deleted one's id (the same Idempotency-Key). Its events are
+    not this stream's: the client reconnects and meets the new job from its beginning.
+    """
     yield b"retry: %d\n\n" % retry_ms
     if gap:
         yield sse_gap(job)
     stream_key = events.keys.events(job.id)
-    last = offset
+    # An offset past the job's last event claims events that do not exist (a clock's
+    # `now`, the largest id): it means "everything so far". Kept as is, it would make
+    # the live tail drop every new event as already sent, the terminal one too, and
+    # the stream would ping until the job expired.
+    last = job.last_event_id if is_after(offset, job.last_event_id) else offset
     try:
         sub = await hub.subscribe(stream_key, after=job.last_event_id)
     except RedisError:
@@ -76,6 +86,9 @@ async def job_event_stream(
                 # (nothing is dispatched), so a reconnect does not meet it again.
                 yield b"id: %s\n: unreadable entry skipped\n\n" % event.id.encode()
             else:
+                if replaces(event, job):
+                    yield sse_comment("job was deleted")
+                    return
                 yield sse_event(event)
                 if event.terminal:
                     return
@@ -90,6 +103,9 @@ async def job_event_stream(
                 continue
             if not is_after(event.id, last):
                 continue
+            if replaces(event, job):
+                yield sse_comment("job was deleted")
+                return
             yield sse_event(event)
             last = event.id
             if event.terminal:
@@ -101,6 +117,11 @@ async def job_event_stream(
         yield sse_goodbye("event store unavailable", retry_ms)
     finally:
         hub.unsubscribe(sub)
+
+
+def replaces(event: Event, job: JobState) -> bool:
+    """Whether `event` belongs to a new job under `job`'s id: `job`'s own `submitted` is at or before its last event."""
+    return event.type is EventType.SUBMITTED and is_after(event.id, job.last_event_id)
 
 
 # --- the activity feed: every job's transitions, never closing by itself ---

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.errors import AttemptSuperseded, JobExists, JobNotFound, TransitionRefused
+from app.errors import AttemptSuperseded, JobExists, JobNotFound, JobReplaced, TransitionRefused
 from app.eventlog import EventLog
 from app.events import ABSENT, RULES, TERMINAL_STATES, EventType, State
 from app.reducer import fold
@@ -134,6 +134,25 @@ async def test_an_event_of_a_superseded_attempt_is_refused_and_writes_nothing(ev
         assert refused.value.current == 2
     assert await events.state("job") == before
     assert len([e async for e in events.events("job")]) == 4
+
+
+async def test_an_event_for_a_deleted_incarnation_of_the_job_is_refused_and_writes_nothing(events):
+    first = await events.append("job", EventType.SUBMITTED, SAMPLE_DATA[EventType.SUBMITTED])
+    await events.append("job", EventType.STARTED, {"worker": "old", "attempt": 1}, attempt=1, incarnation=first.id)
+    await events.delete("job")
+    second = await events.append("job", EventType.SUBMITTED, SAMPLE_DATA[EventType.SUBMITTED])
+    await events.append("job", EventType.STARTED, {"worker": "new", "attempt": 1}, attempt=1, incarnation=second.id)
+    before = await events.state("job")
+    assert await events.state_and_incarnation("job") == (before, second.id)
+    # The old worker goes on: same attempt number, same idempotency keys, another job.
+    for event_type, data, key in [
+        (EventType.PROGRESS, {"progress": 0.5}, None), (EventType.LOG, SAMPLE_DATA[EventType.LOG], None),
+        (EventType.STARTED, {"worker": "old", "attempt": 1}, "started:1"), (EventType.SUCCEEDED, {"result": "old"}, "succeeded"),
+    ]:
+        with pytest.raises(JobReplaced):
+            await events.append("job", event_type, data, attempt=1, key=key, incarnation=first.id)
+    assert await events.state("job") == before
+    assert [e.data.get("worker") async for e in events.events("job")] == [None, "new"]
 
 
 async def test_append_reports_cancel_requested_to_the_producer(events):

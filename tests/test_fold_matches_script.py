@@ -62,6 +62,7 @@ appends = st.lists(
         event_types.flatmap(lambda t: st.tuples(st.just(t), DATA[t])),
         st.none() | st.integers(0, 5),  # attempt
         st.none() | st.sampled_from(["a", "b", "c"]),  # idempotency key
+        st.sampled_from([None, "own", "other"]),  # incarnation the writer names
     ),
     max_size=25,
 )
@@ -72,13 +73,15 @@ async def scenario(redis_url: str, sequence) -> None:
     keys = Keys(f"test-prop-{uuid.uuid4().hex[:12]}")
     events = EventLog(client, keys, retention_s=60)
     try:
-        await events.append("job", EventType.SUBMITTED, DATA_EXAMPLE)
-        for (event_type, data), attempt, key in sequence:
+        own = (await events.append("job", EventType.SUBMITTED, DATA_EXAMPLE)).id
+        for (event_type, data), attempt, key, incarnation in sequence:
+            named = {"own": own, "other": "1-1"}.get(incarnation or "")
             try:
-                await events.append("job", event_type, data, attempt=attempt, key=key)
+                await events.append("job", event_type, data, attempt=attempt, key=key, incarnation=named)
             except (TransitionRefused, JobExists, JobNotFound):
                 pass
         stored = await client.hgetall(keys.job("job"))
+        assert stored["incarnation"] == own
         folded = fold([event async for event in events.events("job")])
         assert stored == folded
     finally:

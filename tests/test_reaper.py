@@ -201,7 +201,7 @@ async def test_only_one_worker_reaps_per_interval(events, settings, group, monke
     await events.redis.delete(events.keys.reaper_lock())
     passes = []
 
-    async def counted(at_ms=None):
+    async def counted(at_ms=None, **_):
         passes.append(time.monotonic())
         return []
 
@@ -226,7 +226,7 @@ async def test_a_failing_pass_is_logged_and_the_loop_goes_on(events, settings, g
     reaper = Reaper(events, requeue, msgspec.structs.replace(settings, reaper_interval_s=0.1), group=group, name="w")
     calls = []
 
-    async def flaky(at_ms=None):
+    async def flaky(at_ms=None, **_):
         calls.append(at_ms)
         if len(calls) == 1:
             raise RedisConnectionError("Redis went away")

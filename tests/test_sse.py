@@ -11,6 +11,7 @@ import os
 import random
 import re
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 
@@ -150,6 +151,26 @@ async def test_live_tail_delivers_events_appended_after_connecting_then_closes_a
     assert [m.event for m in live] == ["progress", "progress", "progress", "succeeded"]
     assert ids(replayed + live) == await stream_ids(redis_client, keys, "live")
     assert [m.json["data"]["current"] for m in live[:3]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("offset", ["hour-ahead", "18446744073709551615", "18446744073709551615-18446744073709551614"])
+async def test_stream_resumed_from_a_future_offset_gets_new_events_and_closes_at_terminal(
+    client, events, redis_client, keys, offset
+):
+    # No client can hold an event that does not exist yet: an offset past the job's last
+    # event means "everything so far", so the live tail still ends at the terminal event.
+    await running_job(events, "ahead")
+    if offset == "hour-ahead":
+        offset = f"{int(time.time() * 1000) + 3_600_000}-0"
+    before = await stream_ids(redis_client, keys, "ahead")
+
+    async with open_stream(client, "/jobs/ahead/events", headers={"Last-Event-ID": offset}) as stream:
+        await progress(events, "ahead", 1, 1)
+        await events.append("ahead", EventType.SUCCEEDED, SucceededData(result=1))
+        live = await stream.rest(timeout=5)
+
+    assert [m.event for m in live] == ["progress", "succeeded"]
+    assert before + ids(live) == await stream_ids(redis_client, keys, "ahead")
 
 
 async def test_first_client_of_a_job_gets_live_events_without_waiting_out_the_hubs_blocking_read(

@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any, BinaryIO
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from app.artifacts import ArtifactStore
-from app.errors import JobNotFound, TransitionRefused
+from app.errors import JobNotFound, JobReplaced, TransitionRefused
 from app.eventlog import Appended, EventLog
 from app.events import TERMINAL_STATES, Artifact, Event, EventType, LogData, PhaseData, ProgressData
 from app.jobstate import JobState
+from app.patience import Patience
 from workers.lease import Lease
 
 if TYPE_CHECKING:
     from workers.registry import Kind
+
+T = TypeVar("T")
 
 
 class JobCancelled(Exception):
@@ -24,7 +27,11 @@ class JobCancelled(Exception):
 
 
 class AttemptLost(Exception):
-    """Raised inside a handler whose attempt another worker has taken over: stop, write nothing."""
+    """Raised inside a handler whose attempt is no longer the job's: stop, write nothing.
+
+    Another worker took the attempt over, or the job was deleted and a new one submitted
+    under its id (same Idempotency-Key).
+    """
 
 
 class PermanentFailure(Exception):
@@ -54,6 +61,15 @@ class JobContext:
     as the job's submitter would through the API: `tenant` is the job's own (None for an
     admin's job, or in open mode, which see every job), and another tenant's job is
     JobNotFound, exactly like a missing one. `events` is for the context's own writes.
+
+    Every write names the attempt and the job's `incarnation` (the id of its `submitted`
+    event, as the runner loaded it), so a worker that lost its attempt, or whose job was
+    deleted and submitted again, writes nothing into the job that now has the id.
+
+    With `patience`, a report waits Redis out (down, frozen, read-only, full) instead of
+    raising into the handler, which would fail the attempt; each write carries an
+    idempotency key of its own (`c<attempt>.<n>`), so one retried after a timeout that
+    hid its success lands once.
     """
 
     def __init__(
@@ -67,6 +83,8 @@ class JobContext:
         artifacts: ArtifactStore | None = None,
         tenant: str | None = None,
         kind: Kind | None = None,
+        incarnation: str | None = None,
+        patience: Patience | None = None,
     ) -> None:
         self.events = events
         self.tenant = tenant
@@ -76,6 +94,9 @@ class JobContext:
         self.produced: Artifact | None = None
         self.job_id = job_id
         self.attempt = attempt
+        self.incarnation = incarnation
+        self.patience = patience
+        self._writes = 0  # numbers each write's idempotency key
         self.min_interval_s = min_interval_s
         self.cancel_requested = False
         self._last_write = float("-inf")
@@ -173,10 +194,15 @@ class JobContext:
         self.produced = out[0]
 
     async def check_cancelled(self) -> None:
-        """Ask Redis now (one HGET) and raise JobCancelled if the job should stop."""
-        flag = await self.events.redis.hget(self.events.keys.job(self.job_id), "cancel_requested")
+        """Ask Redis now (one HMGET) and raise JobCancelled (or AttemptLost) if the job should stop."""
+        def ask() -> Any:
+            return self.events.redis.hmget(self.events.keys.job(self.job_id), "cancel_requested", "incarnation")
+
+        flag, incarnation = await self._patiently("checking for cancellation", ask)
         if flag is None:
             raise JobCancelled(f"job {self.job_id} no longer exists")
+        if self.incarnation is not None and incarnation is not None and incarnation != self.incarnation:
+            raise AttemptLost(f"job {self.job_id} was deleted and submitted again")
         self.cancel_requested = flag == "1"
         self._raise_if_cancelled()
 
@@ -194,9 +220,19 @@ class JobContext:
     async def _write(self, event_type: EventType, data: Any) -> Appended:
         try:
             async with self._writing:
-                appended = await self.events.append(self.job_id, event_type, data, attempt=self.attempt)
+                self._writes += 1
+                key = f"c{self.attempt}.{self._writes}"
+
+                def append() -> Awaitable[Appended]:
+                    return self.events.append(
+                        self.job_id, event_type, data, attempt=self.attempt, key=key, incarnation=self.incarnation
+                    )
+
+                appended = await self._patiently(f"{event_type.value} report", append)
         except JobNotFound as exc:
             raise JobCancelled(f"job {self.job_id} was deleted") from exc
+        except JobReplaced as exc:
+            raise AttemptLost(str(exc)) from exc
         except TransitionRefused as exc:
             if exc.state in TERMINAL_STATES:  # cancelled through the API while we ran
                 raise JobCancelled(str(exc)) from exc
@@ -204,3 +240,8 @@ class JobContext:
         self.cancel_requested = appended.cancel_requested
         self._raise_if_cancelled()
         return appended
+
+    async def _patiently(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        if self.patience is None:
+            return await call()
+        return await self.patience.run(f"job {self.job_id} attempt {self.attempt}: {what}", call)

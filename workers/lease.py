@@ -3,6 +3,12 @@
 The lease is a per-job key holding the runner's token with a short TTL that a
 heartbeat renews while the job runs. A second delivery of the job finds it held and
 drops itself; a job whose worker died has its lease expire and can be taken over.
+
+Redis away for longer than the TTL lets the lease of a living worker lapse too. The
+heartbeat keeps trying meanwhile (sooner than its period), and its first renewal once
+Redis answers takes the lapsed lease back if nobody took it and the job is still at the
+holder's attempt (lease.lua). The reaper (workers/reaper.py) gives it that time: after
+a gap in its passes it takes over no running job until a lease TTL has passed.
 """
 
 from __future__ import annotations
@@ -17,29 +23,44 @@ from importlib import resources
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.patience import REDIS_AWAY
+
 log = logging.getLogger(__name__)
 
 _SCRIPT = resources.files("workers").joinpath("lease.lua").read_text()
 
 
 class Lease:
-    def __init__(self, redis: Redis, key: str, owner: str, ttl_s: float) -> None:
+    def __init__(self, redis: Redis, key: str, owner: str, ttl_s: float, *, job_key: str | None = None) -> None:
         self.redis = redis
         self.key = key
+        # The job whose state decides whether a lapsed lease may be taken back; none for
+        # a lease that guards no job (the migrations lock), which is never taken back.
+        self.job_key = job_key or key
         self.token = f"{owner}:{uuid.uuid4().hex[:8]}"
         self.ttl_ms = max(int(ttl_s * 1000), 100)
         self.lost = False
+        # Where the holder is, so a lapsed lease is taken back only for that (see `hold`).
+        self.attempt: int | None = None
+        self.incarnation: str | None = None
         self._script = redis.register_script(_SCRIPT)
+
+    def hold(self, attempt: int, incarnation: str | None) -> None:
+        """Record the attempt (and incarnation) the holder runs now."""
+        self.attempt, self.incarnation = attempt, incarnation
 
     async def acquire(self) -> bool:
         """Take the lease if nobody holds it (one SET NX)."""
         return bool(await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
 
     async def renew(self) -> bool:
-        return bool(await self._script(keys=[self.key], args=["renew", self.token, self.ttl_ms]))
+        """Extend the lease, or take it back if it lapsed and nobody took it (one EVALSHA)."""
+        attempt = "" if self.attempt is None else self.attempt
+        args = ["renew", self.token, self.ttl_ms, attempt, self.incarnation or ""]
+        return bool(await self._script(keys=[self.key, self.job_key], args=args))
 
     async def release(self) -> None:
-        await self._script(keys=[self.key], args=["release", self.token, 0])
+        await self._script(keys=[self.key, self.job_key], args=["release", self.token, 0, "", ""])
 
     @contextlib.asynccontextmanager
     async def kept_alive(self) -> AsyncIterator[Lease]:
@@ -56,13 +77,24 @@ class Lease:
                 log.warning("could not release lease %s (%s); it expires by itself", self.key, exc)
 
     async def _heartbeat(self) -> None:
+        period = self.ttl_ms / 3000
+        delay, failing = period, False
         while True:
-            await asyncio.sleep(self.ttl_ms / 3000)
+            await asyncio.sleep(delay)
             try:
                 if not await self.renew():
                     self.lost = True
                     log.warning("lease %s was lost; the job will be left to its new holder", self.key)
                     return
+                if failing:
+                    log.info("lease %s renewed again", self.key)
+                delay, failing = period, False
+            except REDIS_AWAY as exc:
+                # Sooner than the period: the lease may lapse meanwhile, and the first
+                # renewal once Redis answers is what takes it back.
+                if not failing:
+                    log.warning("could not renew lease %s (%s); trying until Redis answers", self.key, exc)
+                delay = min(delay * 2, 2.0, period) if failing else min(0.25, period)
+                failing = True
             except RedisError as exc:
-                # Keep trying: the lease survives a blip shorter than its TTL.
                 log.warning("could not renew lease %s: %s", self.key, exc)

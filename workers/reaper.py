@@ -9,7 +9,12 @@ over the due jobs of the live set (app/livejobs.py):
 - finished or gone: forgotten;
 - lease held (running, or pending between attempts): looked at again when it would expire;
 - running without a lease: its worker died. Queued again; the runner that takes it ends
-  the lost attempt as `Stalled` (retrying, or failed when no attempts remain);
+  the lost attempt as `Stalled` (retrying, or failed when no attempts remain). Except
+  after a gap in the passes (more than two intervals: Redis was away, or no worker ran):
+  an outage longer than a lease TTL lets the leases of living workers lapse too, and each
+  takes its own back at its first heartbeat once Redis answers (workers/lease.py). So for
+  a lease TTL after a gap a lapsed lease proves nothing, and such jobs are looked at
+  again when it has passed;
 - pending without a lease, unchanged for `pending_stale_s`: its message was lost. Queued
   again, but only while no queued message waits to be read, so a backlog is not flooded.
 
@@ -49,6 +54,7 @@ class Reaper:
         self.name = name
         self.interval_ms = int(settings.reaper_interval_s * 1000)
         self.pending_stale_ms = int(settings.pending_stale_s * 1000)
+        self.lease_ttl_ms = int(settings.lease_ttl_s * 1000)
 
     async def run(self) -> None:
         """Until cancelled: every half interval, make a pass unless one was made this interval.
@@ -60,7 +66,7 @@ class Reaper:
             await asyncio.sleep(self.interval_ms / 2000)
             try:
                 if await self.claim_pass():
-                    await self.reap()
+                    await self.reap(trust_leases_from=await self.record_pass())
                     await self.trim_queue()
             except RedisError:
                 log.warning("reaper pass failed; trying again next interval", exc_info=True)
@@ -71,10 +77,36 @@ class Reaper:
         """Take this interval's pass unless another worker took it (one SET NX PX)."""
         return bool(await self.redis.set(self.keys.reaper_lock(), self.name, nx=True, px=self.interval_ms))
 
-    async def reap(self, at_ms: int | None = None) -> list[str]:
+    async def record_pass(self, at_ms: int | None = None) -> int:
+        """Record a pass at `at_ms` (default now); from when a lapsed lease means a dead worker (two round trips).
+
+        Passes come at most 1.5 intervals apart while Redis answers and a worker runs;
+        after a longer gap, every worker's lease may have lapsed in it. No record yet
+        (a new prefix) is no gap.
+        """
+        at = now_ms() if at_ms is None else at_ms
+        key = self.keys.reaper_passes()
+        last, calm_since = await self.redis.hmget(key, "last", "calm_since")
+        if last is None:
+            calm = 0
+        elif at - int(last) > 2 * self.interval_ms:
+            log.warning(
+                "no reaper pass for %.1f s (Redis was away, or no worker ran): taking over no running job "
+                "for %.1f s, while living workers take their lapsed leases back",
+                (at - int(last)) / 1000, self.lease_ttl_ms / 1000,
+            )
+            calm = at
+        else:
+            calm = int(calm_since or 0)
+        await self.redis.hset(key, mapping={"last": at, "calm_since": calm})
+        return calm + self.lease_ttl_ms
+
+    async def reap(self, at_ms: int | None = None, *, trust_leases_from: int = 0) -> list[str]:
         """One pass over the jobs due at `at_ms` (default now); returns the ids queued again.
 
         Every id looked at is forgotten or rescheduled after `at_ms`, so the pass ends.
+        Before `trust_leases_from` (see `record_pass`), a running job without a lease is
+        looked at again then instead of being queued.
         """
         at = now_ms() if at_ms is None else at_ms
         requeued: list[str] = []
@@ -94,6 +126,8 @@ class Reaper:
                     gone.append(job_id)
                 elif lease_ms != -2:  # held (-1, no expiry, would be a bug: look again next interval)
                     later[job_id] = at + (lease_ms if lease_ms > 0 else self.interval_ms)
+                elif state == State.RUNNING and at < trust_leases_from:
+                    later[job_id] = trust_leases_from  # its worker may be alive, taking its lease back
                 elif state == State.RUNNING:
                     log.warning("job %s is running but its worker is gone; queueing it again", job_id)
                     again.append(job_id)

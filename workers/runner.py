@@ -7,6 +7,14 @@ happen inside one delivery (the backoff is a sleep). A lease (workers/lease.py) 
 deliveries of one job from running it at once. A draining worker interrupts its jobs
 (`interrupt`): each ends its attempt as `Stalled` and is queued again for the next
 worker, so its own message can be acknowledged.
+
+A delivery runs the incarnation of the job it first loads (the id of its `submitted`
+event) and names it in every append: a job deleted and submitted again under the same
+id is another job, which this delivery leaves alone; its own message runs it.
+
+Redis away (down, frozen, read-only, full) costs no attempt: every load and append here,
+and every report of the handler, waits it out for up to `redis_outage_s`
+(app/patience.py), and each append it may retry carries an idempotency key.
 """
 
 from __future__ import annotations
@@ -19,19 +27,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.artifacts import ArtifactStore
 from app.config import Settings
-from app.errors import JobNotFound, TransitionRefused, UnknownKind
+from app.errors import JobNotFound, JobReplaced, TransitionRefused, UnknownKind
 from app.eventlog import EventLog
 from app.events import (
     TERMINAL_STATES, EventType, ErrorInfo, FailedData, ReasonData, RetryingData, StartedData, State, SucceededData,
 )
 from app.jobstate import JobState
 from app.livejobs import LiveJobs, now_ms
+from app.patience import Patience
 from workers.context import AttemptLost, JobCancelled, JobContext, PermanentFailure
 from workers.lease import Lease
 from workers.registry import find_kind, get_kind, parse_params
@@ -48,6 +55,18 @@ def error_info(exc: BaseException) -> ErrorInfo:
     return ErrorInfo(type=type(exc).__name__, message=str(exc)[:2000] or type(exc).__name__)
 
 
+class Delivery:
+    """One delivery of a job: its lease, and the incarnation it runs (fixed by its first load)."""
+
+    __slots__ = ("job_id", "lease", "incarnation", "loaded")
+
+    def __init__(self, job_id: str, lease: Lease) -> None:
+        self.job_id = job_id
+        self.lease = lease
+        self.incarnation: str | None = None
+        self.loaded = False
+
+
 class Runner:
     def __init__(
         self, events: EventLog, settings: Settings, name: str | None = None, *, requeue: Requeue | None = None
@@ -57,11 +76,13 @@ class Runner:
         self.artifacts = ArtifactStore(settings.artifact_dir)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.live = LiveJobs(events.redis, events.keys, settings.pending_stale_s)
+        self.patience = Patience(settings.redis_outage_s)
         # Queues a job handed off by `interrupt` for the next worker; without it the reaper does.
         self.requeue = requeue
         # The tasks inside `run`: taskiq acknowledges a message in the same task once `run`
         # returns, so a draining worker waits for these rather than for the jobs alone.
         self.deliveries: set[asyncio.Task[Any]] = set()
+        # By lease token: two deliveries of one id (two incarnations) may run here at once.
         self._running: dict[str, asyncio.Task[None]] = {}
 
     def backoff_s(self, attempt: int) -> float:
@@ -84,24 +105,28 @@ class Runner:
             body.cancel()
 
     async def _run(self, job_id: str) -> None:
-        lease = Lease(self.events.redis, self.events.keys.lease(job_id), self.name, self.settings.lease_ttl_s)
-        if not await lease.acquire():
+        keys = self.events.keys
+        lease = Lease(
+            self.events.redis, keys.lease(job_id), self.name, self.settings.lease_ttl_s, job_key=keys.job(job_id)
+        )
+        if not await self.patience.run(f"job {job_id}: taking its lease", lease.acquire):
             log.info("job %s is being run by another worker; dropping this delivery", job_id)
             return
         handed_off = False
+        delivery = Delivery(job_id, lease)
         async with lease.kept_alive():
             # A task of its own, so `interrupt` can stop the job and still let this delivery end cleanly.
-            body = asyncio.create_task(self._run_leased(job_id, lease))
-            self._running[job_id] = body
+            body = asyncio.create_task(self._run_leased(delivery))
+            self._running[lease.token] = body
             try:
                 await body
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if not body.cancelled() or (current is not None and current.cancelling()):
                     raise
-                handed_off = await self._hand_off(job_id)
+                handed_off = await self._hand_off(delivery)
             finally:
-                del self._running[job_id]
+                del self._running[lease.token]
         # Only now, with the lease released: a delivery that found it held would drop itself.
         if handed_off and self.requeue is not None:
             try:
@@ -109,28 +134,31 @@ class Runner:
             except RedisError as exc:
                 log.warning("job %s: could not queue it again (%s); the reaper will", job_id, exc)
 
-    async def _run_leased(self, job_id: str, lease: Lease) -> None:
-        job = await self._load(job_id)
+    async def _run_leased(self, delivery: Delivery) -> None:
+        job_id, lease = delivery.job_id, delivery.lease
+        job = await self._load(delivery)
         if job is None:
             return
+        lease.hold(job.attempt, delivery.incarnation)
         # The reaper's first look at the job comes when this lease could first expire.
         await self._update_live(self.live.postpone({job_id: now_ms() + lease.ttl_ms}), job_id)
         if job.state is State.RUNNING:
             # Running, yet nobody holds its lease: the worker that ran it died.
-            job = await self._end_attempt(job, job.attempt, STALLED)
+            job = await self._end_attempt(delivery, job, job.attempt, STALLED)
         while job is not None and job.state is State.PENDING and not lease.lost:
             if job.cancel_requested:
                 reason = ReasonData(reason="cancelled before start")
-                await self._final(job_id, EventType.CANCELLED, reason, job.attempt)
+                await self._final(delivery, EventType.CANCELLED, reason, job.attempt)
                 return
-            job = await self._attempt(job, lease)
+            job = await self._attempt(delivery, job)
 
-    async def _hand_off(self, job_id: str) -> bool:
+    async def _hand_off(self, delivery: Delivery) -> bool:
         """End an interrupted attempt as stalled with no delay; True when the job should be queued again."""
+        job_id = delivery.job_id
         try:
-            job = await self._load(job_id)
+            job = await self._load(delivery)
             if job is not None and job.state is State.RUNNING:
-                job = await self._end_attempt(job, job.attempt, SHUT_DOWN, delay_s=0.0)
+                job = await self._end_attempt(delivery, job, job.attempt, SHUT_DOWN, delay_s=0.0)
         except RedisError as exc:
             log.warning("job %s: could not hand it off (%s); the reaper will", job_id, exc)
             return False
@@ -138,19 +166,26 @@ class Runner:
             log.info("job %s handed off for another worker to run attempt %d", job_id, job.attempt + 1)
         return job is not None
 
-    async def _attempt(self, job: JobState, lease: Lease) -> JobState | None:
+    async def _attempt(self, delivery: Delivery, job: JobState) -> JobState | None:
         """One attempt; the job's state afterwards when another attempt should follow."""
         attempt = job.attempt + 1
-        started = await self.events.append(
-            job.id, EventType.STARTED, StartedData(worker=self.name, attempt=attempt), attempt=attempt,
-            key=f"started:{attempt}",
-        )
+        started_data = StartedData(worker=self.name, attempt=attempt)
+        try:
+            started = await self.patience.run(f"job {job.id}: started", lambda: self.events.append(
+                job.id, EventType.STARTED, started_data, attempt=attempt, key=f"started:{attempt}",
+                incarnation=delivery.incarnation,
+            ))
+        except JobReplaced as exc:
+            log.info("%s; dropping this delivery", exc)
+            return None
         if started.duplicate:
             log.info("job %s attempt %d was already started elsewhere; dropping this delivery", job.id, attempt)
             return None
+        delivery.lease.hold(attempt, delivery.incarnation)
         ctx = JobContext(
-            self.events, job.id, attempt, min_interval_s=self.settings.progress_interval_s, lease=lease,
-            artifacts=self.artifacts, tenant=job.tenant, kind=find_kind(job.kind),
+            self.events, job.id, attempt, min_interval_s=self.settings.progress_interval_s, lease=delivery.lease,
+            artifacts=self.artifacts, tenant=job.tenant, kind=find_kind(job.kind), incarnation=delivery.incarnation,
+            patience=self.patience,
         )
         try:
             spec = get_kind(job.kind)
@@ -160,42 +195,45 @@ class Runner:
                 await ctx.close()  # before the outcome, so no held progress lands after it
             outcome = SucceededData(result=msgspec.to_builtins(result), artifact=ctx.produced)
         except JobCancelled as exc:
-            await self._final(job.id, EventType.CANCELLED, ReasonData(reason=str(exc)), attempt)
+            await self._final(delivery, EventType.CANCELLED, ReasonData(reason=str(exc)), attempt)
             return None
         except AttemptLost as exc:
             log.warning("job %s attempt %d abandoned: %s", job.id, attempt, exc)
             return None
         except (PermanentFailure, UnknownKind) as exc:  # no retry brings a handler this worker lacks
             log.warning("job %s failed permanently: %s", job.id, exc, exc_info=True)
-            await self._final(job.id, EventType.FAILED, FailedData(error=error_info(exc)), attempt)
+            await self._final(delivery, EventType.FAILED, FailedData(error=error_info(exc)), attempt)
             return None
         except Exception as exc:
             log.warning("job %s attempt %d failed: %s", job.id, attempt, exc, exc_info=True)
-            return await self._end_attempt(job, attempt, error_info(exc))
-        await self._final(job.id, EventType.SUCCEEDED, outcome, attempt)
+            return await self._end_attempt(delivery, job, attempt, error_info(exc))
+        await self._final(delivery, EventType.SUCCEEDED, outcome, attempt)
         return None
 
     async def _end_attempt(
-        self, job: JobState, attempt: int, error: ErrorInfo, delay_s: float | None = None
+        self, delivery: Delivery, job: JobState, attempt: int, error: ErrorInfo, delay_s: float | None = None
     ) -> JobState | None:
         """Retry after a delay (the backoff by default) if attempts remain, else fail the job."""
         if attempt >= job.max_attempts:
-            await self._final(job.id, EventType.FAILED, FailedData(error=error), attempt)
+            await self._final(delivery, EventType.FAILED, FailedData(error=error), attempt)
             return None
         delay = self.backoff_s(attempt) if delay_s is None else delay_s
         retrying = RetryingData(error=error, delay_s=delay, next_attempt=attempt + 1)
         try:
-            await self._durable_append(job.id, EventType.RETRYING, retrying, attempt, key=f"retrying:{attempt}")
+            await self._durable_append(delivery, EventType.RETRYING, retrying, attempt, key=f"retrying:{attempt}")
         except (TransitionRefused, JobNotFound):
-            return None  # cancelled or deleted meanwhile
+            return None  # cancelled, deleted or replaced meanwhile
         await asyncio.sleep(delay)
-        return await self._load(job.id)
+        return await self._load(delivery)
 
-    async def _final(self, job_id: str, event_type: EventType, data: Any, attempt: int) -> None:
+    async def _final(self, delivery: Delivery, event_type: EventType, data: Any, attempt: int) -> None:
+        job_id = delivery.job_id
         try:
-            await self._durable_append(job_id, event_type, data, attempt, key=event_type.value)
+            await self._durable_append(delivery, event_type, data, attempt, key=event_type.value)
         except (TransitionRefused, JobNotFound) as exc:
             log.info("job %s: %s not written: %s", job_id, event_type, exc)
+            if isinstance(exc, JobReplaced):
+                return  # the job under this id now is another one, with a delivery of its own
             if isinstance(exc, TransitionRefused) and exc.state not in TERMINAL_STATES:
                 return  # another worker took the job over; it stays live
         await self._update_live(self.live.forget(job_id), job_id)
@@ -207,25 +245,32 @@ class Runner:
         except RedisError as exc:
             log.warning("job %s: live set not updated (%s)", job_id, exc)
 
-    async def _durable_append(self, job_id: str, event_type: EventType, data: Any, attempt: int, key: str) -> None:
-        """Append, retrying while Redis is unreachable; the key makes a retried append land once."""
-        delay = 0.2
-        for _ in range(12):
-            try:
-                await self.events.append(job_id, event_type, data, attempt=attempt, key=key)
-                return
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                log.warning("job %s: %s append failed (%s); retrying in %.1fs", job_id, event_type, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        # A last try, which raises if Redis is still away. taskiq acknowledges the message
-        # all the same, so the job is left to the reaper: running, and soon without a lease.
-        await self.events.append(job_id, event_type, data, attempt=attempt, key=key)
+    async def _durable_append(
+        self, delivery: Delivery, event_type: EventType, data: Any, attempt: int, key: str
+    ) -> None:
+        """Append, waiting Redis out (up to `redis_outage_s`); the key makes a retried append land once.
 
-    async def _load(self, job_id: str) -> JobState | None:
+        When Redis stays away longer, the error is raised. taskiq acknowledges the message
+        all the same, so the job is left to the reaper: running, and soon without a lease.
+        """
+        job_id = delivery.job_id
+        await self.patience.run(f"job {job_id}: {event_type.value} append", lambda: self.events.append(
+            job_id, event_type, data, attempt=attempt, key=key, incarnation=delivery.incarnation
+        ))
+
+    async def _load(self, delivery: Delivery) -> JobState | None:
+        """The job if it is still live and still the incarnation this delivery runs (one HGETALL)."""
+        job_id = delivery.job_id
         try:
-            job = await self.events.state(job_id)
+            job, incarnation = await self.patience.run(
+                f"job {job_id}: loading it", lambda: self.events.state_and_incarnation(job_id)
+            )
         except JobNotFound:
             log.info("job %s no longer exists; nothing to run", job_id)
+            return None
+        if not delivery.loaded:
+            delivery.incarnation, delivery.loaded = incarnation, True
+        elif incarnation != delivery.incarnation:
+            log.info("job %s was deleted and submitted again; its new incarnation has a delivery of its own", job_id)
             return None
         return None if job.terminal else job

@@ -15,7 +15,6 @@ import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import Receive, Scope, Send
-from redis import exceptions as redis_errors
 
 from app.api.redaction import redacted_target, redacted_text
 from app.api.common import SSE_HEADERS
@@ -36,6 +35,7 @@ from app.errors import (
     UnknownKind,
 )
 from app.sse import sse_goodbye
+from app.patience import REDIS_AWAY
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,7 @@ UNAVAILABLE_CODE = (503, "store_unavailable")
 INTERNAL_CODE = (500, "internal_error")
 
 # Errors that mean "Redis is away for now", not "this request is wrong".
-UNAVAILABLE = (
-    redis_errors.ConnectionError,  # includes BusyLoadingError: Redis is loading its data
-    redis_errors.TimeoutError,
-    redis_errors.ReadOnlyError,  # a failover left us on a replica
-    redis_errors.OutOfMemoryError,  # maxmemory reached under noeviction (ops/redis.conf)
-    StoreUnavailable,
-)
+UNAVAILABLE = (*REDIS_AWAY, StoreUnavailable)
 
 
 def _error(status: int, code: str, detail: str, extra: object = None, headers: dict[str, str] | None = None) -> Response:

@@ -1,0 +1,132 @@
+"""Redis away for a few seconds while a job runs: the job rides it out and spends no attempt.
+
+Each test runs a real `jobtrail worker` against a throwaway redis-server (never the
+shared one), starts a job with `max_attempts` 1, and takes Redis away in one of the ways
+it goes away in production: restarted (on its append-only file), frozen, demoted to a
+read-only replica, over `maxmemory`. Each outage outlasts the worker's lease (2 s), so
+the reaper's takeover of a lapsed lease is tried too. The job must succeed at attempt 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from app.eventlog import EventLog
+from app.jobstate import JobState
+from app.keys import Keys
+from app.reducer import fold
+from tests.redis_server import RedisServer, free_port
+from tests.worker_procs import Workers
+
+pytestmark = pytest.mark.e2e
+
+JOB = {"kind": "demo", "params": {"steps": 30, "delay_ms": 200}, "max_attempts": 1}
+
+
+@pytest.fixture
+def server(durable_redis: RedisServer) -> RedisServer:
+    return durable_redis
+
+
+@pytest.fixture
+def settings(settings, server):
+    return msgspec.structs.replace(
+        settings, redis_url=server.url, redis_timeout_s=1.0, lease_ttl_s=2.0, reaper_interval_s=0.5,
+        pending_stale_s=2.0, redis_outage_s=30.0,
+    )
+
+
+@pytest.fixture
+def workers(settings, tmp_path):
+    started = Workers(settings, tmp_path)
+    yield started
+    started.close()
+
+
+async def restart(server: RedisServer, admin: aioredis.Redis) -> None:
+    server.kill()
+    await asyncio.sleep(4)
+    server.start()  # the same port and directory: it loads its append-only file
+
+
+async def freeze(server: RedisServer, admin: aioredis.Redis) -> None:
+    # What `DEBUG SLEEP 7` does: the process answers nothing, connections stay open.
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(7)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+async def read_only(server: RedisServer, admin: aioredis.Redis) -> None:
+    # A replica of a primary that never answers keeps its data and refuses every write.
+    await admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+    try:
+        await asyncio.sleep(8)
+    finally:
+        await admin.execute_command("REPLICAOF", "NO", "ONE")
+
+
+async def over_maxmemory(server: RedisServer, admin: aioredis.Redis) -> None:
+    await admin.config_set("maxmemory-policy", "noeviction")
+    await admin.config_set("maxmemory", "1")
+    try:
+        await asyncio.sleep(8)
+    finally:
+        await admin.config_set("maxmemory", "0")
+
+
+async def state_after_outage(events: EventLog, job_id: str) -> JobState:
+    """The job's state, read again while this client's connection from before the outage fails."""
+    for _ in range(20):
+        try:
+            return await events.state(job_id)
+        except RedisError:
+            await asyncio.sleep(0.2)
+    return await events.state(job_id)
+
+
+@pytest.mark.parametrize("outage", [restart, freeze, read_only, over_maxmemory], ids=lambda f: f.__name__)
+async def test_a_job_with_one_attempt_rides_out_redis_going_away_and_succeeds_at_attempt_1(
+    outage: Callable[[RedisServer, aioredis.Redis], Awaitable[None]], server, settings, start_api, workers
+):
+    api = await start_api(settings)
+    worker = await workers.start(JOBTRAIL_REDIS_TIMEOUT_S="1.0", JOBTRAIL_REDIS_OUTAGE_S="30")
+    admin = aioredis.Redis.from_url(server.url, decode_responses=True, socket_timeout=2)
+    events = EventLog(admin, Keys(settings.prefix), settings.retention_s)
+    try:
+        async with httpx.AsyncClient(base_url=api.url, timeout=10) as http:
+            response = await http.post("/jobs", json=JOB)
+            assert response.status_code == 202, response.text
+            job_id = response.json()["id"]
+            deadline = time.monotonic() + 15
+            while (await events.state(job_id)).progress < 0.1:
+                assert time.monotonic() < deadline, f"the job never got going; worker log:\n{worker.output()}"
+                await asyncio.sleep(0.05)
+
+            await outage(server, admin)
+
+            deadline = time.monotonic() + 45
+            while not (job := await state_after_outage(events, job_id)).terminal:
+                assert time.monotonic() < deadline, f"not finished: {job}; worker log:\n{worker.output()}"
+                await asyncio.sleep(0.2)
+        history = [event async for event in events.events(job_id)]
+        assert (job.state, job.attempt, job.error) == ("succeeded", 1, None), worker.output()
+        assert [e.type.value for e in history if e.type.value != "progress"] == ["submitted", "started", "succeeded"]
+        steps = [e.data["current"] for e in history if e.type.value == "progress"]
+        assert steps == list(range(1, 31)), "every report once, in order: a retried one landed once"
+        assert await admin.hgetall(events.keys.job(job_id)) == fold(history)
+        assert worker.process.poll() is None, "the worker is still running"
+    finally:
+        await admin.aclose()
