@@ -89,6 +89,10 @@ class Keys:
         """Sorted set: one tenant's job ids by creation time (ms), like `index`."""
         return f"{self.prefix}:tenant:{{{tenant}}}:jobs"
 
+    def tenant_of(self, tenant_key: str) -> str:
+        """The tenant inside a per-tenant key (inverse of `tenant_index`, `sse_slots`, …)."""
+        return self.job_id_of(tenant_key)
+
     def tenants(self) -> str:
         """Set: every tenant that has a job index, so the index sweep can find them. Derived."""
         return f"{self.prefix}:tenants"

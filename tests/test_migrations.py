@@ -25,6 +25,8 @@ from tests.conftest import ROOT, delete_matching, worker_env
 from tests.sse import collect
 
 DAY = 24 * 3600
+# The legacy imports; the backfills after them (0003, 0004) have tests of their own.
+LEGACY = [m for m in discover() if m.version in ("0001", "0002")]
 
 
 @pytest.fixture
@@ -97,7 +99,7 @@ async def test_a_completed_export_job_keeps_its_result_timestamps_and_ttl(ctx, c
         filename="orders-2024-05.csv", download_url="https://files.example.com/exports/orders-2024-05.csv",
         file_size_bytes=48213, created_at="2024-05-01T12:00:00.250123", completed_at="2024-05-01T12:03:07.5",
     )
-    [(migration, report)] = [r for r in await migrate(ctx) if r[0].version == "0001"]
+    [(migration, report)] = [r for r in await migrate(ctx, LEGACY) if r[0].version == "0001"]
     assert (report.imported, report.already_imported, report.skipped) == (1, 0, [])
 
     job = (await client.get("/jobs/8f14e45f-ceea-467f-a0e6-5f1c9b2d7a10")).json()
@@ -132,7 +134,7 @@ async def test_a_failed_export_job_keeps_its_error(ctx, client, redis_client, le
         redis_client, legacy, "e1", status="failed", error="Query timed out after 300s",
         created_at="2024-05-02T08:00:00", completed_at="2024-05-02T08:05:00",
     )
-    await migrate(ctx)
+    await migrate(ctx, LEGACY)
     job = (await client.get("/jobs/e1")).json()
     assert job["state"] == "failed" and job["result"] is None
     assert job["error"] == {"type": "LegacyError", "message": "Query timed out after 300s"}
@@ -145,7 +147,7 @@ async def test_a_still_processing_export_job_is_imported_as_interrupted(ctx, cli
     created = datetime.now(UTC) - timedelta(minutes=5)
     await export_service_writes(redis_client, legacy, "busy", created_at=created.replace(tzinfo=None).isoformat())
     before = datetime.now(UTC)
-    [(_, report), _] = await migrate(ctx)
+    [(_, report), _] = await migrate(ctx, LEGACY)
     assert report.interrupted == [f"{legacy}export_job:busy"]
 
     job = (await client.get("/jobs/busy")).json()
@@ -164,7 +166,7 @@ async def test_generic_jobs_map_each_status(ctx, client, redis_client, keys, leg
                             created_at="2024-05-01T12:00:00Z", updated_at="2024-05-01T12:00:09Z")
     await job_system_writes(redis_client, legacy, "44", status="queued", created_at=created + 3600, ttl_s=3600)
     await job_system_writes(redis_client, legacy, "45", status="running")
-    [_, (_, report)] = await migrate(ctx)
+    [_, (_, report)] = await migrate(ctx, LEGACY)
     assert (report.imported, report.skipped) == (4, [])
     assert report.interrupted == [f"{legacy}job:45"] and report.pending == [f"{legacy}job:44"]
 
@@ -198,7 +200,7 @@ async def test_a_legacy_id_that_is_not_a_job_id_or_is_taken_gets_a_derived_one(c
     await job_system_writes(redis_client, legacy, "reports/2024 05", status="done", result=1)
     await job_system_writes(redis_client, legacy, "same", status="done", result="generic")
     await export_service_writes(redis_client, legacy, "same", status="completed", filename="export.csv")
-    await migrate(ctx)
+    await migrate(ctx, LEGACY)
 
     odd = (await client.get(f"/jobs/{fallback_id(f'{legacy}job:reports/2024 05')}")).json()
     assert odd["result"] == 1 and odd["params"]["legacy_id"] == "reports/2024 05"
@@ -225,7 +227,7 @@ async def test_malformed_values_are_skipped_and_listed_never_half_imported(ctx, 
         await redis_client.set(f"{legacy}{key}", value, ex=DAY)
     await redis_client.hset(f"{legacy}job:hash", mapping={"id": "hash", "status": "done"})
 
-    reports = {m.version: r for m, r in await migrate(ctx)}
+    reports = {m.version: r for m, r in await migrate(ctx, LEGACY)}
     skipped = {s.key: s.reason for r in reports.values() for s in r.skipped}
     assert set(skipped) == {f"{legacy}{key}" for key in bad} | {f"{legacy}job:hash"}
     for key, (_, reason) in bad.items():
@@ -246,15 +248,15 @@ async def test_running_again_changes_nothing(ctx, redis_client, keys, legacy):
     await export_service_writes(redis_client, legacy, "b", status="failed", error="disk full", ttl_s=None)
     await job_system_writes(redis_client, legacy, "c", status="queued", ttl_s=600)
     await job_system_writes(redis_client, legacy, "d", status="running")
-    assert len(await migrate(ctx)) == 2
+    assert len(await migrate(ctx, LEGACY)) == 2
     first = await dump(redis_client, keys.prefix)
 
-    assert await migrate(ctx) == [], "both are recorded as applied"
+    assert await migrate(ctx, LEGACY) == [], "both are recorded as applied"
     assert await dump(redis_client, keys.prefix) == first
 
     # As if the run had died before recording them: every job is found already imported.
     await redis_client.delete(keys.migrations())
-    reports = await migrate(ctx)
+    reports = await migrate(ctx, LEGACY)
     assert [(r.imported, r.already_imported) for _, r in reports] == [(0, 2), (0, 2)]
     again = await dump(redis_client, keys.prefix)
     ledger = keys.migrations()
@@ -268,11 +270,11 @@ async def test_a_job_left_half_imported_by_a_killed_run_is_completed_by_the_next
     killed = Context(**{**vars(ctx), "events": Failing(redis_client, keys, settings.retention_s,
                                                         fail_on=EventType.SUCCEEDED, error=asyncio.CancelledError())})
     with pytest.raises(asyncio.CancelledError):
-        await migrate(killed)
+        await migrate(killed, LEGACY)
     assert (await client.get("/jobs/x")).json()["state"] == "running", "the process died mid-job"
     assert await redis_client.exists(keys.migrations_lock()) == 0
 
-    [(_, report), _] = await migrate(ctx)
+    [(_, report), _] = await migrate(ctx, LEGACY)
     assert (report.imported, report.already_imported) == (1, 0)
     assert [e["type"] for e in await history(client, "x")] == ["submitted", "started", "succeeded"]
     assert (await client.get("/jobs/x")).json()["result"]["filename"] == "x.csv"
@@ -302,7 +304,7 @@ async def test_a_failure_mid_job_removes_the_partial_job_and_records_nothing(ctx
                                                          fail_on=EventType.SUCCEEDED,
                                                          error=RedisConnectionError("Connection reset by peer"))})
     with pytest.raises(MigrationFailed) as failed:
-        await migrate(failing)
+        await migrate(failing, LEGACY)
     assert failed.value.key == f"{legacy}export_job:y"
     assert "0001 legacy_export_jobs failed" in str(failed.value) and "Connection reset by peer" in str(failed.value)
     assert (await client.get("/jobs/y")).status_code == 404, "nothing half-imported"
@@ -356,12 +358,13 @@ async def test_cli_dry_run_writes_nothing_then_migrate_reports_and_status_lists(
     assert "0002 legacy_generic_jobs: imported 1, already imported 0, skipped 1" in lines
     assert any(line.startswith(f"  skipped {legacy}job:broken: not JSON") for line in lines)
     assert any(line.startswith("  1 still queued in the legacy system, imported as pending") for line in lines)
-    assert lines[-1] == "2 migration(s) applied"
+    assert "0003 job_incarnations: imported 0, already imported 2, skipped 0" in lines, "imported jobs have theirs"
+    assert lines[-1] == "4 migration(s) applied"
 
     status = jobtrail(settings, legacy, "migrate", "--status")
     assert status.returncode == 0
     assert [line.split(" applied ")[0] for line in status.stdout.splitlines()] == [
-        "0001 legacy_export_jobs:", "0002 legacy_generic_jobs:"
+        "0001 legacy_export_jobs:", "0002 legacy_generic_jobs:", "0003 job_incarnations:", "0004 tenant_set:"
     ]
     assert "(imported 1, already imported 0, skipped 1)" in status.stdout
     again = jobtrail(settings, legacy, "migrate")
@@ -371,7 +374,7 @@ async def test_cli_dry_run_writes_nothing_then_migrate_reports_and_status_lists(
 async def test_a_second_run_while_one_holds_the_lock_is_refused(ctx, redis_client, keys):
     await redis_client.set(keys.migrations_lock(), "someone", ex=30)
     with pytest.raises(MigrationFailed, match="another `jobtrail migrate` is running"):
-        await migrate(ctx)
+        await migrate(ctx, LEGACY)
     assert await redis_client.exists(keys.migrations()) == 0
 
 
@@ -379,7 +382,10 @@ async def test_a_second_run_while_one_holds_the_lock_is_refused(ctx, redis_clien
 
 
 def test_migrations_are_discovered_in_version_order():
-    assert [(m.version, m.name) for m in discover()] == [("0001", "legacy_export_jobs"), ("0002", "legacy_generic_jobs")]
+    assert [(m.version, m.name) for m in discover()] == [
+        ("0001", "legacy_export_jobs"), ("0002", "legacy_generic_jobs"), ("0003", "job_incarnations"),
+        ("0004", "tenant_set"),
+    ]
 
 
 @pytest.mark.parametrize(

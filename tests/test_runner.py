@@ -189,3 +189,14 @@ async def test_lease_is_released_when_the_job_ends(events, runner, redis_client,
     await submit(events, "j", {"steps": 1, "delay_ms": 0})
     await runner.run("j")
     assert await redis_client.exists(keys.lease("j")) == 0
+
+
+async def test_two_contexts_of_one_attempt_do_not_take_each_others_reports_for_repeats(events):
+    # A taskiq redelivery carries on with the same attempt in a new context; each report
+    # has an idempotency key, and the second context's must not collide with the first's.
+    await submit(events, "j", {})
+    await events.append("j", EventType.STARTED, {"worker": "w", "attempt": 1}, attempt=1)
+    first, second = (JobContext(events, "j", 1, min_interval_s=0.0) for _ in range(2))
+    await first.phase("collect")
+    await second.phase("render")
+    assert [t for t, _ in await types_of(events, "j")] == ["submitted", "started", "phase", "phase"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
@@ -68,7 +69,7 @@ class JobContext:
 
     With `patience`, a report waits Redis out (down, frozen, read-only, full) instead of
     raising into the handler, which would fail the attempt; each write carries an
-    idempotency key of its own (`c<attempt>.<n>`), so one retried after a timeout that
+    idempotency key of its own (`c<attempt>.<writer>.<n>`), so one retried after a timeout that
     hid its success lands once.
     """
 
@@ -97,6 +98,9 @@ class JobContext:
         self.incarnation = incarnation
         self.patience = patience
         self._writes = 0  # numbers each write's idempotency key
+        # And this context's own token: two deliveries of one attempt (a taskiq redelivery
+        # carries on with the same attempt) must not take each other's writes for repeats.
+        self._writer = uuid.uuid4().hex[:8]
         self.min_interval_s = min_interval_s
         self.cancel_requested = False
         self._last_write = float("-inf")
@@ -221,7 +225,7 @@ class JobContext:
         try:
             async with self._writing:
                 self._writes += 1
-                key = f"c{self.attempt}.{self._writes}"
+                key = f"c{self.attempt}.{self._writer}.{self._writes}"
 
                 def append() -> Awaitable[Appended]:
                     return self.events.append(

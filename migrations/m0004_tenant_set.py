@@ -1,0 +1,34 @@
+"""0004: record every tenant that already has a job index in `keys.tenants()`.
+
+The background index sweep (app/index_sweep.py) prunes expired jobs from the global index
+and from each tenant's, and finds the tenants in that set, which submissions fill from now
+on. A tenant whose index was written before the set existed would not be swept until it
+submits again; this migration adds them. SADD is idempotent.
+
+Round trips: a SCAN page of tenant indexes, then one SADD per page.
+"""
+
+from __future__ import annotations
+
+from migrations import Context, Report
+
+VERSION = "0004"
+NAME = "tenant_set"
+SCAN_COUNT = 500
+
+
+async def apply(ctx: Context) -> Report:
+    report = Report()
+    known = await ctx.redis.smembers(ctx.keys.tenants())
+    suffix = ctx.keys.tenant_index("")[-len("}:jobs"):]  # `}:jobs`
+    cursor = 0
+    while True:
+        cursor, found = await ctx.redis.scan(cursor, match=ctx.keys.tenant_index("*"), count=SCAN_COUNT, _type="zset")
+        tenants = {ctx.keys.tenant_of(key) for key in found if key.endswith(suffix)} - known
+        if tenants and not ctx.dry_run:
+            await ctx.redis.sadd(ctx.keys.tenants(), *tenants)
+        report.imported += len(tenants)
+        known |= tenants
+        if cursor == 0:
+            report.already_imported = len(known) - report.imported
+            return report
