@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from app.client import (
+    from jobtrail.client import (
         ArtifactNotFound,
         AsyncClient,
         ChecksumMismatch,
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
         Unavailable,
         WaitTimeout,
     )
-    from workers.context import JobCancelled, JobContext, PermanentFailure
-    from workers.registry import kind
+    from jobtrail.workers.context import JobCancelled, JobContext, PermanentFailure
+    from jobtrail.workers.registry import kind
 
 _HANDLER_API = ["JobCancelled", "JobContext", "PermanentFailure", "kind"]
 _CLIENT_API = [
@@ -55,11 +55,11 @@ __all__ = [*_HANDLER_API, *_CLIENT_API]
 def __getattr__(name: str) -> Any:
     # Plain imports, not module paths in strings, so they follow the package when it moves.
     if name in _HANDLER_API:
-        from workers import context, registry
+        from jobtrail.workers import context, registry
 
         value = registry.kind if name == "kind" else getattr(context, name)
     elif name in _CLIENT_API:
-        from app import client
+        from jobtrail import client
 
         value = getattr(client, name)
     else:

@@ -21,9 +21,9 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from app.events import RULES, EventType, ms_to_datetime
-from app.keys import Keys
-from app.offsets import BEGINNING, previous_id
+from jobtrail.events import RULES, EventType, ms_to_datetime
+from jobtrail.keys import Keys
+from jobtrail.offsets import BEGINNING, previous_id
 
 # What the feed records: every event that changes a job's state, and cancel requests.
 ACTIVITY_TYPES = frozenset(t for t, rule in RULES.items() if rule.next_state is not None) | {

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from app.events import Artifact
-from app.keys import JOB_ID_RE
+from jobtrail.events import Artifact
+from jobtrail.keys import JOB_ID_RE
 
 log = logging.getLogger(__name__)
 

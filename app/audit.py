@@ -19,9 +19,9 @@ from typing import Any
 
 import msgspec
 
-from app.activity import ACTIVITY_TYPES
-from app.events import Event, EventType
-from app.jobstate import JobState
+from jobtrail.activity import ACTIVITY_TYPES
+from jobtrail.events import Event, EventType
+from jobtrail.jobstate import JobState
 
 # An attempt ends, and its open phase with it, at any of these.
 _ATTEMPT_ENDS = frozenset({EventType.RETRYING, EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELLED})

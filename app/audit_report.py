@@ -18,9 +18,9 @@ from reportlab.lib.units import mm
 from reportlab.platypus import CondPageBreak, LongTable, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 from reportlab.platypus.flowables import Flowable
 
-from app import fonts
-from app.audit import Audit, Omitted, duration, summary
-from app.events import EventType
+from jobtrail import fonts
+from jobtrail.audit import Audit, Omitted, duration, summary
+from jobtrail.events import EventType
 
 # Set in the fonts of app/fonts.py, so params, messages and errors in any script print.
 _STYLES = fonts.stylesheet()

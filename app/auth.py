@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from app.config import Settings
+from jobtrail.config import Settings
 
 ADMIN = "*"
 TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")

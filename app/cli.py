@@ -16,9 +16,9 @@ import msgspec
 
 import msgspec
 
-from app.client.cli import add_commands as add_client_commands
-from app.config import Settings
-from workers.kinds_loader import KindsLoadError
+from jobtrail.client.cli import add_commands as add_client_commands
+from jobtrail.config import Settings
+from jobtrail.workers.kinds_loader import KindsLoadError
 
 EMBEDDED_BANNER = """
   ============================================================================
@@ -83,9 +83,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 def _run_server(settings: Settings, args: argparse.Namespace, artifacts_line: str) -> int:
     import uvicorn
 
-    from app.api.app import create_app
-    from app.api.protocol import JsonErrorH11Protocol
-    from app.auth import ApiKeys, ConfigError, auth_enabled
+    from jobtrail.api.app import create_app
+    from jobtrail.api.protocol import JsonErrorH11Protocol
+    from jobtrail.auth import ApiKeys, ConfigError, auth_enabled
 
     try:
         app = create_app(settings)
@@ -124,26 +124,26 @@ def _run_server(settings: Settings, args: argparse.Namespace, artifacts_line: st
 
 
 def _worker(settings: Settings, _: argparse.Namespace) -> int:
-    from workers.worker import run_worker
+    from jobtrail.workers.worker import run_worker
 
     asyncio.run(run_worker(settings))
     return 0
 
 
 def _repair(settings: Settings, args: argparse.Namespace) -> int:
-    from app.repair import repair
+    from jobtrail.repair import repair
 
     return asyncio.run(repair(settings, args.job_ids, check=args.check))
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from migrations.command import main as migrate
+    from jobtrail.migrations.command import main as migrate
 
     return asyncio.run(migrate(settings, status=args.status, dry_run=args.dry_run))
 
 
 def _keys_new(_: Settings, args: argparse.Namespace) -> int:
-    from app.auth import TENANT_RE, hash_key, new_key
+    from jobtrail.auth import TENANT_RE, hash_key, new_key
 
     if not (args.tenant == "*" or TENANT_RE.match(args.tenant)):
         print("jobtrail keys new: a tenant is letters, digits and `_.-` (or `*` for an admin key)", file=sys.stderr)
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _configure_logging() -> None:
-    from app.api.requests import RequestIdFilter
+    from jobtrail.api.requests import RequestIdFilter
 
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())

@@ -14,17 +14,17 @@ from typing import Any, NamedTuple
 import msgspec
 from redis.asyncio import Redis
 
-from app.activity import ActivityFeed
-from app.errors import AttemptSuperseded, JobExists, JobNotFound, JobReplaced, TransitionRefused
-from app.events import ABSENT, RULES, TERMINAL_STATES, CorruptEvent, Event, EventType, check_data
-from app.jobstate import JobState
-from app.keys import Keys
-from app.offsets import BEGINNING, previous_id
-from app.reducer import fields_for, fold
+from jobtrail.activity import ActivityFeed
+from jobtrail.errors import AttemptSuperseded, JobExists, JobNotFound, JobReplaced, TransitionRefused
+from jobtrail.events import ABSENT, RULES, TERMINAL_STATES, CorruptEvent, Event, EventType, check_data
+from jobtrail.jobstate import JobState
+from jobtrail.keys import Keys
+from jobtrail.offsets import BEGINNING, previous_id
+from jobtrail.reducer import fields_for, fold
 
 log = logging.getLogger(__name__)
 
-_VISIBLE_SCRIPT = resources.files("app").joinpath("visible.lua").read_text()
+_VISIBLE_SCRIPT = resources.files("jobtrail").joinpath("visible.lua").read_text()
 
 
 def _lua_string(value: str) -> str:
@@ -48,7 +48,7 @@ def render_append_script() -> str:
     terminal = ", ".join(f"[{_lua_string(s)}] = true" for s in sorted(TERMINAL_STATES))
     lines.append(f"local TERMINAL = {{{terminal}}}")
     lines.append(f"local ABSENT = {_lua_string(ABSENT)}")
-    body = resources.files("app").joinpath("append.lua").read_text()
+    body = resources.files("jobtrail").joinpath("append.lua").read_text()
     return "\n".join(lines) + "\n" + body
 
 

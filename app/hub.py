@@ -21,10 +21,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.events import Event
-from app.eventlog import decode_events
-from app.keys import Keys
-from app.offsets import is_after
+from jobtrail.events import Event
+from jobtrail.eventlog import decode_events
+from jobtrail.keys import Keys
+from jobtrail.offsets import is_after
 
 log = logging.getLogger(__name__)
 

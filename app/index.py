@@ -17,9 +17,9 @@ import binascii
 import msgspec
 from redis.asyncio import Redis
 
-from app.errors import InvalidRequest
-from app.jobstate import JobState
-from app.keys import Keys
+from jobtrail.errors import InvalidRequest
+from jobtrail.jobstate import JobState
+from jobtrail.keys import Keys
 
 
 class Cursor(msgspec.Struct, frozen=True, array_like=True):

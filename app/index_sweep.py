@@ -21,7 +21,7 @@ import logging
 
 from redis.asyncio import Redis
 
-from app.keys import Keys
+from jobtrail.keys import Keys
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from app.events import TERMINAL_STATES, Artifact, State, ms_to_datetime
+from jobtrail.events import TERMINAL_STATES, Artifact, State, ms_to_datetime
 
 
 class ArtifactOut(Artifact, frozen=True):

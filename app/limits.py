@@ -21,12 +21,12 @@ import anyio
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.errors import RateLimited
-from app.keys import Keys
+from jobtrail.errors import RateLimited
+from jobtrail.keys import Keys
 
 log = logging.getLogger(__name__)
 
-_SLOT_SCRIPT = resources.files("app").joinpath("sse_slots.lua").read_text()
+_SLOT_SCRIPT = resources.files("jobtrail").joinpath("sse_slots.lua").read_text()
 WINDOW_S = 60
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from redis.asyncio import Redis
 
-from app.keys import Keys
+from jobtrail.keys import Keys
 
 
 def now_ms() -> int:

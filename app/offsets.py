@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from app.errors import InvalidRequest
+from jobtrail.errors import InvalidRequest
 
 # ASCII digits only: `\d` would also take Unicode ones (`١٢٣`), which Redis does not.
 _ID_RE = re.compile(r"^([0-9]{1,20})(?:-([0-9]{1,20}))?$")

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from app.events import ABSENT, RULES, Event, EventType
+from jobtrail.events import ABSENT, RULES, Event, EventType
 
 _json = msgspec.json.encode
 

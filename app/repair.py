@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from app.config import Settings
-from app.errors import JobNotFound
-from app.eventlog import EventLog
-from app.keys import Keys
-from app.store import Store
+from jobtrail.config import Settings
+from jobtrail.errors import JobNotFound
+from jobtrail.eventlog import EventLog
+from jobtrail.keys import Keys
+from jobtrail.store import Store
 
 
 async def _all_job_ids(events: EventLog) -> AsyncIterator[str]:

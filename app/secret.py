@@ -25,7 +25,7 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.keys import Keys
+from jobtrail.keys import Keys
 
 log = logging.getLogger(__name__)
 

@@ -12,18 +12,18 @@ from typing import Any
 
 import msgspec
 
-from app.artifacts import ArtifactStore
-from app.config import Settings
-from app.errors import IdempotencyConflict, InvalidParams, JobExists, TransitionRefused
-from app.eventlog import EventLog
-from app.events import EventType, ReasonData, State, SubmittedData
-from app.index import JobIndex
-from app.livejobs import LiveJobs
-from app.jobstate import JobState
-from app.jsondepth import MAX_JSON_DEPTH, json_depth
-from app.secret import ServerSecret
-from app.submission import index_job, record_submitted
-from workers.registry import validate_params
+from jobtrail.artifacts import ArtifactStore
+from jobtrail.config import Settings
+from jobtrail.errors import IdempotencyConflict, InvalidParams, JobExists, TransitionRefused
+from jobtrail.eventlog import EventLog
+from jobtrail.events import EventType, ReasonData, State, SubmittedData
+from jobtrail.index import JobIndex
+from jobtrail.livejobs import LiveJobs
+from jobtrail.jobstate import JobState
+from jobtrail.jsondepth import MAX_JSON_DEPTH, json_depth
+from jobtrail.secret import ServerSecret
+from jobtrail.submission import index_job, record_submitted
+from jobtrail.workers.registry import validate_params
 
 log = logging.getLogger(__name__)
 

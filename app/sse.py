@@ -17,12 +17,12 @@ from collections.abc import AsyncIterator, Callable
 import msgspec
 from redis.exceptions import RedisError
 
-from app.activity import FeedPosition, FeedReader, Transition, decode_transitions
-from app.eventlog import EventLog, Unreadable
-from app.events import Event, EventType
-from app.hub import Hub, SubscriptionClosed
-from app.jobstate import JobState
-from app.offsets import is_after
+from jobtrail.activity import FeedPosition, FeedReader, Transition, decode_transitions
+from jobtrail.eventlog import EventLog, Unreadable
+from jobtrail.events import Event, EventType
+from jobtrail.hub import Hub, SubscriptionClosed
+from jobtrail.jobstate import JobState
+from jobtrail.offsets import is_after
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import uuid
 
-from app.eventlog import EventLog
-from app.events import EventType, SubmittedData
-from app.index import JobIndex
-from app.jobstate import JobState
+from jobtrail.eventlog import EventLog
+from jobtrail.events import EventType, SubmittedData
+from jobtrail.index import JobIndex
+from jobtrail.jobstate import JobState
 
 
 async def record_submitted(events: EventLog, index: JobIndex, job_id: str, data: SubmittedData) -> JobState:

@@ -12,9 +12,9 @@ import logging
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.artifacts import ArtifactStore
-from app.index_sweep import IndexSweep
-from app.keys import Keys
+from jobtrail.artifacts import ArtifactStore
+from jobtrail.index_sweep import IndexSweep
+from jobtrail.keys import Keys
 
 log = logging.getLogger(__name__)
 

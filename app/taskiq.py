@@ -12,6 +12,6 @@ this module only names what a taskiq app imports, so `import jobtrail` stays fre
 taskiq until an app asks for it.
 """
 
-from workers.taskiq_middleware import JobtrailMiddleware, job_context
+from jobtrail.workers.taskiq_middleware import JobtrailMiddleware, job_context
 
 __all__ = ["JobtrailMiddleware", "job_context"]

@@ -21,9 +21,9 @@ import time
 import msgspec
 from redis.asyncio import Redis
 
-from app.auth import Principal
-from app.keys import Keys
-from app.secret import ServerSecret
+from jobtrail.auth import Principal
+from jobtrail.keys import Keys
+from jobtrail.secret import ServerSecret
 
 
 class TokenRejected(Exception):

@@ -52,9 +52,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: the SSE parser lives in tests/
     sys.path.insert(0, str(ROOT))
 
-from app.events import Event, EventOut, EventType  # noqa: E402
-from app.keys import Keys  # noqa: E402
-from app.reducer import IllegalHistory, fold  # noqa: E402
+from jobtrail.events import Event, EventOut, EventType  # noqa: E402
+from jobtrail.keys import Keys  # noqa: E402
+from jobtrail.reducer import IllegalHistory, fold  # noqa: E402
 from tests.sse import Message, messages  # noqa: E402
 
 log = logging.getLogger("chaos")
@@ -211,7 +211,7 @@ class Processes:
     def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         with open(self.log_path(name), "wb") as out:
             return subprocess.Popen(
-                [sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "jobtrail.cli", *args], cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
             )
 
     async def start_api(self) -> str:

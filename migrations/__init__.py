@@ -22,10 +22,10 @@ from typing import NamedTuple
 import msgspec
 from redis.asyncio import Redis
 
-from app.eventlog import EventLog
-from app.index import JobIndex
-from app.keys import Keys, LegacyKeys
-from workers.lease import Lease
+from jobtrail.eventlog import EventLog
+from jobtrail.index import JobIndex
+from jobtrail.keys import Keys, LegacyKeys
+from jobtrail.workers.lease import Lease
 
 _MODULE = re.compile(r"m(\d{4})_\w+")
 LOCK_TTL_S = 30.0

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from app.config import Settings
-from app.eventlog import EventLog
-from app.index import JobIndex
-from app.keys import Keys, LegacyKeys
-from app.store import Store
-from migrations import Context, Migration, MigrationFailed, Report, applied, discover, migrate
+from jobtrail.config import Settings
+from jobtrail.eventlog import EventLog
+from jobtrail.index import JobIndex
+from jobtrail.keys import Keys, LegacyKeys
+from jobtrail.store import Store
+from jobtrail.migrations import Context, Migration, MigrationFailed, Report, applied, discover, migrate
 
 
 async def main(settings: Settings, *, status: bool = False, dry_run: bool = False) -> int:

@@ -32,10 +32,10 @@ from typing import Any, Literal, NamedTuple, TypeVar
 import msgspec
 from redis.exceptions import RedisError, ResponseError
 
-from app.errors import JobExists, JobNotFound, TransitionRefused
-from app.events import ErrorInfo, EventType, check_data
-from app.keys import JOB_ID_RE
-from migrations import Context, MigrationFailed, Report, Skipped
+from jobtrail.errors import JobExists, JobNotFound, TransitionRefused
+from jobtrail.events import ErrorInfo, EventType, check_data
+from jobtrail.keys import JOB_ID_RE
+from jobtrail.migrations import Context, MigrationFailed, Report, Skipped
 
 # What legacy systems wrote as a timestamp: ISO 8601 (naive means UTC), or epoch s or ms.
 Stamp = str | int | float

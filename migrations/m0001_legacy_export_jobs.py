@@ -11,8 +11,8 @@ from typing import Literal
 
 import msgspec
 
-from migrations import Context, Report
-from migrations.legacy import LegacyJob, Malformed, Stamp, decode, import_jobs, to_ms
+from jobtrail.migrations import Context, Report
+from jobtrail.migrations.legacy import LegacyJob, Malformed, Stamp, decode, import_jobs, to_ms
 
 VERSION = "0001"
 NAME = "legacy_export_jobs"

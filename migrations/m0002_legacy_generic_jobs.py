@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from migrations import Context, Report
-from migrations.legacy import LegacyJob, Malformed, Stamp, decode, import_jobs, to_ms
+from jobtrail.migrations import Context, Report
+from jobtrail.migrations.legacy import LegacyJob, Malformed, Stamp, decode, import_jobs, to_ms
 
 VERSION = "0002"
 NAME = "legacy_generic_jobs"

@@ -14,7 +14,7 @@ entry) for those without the field, one of HSETNX.
 
 from __future__ import annotations
 
-from migrations import Context, Report, Skipped
+from jobtrail.migrations import Context, Report, Skipped
 
 VERSION = "0003"
 NAME = "job_incarnations"

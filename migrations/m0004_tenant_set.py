@@ -10,7 +10,7 @@ Round trips: a SCAN page of tenant indexes, then one SADD per page.
 
 from __future__ import annotations
 
-from migrations import Context, Report
+from jobtrail.migrations import Context, Report
 
 VERSION = "0004"
 NAME = "tenant_set"

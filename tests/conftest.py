@@ -21,12 +21,12 @@ import redis
 import redis.asyncio as aioredis
 import uvicorn
 
-from app.api.app import create_app
-from app.config import Settings
-from app.eventlog import EventLog
-from app.keys import Keys
+from jobtrail.api.app import create_app
+from jobtrail.config import Settings
+from jobtrail.eventlog import EventLog
+from jobtrail.keys import Keys
 from tests.redis_server import RedisServer
-from workers.kinds_loader import load_kinds
+from jobtrail.workers.kinds_loader import load_kinds
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -197,7 +197,7 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], su
     def start() -> subprocess.Popen[bytes]:
         log = open(tmp_path / f"worker-{len(processes)}.log", "wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=worker_env(settings), stdout=log, stderr=log
+            [sys.executable, "-m", "jobtrail.cli", "worker"], cwd=ROOT, env=worker_env(settings), stdout=log, stderr=log
         )
         processes.append(process)
         return process

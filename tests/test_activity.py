@@ -14,9 +14,9 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from app.auth import hash_key, new_key
-from app.eventlog import EventLog
-from app.events import (
+from jobtrail.auth import hash_key, new_key
+from jobtrail.eventlog import EventLog
+from jobtrail.events import (
     EventType,
     ErrorInfo,
     LogData,
@@ -27,7 +27,7 @@ from app.events import (
     SubmittedData,
     SucceededData,
 )
-from app.keys import Keys
+from jobtrail.keys import Keys
 from tests.conftest import RunningApi
 from tests.redis_server import RedisServer
 from tests.sse import Message, open_stream

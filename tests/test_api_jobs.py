@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from app.events import EventType, StartedData
+from jobtrail.events import EventType, StartedData
 
 DEMO = {"kind": "demo", "params": {"steps": 3, "delay_ms": 0}}
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from app.artifacts import ArtifactStore
-from app.events import EventType, StartedData, SubmittedData
-from app.sweeper import sweep_once
-from workers.registry import _KINDS, Kind
-from workers.runner import Runner
+from jobtrail.artifacts import ArtifactStore
+from jobtrail.events import EventType, StartedData, SubmittedData
+from jobtrail.sweeper import sweep_once
+from jobtrail.workers.registry import _KINDS, Kind
+from jobtrail.workers.runner import Runner
 
 
 class FileParams(msgspec.Struct):

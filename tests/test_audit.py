@@ -14,9 +14,9 @@ import msgspec
 import pypdf
 import redis.asyncio as aioredis
 
-from app.audit import AuditBuilder
-from app.eventlog import EventLog
-from app.events import (
+from jobtrail.audit import AuditBuilder
+from jobtrail.eventlog import EventLog
+from jobtrail.events import (
     ErrorInfo,
     EventType,
     FailedData,
@@ -29,8 +29,8 @@ from app.events import (
     SubmittedData,
     SucceededData,
 )
-from app.keys import Keys
-from app.offsets import id_key
+from jobtrail.keys import Keys
+from jobtrail.offsets import id_key
 
 NDJSON = "application/x-ndjson"
 T0 = 1_700_000_000_000  # the `at` of every test job's submission, epoch ms

@@ -11,10 +11,10 @@ import httpx
 import msgspec
 import pytest
 
-from app.api.app import create_app
-from app.auth import ApiKeys, ConfigError, Principal, hash_key, new_key
-from app.events import EventType, StartedData, SucceededData
-from app.tokens import TokenSigner
+from jobtrail.api.app import create_app
+from jobtrail.auth import ApiKeys, ConfigError, Principal, hash_key, new_key
+from jobtrail.events import EventType, StartedData, SucceededData
+from jobtrail.tokens import TokenSigner
 from tests.sse import open_stream
 
 ACME, GLOBEX, ADMIN = new_key(), new_key(), new_key()

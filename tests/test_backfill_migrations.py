@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from app.events import EventType, StartedData, SubmittedData, SucceededData
-from app.index import JobIndex
-from app.keys import LegacyKeys
-from migrations import Context, discover, migrate
+from jobtrail.events import EventType, StartedData, SubmittedData, SucceededData
+from jobtrail.index import JobIndex
+from jobtrail.keys import LegacyKeys
+from jobtrail.migrations import Context, discover, migrate
 
 
 def context(redis_client, keys, events, **kwargs) -> Context:

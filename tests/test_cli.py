@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from app.config import Settings
-from app.events import EventType
+from jobtrail.config import Settings
+from jobtrail.events import EventType
 from tests.conftest import ROOT, worker_env
 
 
 def jobtrail(settings, *args):
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=worker_env(settings), capture_output=True, text=True,
+        [sys.executable, "-m", "jobtrail.cli", *args], cwd=ROOT, env=worker_env(settings), capture_output=True, text=True,
         timeout=60,
     )
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from app.artifacts import ArtifactStore
-from app.auth import hash_key
-from app.client import (
+from jobtrail.artifacts import ArtifactStore
+from jobtrail.auth import hash_key
+from jobtrail.client import (
     AsyncClient,
     Client,
     Conflict,
@@ -32,7 +32,7 @@ from app.client import (
     Unavailable,
     WaitTimeout,
 )
-from app.events import EventType, ProgressData, SucceededData
+from jobtrail.events import EventType, ProgressData, SucceededData
 from tests.tcp_proxy import TcpProxy
 from tests.test_sse import eventually, finished_job, progress, running_job, stream_ids
 

@@ -13,10 +13,10 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from app.config import Settings
-from app.eventlog import EventLog
-from app.events import EventType, SucceededData
-from app.keys import Keys
+from jobtrail.config import Settings
+from jobtrail.eventlog import EventLog
+from jobtrail.events import EventType, SucceededData
+from jobtrail.keys import Keys
 from tests.redis_server import RedisServer
 from tests.test_client import Flavor
 from tests.test_sse import progress, running_job, stream_ids

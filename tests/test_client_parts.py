@@ -8,7 +8,7 @@ import sys
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.client.errors import (
+from jobtrail.client.errors import (
     ArtifactNotFound,
     Conflict,
     InvalidParams,
@@ -18,9 +18,9 @@ from app.client.errors import (
     Unavailable,
     error_from,
 )
-from app.client.follow import comes_after
-from app.client.models import JobState
-from app.client.sse import Block, SseParser
+from jobtrail.client.follow import comes_after
+from jobtrail.client.models import JobState
+from jobtrail.client.sse import Block, SseParser
 from tests.conftest import ROOT
 
 STREAM = (

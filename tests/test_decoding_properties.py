@@ -19,13 +19,13 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from app.api.common import requested_offset
-from app.errors import InvalidRequest
-from app.eventlog import decode_events
-from app.events import SCHEMA_VERSION, CorruptEvent, Event, EventType
-from app.index import Cursor
-from app.offsets import BEGINNING, id_key, is_after, parse_offset, previous_id
-from app.sse import sse_event
+from jobtrail.api.common import requested_offset
+from jobtrail.errors import InvalidRequest
+from jobtrail.eventlog import decode_events
+from jobtrail.events import SCHEMA_VERSION, CorruptEvent, Event, EventType
+from jobtrail.index import Cursor
+from jobtrail.offsets import BEGINNING, id_key, is_after, parse_offset, previous_id
+from jobtrail.sse import sse_event
 
 U64 = 2**64 - 1
 MAX_ID = f"{U64}-{U64}"

@@ -13,11 +13,11 @@ import asyncio
 import msgspec
 import pytest
 
-from app.events import State
+from jobtrail.events import State
 from tests.sse import open_stream
-from workers.context import JobContext
-from workers.registry import _KINDS, Kind
-from workers.runner import Runner
+from jobtrail.workers.context import JobContext
+from jobtrail.workers.registry import _KINDS, Kind
+from jobtrail.workers.runner import Runner
 
 KIND = "test.gated"
 KEY = {"Idempotency-Key": "replayed-order-42"}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from app.errors import AttemptSuperseded, JobExists, JobNotFound, JobReplaced, TransitionRefused
-from app.eventlog import EventLog
-from app.events import ABSENT, RULES, TERMINAL_STATES, EventType, State
-from app.reducer import fold
+from jobtrail.errors import AttemptSuperseded, JobExists, JobNotFound, JobReplaced, TransitionRefused
+from jobtrail.eventlog import EventLog
+from jobtrail.events import ABSENT, RULES, TERMINAL_STATES, EventType, State
+from jobtrail.reducer import fold
 
 SAMPLE_DATA = {
     EventType.SUBMITTED: {"kind": "demo", "params": {"steps": 1}, "max_attempts": 3},

@@ -14,13 +14,13 @@ import pytest
 from pypdf import PdfReader
 from pypdf.generic import ContentStream
 
-from app.artifacts import ArtifactStore
-from app.events import EventType, State, SubmittedData
-from app.jobstate import JobState
-from workers.context import JobContext
-from workers.kinds.export_pdf import run_export_pdf
-from workers.registry import parse_params, validate_params
-from workers.runner import Runner
+from jobtrail.artifacts import ArtifactStore
+from jobtrail.events import EventType, State, SubmittedData
+from jobtrail.jobstate import JobState
+from jobtrail.workers.context import JobContext
+from jobtrail.workers.kinds.export_pdf import run_export_pdf
+from jobtrail.workers.registry import parse_params, validate_params
+from jobtrail.workers.runner import Runner
 
 QUARTER = {"title": "Q1 Sales", "start_date": "2024-01-01", "end_date": "2024-03-31"}
 
@@ -219,7 +219,7 @@ async def test_worker_process_renders_a_pdf_that_downloads(client, start_worker)
 def test_the_chart_scale_covers_the_largest_bar_in_at_most_five_round_steps():
     from datetime import date
 
-    from workers.kinds.export_pdf import Group, chart_scale
+    from jobtrail.workers.kinds.export_pdf import Group, chart_scale
 
     for largest in (0, 7, 999, 26_512, 100_001, 3_000_000):
         group = Group("g", date(2024, 1, 1), date(2024, 1, 1), (1, 1), (largest * 100, 100))

@@ -16,11 +16,11 @@ import httpx
 import msgspec
 import pytest
 
-from app.auth import hash_key, new_key
-from app.events import EventType, State, SubmittedData
-from app.jobstate import JobState
-from workers.registry import _KINDS, Kind, validate_params
-from workers.runner import Runner
+from jobtrail.auth import hash_key, new_key
+from jobtrail.events import EventType, State, SubmittedData
+from jobtrail.jobstate import JobState
+from jobtrail.workers.registry import _KINDS, Kind, validate_params
+from jobtrail.workers.runner import Runner
 
 MB = 1 << 20
 

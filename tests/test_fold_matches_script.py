@@ -9,11 +9,11 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.errors import JobExists, JobNotFound, TransitionRefused
-from app.eventlog import EventLog
-from app.events import EventType
-from app.keys import Keys
-from app.reducer import fold
+from jobtrail.errors import JobExists, JobNotFound, TransitionRefused
+from jobtrail.eventlog import EventLog
+from jobtrail.events import EventType
+from jobtrail.keys import Keys
+from jobtrail.reducer import fold
 
 text = st.text(max_size=20)
 json_values = st.recursive(

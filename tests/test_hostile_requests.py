@@ -14,12 +14,12 @@ import time
 import msgspec
 import pytest
 
-from app.api.bounds import MAX_QUERY_PARAMS
-from app.artifacts import ArtifactStore
-from app.errors import InvalidParams
-from app.index import JobIndex
-from app.jsondepth import MAX_JSON_DEPTH
-from app.service import JobService
+from jobtrail.api.bounds import MAX_QUERY_PARAMS
+from jobtrail.artifacts import ArtifactStore
+from jobtrail.errors import InvalidParams
+from jobtrail.index import JobIndex
+from jobtrail.jsondepth import MAX_JSON_DEPTH
+from jobtrail.service import JobService
 from tests.test_serve_process import serve, wait_ready
 
 DEMO = {"kind": "demo", "params": {}}

@@ -6,11 +6,11 @@ import asyncio
 
 import msgspec
 
-from app.eventlog import EventLog
-from app.events import EventType
-from app.index import JobIndex
-from app.index_sweep import IndexSweep
-from app.offsets import id_key
+from jobtrail.eventlog import EventLog
+from jobtrail.events import EventType
+from jobtrail.index import JobIndex
+from jobtrail.index_sweep import IndexSweep
+from jobtrail.offsets import id_key
 
 SUBMITTED = {"kind": "demo", "params": {}, "max_attempts": 1}
 FAILED = {"error": {"type": "Boom", "message": "no"}}

@@ -17,12 +17,11 @@ import httpx
 import msgspec
 import pytest
 
-from app.auth import hash_key, new_key
-from app.config import Settings
-from app.events import EventType, SubmittedData
-from workers.context import JobContext, PermanentFailure, UnknownPhase
-from workers.kinds.demo import DemoParams
-from workers.registry import _KINDS, DuplicateKind, Kind, kind
+from jobtrail.auth import hash_key, new_key
+from jobtrail.events import EventType, SubmittedData
+from jobtrail.workers.context import JobContext, PermanentFailure, UnknownPhase
+from jobtrail.workers.kinds.demo import DemoParams
+from jobtrail.workers.registry import _KINDS, DuplicateKind, Kind, kind
 from tests.conftest import ROOT
 
 FINISH_S = 30.0
@@ -171,12 +170,11 @@ async def test_a_worker_that_does_not_know_the_kind_fails_the_job_at_once_naming
 
 
 def test_the_public_package_exports_what_handler_authors_need_without_importing_the_web_framework():
-    package = Settings.__module__.partition(".")[0]  # `app` today, `jobtrail` once named so
     code = (
-        f"import sys, {package} as jobtrail\n"
+        "import sys, jobtrail\n"
         "assert {'litestar', 'redis', 'taskiq', 'uvicorn'}.isdisjoint(sys.modules), 'import jobtrail is cheap'\n"
-        "from workers.registry import kind\n"
-        "from workers.context import JobCancelled, JobContext, PermanentFailure\n"
+        "from jobtrail.workers.registry import kind\n"
+        "from jobtrail.workers.context import JobCancelled, JobContext, PermanentFailure\n"
         "assert (jobtrail.kind, jobtrail.JobContext, jobtrail.PermanentFailure, jobtrail.JobCancelled) == "
         "(kind, JobContext, PermanentFailure, JobCancelled)\n"
         "assert 'litestar' not in sys.modules, 'a handler module needs no web framework'\n"

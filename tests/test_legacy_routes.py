@@ -11,12 +11,12 @@ import httpx
 import msgspec
 import pytest
 
-from app.auth import hash_key, new_key
-from app.index import JobIndex
-from app.keys import LegacyKeys
-from migrations import Context, migrate
+from jobtrail.auth import hash_key, new_key
+from jobtrail.index import JobIndex
+from jobtrail.keys import LegacyKeys
+from jobtrail.migrations import Context, migrate
 from tests.conftest import delete_matching
-from workers.runner import Runner
+from jobtrail.workers.runner import Runner
 
 ACME, GLOBEX = new_key(), new_key()
 PDF = {"title": "Q1 Sales", "start_date": "2024-01-01", "end_date": "2024-01-20", "group_by": "week"}
@@ -170,7 +170,7 @@ async def test_a_migrated_export_job_answers_with_its_legacy_file_and_ttl(
         delete_matching(redis_url, f"{legacy}*")
     job = await events.state("exp-7")
     assert job.kind == "legacy.export" and job.tenant is None
-    from app.api.legacy import export_status
+    from jobtrail.api.legacy import export_status
 
     body = msgspec.to_builtins(export_status(job))
     assert (body["status"], body["filename"], body["download_url"], body["file_size_bytes"]) == (

@@ -15,12 +15,12 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.eventlog import EventLog
-from app.events import EventType
-from app.index import JobIndex
-from app.keys import LegacyKeys
-from migrations import Context, MigrationFailed, applied, discover, migrate
-from migrations.legacy import Malformed, fallback_id, to_ms
+from jobtrail.eventlog import EventLog
+from jobtrail.events import EventType
+from jobtrail.index import JobIndex
+from jobtrail.keys import LegacyKeys
+from jobtrail.migrations import Context, MigrationFailed, applied, discover, migrate
+from jobtrail.migrations.legacy import Malformed, fallback_id, to_ms
 from tests.conftest import ROOT, delete_matching, worker_env
 from tests.sse import collect
 
@@ -314,7 +314,7 @@ async def test_a_failure_mid_job_removes_the_partial_job_and_records_nothing(ctx
 def jobtrail(settings, legacy, *args):
     env = worker_env(settings) | {"JOBTRAIL_LEGACY_PREFIX": legacy}
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "jobtrail.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
 
 

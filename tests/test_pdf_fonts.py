@@ -14,9 +14,9 @@ from urllib.parse import unquote
 import pypdf
 import pytest
 
-from app import fonts
-from app.api.common import content_disposition
-from app.events import ErrorInfo, EventType, FailedData, LogData, StartedData, SubmittedData
+from jobtrail import fonts
+from jobtrail.api.common import content_disposition
+from jobtrail.events import ErrorInfo, EventType, FailedData, LogData, StartedData, SubmittedData
 from tests.test_export_pdf import artifact_bytes, run
 
 TITLE = "Отчёт 売上 — Q1 ✓"

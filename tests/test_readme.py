@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import re
 
-from app.api.errors import error_codes
+from jobtrail.api.errors import error_codes
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()

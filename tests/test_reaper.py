@@ -13,16 +13,16 @@ import msgspec
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.artifacts import ArtifactStore
-from app.events import EventType, SubmittedData
-from app.index import JobIndex
-from app.livejobs import LiveJobs, now_ms
-from app.service import JobService
+from jobtrail.artifacts import ArtifactStore
+from jobtrail.events import EventType, SubmittedData
+from jobtrail.index import JobIndex
+from jobtrail.livejobs import LiveJobs, now_ms
+from jobtrail.service import JobService
 from tests.test_e2e_worker import history, status, submit, wait_for_state
 from tests.worker_procs import Workers
-from workers.reaper import Reaper
-from workers.registry import validate_params
-from workers.runner import Runner
+from jobtrail.workers.reaper import Reaper
+from jobtrail.workers.registry import validate_params
+from jobtrail.workers.runner import Runner
 
 LATER_MS = 3_600_000  # a pass this far ahead finds every tracked job due and stale
 
@@ -73,7 +73,7 @@ async def test_running_job_whose_worker_died_is_queued_again_and_retried_as_stal
     await submitted(events, live, "j")
     await events.append("j", EventType.STARTED, {"worker": "dead", "attempt": 1}, attempt=1, key="started:1")
 
-    with caplog.at_level(logging.WARNING, logger="workers.reaper"):
+    with caplog.at_level(logging.WARNING, logger="jobtrail.workers.reaper"):
         assert await reaper.reap(now_ms() + LATER_MS) == ["j"]
 
     assert queued == ["j"]
@@ -234,7 +234,7 @@ async def test_a_failing_pass_is_logged_and_the_loop_goes_on(events, settings, g
 
     monkeypatch.setattr(reaper, "reap", flaky)
     loop = asyncio.create_task(reaper.run())
-    with caplog.at_level(logging.WARNING, logger="workers.reaper"):
+    with caplog.at_level(logging.WARNING, logger="jobtrail.workers.reaper"):
         deadline = time.monotonic() + 5
         while len(calls) < 2:
             assert time.monotonic() < deadline, "the loop stopped after an error"
@@ -242,7 +242,7 @@ async def test_a_failing_pass_is_logged_and_the_loop_goes_on(events, settings, g
     loop.cancel()
     await asyncio.gather(loop, return_exceptions=True)
 
-    failure = next(r for r in caplog.records if r.name == "workers.reaper")
+    failure = next(r for r in caplog.records if r.name == "jobtrail.workers.reaper")
     assert failure.levelno == logging.WARNING and failure.exc_info is not None
 
 

@@ -21,10 +21,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from app.eventlog import EventLog
-from app.jobstate import JobState
-from app.keys import Keys
-from app.reducer import fold
+from jobtrail.eventlog import EventLog
+from jobtrail.jobstate import JobState
+from jobtrail.keys import Keys
+from jobtrail.reducer import fold
 from tests.redis_server import RedisServer, free_port
 from tests.worker_procs import Workers
 

@@ -18,7 +18,7 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from app.config import Settings
+from jobtrail.config import Settings
 from tests.conftest import ROOT, worker_env
 from tests.redis_server import RedisServer, free_port
 from tests.sse import Message, collect, messages
@@ -206,7 +206,7 @@ def test_worker_with_unreachable_redis_exits_nonzero_with_a_clear_error(tmp_path
     env = worker_env(Settings(redis_url=f"redis://127.0.0.1:{port}/0", prefix="unused"))
 
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "jobtrail.cli", "worker"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
 
     assert result.returncode != 0

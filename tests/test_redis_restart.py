@@ -21,10 +21,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from app.eventlog import EventLog
-from app.events import TERMINAL_STATES, EventType, State
-from app.keys import Keys
-from app.reducer import fold
+from jobtrail.eventlog import EventLog
+from jobtrail.events import TERMINAL_STATES, EventType, State
+from jobtrail.keys import Keys
+from jobtrail.reducer import fold
 from tests.conftest import ROOT, worker_env
 from tests.redis_server import RedisServer
 
@@ -143,7 +143,7 @@ async def test_every_acknowledged_write_survives_a_killed_and_restarted_redis(
         assert await redis.hgetall(events.keys.job(job_id)) == fold(history), job_id
     assert duplicated == 0
     check = subprocess.run(
-        [sys.executable, "-m", "app.cli", "repair", "--check"], cwd=ROOT, env=worker_env(settings),
+        [sys.executable, "-m", "jobtrail.cli", "repair", "--check"], cwd=ROOT, env=worker_env(settings),
         capture_output=True, text=True, timeout=60,
     )
     assert check.returncode == 0, check.stdout + check.stderr

@@ -16,7 +16,7 @@ import msgspec
 import pytest
 import redis
 
-from app.config import Settings
+from jobtrail.config import Settings
 from tests.redis_server import RedisServer
 
 TIMEOUT_S = 2.0

@@ -7,10 +7,10 @@ import asyncio
 import msgspec
 import pytest
 
-from app.events import EventType, State, SubmittedData
-from workers.context import JobContext, PermanentFailure
-from workers.registry import _KINDS, Kind, validate_params
-from workers.runner import Runner
+from jobtrail.events import EventType, State, SubmittedData
+from jobtrail.workers.context import JobContext, PermanentFailure
+from jobtrail.workers.registry import _KINDS, Kind, validate_params
+from jobtrail.workers.runner import Runner
 
 
 async def submit(events, job_id, params, kind="demo", max_attempts=3):

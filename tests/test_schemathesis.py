@@ -30,15 +30,15 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app.api.app import create_app
-from app.artifacts import ArtifactStore
-from app.auth import hash_key, new_key
-from app.config import Settings
-from app.eventlog import EventLog
-from app.events import EventType
-from app.index import JobIndex
-from app.keys import Keys
-from app.offsets import id_key
+from jobtrail.api.app import create_app
+from jobtrail.artifacts import ArtifactStore
+from jobtrail.auth import hash_key, new_key
+from jobtrail.config import Settings
+from jobtrail.eventlog import EventLog
+from jobtrail.events import EventType
+from jobtrail.index import JobIndex
+from jobtrail.keys import Keys
+from jobtrail.offsets import id_key
 from tests.redis_server import free_port
 
 # Access control is on, as in production, with an admin key: it reaches every seeded job

@@ -12,12 +12,12 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.artifacts import ArtifactStore
-from app.auth import Principal
-from app.index import JobIndex
-from app.secret import ServerSecret
-from app.service import JobService
-from app.tokens import TokenRejected, TokenSigner
+from jobtrail.artifacts import ArtifactStore
+from jobtrail.auth import Principal
+from jobtrail.index import JobIndex
+from jobtrail.secret import ServerSecret
+from jobtrail.service import JobService
+from jobtrail.tokens import TokenRejected, TokenSigner
 
 
 def service(events, settings, **changes) -> JobService:

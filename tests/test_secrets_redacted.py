@@ -11,8 +11,8 @@ import uuid
 import httpx
 import pytest
 
-from app.api.redaction import redacted_query, redacted_text
-from app.auth import hash_key, new_key
+from jobtrail.api.redaction import redacted_query, redacted_text
+from jobtrail.auth import hash_key, new_key
 from tests.test_serve_process import serve, wait_ready
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from app.auth import ApiKeys
+from jobtrail.auth import ApiKeys
 from tests.conftest import ROOT, worker_env
 from tests.sse import open_stream
 
@@ -30,7 +30,7 @@ def serve(settings, tmp_path, **env: str) -> tuple[subprocess.Popen[bytes], str]
     port = free_port()
     log = open(tmp_path / f"serve-{port}.log", "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "jobtrail.cli", "serve", "--port", str(port)],
         cwd=ROOT, env={**worker_env(settings), **env}, stdout=log, stderr=subprocess.STDOUT,
     )
     return process, f"http://127.0.0.1:{port}"
@@ -58,7 +58,7 @@ def test_serve_with_redis_and_no_keys_refuses_to_start(settings, tmp_path):
 
 def test_keys_new_prints_a_key_and_an_entry_that_accepts_it():
     done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "keys", "new", "acme"], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "jobtrail.cli", "keys", "new", "acme"], cwd=ROOT, capture_output=True, text=True, check=True
     )
     lines = [line.strip() for line in done.stdout.splitlines()]
     key, entry = lines[1], lines[3]
@@ -118,7 +118,7 @@ async def test_embedded_serve_keeps_export_files_in_a_temporary_directory_it_rem
     port = free_port()
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        process = subprocess.Popen([sys.executable, "-m", "jobtrail.cli", "serve", "--port", str(port)],
                                    cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -152,7 +152,7 @@ async def test_embedded_serve_with_an_artifact_dir_set_keeps_it_and_says_where(t
     port = free_port()
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        process = subprocess.Popen([sys.executable, "-m", "jobtrail.cli", "serve", "--port", str(port)],
                                    cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         await wait_ready(process, f"http://127.0.0.1:{port}")

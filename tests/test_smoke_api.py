@@ -1,4 +1,4 @@
-from app.events import EventType, StartedData, SucceededData, SubmittedData
+from jobtrail.events import EventType, StartedData, SucceededData, SubmittedData
 from tests.sse import collect
 
 

@@ -20,10 +20,10 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from app.eventlog import EventLog
-from app.events import EventType, ProgressData, StartedData, SubmittedData, SucceededData
-from app.hub import Hub
-from app.keys import Keys
+from jobtrail.eventlog import EventLog
+from jobtrail.events import EventType, ProgressData, StartedData, SubmittedData, SucceededData
+from jobtrail.hub import Hub
+from jobtrail.keys import Keys
 from tests.conftest import RunningApi
 from tests.sse import Message, as_expected, expected_event, open_stream
 

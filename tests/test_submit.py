@@ -10,13 +10,13 @@ import msgspec
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.artifacts import ArtifactStore
-from app.auth import hash_key, new_key
-from app.eventlog import EventLog
-from app.index import JobIndex
-from app.limits import WINDOW_S
-from app.service import JobService
-from app.store import Store
+from jobtrail.artifacts import ArtifactStore
+from jobtrail.auth import hash_key, new_key
+from jobtrail.eventlog import EventLog
+from jobtrail.index import JobIndex
+from jobtrail.limits import WINDOW_S
+from jobtrail.service import JobService
+from jobtrail.store import Store
 from tests.lossy_proxy import ReplyLosingProxy
 
 

@@ -14,12 +14,12 @@ import pydantic
 import pytest
 from taskiq import Context, InMemoryBroker, SimpleRetryMiddleware, SmartRetryMiddleware, TaskiqDepends
 
-from app.eventlog import EventLog
-from app.index import JobIndex
-from app.taskiq import JobtrailMiddleware, job_context
+from jobtrail.eventlog import EventLog
+from jobtrail.index import JobIndex
+from jobtrail.taskiq import JobtrailMiddleware, job_context
 from tests.redis_server import RedisServer
-from workers.context import JobContext
-from workers.taskiq_json import as_json
+from jobtrail.workers.context import JobContext
+from jobtrail.workers.taskiq_json import as_json
 
 
 def in_memory(*middlewares) -> InMemoryBroker:

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.config import Settings
+from jobtrail.config import Settings
 from tests.conftest import ROOT
 from tests.sse import collect
 from tests.test_audit import pdf_text

@@ -6,7 +6,7 @@ import httpx
 import msgspec
 import pytest
 
-from app.auth import hash_key, new_key
+from jobtrail.auth import hash_key, new_key
 
 ACME = new_key()
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"

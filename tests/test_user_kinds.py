@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.config import Settings
+from jobtrail.config import Settings
 from tests.conftest import ROOT, worker_env
 
 pytestmark = pytest.mark.e2e
@@ -52,7 +52,7 @@ class Processes:
         log = self.tmp_path / f"{args[0]}-{len(self.started)}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                [sys.executable, *flags, "-m", "app.cli", *args], cwd=cwd,
+                [sys.executable, *flags, "-m", "jobtrail.cli", *args], cwd=cwd,
                 env={**worker_env(self.settings), "JOBTRAIL_AUTH": "off", **env}, stdout=out, stderr=subprocess.STDOUT,
             )
         self.started.append((process, log))
@@ -150,7 +150,7 @@ async def test_kinds_named_by_jobtrail_kinds_or_kinds_flag_run_end_to_end_in_ser
 @pytest.mark.parametrize("command", ["serve", "worker"])
 def test_a_module_that_fails_to_import_stops_the_process_naming_the_module_with_the_traceback(settings, command):
     done = subprocess.run(
-        [sys.executable, "-m", "app.cli", command], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "jobtrail.cli", command], cwd=ROOT, capture_output=True, text=True, timeout=60,
         env={**worker_env(settings), "JOBTRAIL_AUTH": "off",
              "JOBTRAIL_KINDS": f"{USER_KINDS}, tests.user_kinds.broken"},
     )
@@ -168,7 +168,7 @@ def test_a_module_that_fails_to_import_stops_the_process_naming_the_module_with_
 
 def test_a_module_that_does_not_exist_stops_the_worker_naming_it(settings):
     done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "worker", "--kinds", "acme.jobz"], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "jobtrail.cli", "worker", "--kinds", "acme.jobz"], cwd=ROOT, capture_output=True, text=True,
         timeout=60, env=worker_env(settings),
     )
     assert done.returncode == 1

@@ -8,11 +8,11 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from app.api.common import visible_job
-from app.auth import Principal
-from app.errors import JobNotFound
-from app.eventlog import EventLog
-from app.events import EventType, StartedData, SubmittedData, SucceededData
+from jobtrail.api.common import visible_job
+from jobtrail.auth import Principal
+from jobtrail.errors import JobNotFound
+from jobtrail.eventlog import EventLog
+from jobtrail.events import EventType, StartedData, SubmittedData, SucceededData
 
 ACME, GLOBEX = Principal(tenant="acme"), Principal(tenant="globex")
 

@@ -16,9 +16,9 @@ import msgspec
 import pytest
 import uvicorn
 
-from app.api.app import create_app
-from app.auth import hash_key
-from app.events import EventType, PhaseData, ProgressData, ReasonData
+from jobtrail.api.app import create_app
+from jobtrail.auth import hash_key
+from jobtrail.events import EventType, PhaseData, ProgressData, ReasonData
 from tests.conftest import ROOT, RunningApi
 from tests.terminal import Terminal
 from tests.test_sse import finished_job, running_job
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.e2e
 
 
 def jobtrail(*args: str) -> list[str]:
-    return [sys.executable, "-m", "app.cli", *args]
+    return [sys.executable, "-m", "jobtrail.cli", *args]
 
 
 def free_port() -> int:

@@ -10,11 +10,11 @@ from datetime import datetime
 import msgspec
 import pytest
 
-from app.events import EventType, SubmittedData
+from jobtrail.events import EventType, SubmittedData
 from tests.test_e2e_worker import history, status, submit, wait_for_state
 from tests.worker_procs import Workers
-from workers.registry import validate_params
-from workers.runner import Runner
+from jobtrail.workers.registry import validate_params
+from jobtrail.workers.runner import Runner
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from app.config import Settings
+from jobtrail.config import Settings
 from tests.conftest import ROOT, worker_env
 
 
@@ -50,7 +50,7 @@ class Workers:
         log = self.tmp_path / f"worker-{len(self.started)}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=worker_env(self.settings) | env,
+                [sys.executable, "-m", "jobtrail.cli", "worker"], cwd=ROOT, env=worker_env(self.settings) | env,
                 stdout=out, stderr=out,
             )
         worker = Worker(process, log)

@@ -18,9 +18,9 @@ from taskiq.exceptions import SendTaskError
 from taskiq.kicker import AsyncKicker
 from taskiq_redis import RedisStreamBroker
 
-from app.config import Settings
-from app.keys import Keys
-from workers.runner import Runner
+from jobtrail.config import Settings
+from jobtrail.keys import Keys
+from jobtrail.workers.runner import Runner
 
 log = logging.getLogger(__name__)
 

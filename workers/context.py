@@ -9,16 +9,16 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from app.artifacts import ArtifactStore
-from app.errors import JobNotFound, JobReplaced, TransitionRefused
-from app.eventlog import Appended, EventLog
-from app.events import TERMINAL_STATES, Artifact, Event, EventType, LogData, PhaseData, ProgressData
-from app.jobstate import JobState
-from app.patience import Patience
-from workers.lease import Lease
+from jobtrail.artifacts import ArtifactStore
+from jobtrail.errors import JobNotFound, JobReplaced, TransitionRefused
+from jobtrail.eventlog import Appended, EventLog
+from jobtrail.events import TERMINAL_STATES, Artifact, Event, EventType, LogData, PhaseData, ProgressData
+from jobtrail.jobstate import JobState
+from jobtrail.patience import Patience
+from jobtrail.workers.lease import Lease
 
 if TYPE_CHECKING:
-    from workers.registry import Kind
+    from jobtrail.workers.registry import Kind
 
 T = TypeVar("T")
 

@@ -29,8 +29,8 @@ from functools import partial
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
 
-from app.config import Settings
-from workers.registry import kinds
+from jobtrail.config import Settings
+from jobtrail.workers.registry import kinds
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from importlib import resources
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.patience import REDIS_AWAY
+from jobtrail.patience import REDIS_AWAY
 
 log = logging.getLogger(__name__)
 
-_SCRIPT = resources.files("workers").joinpath("lease.lua").read_text()
+_SCRIPT = resources.files("jobtrail.workers").joinpath("lease.lua").read_text()
 
 
 class Lease:

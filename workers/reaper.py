@@ -31,12 +31,12 @@ import logging
 
 from redis.exceptions import RedisError, ResponseError
 
-from app.config import Settings
-from app.eventlog import EventLog
-from app.events import TERMINAL_STATES, State
-from app.livejobs import LiveJobs, now_ms
-from app.offsets import is_after
-from workers.runner import Requeue
+from jobtrail.config import Settings
+from jobtrail.eventlog import EventLog
+from jobtrail.events import TERMINAL_STATES, State
+from jobtrail.livejobs import LiveJobs, now_ms
+from jobtrail.offsets import is_after
+from jobtrail.workers.runner import Requeue
 
 log = logging.getLogger(__name__)
 

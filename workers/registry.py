@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
-from app.errors import InvalidParams, UnknownKind
+from jobtrail.errors import InvalidParams, UnknownKind
 
 if TYPE_CHECKING:
-    from workers.context import JobContext
+    from jobtrail.workers.context import JobContext
 
 Handler = Callable[[Any, "JobContext"], Awaitable[Any]]
 

@@ -29,19 +29,19 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError
 
-from app.artifacts import ArtifactStore
-from app.config import Settings
-from app.errors import JobNotFound, JobReplaced, TransitionRefused, UnknownKind
-from app.eventlog import EventLog
-from app.events import (
+from jobtrail.artifacts import ArtifactStore
+from jobtrail.config import Settings
+from jobtrail.errors import JobNotFound, JobReplaced, TransitionRefused, UnknownKind
+from jobtrail.eventlog import EventLog
+from jobtrail.events import (
     TERMINAL_STATES, EventType, ErrorInfo, FailedData, ReasonData, RetryingData, StartedData, State, SucceededData,
 )
-from app.jobstate import JobState
-from app.livejobs import LiveJobs, now_ms
-from app.patience import Patience
-from workers.context import AttemptLost, JobCancelled, JobContext, PermanentFailure
-from workers.lease import Lease
-from workers.registry import find_kind, get_kind, parse_params
+from jobtrail.jobstate import JobState
+from jobtrail.livejobs import LiveJobs, now_ms
+from jobtrail.patience import Patience
+from jobtrail.workers.context import AttemptLost, JobCancelled, JobContext, PermanentFailure
+from jobtrail.workers.lease import Lease
+from jobtrail.workers.registry import find_kind, get_kind, parse_params
 
 log = logging.getLogger(__name__)
 

@@ -47,21 +47,21 @@ from redis.exceptions import RedisError
 from taskiq import Context, TaskiqDepends, TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
 
-from app.auth import TENANT_RE
-from app.config import Settings
-from app.errors import JobExists, JobNotFound, TransitionRefused
-from app.eventlog import Appended, EventLog
-from app.events import (
+from jobtrail.auth import TENANT_RE
+from jobtrail.config import Settings
+from jobtrail.errors import JobExists, JobNotFound, TransitionRefused
+from jobtrail.eventlog import Appended, EventLog
+from jobtrail.events import (
     EventType, FailedData, ReasonData, RetryingData, StartedData, State, SubmittedData, SucceededData,
 )
-from app.index import JobIndex
-from app.keys import JOB_ID_RE, Keys
-from app.store import Store
-from app.submission import record_submitted
-from workers.context import AttemptLost, JobCancelled, JobContext, PermanentFailure
-from workers.runner import error_info
-from workers.taskiq_json import params_of, result_of
-from workers.taskiq_retries import attempt_of, check_order, disable_retry, is_retry_kick, max_attempts, retry_delay
+from jobtrail.index import JobIndex
+from jobtrail.keys import JOB_ID_RE, Keys
+from jobtrail.store import Store
+from jobtrail.submission import record_submitted
+from jobtrail.workers.context import AttemptLost, JobCancelled, JobContext, PermanentFailure
+from jobtrail.workers.runner import error_info
+from jobtrail.workers.taskiq_json import params_of, result_of
+from jobtrail.workers.taskiq_retries import attempt_of, check_order, disable_retry, is_retry_kick, max_attempts, retry_delay
 
 log = logging.getLogger(__name__)
 

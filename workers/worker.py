@@ -17,14 +17,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from taskiq.api import run_receiver_task
 
-from app.config import Settings
-from app.eventlog import EventLog
-from app.keys import Keys
-from app.store import Store
-from workers.broker import JobBroker, build_broker, enqueue, register_runner
-from workers.kinds_loader import load_kinds
-from workers.reaper import Reaper
-from workers.runner import Runner
+from jobtrail.config import Settings
+from jobtrail.eventlog import EventLog
+from jobtrail.keys import Keys
+from jobtrail.store import Store
+from jobtrail.workers.broker import JobBroker, build_broker, enqueue, register_runner
+from jobtrail.workers.kinds_loader import load_kinds
+from jobtrail.workers.reaper import Reaper
+from jobtrail.workers.runner import Runner
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.types import Guard
 
-from app.auth import OPEN, ApiKeys, Principal
-from app.errors import NotAuthenticated
-from app.tokens import TokenRejected, TokenSigner
+from jobtrail.auth import OPEN, ApiKeys, Principal
+from jobtrail.errors import NotAuthenticated
+from jobtrail.tokens import TokenRejected, TokenSigner
 
 TokenUse = Literal["job", "feed"]
 PUBLIC = {"public": True}  # opt of routes anyone may call (health probes)

@@ -15,18 +15,18 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, JSONBody, Parameter, QueryParameter
 from litestar.response import Stream
 
-from app.api.access import FEED_TOKEN
-from app.api.common import SSE_ROUTE, error_responses, requested_offset, sse_response, token_ttl
-from app.api.schemas import ActivityStreamMessage, TokenOut, TokenRequest
-from app.auth import Principal
-from app.config import Settings
-from app.eventlog import EventLog
-from app.events import State, ms_to_datetime
-from app.hub import Hub
-from app.limits import SseSlots
-from app.offsets import is_after
-from app.sse import activity_event_stream
-from app.tokens import TokenSigner
+from jobtrail.api.access import FEED_TOKEN
+from jobtrail.api.common import SSE_ROUTE, error_responses, requested_offset, sse_response, token_ttl
+from jobtrail.api.schemas import ActivityStreamMessage, TokenOut, TokenRequest
+from jobtrail.auth import Principal
+from jobtrail.config import Settings
+from jobtrail.eventlog import EventLog
+from jobtrail.events import State, ms_to_datetime
+from jobtrail.hub import Hub
+from jobtrail.limits import SseSlots
+from jobtrail.offsets import is_after
+from jobtrail.sse import activity_event_stream
+from jobtrail.tokens import TokenSigner
 
 
 @get(

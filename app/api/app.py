@@ -16,33 +16,33 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from redis.exceptions import RedisError
 
-from app.api.access import SCHEMA_PATH, access_guard
-from app.api.activity import activity_events, feed_token
-from app.api.audit import audit_report
-from app.api.body import JsonRequest
-from app.api.bounds import RequestBounds
-from app.api.errors import EXCEPTION_HANDLERS
-from app.api.health import healthz, readyz
-from app.api.jobs import JobsController
-from app.api.kinds import list_kinds
-from app.api.legacy import LegacyExportsController
-from app.api.requests import RequestIdMiddleware
-from app.artifacts import ArtifactStore
-from app.auth import ApiKeys, Principal, auth_enabled
-from app.config import Settings
-from app.eventlog import EventLog
-from app.hub import Hub
-from app.index import JobIndex
-from app.index_sweep import IndexSweep
-from app.keys import Keys
-from app.limits import SseSlots, SubmitRate
-from app.service import JobService
-from app.store import Store
-from app.sweeper import run_sweeper
-from app.tokens import TokenSigner
-from workers.broker import build_broker, enqueue, register_runner
-from workers.kinds_loader import load_kinds
-from workers.runner import Runner
+from jobtrail.api.access import SCHEMA_PATH, access_guard
+from jobtrail.api.activity import activity_events, feed_token
+from jobtrail.api.audit import audit_report
+from jobtrail.api.body import JsonRequest
+from jobtrail.api.bounds import RequestBounds
+from jobtrail.api.errors import EXCEPTION_HANDLERS
+from jobtrail.api.health import healthz, readyz
+from jobtrail.api.jobs import JobsController
+from jobtrail.api.kinds import list_kinds
+from jobtrail.api.legacy import LegacyExportsController
+from jobtrail.api.requests import RequestIdMiddleware
+from jobtrail.artifacts import ArtifactStore
+from jobtrail.auth import ApiKeys, Principal, auth_enabled
+from jobtrail.config import Settings
+from jobtrail.eventlog import EventLog
+from jobtrail.hub import Hub
+from jobtrail.index import JobIndex
+from jobtrail.index_sweep import IndexSweep
+from jobtrail.keys import Keys
+from jobtrail.limits import SseSlots, SubmitRate
+from jobtrail.service import JobService
+from jobtrail.store import Store
+from jobtrail.sweeper import run_sweeper
+from jobtrail.tokens import TokenSigner
+from jobtrail.workers.broker import build_broker, enqueue, register_runner
+from jobtrail.workers.kinds_loader import load_kinds
+from jobtrail.workers.runner import Runner
 
 log = logging.getLogger(__name__)
 

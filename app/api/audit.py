@@ -9,12 +9,12 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 
-from app.api.bounds import deadline_paused
-from app.api.common import JobId, error_responses, visible_job
-from app.auth import Principal
-from app.audit import AuditBuilder
-from app.audit_report import render_audit_pdf
-from app.eventlog import EventLog
+from jobtrail.api.bounds import deadline_paused
+from jobtrail.api.common import JobId, error_responses, visible_job
+from jobtrail.auth import Principal
+from jobtrail.audit import AuditBuilder
+from jobtrail.audit_report import render_audit_pdf
+from jobtrail.eventlog import EventLog
 
 
 @get(

@@ -18,8 +18,8 @@ from litestar import Request
 from litestar.exceptions import ValidationException
 from litestar.types import Empty
 
-from app.errors import InvalidRequest, UnsupportedMediaType
-from app.jsondepth import MAX_JSON_DEPTH, json_depth
+from jobtrail.errors import InvalidRequest, UnsupportedMediaType
+from jobtrail.jsondepth import MAX_JSON_DEPTH, json_depth
 
 # A high surrogate escape without the low one after it: msgspec reports "Input data
 # was truncated" for it, which sends the caller looking for the wrong problem.

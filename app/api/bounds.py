@@ -32,8 +32,8 @@ from contextvars import ContextVar
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import send_error
-from app.errors import InvalidRequest, StoreUnavailable
+from jobtrail.api.errors import send_error
+from jobtrail.errors import InvalidRequest, StoreUnavailable
 
 MAX_QUERY_PARAMS = 64
 

@@ -16,17 +16,17 @@ from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
 
-from app.api.schemas import ErrorBody, TokenRequest
-from app.auth import Principal
-from app.config import Settings
-from app.errors import InvalidRequest, JobNotFound, NotAuthenticated
-from app.eventlog import EventLog
-from app.jobstate import JobState
-from app.keys import JOB_ID_RE
-from app.limits import SseSlots, SubmitRate
-from app.offsets import BEGINNING, parse_offset
-from app.service import JobService
-from app.tokens import TokenSigner
+from jobtrail.api.schemas import ErrorBody, TokenRequest
+from jobtrail.auth import Principal
+from jobtrail.config import Settings
+from jobtrail.errors import InvalidRequest, JobNotFound, NotAuthenticated
+from jobtrail.eventlog import EventLog
+from jobtrail.jobstate import JobState
+from jobtrail.keys import JOB_ID_RE
+from jobtrail.limits import SseSlots, SubmitRate
+from jobtrail.offsets import BEGINNING, parse_offset
+from jobtrail.service import JobService
+from jobtrail.tokens import TokenSigner
 
 # No length or pattern here: any id that no job can have is a 404 (checked_job_id), as for
 # a job that does not exist, rather than a 400 that tells ids apart.

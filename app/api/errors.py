@@ -16,10 +16,10 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import Receive, Scope, Send
 
-from app.api.redaction import redacted_target, redacted_text
-from app.api.common import SSE_HEADERS
-from app.api.schemas import ErrorBody
-from app.errors import (
+from jobtrail.api.redaction import redacted_target, redacted_text
+from jobtrail.api.common import SSE_HEADERS
+from jobtrail.api.schemas import ErrorBody
+from jobtrail.errors import (
     ArtifactNotFound,
     IdempotencyConflict,
     InvalidParams,
@@ -34,8 +34,8 @@ from app.errors import (
     UnsupportedMediaType,
     UnknownKind,
 )
-from app.sse import sse_goodbye
-from app.patience import REDIS_AWAY
+from jobtrail.sse import sse_goodbye
+from jobtrail.patience import REDIS_AWAY
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from litestar.openapi.datastructures import ResponseSpec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.api.access import PUBLIC
-from app.api.errors import RETRY_AFTER_S
-from app.api.schemas import Health
-from app.config import Settings
+from jobtrail.api.access import PUBLIC
+from jobtrail.api.errors import RETRY_AFTER_S
+from jobtrail.api.schemas import Health
+from jobtrail.config import Settings
 
 
 @get("/healthz", summary="The process is alive", tags=["health"], opt=PUBLIC)

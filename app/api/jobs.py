@@ -18,26 +18,26 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, HeaderParameter, JSONBody, Parameter, QueryParameter
 from litestar.response import File, Stream
 
-from app.api.access import JOB_TOKEN
-from app.api.common import (
+from jobtrail.api.access import JOB_TOKEN
+from jobtrail.api.common import (
     SSE_ROUTE, JobId, content_disposition, error_responses, requested_offset, sse_response, submit_counted, token_ttl, visible_job,
     with_download_token,
 )
-from app.api.schemas import CancelRequest, HistoryPage, JobPage, JobStreamMessage, SubmitRequest, TokenOut, TokenRequest
-from app.artifacts import ArtifactStore
-from app.auth import Principal
-from app.config import Settings
-from app.errors import ArtifactNotFound, JobNotFinished, JobNotFound
-from app.eventlog import EventLog
-from app.events import State, ms_to_datetime
-from app.hub import Hub
-from app.index import Cursor, JobIndex
-from app.jobstate import JobState
-from app.limits import SseSlots, SubmitRate
-from app.offsets import BEGINNING, is_after, parse_offset
-from app.service import JobService
-from app.sse import job_event_stream
-from app.tokens import TokenSigner
+from jobtrail.api.schemas import CancelRequest, HistoryPage, JobPage, JobStreamMessage, SubmitRequest, TokenOut, TokenRequest
+from jobtrail.artifacts import ArtifactStore
+from jobtrail.auth import Principal
+from jobtrail.config import Settings
+from jobtrail.errors import ArtifactNotFound, JobNotFinished, JobNotFound
+from jobtrail.eventlog import EventLog
+from jobtrail.events import State, ms_to_datetime
+from jobtrail.hub import Hub
+from jobtrail.index import Cursor, JobIndex
+from jobtrail.jobstate import JobState
+from jobtrail.limits import SseSlots, SubmitRate
+from jobtrail.offsets import BEGINNING, is_after, parse_offset
+from jobtrail.service import JobService
+from jobtrail.sse import job_event_stream
+from jobtrail.tokens import TokenSigner
 
 NDJSON = "application/x-ndjson"
 _NDJSON_PAGE = 500  # events per chunk of an NDJSON history

@@ -13,8 +13,8 @@ from typing import Any
 import msgspec
 from litestar import get
 
-from app.api.common import error_responses
-from workers.registry import kinds
+from jobtrail.api.common import error_responses
+from jobtrail.workers.registry import kinds
 
 
 class KindInfo(msgspec.Struct, frozen=True):

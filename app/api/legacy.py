@@ -21,14 +21,14 @@ from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, JSONBody
 
-from app.api.common import JobId, error_responses, submit_counted, visible_job
-from app.auth import Principal
-from app.errors import JobNotFound
-from app.eventlog import EventLog
-from app.events import State
-from app.jobstate import JobState
-from app.limits import SubmitRate
-from app.service import JobService
+from jobtrail.api.common import JobId, error_responses, submit_counted, visible_job
+from jobtrail.auth import Principal
+from jobtrail.errors import JobNotFound
+from jobtrail.eventlog import EventLog
+from jobtrail.events import State
+from jobtrail.jobstate import JobState
+from jobtrail.limits import SubmitRate
+from jobtrail.service import JobService
 
 LEGACY_KIND = "legacy.export"  # migrations/m0001_legacy_export_jobs.py
 PDF_KINDS = frozenset({"export.pdf", LEGACY_KIND})

@@ -14,7 +14,7 @@ import h11
 from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE  # uvicorn takes its default from there too
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from app.api.errors import unparsable_request_body
+from jobtrail.api.errors import unparsable_request_body
 
 
 class JsonErrorH11Protocol(H11Protocol):

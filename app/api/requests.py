@@ -17,7 +17,7 @@ import uuid
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.redaction import redacted_target, redacted_text
+from jobtrail.api.redaction import redacted_target, redacted_text
 
 log = logging.getLogger("jobtrail.access")
 

@@ -9,8 +9,8 @@ import msgspec
 from litestar.openapi.spec import Reference, Schema
 from litestar.params import KwargDefinition
 
-from app.events import EventOut
-from app.jobstate import JobState
+from jobtrail.events import EventOut
+from jobtrail.jobstate import JobState
 
 
 class SubmitRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

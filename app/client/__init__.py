@@ -15,8 +15,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from app.client.aio import AsyncClient
-    from app.client.errors import (
+    from jobtrail.client.aio import AsyncClient
+    from jobtrail.client.errors import (
         ArtifactNotFound,
         ChecksumMismatch,
         ClientError,
@@ -30,8 +30,8 @@ if TYPE_CHECKING:
         Unavailable,
         WaitTimeout,
     )
-    from app.client.models import Artifact, Event, FeedGap, Gap, HistoryPage, JobState, Token, Transition
-    from app.client.sync import Client
+    from jobtrail.client.models import Artifact, Event, FeedGap, Gap, HistoryPage, JobState, Token, Transition
+    from jobtrail.client.sync import Client
 
 __all__ = [
     "Artifact",

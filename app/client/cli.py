@@ -67,7 +67,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _follow(client: Any, job_id: str, console: Any) -> int:
-    from app.client.watch import watch
+    from jobtrail.client.watch import watch
 
     return watch(client, job_id, console)
 
@@ -76,9 +76,9 @@ def _guarded(args: argparse.Namespace, run: Any) -> int:
     """Run with a client and a console; turn the client's errors into one line and an exit code."""
     from rich.console import Console
 
-    from app.client.errors import ClientError, JobNotFound, Unauthorized
-    from app.client.sync import Client
-    from app.client.watch import EXIT_ERROR, EXIT_NOT_FOUND, EXIT_UNAUTHORIZED
+    from jobtrail.client.errors import ClientError, JobNotFound, Unauthorized
+    from jobtrail.client.sync import Client
+    from jobtrail.client.watch import EXIT_ERROR, EXIT_NOT_FOUND, EXIT_UNAUTHORIZED
 
     command = f"jobtrail {args.command}"
     try:

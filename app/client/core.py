@@ -19,11 +19,11 @@ from urllib.parse import quote
 
 import msgspec
 
-from app.client.effects import EFFECTS, Call, Open, Operation, Read, Reply
-from app.client.errors import ChecksumMismatch, ClientError, WaitTimeout, error_from
-from app.client.follow import OnReconnect, Policy, follow
-from app.client.models import Event, FeedGap, Gap, HistoryPage, JobState, Token, Transition
-from app.client.sse import Block
+from jobtrail.client.effects import EFFECTS, Call, Open, Operation, Read, Reply
+from jobtrail.client.errors import ChecksumMismatch, ClientError, WaitTimeout, error_from
+from jobtrail.client.follow import OnReconnect, Policy, follow
+from jobtrail.client.models import Event, FeedGap, Gap, HistoryPage, JobState, Token, Transition
+from jobtrail.client.sse import Block
 
 T = TypeVar("T")
 _ETAGS_KEPT = 1024  # jobs whose last state `get` keeps for If-None-Match

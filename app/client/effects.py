@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from app.client.errors import Unavailable
+from jobtrail.client.errors import Unavailable
 
 T = TypeVar("T")
 

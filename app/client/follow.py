@@ -24,9 +24,9 @@ from typing import Any
 
 import msgspec
 
-from app.client.effects import Call, Open, Operation, Read, Reply, Sleep, StreamDropped
-from app.client.errors import ClientError, RateLimited, Unavailable, error_from
-from app.client.sse import Block, SseParser
+from jobtrail.client.effects import Call, Open, Operation, Read, Reply, Sleep, StreamDropped
+from jobtrail.client.errors import ClientError, RateLimited, Unavailable, error_from
+from jobtrail.client.sse import Block, SseParser
 
 DEFAULT_RETRY_S = 2.0  # until the server sends its own `retry:` (the API sends one first)
 

@@ -15,11 +15,11 @@ from typing import Any, TypeVar
 
 import httpx
 
-from app.client import transport
-from app.client.core import ClientCore
-from app.client.effects import EFFECTS, Call, Done, Open, Operation, Read, Sleep
-from app.client.follow import OnReconnect
-from app.client.models import Event, FeedGap, Gap, JobState, Token, Transition
+from jobtrail.client import transport
+from jobtrail.client.core import ClientCore
+from jobtrail.client.effects import EFFECTS, Call, Done, Open, Operation, Read, Sleep
+from jobtrail.client.follow import OnReconnect
+from jobtrail.client.models import Event, FeedGap, Gap, JobState, Token, Transition
 
 T = TypeVar("T")
 

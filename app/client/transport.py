@@ -6,9 +6,9 @@ from importlib import metadata
 
 import httpx
 
-from app.client.effects import Call, Reply, StreamDropped
-from app.client.errors import Unavailable
-from app.client.follow import Policy
+from jobtrail.client.effects import Call, Reply, StreamDropped
+from jobtrail.client.errors import Unavailable
+from jobtrail.client.follow import Policy
 
 
 def _version() -> str:

@@ -16,9 +16,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Column
 
-from app.client.errors import ClientError
-from app.client.models import Event, Gap, JobState
-from app.client.sync import Client
+from jobtrail.client.errors import ClientError
+from jobtrail.client.models import Event, Gap, JobState
+from jobtrail.client.sync import Client
 
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 2
 EXIT_NOT_FOUND, EXIT_UNAUTHORIZED, EXIT_ERROR = 3, 4, 5

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import msgspec
 
-import app as jobtrail  # the installed package's name: `import jobtrail`
+import jobtrail
 
 
 class InvoiceParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

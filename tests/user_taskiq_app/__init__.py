@@ -21,8 +21,8 @@ import os
 from taskiq import Context, SmartRetryMiddleware, TaskiqDepends
 from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
 
-from app.taskiq import JobtrailMiddleware, job_context
-from workers.context import JobContext, PermanentFailure
+from jobtrail.taskiq import JobtrailMiddleware, job_context
+from jobtrail.workers.context import JobContext, PermanentFailure
 
 QUEUE = os.environ["USER_APP_QUEUE"]
 

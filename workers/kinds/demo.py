@@ -10,8 +10,8 @@ from typing import Annotated
 
 import msgspec
 
-from workers.context import JobContext
-from workers.registry import kind
+from jobtrail.workers.context import JobContext
+from jobtrail.workers.registry import kind
 
 
 class DemoParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

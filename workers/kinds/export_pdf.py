@@ -29,9 +29,9 @@ from reportlab.lib.units import cm
 from reportlab.platypus import Flowable, KeepTogether, PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table
 from reportlab.platypus import TableStyle
 
-from app import fonts
-from workers.context import JobContext
-from workers.registry import kind
+from jobtrail import fonts
+from jobtrail.workers.context import JobContext
+from jobtrail.workers.registry import kind
 
 MAX_YEARS = 5
 REGIONS = ("North", "East", "South", "West")

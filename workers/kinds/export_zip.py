@@ -23,12 +23,12 @@ from typing import Annotated, Any, BinaryIO
 
 import msgspec
 
-from app.errors import JobNotFound
-from app.events import Artifact, State
-from app.jobstate import JobState
-from app.keys import JOB_ID_RE
-from workers.context import JobContext
-from workers.registry import kind
+from jobtrail.errors import JobNotFound
+from jobtrail.events import Artifact, State
+from jobtrail.jobstate import JobState
+from jobtrail.keys import JOB_ID_RE
+from jobtrail.workers.context import JobContext
+from jobtrail.workers.registry import kind
 
 MAX_JOBS = 100
 _CHUNK = 1 << 18  # bytes of an artifact read, hashed and compressed at a time
