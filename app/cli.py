@@ -86,9 +86,11 @@ def _run_server(settings: Settings, args: argparse.Namespace, artifacts_line: st
     from jobtrail.api.app import create_app
     from jobtrail.api.protocol import JsonErrorH11Protocol
     from jobtrail.auth import ApiKeys, ConfigError, auth_enabled
+    from jobtrail.services import open_services
 
+    services = open_services(settings, role="api")
     try:
-        app = create_app(settings)
+        app = create_app(settings, services)
         secured = auth_enabled(settings, ApiKeys.from_settings(settings))
     except ConfigError as exc:
         print(f"jobtrail serve: {exc}", file=sys.stderr)
@@ -102,8 +104,8 @@ def _run_server(settings: Settings, args: argparse.Namespace, artifacts_line: st
         def handle_exit(self, sig: int, frame: object) -> None:
             # Open SSE streams would hold the shutdown until its timeout and then be
             # cut; ended first, they finish cleanly and their clients resume elsewhere.
-            if not self.should_exit and "hub" in app.state:
-                asyncio.get_running_loop().call_soon_threadsafe(app.state.hub.drain)
+            if not self.should_exit:
+                asyncio.get_running_loop().call_soon_threadsafe(services.hub.drain)
             super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
     config = uvicorn.Config(

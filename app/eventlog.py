@@ -71,7 +71,7 @@ class Unreadable(NamedTuple):
 class EventLog:
     """Appends and reads the events and state of jobs under one key prefix."""
 
-    def __init__(self, redis: Redis, keys: Keys, retention_s: int, *, activity_maxlen: int = 100_000) -> None:
+    def __init__(self, redis: Redis, keys: Keys, retention_s: int, *, activity_maxlen: int) -> None:
         self.redis = redis
         self.keys = keys
         self.retention_s = retention_s

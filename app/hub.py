@@ -81,7 +81,7 @@ class Subscription:
 class Hub:
     """Fans the tails of many job streams out to their subscribers."""
 
-    def __init__(self, reader: Redis, writer: Redis, keys: Keys, *, block_ms: int = 5000, queue_size: int = 1000) -> None:
+    def __init__(self, reader: Redis, writer: Redis, keys: Keys, *, block_ms: int, queue_size: int) -> None:
         # `reader` is the hub's own single connection, kept blocked in XREAD;
         # `writer` is the process's shared pool, used to wake the reader.
         self.reader = reader

@@ -128,7 +128,7 @@ class LegacyKeys:
 
     __slots__ = ("prefix",)
 
-    def __init__(self, prefix: str = "") -> None:
+    def __init__(self, prefix: str) -> None:
         self.prefix = prefix
 
     def export_job(self, job_id: str) -> str:

@@ -7,8 +7,7 @@ from collections.abc import AsyncIterator
 from jobtrail.config import Settings
 from jobtrail.errors import JobNotFound
 from jobtrail.eventlog import EventLog
-from jobtrail.keys import Keys
-from jobtrail.store import Store
+from jobtrail.services import open_services
 
 
 async def _all_job_ids(events: EventLog) -> AsyncIterator[str]:
@@ -22,8 +21,8 @@ async def repair(settings: Settings, job_ids: list[str], *, check: bool = False)
     if settings.embedded:
         print("repair needs REDIS_URL: the embedded store lives only inside `jobtrail serve`")
         return 2
-    redis = Store(settings, role="repair").pooled()
-    events = EventLog(redis, Keys(settings.prefix), settings.retention_s)
+    services = open_services(settings, role="repair")
+    events = services.events
     checked = mismatched = broken = 0
     try:
         ids = job_ids or [job_id async for job_id in _all_job_ids(events)]
@@ -45,6 +44,6 @@ async def repair(settings: Settings, job_ids: list[str], *, check: bool = False)
                 verb = "differs" if check else "repaired"
                 print(f"{job_id}: {verb} ({', '.join(fields)})")
     finally:
-        await redis.aclose()
+        await services.aclose()
     print(f"{checked} checked, {mismatched} {'mismatched' if check else 'repaired'}, {broken} not repairable")
     return 1 if (mismatched and check) or broken else 0

@@ -35,7 +35,7 @@ RETRY_S = 1.0  # how often a failed check may make a process re-read it early
 
 class ServerSecret:
     def __init__(
-        self, redis: Redis, keys: Keys, configured: str = "", *, refresh_s: float = REFRESH_S, retry_s: float = RETRY_S
+        self, redis: Redis, keys: Keys, configured: str, *, refresh_s: float = REFRESH_S, retry_s: float = RETRY_S
     ) -> None:
         self.redis = redis
         self.keys = keys

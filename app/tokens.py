@@ -61,7 +61,7 @@ def _unb64(text: str) -> bytes:
 
 
 class TokenSigner:
-    def __init__(self, redis: Redis, keys: Keys, secret: str = "") -> None:
+    def __init__(self, redis: Redis, keys: Keys, secret: str) -> None:
         self.secret = ServerSecret(redis, keys, secret)
 
     async def _signs(self, body: bytes, signature: bytes) -> bool:

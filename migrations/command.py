@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from jobtrail.config import Settings
-from jobtrail.eventlog import EventLog
-from jobtrail.index import JobIndex
-from jobtrail.keys import Keys, LegacyKeys
-from jobtrail.store import Store
+from jobtrail.keys import LegacyKeys
 from jobtrail.migrations import Context, Migration, MigrationFailed, Report, applied, discover, migrate
+from jobtrail.services import open_services
 
 
 async def main(settings: Settings, *, status: bool = False, dry_run: bool = False) -> int:
@@ -15,13 +13,12 @@ async def main(settings: Settings, *, status: bool = False, dry_run: bool = Fals
     if settings.embedded:
         print("migrate needs REDIS_URL: the embedded store lives only inside `jobtrail serve`")
         return 2
-    redis = Store(settings, role="migrate").pooled()
-    keys = Keys(settings.prefix)
+    services = open_services(settings, role="migrate")
     ctx = Context(
-        redis=redis,
-        keys=keys,
-        events=EventLog(redis, keys, settings.retention_s),
-        index=JobIndex(redis, keys),
+        redis=services.redis,
+        keys=services.keys,
+        events=services.events,
+        index=services.index,
         legacy=LegacyKeys(settings.legacy_prefix),
         dry_run=dry_run,
     )
@@ -36,7 +33,7 @@ async def main(settings: Settings, *, status: bool = False, dry_run: bool = Fals
             print("Nothing was recorded for it and the migrations after it did not run; fix the cause and run again.")
             return 1
     finally:
-        await redis.aclose()
+        await services.aclose()
     for migration, report in reports:
         print_report(migration, report, dry_run=dry_run)
     verb = "would apply" if dry_run else "applied"

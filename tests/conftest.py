@@ -25,6 +25,7 @@ from jobtrail.api.app import create_app
 from jobtrail.config import Settings
 from jobtrail.eventlog import EventLog
 from jobtrail.keys import Keys
+from jobtrail.services import Services, build_services, open_services
 from tests.redis_server import RedisServer
 from jobtrail.workers.kinds_loader import load_kinds
 
@@ -118,15 +119,24 @@ def keys(prefix: str) -> Keys:
 
 
 @pytest.fixture
-def events(redis_client: aioredis.Redis, keys: Keys, settings: Settings) -> EventLog:
-    return EventLog(redis_client, keys, settings.retention_s)
+async def services(redis_client: aioredis.Redis, redis_url: str, settings: Settings) -> AsyncIterator[Services]:
+    """The services of a process, built as every jobtrail command builds them, on the test's Redis client."""
+    built = build_services(settings, redis_client, aioredis.Redis.from_url(redis_url, decode_responses=True))
+    yield built
+    await built.hub.reader.aclose()  # redis_client closes itself
+
+
+@pytest.fixture
+def events(services: Services) -> EventLog:
+    return services.events
 
 
 class RunningApi:
-    def __init__(self, server: uvicorn.Server, task: asyncio.Task[None], url: str) -> None:
+    def __init__(self, server: uvicorn.Server, task: asyncio.Task[None], url: str, services: Services) -> None:
         self.server = server
         self.task = task
         self.url = url
+        self.services = services  # what the app was built with: its hub, its SSE slots, …
 
     async def stop(self) -> None:
         self.server.should_exit = True
@@ -139,8 +149,9 @@ async def start_api() -> AsyncIterator[Callable[[Settings], asyncio.Future[Runni
     started: list[RunningApi] = []
 
     async def start(settings: Settings) -> RunningApi:
+        services = open_services(settings, role="api")
         config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=1
+            create_app(settings, services), host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=1
         )
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
@@ -150,7 +161,7 @@ async def start_api() -> AsyncIterator[Callable[[Settings], asyncio.Future[Runni
                 task.result()
             await asyncio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
-        api = RunningApi(server, task, f"http://127.0.0.1:{port}")
+        api = RunningApi(server, task, f"http://127.0.0.1:{port}", services)
         started.append(api)
         return api
 

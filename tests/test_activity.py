@@ -56,7 +56,7 @@ def ids(messages: list[Message]) -> list[str | None]:
 
 
 def hub_of(api: RunningApi):
-    return api.server.config.app.state.hub
+    return api.services.hub
 
 
 # --- recording ---

@@ -325,7 +325,7 @@ async def test_streams_whose_clients_never_read_keep_their_slots_past_the_slot_t
     # A short TTL, but renewals (every 1 s) may run 2 s late on a busy machine before a slot lapses.
     limited = msgspec.structs.replace(secured, sse_connections_per_tenant=2, sse_slot_ttl_s=3.0)
     api = await start_api(limited)
-    slots = api.server.config.app.state.sse_slots
+    slots = api.services.sse_slots
     await fill_feed(events.redis, events.keys, "acme", 20_000)
     stalled = [await open_and_never_read(api.url, "/events?after=0-0", ACME) for _ in range(2)]
     try:

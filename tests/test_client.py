@@ -275,7 +275,7 @@ async def test_events_resume_on_another_api_after_a_retry_hinted_close(flavors, 
     await asyncio.sleep(0.5)
 
     proxy.upstream = tuple(other.url.removeprefix("http://").split(":"))  # type: ignore[assignment]
-    api.server.config.app.state.hub.drain()  # what SIGTERM does: its streams end with a `retry:` hint
+    api.services.hub.drain()  # what SIGTERM does: its streams end with a `retry:` hint
     await progress(events, "drained", 2, 2)
     await finish(events, "drained")
     got = await asyncio.wait_for(reader, 30)

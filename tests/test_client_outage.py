@@ -40,7 +40,7 @@ async def test_events_wait_out_a_redis_outage_and_resume_exactly(jt, settings, d
 
     def event_log() -> tuple[aioredis.Redis, EventLog]:
         redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
-        return redis, EventLog(redis, keys, settings.retention_s)
+        return redis, EventLog(redis, keys, settings.retention_s, activity_maxlen=settings.activity_maxlen)
 
     redis, events = event_log()
     await running_job(events, "outage")

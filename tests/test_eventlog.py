@@ -84,7 +84,7 @@ async def test_repeated_idempotency_key_is_dropped_and_returns_the_first_event(e
 
 
 async def test_terminal_event_sets_retention_ttl_on_every_key_of_the_job(redis_client, keys, events):
-    short = EventLog(redis_client, keys, retention_s=120)
+    short = EventLog(redis_client, keys, retention_s=120, activity_maxlen=100)
     await short.append("job", EventType.SUBMITTED, SAMPLE_DATA[EventType.SUBMITTED])
     await short.append("job", EventType.STARTED, SAMPLE_DATA[EventType.STARTED], key="started:1")
     for key in keys.job_keys("job"):

@@ -192,7 +192,7 @@ async def test_a_worker_dying_while_writing_leaves_no_file_and_no_temporary(even
 
     await submit(events, "j", QUARTER)
     await events.append("j", EventType.STARTED, {"worker": "w", "attempt": 1}, attempt=1)
-    ctx = DiesWhileWriting(events, "j", 1, artifacts=ArtifactStore(settings.artifact_dir))
+    ctx = DiesWhileWriting(events, "j", 1, min_interval_s=settings.progress_interval_s, artifacts=ArtifactStore(settings.artifact_dir))
     with pytest.raises(Killed):
         await run_export_pdf(parse_params("export.pdf", (await events.state("j")).params), ctx)
     assert len(seen_parts) == 1 and seen_parts[0].endswith(".part"), "the PDF was being written under a temp name"

@@ -71,7 +71,7 @@ appends = st.lists(
 async def scenario(redis_url: str, sequence) -> None:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     keys = Keys(f"test-prop-{uuid.uuid4().hex[:12]}")
-    events = EventLog(client, keys, retention_s=60)
+    events = EventLog(client, keys, retention_s=60, activity_maxlen=100)
     try:
         own = (await events.append("job", EventType.SUBMITTED, DATA_EXAMPLE)).id
         for (event_type, data), attempt, key, incarnation in sequence:

@@ -286,8 +286,8 @@ async def test_a_job_left_half_imported_by_a_killed_run_is_completed_by_the_next
 class Failing(EventLog):
     """Real Redis, except that appending one event type raises `error` (a lost connection, a kill)."""
 
-    def __init__(self, *args, fail_on: EventType, error: BaseException) -> None:
-        super().__init__(*args)
+    def __init__(self, *args, fail_on: EventType, error: BaseException, activity_maxlen: int = 0) -> None:
+        super().__init__(*args, activity_maxlen=activity_maxlen)
         self.fail_on = fail_on
         self.error = error
 
@@ -369,6 +369,18 @@ async def test_cli_dry_run_writes_nothing_then_migrate_reports_and_status_lists(
     assert "(imported 1, already imported 0, skipped 1)" in status.stdout
     again = jobtrail(settings, legacy, "migrate")
     assert again.returncode == 0 and again.stdout.strip() == "0 migration(s) applied"
+
+
+async def test_migrate_with_the_activity_feed_turned_off_writes_no_feed(settings, redis_client, keys, legacy):
+    """JOBTRAIL_ACTIVITY_MAXLEN=0 reaches the event log `migrate` builds (app/services.py), as it does the API's."""
+    await export_service_writes(redis_client, legacy, "done", status="completed")
+    await job_system_writes(redis_client, legacy, "ran", status="done")
+    env = worker_env(settings) | {"JOBTRAIL_LEGACY_PREFIX": legacy, "JOBTRAIL_ACTIVITY_MAXLEN": "0"}
+    result = subprocess.run([sys.executable, "-m", "jobtrail.cli", "migrate"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert await redis_client.hget(keys.job("done"), "state") == "succeeded", "the jobs were imported"
+    assert await redis_client.exists(keys.activity()) == 0, "and nothing was written to the activity feed"
 
 
 async def test_a_second_run_while_one_holds_the_lock_is_refused(ctx, redis_client, keys):

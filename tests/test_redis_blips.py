@@ -104,7 +104,7 @@ async def test_a_job_with_one_attempt_rides_out_redis_going_away_and_succeeds_at
     api = await start_api(settings)
     worker = await workers.start(JOBTRAIL_REDIS_TIMEOUT_S="1.0", JOBTRAIL_REDIS_OUTAGE_S="30")
     admin = aioredis.Redis.from_url(server.url, decode_responses=True, socket_timeout=2)
-    events = EventLog(admin, Keys(settings.prefix), settings.retention_s)
+    events = EventLog(admin, Keys(settings.prefix), settings.retention_s, activity_maxlen=settings.activity_maxlen)
     try:
         async with httpx.AsyncClient(base_url=api.url, timeout=10) as http:
             response = await http.post("/jobs", json=JOB)

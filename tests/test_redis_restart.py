@@ -76,7 +76,7 @@ async def test_every_acknowledged_write_survives_a_killed_and_restarted_redis(
     api = await start_api(settings)
     workers = [start_worker(), start_worker()]
     redis = aioredis.Redis.from_url(server.url, decode_responses=True, socket_timeout=1, socket_connect_timeout=1)
-    events = EventLog(redis, Keys(settings.prefix), settings.retention_s)
+    events = EventLog(redis, Keys(settings.prefix), settings.retention_s, activity_maxlen=settings.activity_maxlen)
     await events.append(LEDGER, EventType.SUBMITTED, {"kind": "demo", "params": {}, "max_attempts": 1})
     await events.append(LEDGER, EventType.STARTED, {"worker": "ledger", "attempt": 1}, attempt=1)
     ledger = Ledger(events)

@@ -153,7 +153,7 @@ async def test_progress_held_back_is_written_when_the_interval_ends(events):
 async def test_context_phase_and_log_are_recorded(events):
     await submit(events, "j", {"steps": 1})
     await events.append("j", EventType.STARTED, {"worker": "w", "attempt": 1}, attempt=1)
-    ctx = JobContext(events, "j", 1)
+    ctx = JobContext(events, "j", 1, min_interval_s=0.1)
     await ctx.phase("render", "drawing pages")
     await ctx.log("page 1 done", level="debug")
     history = [(e.type.value, e.data) async for e in events.events("j")][2:]

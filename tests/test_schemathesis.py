@@ -83,7 +83,7 @@ FINISHED = ("succeeded", "failed", "cancelled", "exported")
 async def seed(settings: Settings) -> None:
     """The jobs of HISTORIES, plus `exported`, which succeeded with a file, all listed in the index."""
     redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
-    events = EventLog(redis, Keys(settings.prefix), settings.retention_s)
+    events = EventLog(redis, Keys(settings.prefix), settings.retention_s, activity_maxlen=settings.activity_maxlen)
     with ArtifactStore(settings.artifact_dir).writer("exported", "report.pdf", "application/pdf") as (file, out):
         file.write(b"%PDF-1.4\n")
     histories = {**HISTORIES, "exported": [(EventType.STARTED, STARTED), (EventType.SUCCEEDED, {"artifact": out[0]})]}

@@ -43,18 +43,18 @@ async def test_an_idempotency_keys_job_id_cannot_be_derived_without_the_server_s
 
 
 async def test_tokens_and_job_ids_use_different_keys_derived_from_one_secret(redis_client, keys):
-    secret = ServerSecret(redis_client, keys)
+    secret = ServerSecret(redis_client, keys, "")
     tokens, ids = await secret.key("tokens"), await secret.key("job-ids")
     assert tokens != ids
     assert (await redis_client.get(keys.server_secret())).encode() not in (tokens, ids)
-    assert await ServerSecret(redis_client, keys).key("tokens") == tokens
+    assert await ServerSecret(redis_client, keys, "").key("tokens") == tokens
 
 
 async def test_token_signers_agree_again_without_a_restart_after_redis_lost_the_secret(redis_client, keys):
-    old = TokenSigner(redis_client, keys)
+    old = TokenSigner(redis_client, keys, "")
     before, _ = await old.issue(Principal(tenant="acme"), "j", 60)
     await redis_client.delete(keys.server_secret())  # Redis lost its data
-    new = TokenSigner(redis_client, keys)  # a process started afterwards makes a new secret
+    new = TokenSigner(redis_client, keys, "")  # a process started afterwards makes a new secret
     fresh, _ = await new.issue(Principal(tenant="acme"), "j", 60)
     await asyncio.sleep(old.secret.retry_s)  # the old process read the secret only just now
 
@@ -68,7 +68,7 @@ async def test_token_signers_agree_again_without_a_restart_after_redis_lost_the_
 
 
 async def test_a_process_puts_its_secret_back_when_redis_lost_it_so_its_tokens_still_verify(redis_client, keys):
-    first = ServerSecret(redis_client, keys, refresh_s=0.2)
+    first = ServerSecret(redis_client, keys, "", refresh_s=0.2)
     key = await first.key("tokens")
     held = await redis_client.get(keys.server_secret())
     await redis_client.delete(keys.server_secret())
@@ -76,14 +76,14 @@ async def test_a_process_puts_its_secret_back_when_redis_lost_it_so_its_tokens_s
 
     assert await first.key("tokens") == key, "re-read after refresh_s: the key was gone, so ours went back"
     assert await redis_client.get(keys.server_secret()) == held
-    assert await ServerSecret(redis_client, keys).key("tokens") == key, "a new process takes the restored secret"
+    assert await ServerSecret(redis_client, keys, "").key("tokens") == key, "a new process takes the restored secret"
 
 
 async def test_a_stale_secret_is_replaced_by_the_one_redis_holds_within_the_refresh_interval(redis_client, keys):
-    first = ServerSecret(redis_client, keys, refresh_s=0.2)
+    first = ServerSecret(redis_client, keys, "", refresh_s=0.2)
     await first.key("job-ids")
     await redis_client.set(keys.server_secret(), "another process's secret")  # it got there first
-    latest = await ServerSecret(redis_client, keys).key("job-ids")
+    latest = await ServerSecret(redis_client, keys, "").key("job-ids")
     await asyncio.sleep(0.3)
     assert await first.key("job-ids") == latest
 
@@ -98,7 +98,7 @@ async def test_a_configured_secret_never_changes_and_is_never_stored(redis_clien
 
 
 async def test_forged_tokens_make_a_signer_re_read_the_secret_at_most_once_per_interval(redis_client, keys):
-    signer = TokenSigner(redis_client, keys)
+    signer = TokenSigner(redis_client, keys, "")
     good, _ = await signer.issue(Principal(tenant="acme"), "j", 60)
     body, signature = good.split(".")
     # Well formed (tokens have one spelling) but not ours: only the first character differs.
@@ -122,9 +122,9 @@ async def test_forged_tokens_make_a_signer_re_read_the_secret_at_most_once_per_i
 
 
 async def test_a_held_secret_serves_while_redis_cannot_be_reached_for_a_refresh(redis_client, keys):
-    held = ServerSecret(redis_client, keys, refresh_s=0.0)
+    held = ServerSecret(redis_client, keys, "", refresh_s=0.0)
     key = await held.key("tokens")
-    unreachable = ServerSecret(aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5), keys)
+    unreachable = ServerSecret(aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5), keys, "")
     with pytest.raises(RedisConnectionError):
         await unreachable.key("tokens")  # nothing held yet: the error is the caller's
     held.redis = unreachable.redis

@@ -59,7 +59,7 @@ def ids(messages: list[Message]) -> list[str | None]:
 
 def hub_of(api: RunningApi) -> Hub:
     """The hub of an API started in this process (its Litestar app's state)."""
-    return api.server.config.app.state.hub
+    return api.services.hub
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -370,7 +370,7 @@ def append_burst(redis_url: str, keys: Keys, job_id: str, count: int) -> None:
     async def burst() -> None:
         redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
         try:
-            log = EventLog(redis, keys, 3600)
+            log = EventLog(redis, keys, 3600, activity_maxlen=0)
             for step in range(1, count + 1):
                 await progress(log, job_id, step, count)
         finally:

@@ -53,7 +53,7 @@ async def test_a_submission_whose_reply_was_lost_is_created_indexed_and_queued(
     url = await proxy.start()
     redis = Store(msgspec.structs.replace(settings, redis_url=url)).pooled()  # the API's own client, retry and all
     try:
-        events = EventLog(redis, keys, settings.retention_s)
+        events = EventLog(redis, keys, settings.retention_s, activity_maxlen=settings.activity_maxlen)
         queued = Queued()
         service = service_on(events, settings, queued)
         await service.submit("demo", {"steps": 1}, None)  # the append script is loaded now

@@ -32,7 +32,7 @@ class Recording(aioredis.Redis):
 async def recorded(redis_url, keys, settings):
     client = Recording.from_url(redis_url, decode_responses=True)
     client.calls = []
-    yield EventLog(client, keys, settings.retention_s)
+    yield EventLog(client, keys, settings.retention_s, activity_maxlen=settings.activity_maxlen)
     await client.aclose()
 
 

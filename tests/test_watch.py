@@ -19,6 +19,7 @@ import uvicorn
 from jobtrail.api.app import create_app
 from jobtrail.auth import hash_key
 from jobtrail.events import EventType, PhaseData, ProgressData, ReasonData
+from jobtrail.services import open_services
 from tests.conftest import ROOT, RunningApi
 from tests.terminal import Terminal
 from tests.test_sse import finished_job, running_job
@@ -38,7 +39,8 @@ def free_port() -> int:
 
 async def api_on(settings, port: int) -> RunningApi:
     """The API on a port of our choosing, so a restarted one answers where the old one did."""
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
+    services = open_services(settings, role="api")
+    config = uvicorn.Config(create_app(settings, services), host="127.0.0.1", port=port, log_level="warning",
                             timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
@@ -47,7 +49,7 @@ async def api_on(settings, port: int) -> RunningApi:
         if task.done():
             task.result()
         await asyncio.sleep(0.01)
-    return RunningApi(server, task, f"http://127.0.0.1:{port}")
+    return RunningApi(server, task, f"http://127.0.0.1:{port}", services)
 
 
 @pytest.fixture

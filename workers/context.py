@@ -79,7 +79,7 @@ class JobContext:
         job_id: str,
         attempt: int,
         *,
-        min_interval_s: float = 0.1,
+        min_interval_s: float,
         lease: Lease | None = None,
         artifacts: ArtifactStore | None = None,
         tenant: str | None = None,

@@ -18,10 +18,8 @@ from redis.exceptions import RedisError
 from taskiq.api import run_receiver_task
 
 from jobtrail.config import Settings
-from jobtrail.eventlog import EventLog
-from jobtrail.keys import Keys
-from jobtrail.store import Store
-from jobtrail.workers.broker import JobBroker, build_broker, enqueue, register_runner
+from jobtrail.services import open_services
+from jobtrail.workers.broker import JobBroker, register_runner
 from jobtrail.workers.kinds_loader import load_kinds
 from jobtrail.workers.reaper import Reaper
 from jobtrail.workers.runner import Runner
@@ -37,21 +35,16 @@ async def run_worker(settings: Settings) -> None:
     if settings.embedded:
         raise SystemExit("jobtrail worker needs REDIS_URL: the embedded mode runs its worker inside `jobtrail serve`")
     load_kinds(settings)  # before Redis: a module that fails to import stops the worker at once
-    keys = Keys(settings.prefix)
-    redis = Store(settings, role="worker").pooled()
-    events = EventLog(redis, keys, settings.retention_s, activity_maxlen=settings.activity_maxlen)
-    broker = build_broker(settings, keys)
+    services = open_services(settings, role="worker")
+    redis, keys, events, broker = services.redis, services.keys, services.events, services.broker
     assert isinstance(broker, JobBroker)  # the other broker is the embedded one, refused above
-
-    async def requeue(job_id: str) -> None:
-        await enqueue(broker, job_id)
-
+    requeue = services.enqueue
     runner = Runner(events, settings, requeue=requeue)
     register_runner(broker, runner)
     try:
         await redis.ping()  # fail at start, loudly, when Redis is not there
     except RedisError as exc:
-        await redis.aclose()
+        await services.aclose()
         # The error names host and port; the URL itself may hold a password.
         raise SystemExit(f"jobtrail worker: cannot reach Redis ({exc}); check REDIS_URL and that Redis runs") from None
     await broker.startup()
@@ -80,7 +73,7 @@ async def run_worker(settings: Settings) -> None:
     finally:
         await cancel(receiver, reaping)
         await broker.shutdown()
-        await redis.aclose()
+        await services.aclose()
     if not clean:
         raise SystemExit(1)
 

@@ -31,21 +31,27 @@ JOB_TOKEN = {"token": "job"}
 FEED_TOKEN = {"token": "feed"}
 
 
-def access_guard(api_keys: ApiKeys, enabled: bool) -> Guard:
+def access_guard(api_keys: ApiKeys, enabled: bool, signer: TokenSigner) -> Guard:
+    """The guard of an app whose keys are `api_keys` (checked when `enabled`) and whose tokens `signer` signs."""
+
     async def guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
         path = connection.scope["path"]
         if handler.opt.get("public") or path == SCHEMA_PATH or path.startswith(SCHEMA_PATH + "/"):
             return
         if enabled:
-            connection.scope["user"] = await principal_of(connection, handler, api_keys)
+            connection.scope["user"] = await principal_of(connection, handler, api_keys, signer)
         else:
             token = connection.query_params.get("token")
-            connection.scope["user"] = OPEN if token is None else await token_principal(connection, handler, token)
+            connection.scope["user"] = (
+                OPEN if token is None else await token_principal(connection, handler, token, signer)
+            )
 
     return guard
 
 
-async def principal_of(connection: ASGIConnection, handler: BaseRouteHandler, api_keys: ApiKeys) -> Principal:
+async def principal_of(
+    connection: ASGIConnection, handler: BaseRouteHandler, api_keys: ApiKeys, signer: TokenSigner
+) -> Principal:
     """The principal a request's key or token stands for; NotAuthenticated if none."""
     header = connection.headers.get("authorization")
     if header:
@@ -57,10 +63,12 @@ async def principal_of(connection: ASGIConnection, handler: BaseRouteHandler, ap
     token = connection.query_params.get("token")
     if token is None:
         raise NotAuthenticated("send an API key as `Authorization: Bearer <key>`")
-    return await token_principal(connection, handler, token)
+    return await token_principal(connection, handler, token, signer)
 
 
-async def token_principal(connection: ASGIConnection, handler: BaseRouteHandler, token: str) -> Principal:
+async def token_principal(
+    connection: ASGIConnection, handler: BaseRouteHandler, token: str, signer: TokenSigner
+) -> Principal:
     """The read-only principal `token` stands for on this route; NotAuthenticated if it does not hold here.
 
     One round trip the first time this process needs the signing key (app/tokens.py), none after.
@@ -68,7 +76,6 @@ async def token_principal(connection: ASGIConnection, handler: BaseRouteHandler,
     use: TokenUse | None = handler.opt.get("token")
     if use is None or connection.method != "GET":
         raise NotAuthenticated("a token is accepted only on a job's events, history and artifact, and on /events")
-    signer: TokenSigner = connection.app.state.signer
     try:
         principal = await signer.verify(token)
     except TokenRejected as exc:

@@ -1,7 +1,9 @@
-"""Every error type mapped to an HTTP answer, once.
+"""Every error turned into an HTTP answer, in one place.
 
-The codes an answer can carry are all named here (`_STATUS`, `_HTTP_CODES`,
-`UNAVAILABLE_CODE`, `INTERNAL_CODE`, `HTTP_FALLBACK`), and `error_codes()` collects them:
+A `JobtrailError` carries its own status and code (app/errors.py), so one handler answers
+every subclass, one defined after this module included. The other codes are named here
+(`_HTTP_CODES` for Litestar's own errors, `HTTP_FALLBACK`, `INTERNAL_CODE`), and
+`error_codes()` collects them with those of every `JobtrailError` subclass:
 tests/test_readme.py holds the README's error table equal to it, so a new code is
 documented or the suite fails.
 """
@@ -19,42 +21,13 @@ from litestar.types import Receive, Scope, Send
 from jobtrail.api.redaction import redacted_target, redacted_text
 from jobtrail.api.common import SSE_HEADERS
 from jobtrail.api.schemas import ErrorBody
-from jobtrail.errors import (
-    ArtifactNotFound,
-    IdempotencyConflict,
-    InvalidParams,
-    InvalidRequest,
-    JobExists,
-    JobNotFinished,
-    JobNotFound,
-    NotAuthenticated,
-    RateLimited,
-    StoreUnavailable,
-    TransitionRefused,
-    UnsupportedMediaType,
-    UnknownKind,
-)
+from jobtrail.errors import InvalidRequest, JobtrailError, StoreUnavailable
 from jobtrail.sse import sse_goodbye
 from jobtrail.patience import REDIS_AWAY
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 2
-
-_STATUS: dict[type[Exception], tuple[int, str]] = {
-    JobNotFound: (404, "job_not_found"),
-    ArtifactNotFound: (404, "artifact_not_found"),
-    TransitionRefused: (409, "transition_refused"),
-    JobExists: (409, "job_exists"),
-    JobNotFinished: (409, "job_not_finished"),
-    IdempotencyConflict: (409, "idempotency_conflict"),
-    InvalidRequest: (400, "invalid_request"),
-    InvalidParams: (422, "invalid_params"),
-    UnsupportedMediaType: (415, "unsupported_media_type"),
-    UnknownKind: (422, "invalid_params"),
-    NotAuthenticated: (401, "not_authenticated"),
-    RateLimited: (429, "rate_limited"),
-}
 
 # Litestar's own HTTP errors (routing, parameter validation, body size), by status.
 _HTTP_CODES: dict[int, str] = {
@@ -65,8 +38,8 @@ _HTTP_CODES: dict[int, str] = {
     500: "internal_error",
 }
 HTTP_FALLBACK = "http_error"  # a Litestar HTTP error of any other status (none is expected)
-UNAVAILABLE_CODE = (503, "store_unavailable")
-INTERNAL_CODE = (500, "internal_error")
+UNAVAILABLE_CODE = (StoreUnavailable.status, StoreUnavailable.code)
+INTERNAL_CODE = (JobtrailError.status, JobtrailError.code)
 
 # Errors that mean "Redis is away for now", not "this request is wrong".
 UNAVAILABLE = (*REDIS_AWAY, StoreUnavailable)
@@ -89,7 +62,7 @@ def unparsable_request_body(head_limit: int) -> bytes:
     """The error body of a request the HTTP protocol could not parse (app/api/protocol.py)."""
     detail = (f"the request is not valid HTTP/1.1, or its request line and headers take more than {head_limit} "
               "bytes (a URL that long, with that many query parameters, is not one jobtrail answers)")
-    return msgspec.json.encode(ErrorBody(error=_STATUS[InvalidRequest][1], detail=detail))
+    return msgspec.json.encode(ErrorBody(error=InvalidRequest.code, detail=detail))
 
 
 def reconnect_later(request: Request, reason: str, retry_s: int) -> Response | None:
@@ -112,16 +85,16 @@ def reconnect_later(request: Request, reason: str, retry_s: int) -> Response | N
 
 
 def on_jobtrail_error(request: Request, exc: Exception) -> Response:
-    status, code = _STATUS[type(exc)]
-    headers = None
-    if isinstance(exc, NotAuthenticated):
-        headers = {"WWW-Authenticate": "Bearer"}
-    elif isinstance(exc, RateLimited):
-        later = reconnect_later(request, "too many open event streams", exc.retry_after_s)
+    """Every `JobtrailError`: the status, code and headers its type declares."""
+    assert isinstance(exc, JobtrailError)
+    if exc.status >= 500:
+        return on_unexpected(request, exc)  # a type that declares no answer is a bug, logged as one
+    reconnect = exc.sse_reconnect()
+    if reconnect is not None:
+        later = reconnect_later(request, *reconnect)
         if later is not None:
             return later
-        headers = {"Retry-After": str(exc.retry_after_s)}
-    return _error(status, code, str(exc), headers=headers)
+    return _error(exc.status, exc.code, str(exc), headers=exc.headers())
 
 
 def on_unavailable(request: Request, exc: Exception) -> Response:
@@ -177,7 +150,16 @@ def on_unexpected(request: Request, exc: Exception) -> Response:
 
 def error_codes() -> set[tuple[int | None, str]]:
     """Every (status, code) an error answer can carry; status None for HTTP_FALLBACK, which takes any status."""
-    return {*_STATUS.values(), *_HTTP_CODES.items(), UNAVAILABLE_CODE, INTERNAL_CODE, (None, HTTP_FALLBACK)}
+    return {*_jobtrail_codes(JobtrailError), *_HTTP_CODES.items(), UNAVAILABLE_CODE, INTERNAL_CODE,
+            (None, HTTP_FALLBACK)}
+
+
+def _jobtrail_codes(cls: type[JobtrailError]) -> set[tuple[int, str]]:
+    """The (status, code) of `cls` and of every subclass of it, however deep."""
+    codes = {(cls.status, cls.code)}
+    for sub in cls.__subclasses__():
+        codes |= _jobtrail_codes(sub)
+    return codes
 
 
 def handler_for(exc: Exception) -> Callable[[Request, Exception], Response]:
@@ -199,7 +181,8 @@ async def send_error(exc: Exception, scope: Scope, receive: Receive, send: Send)
 
 
 EXCEPTION_HANDLERS = {
-    **{exc_type: on_jobtrail_error for exc_type in _STATUS},
+    JobtrailError: on_jobtrail_error,
+    # More specific than JobtrailError for StoreUnavailable: both are found through the MRO.
     **{exc_type: on_unavailable for exc_type in UNAVAILABLE},
     HTTPException: on_http_error,
     Exception: on_unexpected,

@@ -1,0 +1,98 @@
+"""The composition root: every service of a process, built once from `Settings`.
+
+`jobtrail serve` (through the app, app/api/app.py), `jobtrail worker`, `jobtrail repair`,
+`jobtrail migrate` and the tests all call `open_services` (or `build_services` with clients
+of their own), so each setting reaches the constructor that uses it in exactly one place.
+Constructors take what they use, with no defaults that stand in for a setting: a figure
+that is not given here is a figure nobody configured. The rest of the code is handed
+these objects (by the app's dependencies, or as arguments) and never looks them up by name.
+
+Building does no I/O: Redis clients connect on first use, and what runs in the
+background (the hub's read, the SSE slot renewer, the broker) is started by whoever
+needs it, the API's lifespan only. `aclose` ends the clients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from taskiq import AsyncBroker
+
+from jobtrail.artifacts import ArtifactStore
+from jobtrail.config import Settings
+from jobtrail.eventlog import EventLog
+from jobtrail.hub import Hub
+from jobtrail.index import JobIndex
+from jobtrail.index_sweep import IndexSweep
+from jobtrail.keys import Keys
+from jobtrail.limits import SseSlots, SubmitRate
+from jobtrail.service import JobService
+from jobtrail.store import Store
+from jobtrail.tokens import TokenSigner
+from jobtrail.workers.broker import build_broker, enqueue
+
+
+@dataclass(frozen=True, eq=False)
+class Services:
+    """What one process holds: its clients and the services built on them.
+
+    The field names are the names the API's routes take them by (app/api/app.py).
+    """
+
+    settings: Settings
+    redis: Redis
+    keys: Keys
+    events: EventLog
+    index: JobIndex
+    index_sweep: IndexSweep
+    artifacts: ArtifactStore
+    broker: AsyncBroker
+    service: JobService
+    signer: TokenSigner
+    submit_rate: SubmitRate
+    sse_slots: SseSlots
+    hub: Hub
+
+    async def enqueue(self, job_id: str) -> None:
+        """Queue one run of a job (one XADD on the Redis broker)."""
+        await enqueue(self.broker, job_id)
+
+    async def aclose(self) -> None:
+        """Close the clients (the hub's reader too, which `Hub.stop` closes when it ran)."""
+        await self.hub.reader.aclose()
+        await self.redis.aclose()
+
+
+def open_services(settings: Settings, role: str) -> Services:
+    """The services of a process in `role` (api, worker, repair, migrate), on clients of its own Store."""
+    store = Store(settings, role=role)
+    return build_services(settings, store.pooled(), store.dedicated(settings.hub_block_ms))
+
+
+def build_services(settings: Settings, redis: Redis, hub_reader: Redis) -> Services:
+    """Every service, from `settings`, on `redis` (pooled) and `hub_reader` (the hub's own connection)."""
+    keys = Keys(settings.prefix)
+    events = EventLog(redis, keys, settings.retention_s, activity_maxlen=settings.activity_maxlen)
+    index = JobIndex(redis, keys)
+    artifacts = ArtifactStore(settings.artifact_dir)
+    broker = build_broker(settings, keys)
+
+    async def enqueue_job(job_id: str) -> None:
+        await enqueue(broker, job_id)
+
+    return Services(
+        settings=settings,
+        redis=redis,
+        keys=keys,
+        events=events,
+        index=index,
+        index_sweep=IndexSweep(redis, keys, per_pass=settings.index_sweep_per_pass),
+        artifacts=artifacts,
+        broker=broker,
+        service=JobService(events, index, enqueue_job, settings, artifacts),
+        signer=TokenSigner(redis, keys, settings.token_secret),
+        submit_rate=SubmitRate(redis, keys, settings.submissions_per_minute),
+        sse_slots=SseSlots(redis, keys, settings.sse_connections_per_tenant, settings.sse_slot_ttl_s),
+        hub=Hub(hub_reader, redis, keys, block_ms=settings.hub_block_ms, queue_size=settings.sse_queue_size),
+    )
