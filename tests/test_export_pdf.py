@@ -19,7 +19,7 @@ from jobtrail.events import EventType, State, SubmittedData
 from jobtrail.jobstate import JobState
 from jobtrail.workers.context import JobContext
 from jobtrail.workers.kinds.export_pdf import run_export_pdf
-from jobtrail.workers.registry import parse_params, validate_params
+from jobtrail.registry import parse_params, validate_params
 from jobtrail.workers.runner import Runner
 
 QUARTER = {"title": "Q1 Sales", "start_date": "2024-01-01", "end_date": "2024-03-31"}

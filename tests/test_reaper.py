@@ -21,7 +21,7 @@ from jobtrail.service import JobService
 from tests.test_e2e_worker import history, status, submit, wait_for_state
 from tests.worker_procs import Workers
 from jobtrail.workers.reaper import Reaper
-from jobtrail.workers.registry import validate_params
+from jobtrail.registry import validate_params
 from jobtrail.workers.runner import Runner
 
 LATER_MS = 3_600_000  # a pass this far ahead finds every tracked job due and stale

@@ -12,7 +12,7 @@ over the due jobs of the live set (app/livejobs.py):
   the lost attempt as `Stalled` (retrying, or failed when no attempts remain). Except
   after a gap in the passes (more than two intervals: Redis was away, or no worker ran):
   an outage longer than a lease TTL lets the leases of living workers lapse too, and each
-  takes its own back at its first heartbeat once Redis answers (workers/lease.py). So for
+  takes its own back at its first heartbeat once Redis answers (app/lease.py). So for
   a lease TTL after a gap a lapsed lease proves nothing, and such jobs are looked at
   again when it has passed;
 - pending without a lease, unchanged for `pending_stale_s`: its message was lost. Queued
