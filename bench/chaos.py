@@ -55,6 +55,7 @@ if str(ROOT) not in sys.path:  # run as a script: the SSE parser lives in tests/
 from jobtrail.events import Event, EventOut, EventType  # noqa: E402
 from jobtrail.keys import Keys  # noqa: E402
 from jobtrail.reducer import IllegalHistory, fold  # noqa: E402
+from jobtrail.workers.queue import JobQueue  # noqa: E402
 from tests.sse import Message, messages  # noqa: E402
 
 log = logging.getLogger("chaos")
@@ -688,10 +689,10 @@ def judge(chaos: Chaos, streams: dict[str, list[Event]], states: dict[str, dict[
 
 
 async def delete_prefix(redis: aioredis.Redis, prefix: str) -> None:
-    # taskiq-redis keeps its autoclaim lock outside the queue's name: `autoclaim:<group>:<queue>`.
-    for pattern in (f"{prefix}:*", f"autoclaim:{prefix}-workers:*"):
-        async for key in redis.scan_iter(match=pattern, count=1000):
-            await redis.delete(key)
+    async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
+        await redis.delete(key)
+    # taskiq-redis keeps its autoclaim lock outside the prefix.
+    await redis.delete(JobQueue.of(redis, Keys(prefix)).autoclaim_lock())
 
 
 async def run_chaos(config: ChaosConfig) -> ChaosReport:
