@@ -22,7 +22,7 @@ from jobtrail.events import EventType, SubmittedData
 from jobtrail.workers.context import JobContext, PermanentFailure, UnknownPhase
 from jobtrail.workers.kinds.demo import DemoParams
 from jobtrail.registry import _KINDS, DuplicateKind, Kind, kind
-from tests.conftest import ROOT
+from tests.support.env import ROOT
 
 FINISH_S = 30.0
 

@@ -18,8 +18,8 @@ from jobtrail.events import EventType, SubmittedData
 from jobtrail.index import JobIndex
 from jobtrail.livejobs import LiveJobs, now_ms
 from jobtrail.service import JobService
-from tests.test_e2e_worker import history, status, submit, wait_for_state
-from tests.worker_procs import Workers
+from tests.support.api import history, status, submit, wait_for_state
+from tests.support.worker_procs import Workers
 from jobtrail.workers.queue import group_name
 from jobtrail.workers.reaper import Reaper
 from jobtrail.registry import validate_params

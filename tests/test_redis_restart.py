@@ -25,8 +25,8 @@ from jobtrail.eventlog import EventLog
 from jobtrail.events import TERMINAL_STATES, EventType, State
 from jobtrail.keys import Keys
 from jobtrail.reducer import fold
-from tests.conftest import ROOT, worker_env
-from tests.redis_server import RedisServer
+from tests.support.env import ROOT, worker_env
+from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 

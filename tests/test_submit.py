@@ -18,7 +18,7 @@ from jobtrail.limits import WINDOW_S
 from jobtrail.service import JobService
 from jobtrail.store import Store
 from jobtrail.workers.queue import job_of
-from tests.lossy_proxy import ReplyLosingProxy
+from tests.support.lossy_proxy import ReplyLosingProxy
 
 
 class Queued(list):

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from jobtrail.config import Settings
-from tests.conftest import ROOT, worker_env
+from tests.support.env import ROOT, worker_env
 
 
 class Worker:
