@@ -8,25 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.api import FINISH_S, history, status, submit, wait_for_state
 from tests.support.sse import collect
+from tests.support.worker_procs import wait_until_listening
 
 pytestmark = pytest.mark.e2e
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
-
-
-async def wait_until_listening(log: Path, timeout: float = FINISH_S) -> None:
-    """Wait for a worker process to log that it consumes the queue."""
-    deadline = time.monotonic() + timeout
-    while not (log.exists() and b"Listening started" in log.read_bytes()):
-        assert time.monotonic() < deadline, f"worker never listened; log: {log.read_text(errors='replace')}"
-        await asyncio.sleep(0.05)
 
 
 def types(events: list[dict[str, Any]]) -> list[str]:
