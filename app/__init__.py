@@ -29,8 +29,8 @@ if TYPE_CHECKING:
         Unavailable,
         WaitTimeout,
     )
+    from jobtrail.registry import kind
     from jobtrail.workers.context import JobCancelled, JobContext, PermanentFailure
-    from jobtrail.workers.registry import kind
 
 _HANDLER_API = ["JobCancelled", "JobContext", "PermanentFailure", "kind"]
 _CLIENT_API = [
@@ -55,7 +55,8 @@ __all__ = [*_HANDLER_API, *_CLIENT_API]
 def __getattr__(name: str) -> Any:
     # Plain imports, not module paths in strings, so they follow the package when it moves.
     if name in _HANDLER_API:
-        from jobtrail.workers import context, registry
+        from jobtrail import registry
+        from jobtrail.workers import context
 
         value = registry.kind if name == "kind" else getattr(context, name)
     elif name in _CLIENT_API:

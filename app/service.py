@@ -23,7 +23,7 @@ from jobtrail.jobstate import JobState
 from jobtrail.jsondepth import MAX_JSON_DEPTH, json_depth
 from jobtrail.secret import ServerSecret
 from jobtrail.submission import index_job, record_submitted
-from jobtrail.workers.registry import validate_params
+from jobtrail.registry import validate_params
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,8 @@
 """Chaos run: real workers SIGKILLed at random points while SSE clients drop and resume.
 
-    REDIS_URL=redis://127.0.0.1:6379/0 .venv/bin/python bench/chaos.py --jobs 100 --workers 3 --seed 1
+    REDIS_URL=redis://127.0.0.1:6379/0 .venv/bin/python -m bench.chaos --jobs 100 --workers 3 --seed 1
+
+(from the repository's root: bench/ and tests/ are packages, and their imports need no path edits.)
 
 Starts `jobtrail serve` and W `jobtrail worker` processes under a fresh key prefix, submits
 N demo jobs of varied length (some fail and retry, some are cancelled) through the REST
@@ -48,14 +50,13 @@ import httpx
 import msgspec
 import redis.asyncio as aioredis
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script: the SSE parser lives in tests/
-    sys.path.insert(0, str(ROOT))
+from jobtrail.events import Event, EventOut, EventType
+from jobtrail.keys import Keys
+from jobtrail.reducer import IllegalHistory, fold
+from jobtrail.workers.queue import JobQueue
+from tests.support.sse import Message, messages
 
-from jobtrail.events import Event, EventOut, EventType  # noqa: E402
-from jobtrail.keys import Keys  # noqa: E402
-from jobtrail.reducer import IllegalHistory, fold  # noqa: E402
-from tests.sse import Message, messages  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent  # where the processes it starts run
 
 log = logging.getLogger("chaos")
 
@@ -688,10 +689,10 @@ def judge(chaos: Chaos, streams: dict[str, list[Event]], states: dict[str, dict[
 
 
 async def delete_prefix(redis: aioredis.Redis, prefix: str) -> None:
-    # taskiq-redis keeps its autoclaim lock outside the queue's name: `autoclaim:<group>:<queue>`.
-    for pattern in (f"{prefix}:*", f"autoclaim:{prefix}-workers:*"):
-        async for key in redis.scan_iter(match=pattern, count=1000):
-            await redis.delete(key)
+    async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
+        await redis.delete(key)
+    # taskiq-redis keeps its autoclaim lock outside the prefix.
+    await redis.delete(JobQueue.of(redis, Keys(prefix)).autoclaim_lock())
 
 
 async def run_chaos(config: ChaosConfig) -> ChaosReport:

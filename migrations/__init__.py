@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from jobtrail.eventlog import EventLog
 from jobtrail.index import JobIndex
 from jobtrail.keys import Keys, LegacyKeys
-from jobtrail.workers.lease import Lease
+from jobtrail.lease import Lease
 
 _MODULE = re.compile(r"m(\d{4})_\w+")
 LOCK_TTL_S = 30.0

@@ -26,10 +26,10 @@ from jobtrail.config import Settings
 from jobtrail.eventlog import EventLog
 from jobtrail.keys import Keys
 from jobtrail.services import Services, build_services, open_services
-from tests.redis_server import RedisServer
 from jobtrail.workers.kinds_loader import load_kinds
+from tests.support.env import ROOT, worker_env
+from tests.support.redis_server import RedisServer
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -180,24 +180,6 @@ async def api(start_api: Callable[[Settings], asyncio.Future[RunningApi]], setti
 async def client(api: RunningApi) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
         yield http
-
-
-def worker_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRAIL_")}
-    env.update(
-        REDIS_URL=settings.redis_url or "",
-        JOBTRAIL_PREFIX=settings.prefix,
-        JOBTRAIL_RETRY_BASE_S=str(settings.retry_base_s),
-        JOBTRAIL_RETRY_MAX_S=str(settings.retry_max_s),
-        JOBTRAIL_PROGRESS_INTERVAL_S=str(settings.progress_interval_s),
-        JOBTRAIL_ARTIFACT_DIR=settings.artifact_dir,
-        JOBTRAIL_LEASE_TTL_S=str(settings.lease_ttl_s),
-        JOBTRAIL_REAPER_INTERVAL_S=str(settings.reaper_interval_s),
-        JOBTRAIL_PENDING_STALE_S=str(settings.pending_stale_s),
-        JOBTRAIL_SHUTDOWN_TIMEOUT_S=str(settings.shutdown_timeout_s),
-        PYTHONUNBUFFERED="1",
-    )
-    return env
 
 
 @pytest.fixture

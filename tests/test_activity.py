@@ -29,8 +29,8 @@ from jobtrail.events import (
 )
 from jobtrail.keys import Keys
 from tests.conftest import RunningApi
-from tests.redis_server import RedisServer
-from tests.sse import Message, open_stream
+from tests.support.redis_server import RedisServer
+from tests.support.sse import Message, open_stream
 
 # --- making jobs ---
 

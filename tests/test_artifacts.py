@@ -13,7 +13,7 @@ import pytest
 from jobtrail.artifacts import ArtifactStore
 from jobtrail.events import EventType, StartedData, SubmittedData
 from jobtrail.sweeper import sweep_once
-from jobtrail.workers.registry import _KINDS, Kind
+from jobtrail.registry import _KINDS, Kind
 from jobtrail.workers.runner import Runner
 
 

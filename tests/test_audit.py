@@ -31,6 +31,7 @@ from jobtrail.events import (
 )
 from jobtrail.keys import Keys
 from jobtrail.offsets import id_key
+from tests.support.pdf import pdf_text
 
 NDJSON = "application/x-ndjson"
 T0 = 1_700_000_000_000  # the `at` of every test job's submission, epoch ms
@@ -74,11 +75,6 @@ async def json_history(client, job_id: str) -> list[dict]:
         if not page["next"]:
             return found
         after = page["next"]
-
-
-def pdf_text(content: bytes) -> tuple[int, str]:
-    reader = pypdf.PdfReader(io.BytesIO(content))
-    return len(reader.pages), "\n".join(page.extract_text() for page in reader.pages)
 
 
 def flat(text: str) -> str:

@@ -15,7 +15,7 @@ from jobtrail.api.app import create_app
 from jobtrail.auth import ApiKeys, ConfigError, Principal, hash_key, new_key
 from jobtrail.events import EventType, StartedData, SucceededData
 from jobtrail.tokens import TokenSigner
-from tests.sse import open_stream
+from tests.support.sse import open_stream
 
 ACME, GLOBEX, ADMIN = new_key(), new_key(), new_key()
 

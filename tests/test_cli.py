@@ -9,7 +9,7 @@ import pytest
 
 from jobtrail.config import Settings
 from jobtrail.events import EventType
-from tests.conftest import ROOT, worker_env
+from tests.support.env import ROOT, worker_env
 
 
 def jobtrail(settings, *args):

@@ -21,7 +21,7 @@ from jobtrail.client.errors import (
 from jobtrail.client.follow import comes_after
 from jobtrail.client.models import JobState
 from jobtrail.client.sse import Block, SseParser
-from tests.conftest import ROOT
+from tests.support.env import ROOT
 
 STREAM = (
     b"retry: 2000\n\n"

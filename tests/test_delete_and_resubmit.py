@@ -14,9 +14,9 @@ import msgspec
 import pytest
 
 from jobtrail.events import State
-from tests.sse import open_stream
+from tests.support.sse import open_stream
 from jobtrail.workers.context import JobContext
-from jobtrail.workers.registry import _KINDS, Kind
+from jobtrail.registry import _KINDS, Kind
 from jobtrail.workers.runner import Runner
 
 KIND = "test.gated"

@@ -15,31 +15,12 @@ from pypdf import PdfReader
 from pypdf.generic import ContentStream
 
 from jobtrail.artifacts import ArtifactStore
-from jobtrail.events import EventType, State, SubmittedData
-from jobtrail.jobstate import JobState
+from jobtrail.events import EventType, State
 from jobtrail.workers.context import JobContext
 from jobtrail.workers.kinds.export_pdf import run_export_pdf
-from jobtrail.workers.registry import parse_params, validate_params
+from jobtrail.registry import parse_params
 from jobtrail.workers.runner import Runner
-
-QUARTER = {"title": "Q1 Sales", "start_date": "2024-01-01", "end_date": "2024-03-31"}
-
-
-async def submit(events, job_id: str, params: dict) -> None:
-    data = SubmittedData(kind="export.pdf", params=validate_params("export.pdf", params), max_attempts=1)
-    await events.append(job_id, EventType.SUBMITTED, data)
-
-
-async def run(events, settings, job_id: str, **params) -> JobState:
-    await submit(events, job_id, {**QUARTER, **params})
-    await Runner(events, settings).run(job_id)
-    return await events.state(job_id)
-
-
-def artifact_bytes(settings, job: JobState) -> bytes:
-    assert job.artifact is not None, f"job {job.id} is {job.state} without an artifact: {job.error}"
-    return (Path(settings.artifact_dir) / job.id / job.artifact.name).read_bytes()
-
+from tests.support.export_pdf import QUARTER, artifact_bytes, run, submit
 
 def rectangles(pdf: bytes) -> int:
     """How many rectangles (`re`: table backgrounds, chart bars) the pages draw."""

@@ -19,7 +19,7 @@ import pytest
 from jobtrail.auth import hash_key, new_key
 from jobtrail.events import EventType, State, SubmittedData
 from jobtrail.jobstate import JobState
-from jobtrail.workers.registry import _KINDS, Kind, validate_params
+from jobtrail.registry import _KINDS, Kind, validate_params
 from jobtrail.workers.runner import Runner
 
 MB = 1 << 20

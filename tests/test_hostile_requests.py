@@ -20,7 +20,7 @@ from jobtrail.errors import InvalidParams
 from jobtrail.index import JobIndex
 from jobtrail.jsondepth import MAX_JSON_DEPTH
 from jobtrail.service import JobService
-from tests.test_serve_process import serve, wait_ready
+from tests.support.serve import serve, wait_ready
 
 DEMO = {"kind": "demo", "params": {}}
 JSON = {"content-type": "application/json"}

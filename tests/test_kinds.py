@@ -21,8 +21,8 @@ from jobtrail.auth import hash_key, new_key
 from jobtrail.events import EventType, SubmittedData
 from jobtrail.workers.context import JobContext, PermanentFailure, UnknownPhase
 from jobtrail.workers.kinds.demo import DemoParams
-from jobtrail.workers.registry import _KINDS, DuplicateKind, Kind, kind
-from tests.conftest import ROOT
+from jobtrail.registry import _KINDS, DuplicateKind, Kind, kind
+from tests.support.env import ROOT
 
 FINISH_S = 30.0
 
@@ -173,7 +173,7 @@ def test_the_public_package_exports_what_handler_authors_need_without_importing_
     code = (
         "import sys, jobtrail\n"
         "assert {'litestar', 'redis', 'taskiq', 'uvicorn'}.isdisjoint(sys.modules), 'import jobtrail is cheap'\n"
-        "from jobtrail.workers.registry import kind\n"
+        "from jobtrail.registry import kind\n"
         "from jobtrail.workers.context import JobCancelled, JobContext, PermanentFailure\n"
         "assert (jobtrail.kind, jobtrail.JobContext, jobtrail.PermanentFailure, jobtrail.JobCancelled) == "
         "(kind, JobContext, PermanentFailure, JobCancelled)\n"

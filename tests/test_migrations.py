@@ -21,8 +21,9 @@ from jobtrail.index import JobIndex
 from jobtrail.keys import LegacyKeys
 from jobtrail.migrations import Context, MigrationFailed, applied, discover, migrate
 from jobtrail.migrations.legacy import Malformed, fallback_id, to_ms
-from tests.conftest import ROOT, delete_matching, worker_env
-from tests.sse import collect
+from tests.conftest import delete_matching
+from tests.support.env import ROOT, worker_env
+from tests.support.sse import collect
 
 DAY = 24 * 3600
 # The legacy imports; the backfills after them (0003, 0004) have tests of their own.

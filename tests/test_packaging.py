@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support.env import ROOT
 
 
 def build(kind: str, out: Path) -> Path:

@@ -17,7 +17,7 @@ import pytest
 from jobtrail import fonts
 from jobtrail.api.common import content_disposition
 from jobtrail.events import ErrorInfo, EventType, FailedData, LogData, StartedData, SubmittedData
-from tests.test_export_pdf import artifact_bytes, run
+from tests.support.export_pdf import artifact_bytes, run
 
 TITLE = "Отчёт 売上 — Q1 ✓"
 GREEK = "Ελληνικά δεδομένα"

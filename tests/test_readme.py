@@ -10,7 +10,7 @@ import ast
 import re
 
 from jobtrail.api.errors import error_codes
-from tests.conftest import ROOT
+from tests.support.env import ROOT
 
 README = (ROOT / "README.md").read_text()
 _ERROR_ROW = re.compile(r"^\| (\d{3}|other) \| `([a-z_]+)` \| .+ \|$", re.MULTILINE)
@@ -58,7 +58,7 @@ def _only_a_docstring(path) -> bool:
 
 
 def modules() -> set[str]:
-    """Every module and script of the packages, and the tests' support files."""
+    """Every module and script of the packages, the tests' support files and the benchmarks."""
     found = set()
     for package in ("app", "workers", "migrations"):
         for path in (ROOT / package).rglob("*"):
@@ -67,7 +67,7 @@ def modules() -> set[str]:
             if path.name == "__init__.py" and _only_a_docstring(path):
                 continue
             found.add(str(path.relative_to(ROOT)))
-    for path in (ROOT / "tests").glob("*.py"):
+    for path in [*(ROOT / "tests").glob("*.py"), *(ROOT / "tests" / "support").glob("*.py"), *(ROOT / "bench").glob("*.py")]:
         if not path.name.startswith("test_") and path.name != "__init__.py":
             found.add(str(path.relative_to(ROOT)))
     return found

@@ -18,10 +18,11 @@ from jobtrail.events import EventType, SubmittedData
 from jobtrail.index import JobIndex
 from jobtrail.livejobs import LiveJobs, now_ms
 from jobtrail.service import JobService
-from tests.test_e2e_worker import history, status, submit, wait_for_state
-from tests.worker_procs import Workers
+from tests.support.api import history, status, submit, wait_for_state
+from tests.support.worker_procs import Workers
+from jobtrail.workers.queue import group_name
 from jobtrail.workers.reaper import Reaper
-from jobtrail.workers.registry import validate_params
+from jobtrail.registry import validate_params
 from jobtrail.workers.runner import Runner
 
 LATER_MS = 3_600_000  # a pass this far ahead finds every tracked job due and stale
@@ -36,7 +37,7 @@ def settings(settings):
 @pytest.fixture
 async def group(redis_client, keys):
     """The workers' consumer group, as a worker declares it."""
-    name = f"{keys.prefix}-workers"
+    name = group_name(keys)
     await redis_client.xgroup_create(keys.queue(), name, id="0", mkstream=True)
     return name
 

@@ -25,8 +25,8 @@ from jobtrail.eventlog import EventLog
 from jobtrail.jobstate import JobState
 from jobtrail.keys import Keys
 from jobtrail.reducer import fold
-from tests.redis_server import RedisServer, free_port
-from tests.worker_procs import Workers
+from tests.support.redis_server import RedisServer, free_port
+from tests.support.worker_procs import Workers
 
 pytestmark = pytest.mark.e2e
 

@@ -19,9 +19,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from jobtrail.config import Settings
-from tests.conftest import ROOT, worker_env
-from tests.redis_server import RedisServer, free_port
-from tests.sse import Message, collect, messages
+from tests.support.env import ROOT, worker_env
+from tests.support.redis_server import RedisServer, free_port
+from tests.support.sse import Message, collect, messages
 
 RECOVER_S = 15.0  # the hub backs off up to 5 s between reconnects
 DEMO = {"kind": "demo", "params": {"steps": 2, "delay_ms": 10}}

@@ -25,8 +25,9 @@ from jobtrail.eventlog import EventLog
 from jobtrail.events import TERMINAL_STATES, EventType, State
 from jobtrail.keys import Keys
 from jobtrail.reducer import fold
-from tests.conftest import ROOT, worker_env
-from tests.redis_server import RedisServer
+from tests.support.env import ROOT, worker_env
+from tests.support.redis_server import RedisServer
+from tests.support.worker_procs import wait_until_listening
 
 pytestmark = pytest.mark.e2e
 
@@ -75,6 +76,10 @@ async def test_every_acknowledged_write_survives_a_killed_and_restarted_redis(
 ):
     api = await start_api(settings)
     workers = [start_worker(), start_worker()]
+    for n in range(len(workers)):
+        # Before the kill: a worker still starting finds no Redis and exits, and then
+        # no worker is there to wait the outage out.
+        await wait_until_listening(tmp_path / f"worker-{n}.log")
     redis = aioredis.Redis.from_url(server.url, decode_responses=True, socket_timeout=1, socket_connect_timeout=1)
     events = EventLog(redis, Keys(settings.prefix), settings.retention_s, activity_maxlen=settings.activity_maxlen)
     await events.append(LEDGER, EventType.SUBMITTED, {"kind": "demo", "params": {}, "max_attempts": 1})

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from jobtrail.config import Settings
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 TIMEOUT_S = 2.0
 MARGIN_S = 2.0  # two cores shared with other test runs: generous, and still far below 2 x the timeout

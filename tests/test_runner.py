@@ -9,7 +9,7 @@ import pytest
 
 from jobtrail.events import EventType, State, SubmittedData
 from jobtrail.workers.context import JobContext, PermanentFailure
-from jobtrail.workers.registry import _KINDS, Kind, validate_params
+from jobtrail.registry import _KINDS, Kind, validate_params
 from jobtrail.workers.runner import Runner
 
 

@@ -39,7 +39,7 @@ from jobtrail.events import EventType
 from jobtrail.index import JobIndex
 from jobtrail.keys import Keys
 from jobtrail.offsets import id_key
-from tests.redis_server import free_port
+from tests.support.redis_server import free_port
 
 # Access control is on, as in production, with an admin key: it reaches every seeded job
 # (tests/test_auth.py covers what tenants may not reach).

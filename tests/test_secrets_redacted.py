@@ -13,7 +13,7 @@ import pytest
 
 from jobtrail.api.redaction import redacted_query, redacted_text
 from jobtrail.auth import hash_key, new_key
-from tests.test_serve_process import serve, wait_ready
+from tests.support.serve import serve, wait_ready
 
 pytestmark = pytest.mark.e2e
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,39 +13,12 @@ import httpx
 import pytest
 
 from jobtrail.auth import ApiKeys
-from tests.conftest import ROOT, worker_env
-from tests.sse import open_stream
+from tests.support.env import ROOT
+from tests.support.redis_server import free_port
+from tests.support.serve import serve, wait_ready
+from tests.support.sse import open_stream
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def serve(settings, tmp_path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    log = open(tmp_path / f"serve-{port}.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jobtrail.cli", "serve", "--port", str(port)],
-        cwd=ROOT, env={**worker_env(settings), **env}, stdout=log, stderr=subprocess.STDOUT,
-    )
-    return process, f"http://127.0.0.1:{port}"
-
-
-async def wait_ready(process: subprocess.Popen[bytes], url: str) -> None:
-    async with httpx.AsyncClient(base_url=url) as http:
-        for _ in range(200):
-            assert process.poll() is None, "jobtrail serve exited while starting"
-            try:
-                if (await http.get("/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-    pytest.fail("jobtrail serve did not become ready")
 
 
 def test_serve_with_redis_and_no_keys_refuses_to_start(settings, tmp_path):

@@ -1,5 +1,5 @@
 from jobtrail.events import EventType, StartedData, SucceededData, SubmittedData
-from tests.sse import collect
+from tests.support.sse import collect
 
 
 async def test_sse_replays_a_finished_job_and_closes(client, events):

@@ -12,7 +12,6 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import httpx
@@ -21,36 +20,17 @@ import pytest
 import redis.asyncio as aioredis
 
 from jobtrail.eventlog import EventLog
-from jobtrail.events import EventType, ProgressData, StartedData, SubmittedData, SucceededData
+from jobtrail.events import EventType, SucceededData
 from jobtrail.hub import Hub
 from jobtrail.keys import Keys
 from tests.conftest import RunningApi
-from tests.sse import Message, as_expected, expected_event, open_stream
+from tests.support.jobs import eventually, finished_job, progress, running_job, stream_ids
+from tests.support.sse import Message, as_expected, expected_event, open_stream
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$")
 
 
 # --- making jobs ---
-
-
-async def running_job(events: EventLog, job_id: str) -> None:
-    await events.append(job_id, EventType.SUBMITTED, SubmittedData(kind="demo", params={"n": 1}, max_attempts=1))
-    await events.append(job_id, EventType.STARTED, StartedData(worker="w1", attempt=1), attempt=1)
-
-
-async def progress(events: EventLog, job_id: str, step: int, total: int) -> None:
-    await events.append(job_id, EventType.PROGRESS, ProgressData(progress=step / total, current=step, total=total))
-
-
-async def finished_job(events: EventLog, job_id: str, steps: int = 6) -> None:
-    await running_job(events, job_id)
-    for step in range(1, steps + 1):
-        await progress(events, job_id, step, steps)
-    await events.append(job_id, EventType.SUCCEEDED, SucceededData(result={"ok": True}))
-
-
-async def stream_ids(redis_client: aioredis.Redis, keys: Keys, job_id: str) -> list[str]:
-    return [entry_id for entry_id, _ in await redis_client.xrange(keys.events(job_id))]
 
 
 def ids(messages: list[Message]) -> list[str | None]:
@@ -60,12 +40,6 @@ def ids(messages: list[Message]) -> list[str | None]:
 def hub_of(api: RunningApi) -> Hub:
     """The hub of an API started in this process (its Litestar app's state)."""
     return api.services.hub
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 # --- replay ---

@@ -17,7 +17,8 @@ from jobtrail.index import JobIndex
 from jobtrail.limits import WINDOW_S
 from jobtrail.service import JobService
 from jobtrail.store import Store
-from tests.lossy_proxy import ReplyLosingProxy
+from jobtrail.workers.queue import job_of
+from tests.support.lossy_proxy import ReplyLosingProxy
 
 
 class Queued(list):
@@ -37,7 +38,7 @@ async def indexed(redis_client, keys, job_id: str, tenant: str) -> tuple[bool, b
 
 
 def queue_messages_for(entries, job_id: str) -> int:
-    return sum(job_id in fields["data"] for _, fields in entries)
+    return sum(job_of(fields) == job_id for _, fields in entries)
 
 
 @pytest.fixture

@@ -24,9 +24,9 @@ import httpx
 import pytest
 
 from jobtrail.config import Settings
-from tests.conftest import ROOT
-from tests.sse import collect
-from tests.test_audit import pdf_text
+from tests.support.env import ROOT
+from tests.support.sse import collect
+from tests.support.pdf import pdf_text
 
 pytestmark = pytest.mark.e2e
 

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from jobtrail.config import Settings
-from tests.conftest import ROOT, worker_env
+from tests.support.env import ROOT, worker_env
 
 pytestmark = pytest.mark.e2e
 

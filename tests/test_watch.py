@@ -20,9 +20,10 @@ from jobtrail.api.app import create_app
 from jobtrail.auth import hash_key
 from jobtrail.events import EventType, PhaseData, ProgressData, ReasonData
 from jobtrail.services import open_services
-from tests.conftest import ROOT, RunningApi
-from tests.terminal import Terminal
-from tests.test_sse import finished_job, running_job
+from tests.conftest import RunningApi
+from tests.support.env import ROOT
+from tests.support.terminal import Terminal
+from tests.support.jobs import finished_job, running_job
 
 pytestmark = pytest.mark.e2e
 

@@ -11,9 +11,9 @@ import msgspec
 import pytest
 
 from jobtrail.events import EventType, SubmittedData
-from tests.test_e2e_worker import history, status, submit, wait_for_state
-from tests.worker_procs import Workers
-from jobtrail.workers.registry import validate_params
+from tests.support.api import history, status, submit, wait_for_state
+from tests.support.worker_procs import Workers
+from jobtrail.registry import validate_params
 from jobtrail.workers.runner import Runner
 
 TERMINAL = {"succeeded", "failed", "cancelled"}

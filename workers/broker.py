@@ -1,7 +1,8 @@
 """The taskiq broker and the one task it carries: `jobtrail.run_job(job_id)`.
 
-With REDIS_URL the broker is taskiq-redis's acknowledged RedisStreamBroker; embedded,
-taskiq's InMemoryBroker runs the task in the API process itself.
+With REDIS_URL the broker is taskiq-redis's acknowledged RedisStreamBroker, on the stream
+and consumer group that workers/queue.py describes; embedded, taskiq's InMemoryBroker
+runs the task in the API process itself.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from taskiq_redis import RedisStreamBroker
 
 from jobtrail.config import Settings
 from jobtrail.keys import Keys
+from jobtrail.workers.queue import GROUP_START, RUN_JOB, group_name
 from jobtrail.workers.runner import Runner
 
 log = logging.getLogger(__name__)
 
-RUN_JOB = "jobtrail.run_job"
 XREAD_BLOCK_MS = 2000
 
 
@@ -59,9 +60,8 @@ def build_broker(settings: Settings, keys: Keys) -> AsyncBroker:
     return JobBroker(
         settings.redis_url,
         queue_name=keys.queue(),
-        consumer_group_name=f"{keys.prefix}-workers",
-        # "0", not "$": jobs enqueued before the first worker ever started are not skipped.
-        consumer_id="0",
+        consumer_group_name=group_name(keys),
+        consumer_id=GROUP_START,  # taskiq-redis's name for the id XGROUP CREATE starts the group at
         idle_timeout=settings.broker_idle_ms,
         max_connection_pool_size=settings.worker_concurrency + 4,
         xread_block=XREAD_BLOCK_MS,

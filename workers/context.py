@@ -15,10 +15,10 @@ from jobtrail.eventlog import Appended, EventLog
 from jobtrail.events import TERMINAL_STATES, Artifact, Event, EventType, LogData, PhaseData, ProgressData
 from jobtrail.jobstate import JobState
 from jobtrail.patience import Patience
-from jobtrail.workers.lease import Lease
+from jobtrail.lease import Lease
 
 if TYPE_CHECKING:
-    from jobtrail.workers.registry import Kind
+    from jobtrail.registry import Kind
 
 T = TypeVar("T")
 

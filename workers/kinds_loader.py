@@ -30,7 +30,7 @@ from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
 
 from jobtrail.config import Settings
-from jobtrail.workers.registry import kinds
+from jobtrail.registry import kinds
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ over the due jobs of the live set (app/livejobs.py):
   the lost attempt as `Stalled` (retrying, or failed when no attempts remain). Except
   after a gap in the passes (more than two intervals: Redis was away, or no worker ran):
   an outage longer than a lease TTL lets the leases of living workers lapse too, and each
-  takes its own back at its first heartbeat once Redis answers (workers/lease.py). So for
+  takes its own back at its first heartbeat once Redis answers (app/lease.py). So for
   a lease TTL after a gap a lapsed lease proves nothing, and such jobs are looked at
   again when it has passed;
 - pending without a lease, unchanged for `pending_stale_s`: its message was lost. Queued
@@ -21,7 +21,8 @@ over the due jobs of the live set (app/livejobs.py):
 A job queued again is due again `pending_stale_s` later: at most one extra message each.
 
 The pass also trims the queue stream: taskiq-redis acknowledges messages but never
-removes them, so without this the queue would grow for ever.
+removes them, so without this the queue would grow for ever. What the queue looks like
+inside (its stream, its group, what read and acknowledged mean) is workers/queue.py's.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from jobtrail.config import Settings
 from jobtrail.eventlog import EventLog
 from jobtrail.events import TERMINAL_STATES, State
 from jobtrail.livejobs import LiveJobs, now_ms
-from jobtrail.offsets import is_after
+from jobtrail.workers.queue import JobQueue
 from jobtrail.workers.runner import Requeue
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class Reaper:
         self.keys = events.keys
         self.live = LiveJobs(events.redis, events.keys, settings.pending_stale_s)
         self.requeue = requeue
-        self.group = group
+        self.queue = JobQueue(events.redis, events.keys.queue(), group)
         self.name = name
         self.interval_ms = int(settings.reaper_interval_s * 1000)
         self.pending_stale_ms = int(settings.pending_stale_s * 1000)
@@ -152,36 +153,9 @@ class Reaper:
                 return requeued
 
     async def trim_queue(self) -> int:
-        """Remove the queue's messages every worker is done with; how many went (two round trips).
-
-        Done means read by the group and acknowledged: older than both the group's last
-        delivered id and its oldest pending (unacknowledged) message.
-        """
-        queue = self.keys.queue()
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xinfo_groups(queue)
-                pipe.xpending(queue, self.group)
-                groups, pending = await pipe.execute()
-        except ResponseError:  # no queue or no group yet: nothing to trim
-            return 0
-        read = next((group["last-delivered-id"] for group in groups if group["name"] == self.group), None)
-        if read is None:
-            return 0
-        keep_from = read
-        if pending["pending"] and not is_after(pending["min"], read):
-            keep_from = pending["min"]
-        # Exact, not `~`: the queue is small once trimmed, and a trim that leaves
-        # nothing behind is easy to check.
-        return await self.redis.xtrim(queue, minid=keep_from, approximate=False)
+        """Remove the queue's messages every worker is done with; how many went (two round trips)."""
+        return await self.queue.trim()
 
     async def queue_has_unread(self) -> bool:
         """Whether the queue holds a message the workers' group has not read yet (one round trip)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xinfo_groups(self.keys.queue())
-            pipe.xrevrange(self.keys.queue(), count=1)
-            groups, newest = await pipe.execute()
-        if not newest:
-            return False
-        read = next((group["last-delivered-id"] for group in groups if group["name"] == self.group), None)
-        return read is None or is_after(newest[0][0], read)
+        return await self.queue.has_unread()

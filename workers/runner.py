@@ -3,7 +3,7 @@
 A taskiq message is acknowledged only when `run` returns, which is after the job's
 terminal event is written, so a killed worker's job is run again (queued again by the
 reaper, workers/reaper.py, since the broker would wait for its idle timeout). Retries
-happen inside one delivery (the backoff is a sleep). A lease (workers/lease.py) keeps two
+happen inside one delivery (the backoff is a sleep). A lease (app/lease.py) keeps two
 deliveries of one job from running it at once. A draining worker interrupts its jobs
 (`interrupt`): each ends its attempt as `Stalled` and is queued again for the next
 worker, so its own message can be acknowledged.
@@ -40,8 +40,8 @@ from jobtrail.jobstate import JobState
 from jobtrail.livejobs import LiveJobs, now_ms
 from jobtrail.patience import Patience
 from jobtrail.workers.context import AttemptLost, JobCancelled, JobContext, PermanentFailure
-from jobtrail.workers.lease import Lease
-from jobtrail.workers.registry import find_kind, get_kind, parse_params
+from jobtrail.lease import Lease
+from jobtrail.registry import find_kind, get_kind, parse_params
 
 log = logging.getLogger(__name__)
 

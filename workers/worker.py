@@ -21,6 +21,7 @@ from jobtrail.config import Settings
 from jobtrail.services import open_services
 from jobtrail.workers.broker import JobBroker, register_runner
 from jobtrail.workers.kinds_loader import load_kinds
+from jobtrail.workers.queue import JobQueue
 from jobtrail.workers.reaper import Reaper
 from jobtrail.workers.runner import Runner
 
@@ -115,23 +116,14 @@ async def hand_back_unstarted(broker: JobBroker, redis: Redis) -> None:
     read cut short by the drain may have taken one too. taskiq-redis would leave them
     with this consumer until another worker claims them after JOBTRAIL_BROKER_IDLE_MS.
     """
-    queue, group, me = broker.queue_name, broker.consumer_group_name, broker.consumer_name
+    queue = JobQueue(redis, broker.queue_name, broker.consumer_group_name)
     try:
-        unacked = await redis.xpending_range(queue, group, "-", "+", HAND_BACK_MAX, consumername=me)
-        ids = [entry["message_id"] for entry in unacked]
-        if not ids:
-            return
-        messages = await redis.xclaim(queue, group, me, min_idle_time=0, message_ids=ids)
-        async with redis.pipeline(transaction=True) as pipe:
-            for _, fields in messages:
-                if fields:  # None for a message deleted meanwhile
-                    pipe.xadd(queue, fields)
-            pipe.xack(queue, group, *ids)
-            await pipe.execute()
+        handed_back = await queue.hand_back(broker.consumer_name, HAND_BACK_MAX)
     except RedisError as exc:
         log.warning("could not put unstarted messages back on the queue (%s); the reaper will", exc)
         return
-    log.info("put %d message(s) read but not started back on the queue", len(ids))
+    if handed_back:
+        log.info("put %d message(s) read but not started back on the queue", handed_back)
 
 
 async def cancel(*tasks: asyncio.Future[Any], timeout_s: float = 5.0) -> bool:

@@ -14,7 +14,7 @@ import msgspec
 from litestar import get
 
 from jobtrail.api.common import error_responses
-from jobtrail.workers.registry import kinds
+from jobtrail.registry import kinds
 
 
 class KindInfo(msgspec.Struct, frozen=True):

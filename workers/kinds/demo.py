@@ -11,7 +11,7 @@ from typing import Annotated
 import msgspec
 
 from jobtrail.workers.context import JobContext
-from jobtrail.workers.registry import kind
+from jobtrail.registry import kind
 
 
 class DemoParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

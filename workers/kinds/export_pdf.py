@@ -31,7 +31,7 @@ from reportlab.platypus import TableStyle
 
 from jobtrail import fonts
 from jobtrail.workers.context import JobContext
-from jobtrail.workers.registry import kind
+from jobtrail.registry import kind
 
 MAX_YEARS = 5
 REGIONS = ("North", "East", "South", "West")

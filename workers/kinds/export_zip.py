@@ -28,7 +28,7 @@ from jobtrail.events import Artifact, State
 from jobtrail.jobstate import JobState
 from jobtrail.keys import JOB_ID_RE
 from jobtrail.workers.context import JobContext
-from jobtrail.workers.registry import kind
+from jobtrail.registry import kind
 
 MAX_JOBS = 100
 _CHUNK = 1 << 18  # bytes of an artifact read, hashed and compressed at a time

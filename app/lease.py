@@ -27,7 +27,7 @@ from jobtrail.patience import REDIS_AWAY
 
 log = logging.getLogger(__name__)
 
-_SCRIPT = resources.files("jobtrail.workers").joinpath("lease.lua").read_text()
+_SCRIPT = resources.files("jobtrail").joinpath("lease.lua").read_text()
 
 
 class Lease:

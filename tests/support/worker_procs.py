@@ -9,7 +9,15 @@ import time
 from pathlib import Path
 
 from jobtrail.config import Settings
-from tests.conftest import ROOT, worker_env
+from tests.support.env import ROOT, worker_env
+
+
+async def wait_until_listening(log: Path, timeout: float = 20.0) -> None:
+    """Wait for a worker process to log that it consumes the queue."""
+    deadline = time.monotonic() + timeout
+    while not (log.exists() and b"Listening started" in log.read_bytes()):
+        assert time.monotonic() < deadline, f"worker never listened; log: {log.read_text(errors='replace')}"
+        await asyncio.sleep(0.05)
 
 
 class Worker:

@@ -13,16 +13,15 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
 from jobtrail.errors import InvalidParams, UnknownKind
 
-if TYPE_CHECKING:
-    from jobtrail.workers.context import JobContext
-
-Handler = Callable[[Any, "JobContext"], Awaitable[Any]]
+# `async def handler(params, ctx)`. The context is the worker's JobContext
+# (jobtrail.workers.context): the core does not import the layer above it, not even for a type.
+Handler = Callable[[Any, Any], Awaitable[Any]]
 
 # What SubmitRequest accepts (1..100 characters), without spaces or control characters:
 # a kind nobody can submit, or one a typo made, is refused where it is declared.

@@ -1,0 +1,65 @@
+"""The queue as taskiq-redis lays it out (workers/queue.py), read on messages its own broker wrote."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobtrail.keys import Keys
+from jobtrail.workers.broker import JobBroker, build_broker, enqueue
+from jobtrail.workers.queue import JobQueue, group_name, job_of
+
+
+@pytest.fixture
+async def broker(settings, keys):
+    made = build_broker(settings, keys)
+    assert isinstance(made, JobBroker)
+    await made.startup()  # declares the workers' group on the queue
+    yield made
+    await made.shutdown()
+
+
+async def test_a_message_the_broker_enqueued_names_its_job(broker, redis_client, keys):
+    await enqueue(broker, "job-1")
+    await redis_client.xadd(keys.queue(), {"data": "not taskiq's"})
+
+    assert [job_of(fields) for _, fields in await redis_client.xrange(keys.queue())] == ["job-1", None]
+
+
+def test_the_broker_reads_the_queue_and_group_this_module_names(settings, keys):
+    broker = build_broker(settings, keys)
+    assert (broker.queue_name, broker.consumer_group_name) == (keys.queue(), group_name(keys))
+    assert group_name(keys) != group_name(Keys(f"{keys.prefix}-other")), "one group per prefix"
+
+
+async def test_messages_handed_back_are_queued_again_for_any_worker_and_acknowledged(broker, redis_client, keys):
+    for job_id in ("a", "b"):
+        await enqueue(broker, job_id)
+    group = group_name(keys)
+    await redis_client.xreadgroup(group, "stopping", {keys.queue(): ">"}, count=1)  # read "a", never ran it
+    queue = JobQueue.of(redis_client, keys)
+
+    assert await queue.hand_back("stopping", 100) == 1
+    assert await queue.hand_back("stopping", 100) == 0, "nothing is left pending for it"
+
+    assert await redis_client.xpending(keys.queue(), group) == {"pending": 0, "min": None, "max": None,
+                                                                  "consumers": []}
+    unread = await redis_client.xreadgroup(group, "another", {keys.queue(): ">"})
+    assert [job_of(fields) for _, fields in unread[0][1]] == ["b", "a"]
+
+
+async def test_unread_messages_are_seen_until_the_group_reads_them_and_trimmed_once_acknowledged(
+    broker, redis_client, keys
+):
+    queue = JobQueue.of(redis_client, keys)
+    assert not await queue.has_unread()
+    for job_id in ("a", "b"):
+        await enqueue(broker, job_id)
+    assert await queue.has_unread()
+
+    [(_, read)] = await redis_client.xreadgroup(group_name(keys), "w", {keys.queue(): ">"})
+    assert not await queue.has_unread()
+    assert await queue.trim() == 0, "read but not acknowledged: kept"
+
+    await redis_client.xack(keys.queue(), group_name(keys), *(message_id for message_id, _ in read))
+    assert await queue.trim() == 1, "the last one read stays: XTRIM MINID keeps the id it is given"
+    assert [job_of(fields) for _, fields in await redis_client.xrange(keys.queue())] == ["b"]
