@@ -6,8 +6,8 @@ from jobtrail.config import Settings
 from jobtrail.eventlog import EventLog
 from jobtrail.index import JobIndex
 from jobtrail.keys import Keys, LegacyKeys
-from jobtrail.store import Store
 from jobtrail.migrations import Context, Migration, MigrationFailed, Report, applied, discover, migrate
+from jobtrail.store import Store
 
 
 async def main(settings: Settings, *, status: bool = False, dry_run: bool = False) -> int:

@@ -25,8 +25,8 @@ from jobtrail.api.app import create_app
 from jobtrail.config import Settings
 from jobtrail.eventlog import EventLog
 from jobtrail.keys import Keys
-from tests.redis_server import RedisServer
 from jobtrail.workers.kinds_loader import load_kinds
+from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -195,7 +195,7 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], su
     processes: list[subprocess.Popen[bytes]] = []
 
     def start() -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"worker-{len(processes)}.log", "wb")
+        log = open(tmp_path / f"worker-{len(processes)}.log", "wb")  # noqa: SIM115 - the process's, for its life
         process = subprocess.Popen(
             [sys.executable, "-m", "jobtrail.cli", "worker"], cwd=ROOT, env=worker_env(settings), stdout=log, stderr=log
         )

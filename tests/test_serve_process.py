@@ -28,7 +28,7 @@ def free_port() -> int:
 
 def serve(settings, tmp_path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    log = open(tmp_path / f"serve-{port}.log", "wb")
+    log = open(tmp_path / f"serve-{port}.log", "wb")  # noqa: SIM115 - the process's, for its life
     process = subprocess.Popen(
         [sys.executable, "-m", "jobtrail.cli", "serve", "--port", str(port)],
         cwd=ROOT, env={**worker_env(settings), **env}, stdout=log, stderr=subprocess.STDOUT,
@@ -58,7 +58,8 @@ def test_serve_with_redis_and_no_keys_refuses_to_start(settings, tmp_path):
 
 def test_keys_new_prints_a_key_and_an_entry_that_accepts_it():
     done = subprocess.run(
-        [sys.executable, "-m", "jobtrail.cli", "keys", "new", "acme"], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "jobtrail.cli", "keys", "new", "acme"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
     )
     lines = [line.strip() for line in done.stdout.splitlines()]
     key, entry = lines[1], lines[3]

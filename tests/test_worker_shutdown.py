@@ -11,10 +11,10 @@ import msgspec
 import pytest
 
 from jobtrail.events import EventType, SubmittedData
-from tests.test_e2e_worker import history, status, submit, wait_for_state
-from tests.worker_procs import Workers
 from jobtrail.workers.registry import validate_params
 from jobtrail.workers.runner import Runner
+from tests.test_e2e_worker import history, status, submit, wait_for_state
+from tests.worker_procs import Workers
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 

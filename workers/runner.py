@@ -34,7 +34,15 @@ from jobtrail.config import Settings
 from jobtrail.errors import JobNotFound, JobReplaced, TransitionRefused, UnknownKind
 from jobtrail.eventlog import EventLog
 from jobtrail.events import (
-    TERMINAL_STATES, EventType, ErrorInfo, FailedData, ReasonData, RetryingData, StartedData, State, SucceededData,
+    TERMINAL_STATES,
+    ErrorInfo,
+    EventType,
+    FailedData,
+    ReasonData,
+    RetryingData,
+    StartedData,
+    State,
+    SucceededData,
 )
 from jobtrail.jobstate import JobState
 from jobtrail.livejobs import LiveJobs, now_ms
@@ -58,7 +66,7 @@ def error_info(exc: BaseException) -> ErrorInfo:
 class Delivery:
     """One delivery of a job: its lease, and the incarnation it runs (fixed by its first load)."""
 
-    __slots__ = ("job_id", "lease", "incarnation", "loaded")
+    __slots__ = ("incarnation", "job_id", "lease", "loaded")
 
     def __init__(self, job_id: str, lease: Lease) -> None:
         self.job_id = job_id
