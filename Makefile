@@ -10,11 +10,12 @@ PYTEST_ARGS ?=
 SERVE_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test worker clean
+.PHONY: help run test lint worker clean
 
 help:
 	@echo "make run     install, then serve on http://127.0.0.1:8000 (embedded without REDIS_URL)"
 	@echo "make test    install with test extras, then run pytest (PYTEST_ARGS='...' passes through)"
+	@echo "make lint    install with test extras, then run ruff and mypy (configured in pyproject.toml)"
 	@echo "make worker  install, then run a worker (needs REDIS_URL)"
 	@echo "make clean   remove .venv and build leftovers"
 
@@ -47,5 +48,11 @@ test: $(VENV)/.installed-test
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$status
 
+# ruff over the whole tree; mypy over the package as it installs (.ci/typecheck_tree.py says why).
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/python .ci/typecheck_tree.py
+	$(BIN)/mypy
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache

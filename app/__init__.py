@@ -32,8 +32,11 @@ if TYPE_CHECKING:
     from jobtrail.registry import kind
     from jobtrail.workers.context import JobCancelled, JobContext, PermanentFailure
 
-_HANDLER_API = ["JobCancelled", "JobContext", "PermanentFailure", "kind"]
-_CLIENT_API = [
+# Literal lists, not unpacked from others, so that linters and type checkers can read
+# `__all__`: first what a handler author imports, then what a client does.
+__all__ = ["JobCancelled", "JobContext", "PermanentFailure", "kind"]
+_HANDLER_API = frozenset(__all__)
+__all__ += [
     "ArtifactNotFound",
     "AsyncClient",
     "ChecksumMismatch",
@@ -49,7 +52,6 @@ _CLIENT_API = [
     "Unavailable",
     "WaitTimeout",
 ]
-__all__ = [*_HANDLER_API, *_CLIENT_API]
 
 
 def __getattr__(name: str) -> Any:
@@ -59,7 +61,7 @@ def __getattr__(name: str) -> Any:
         from jobtrail.workers import context
 
         value = registry.kind if name == "kind" else getattr(context, name)
-    elif name in _CLIENT_API:
+    elif name in __all__:
         from jobtrail import client
 
         value = getattr(client, name)

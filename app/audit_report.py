@@ -28,7 +28,7 @@ _BODY = _STYLES["BodyText"]
 _CELL = ParagraphStyle("cell", parent=_BODY, fontSize=7.5, leading=9)
 _MONO = ParagraphStyle("mono", parent=_CELL, fontName=fonts.MONO)
 _NOTE = ParagraphStyle("note", parent=_CELL, textColor=colors.HexColor("#555555"), fontName=fonts.SANS_OBLIQUE)
-_GRID = [
+_GRID: list[tuple[Any, ...]] = [  # TableStyle commands: (name, start cell, end cell, *values)
     ("FONT", (0, 0), (-1, -1), fonts.SANS, 7.5),
     ("FONT", (0, 0), (-1, 0), fonts.SANS_BOLD, 7.5),
     ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e8e8e8")),

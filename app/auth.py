@@ -100,7 +100,9 @@ class ApiKeys:
             try:
                 text = Path(settings.api_keys_file).read_text()
             except OSError as exc:
-                raise ConfigError(f"JOBTRAIL_API_KEYS_FILE: cannot read {settings.api_keys_file} ({exc.strerror})") from None
+                raise ConfigError(
+                    f"JOBTRAIL_API_KEYS_FILE: cannot read {settings.api_keys_file} ({exc.strerror})"
+                ) from None
             entries += cls.parse(text, settings.api_keys_file)
         return cls(entries)
 

@@ -14,8 +14,6 @@ from collections.abc import Iterator
 
 import msgspec
 
-import msgspec
-
 from jobtrail.client.cli import add_commands as add_client_commands
 from jobtrail.config import Settings
 from jobtrail.workers.kinds_loader import KindsLoadError

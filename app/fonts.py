@@ -110,8 +110,8 @@ def runs(text: str, font: str) -> list[tuple[str, str]]:
 def markup(text: str, font: str = SANS) -> str:
     """`text` escaped for a Paragraph whose style's font is `font`, with `<font>` tags for fallback runs."""
     parts = []
-    for run_font, piece in runs(text, font):
-        piece = escape(piece)
+    for run_font, raw in runs(text, font):
+        piece = escape(raw)
         parts.append(piece if run_font == font else f'<font face="{run_font}">{piece}</font>')
     return "".join(parts)
 

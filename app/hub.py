@@ -12,6 +12,7 @@ a new stream is read at once and no event can slip between "subscribed" and "rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections import defaultdict
@@ -21,7 +22,6 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from jobtrail.events import Event
 from jobtrail.eventlog import decode_events
 from jobtrail.keys import Keys
 from jobtrail.offsets import is_after
@@ -41,14 +41,18 @@ class SubscriptionClosed(Exception):
 
 
 class Subscription:
-    """A bounded queue of one stream's new entries, filled by the hub."""
+    """A bounded queue of one stream's new entries, filled by the hub.
+
+    Its items are what the stream's decoder makes: job events by default, the activity
+    feed's transitions for the feed; so they are typed as the decoder's, `Any`.
+    """
 
     def __init__(self, stream: str, maxsize: int) -> None:
         self.stream = stream
-        self._queue: asyncio.Queue[Event | SubscriptionClosed] = asyncio.Queue(maxsize)
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
         self.closed: SubscriptionClosed | None = None
 
-    def offer(self, event: Event) -> bool:
+    def offer(self, event: Any) -> bool:
         """Queue an event; False (and the subscription closed) when the queue is full."""
         try:
             self._queue.put_nowait(event)
@@ -67,7 +71,7 @@ class Subscription:
                 self._queue.get_nowait()
             self._queue.put_nowait(self.closed)
 
-    async def get(self, timeout: float) -> Event | None:
+    async def get(self, timeout: float) -> Any:
         """The next entry, None after `timeout` seconds idle; SubscriptionClosed when closed."""
         try:
             item = await asyncio.wait_for(self._queue.get(), timeout)
@@ -119,10 +123,8 @@ class Hub:
         self._subscribers.clear()
         self._cursors.clear()
         self._decoders.clear()
-        try:
+        with contextlib.suppress(RedisError):
             await self.writer.delete(self.wake_key)
-        except RedisError:
-            pass
         await self.reader.aclose()
 
     def drain(self, reason: str = "server is shutting down") -> None:

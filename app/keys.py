@@ -106,7 +106,10 @@ class Keys:
         return f"{self.prefix}:tenant:{{{tenant}}}:submits:{window}"
 
     def server_secret(self) -> str:
-        """String: the server secret (app/secret.py), when JOBTRAIL_TOKEN_SECRET is not set. Made once, never derived."""
+        """String: the server secret (app/secret.py), when JOBTRAIL_TOKEN_SECRET is not set.
+
+        Made once, never derived.
+        """
         return f"{self.prefix}:auth:secret"
 
     def hub_wake(self, hub_id: str) -> str:

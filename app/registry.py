@@ -74,7 +74,9 @@ def kind(
     declared = _phases(name, phases)
 
     def register(handler: Handler) -> Handler:
-        call = getattr(handler, "__call__", None)  # an object with an async __call__ will do
+        # An object with an async __call__ will do: whether that method is a coroutine
+        # function is the question, which callable() cannot answer.
+        call = getattr(handler, "__call__", None)  # noqa: B004
         if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)):
             raise TypeError(f"job kind {name!r}: the handler {_where(handler)} must be an `async def`")
         new = Kind(name, params, handler, declared)

@@ -18,12 +18,12 @@ from jobtrail.errors import IdempotencyConflict, InvalidParams, JobExists, Trans
 from jobtrail.eventlog import EventLog
 from jobtrail.events import EventType, ReasonData, State, SubmittedData
 from jobtrail.index import JobIndex
-from jobtrail.livejobs import LiveJobs
 from jobtrail.jobstate import JobState
 from jobtrail.jsondepth import MAX_JSON_DEPTH, json_depth
+from jobtrail.livejobs import LiveJobs
+from jobtrail.registry import validate_params
 from jobtrail.secret import ServerSecret
 from jobtrail.submission import index_job, record_submitted
-from jobtrail.registry import validate_params
 
 log = logging.getLogger(__name__)
 

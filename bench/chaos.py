@@ -212,7 +212,8 @@ class Processes:
     def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         with open(self.log_path(name), "wb") as out:
             return subprocess.Popen(
-                [sys.executable, "-m", "jobtrail.cli", *args], cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "jobtrail.cli", *args],
+                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
             )
 
     async def start_api(self) -> str:
@@ -243,7 +244,7 @@ class Processes:
         """Start workers and wait until each consumes the queue (taskiq logs "Listening started")."""
         names = [self.start_worker() for _ in range(count)]
         deadline = time.monotonic() + timeout
-        for name, process in zip(names, self.workers):
+        for name, process in zip(names, self.workers, strict=False):
             while b"Listening started" not in self.log_path(name).read_bytes():
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{name} never listened:\n{tail(self.log_path(name))}")
@@ -481,14 +482,14 @@ class Chaos:
             for job_id in self.job_ids:
                 pipe.hget(self.keys.job(job_id), "state")
             states = await pipe.execute()
-        return [job_id for job_id, state in zip(self.job_ids, states) if state not in TERMINAL]
+        return [job_id for job_id, state in zip(self.job_ids, states, strict=True) if state not in TERMINAL]
 
     async def _lease_holders(self, job_ids: list[str]) -> dict[str, str]:
         """Job id -> name of the worker holding its lease (the token is `<name>:<random>`)."""
         if not job_ids:
             return {}
         tokens = await self.redis.mget([self.keys.lease(job_id) for job_id in job_ids])
-        return {job_id: token.rpartition(":")[0] for job_id, token in zip(job_ids, tokens) if token}
+        return {job_id: token.rpartition(":")[0] for job_id, token in zip(job_ids, tokens, strict=True) if token}
 
     async def _signal_workers(self) -> None:
         """SIGKILL, SIGTERM or pause a busy worker at random moments; replace each one killed or stopped."""
@@ -603,13 +604,13 @@ def check_client(client: ClientLog, stream: list[Event]) -> ClientCheck:
     check.lost = len(set(want) - set(got))
     check.duplicates = len(got) - len(set(got))
     if got != want:
-        first = next((n for n, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        first = next((n for n, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want)))
         check.problems.append(
             f"job {client.job_id}: SSE client got {len(got)} events over {client.connections} connections, "
             f"the stream holds {len(want)}; first difference at #{first}: got {got[first:first + 2]}, "
             f"want {want[first:first + 2]}"
         )
-    for r, event in zip(client.received, stream):
+    for r, event in zip(client.received, stream, strict=False):
         if r.body != event.out() or r.id != event.id or r.event != event.type:
             check.problems.append(f"job {client.job_id}: SSE message {r.id} differs from stream entry {event.id}")
             break
@@ -734,7 +735,8 @@ def render(report: ChaosReport) -> str:
     outcomes = ", ".join(f"{n} {name}" for name, n in report.outcomes.items())
     lines = [
         f"jobs              {report.jobs} ({outcomes})",
-        f"workers           {report.workers} alive at a time, {report.workers_started} started in all (seed {report.seed})",
+        f"workers           {report.workers} alive at a time, {report.workers_started} started in all "
+        f"(seed {report.seed})",
         f"kills             {report.kills} SIGKILL ({report.interrupted} jobs held by the killed workers), "
         f"{report.terms} SIGTERM, {report.pauses} SIGSTOP",
         f"SSE clients       {report.sse_clients} ({report.reconnected} reconnected), {report.reconnects} reconnects",

@@ -101,7 +101,7 @@ def discover() -> list[Migration]:
         if not match:
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
-        if module.VERSION != match[1]:
+        if match[1] != module.VERSION:
             raise RuntimeError(f"migrations/{info.name}.py declares VERSION {module.VERSION!r}")
         if module.VERSION in found:
             raise RuntimeError(f"two migrations have version {module.VERSION}")

@@ -39,6 +39,7 @@ from jobtrail.migrations import Context, MigrationFailed, Report, Skipped
 
 # What legacy systems wrote as a timestamp: ISO 8601 (naive means UTC), or epoch s or ms.
 Stamp = str | int | float
+LegacyStatus = Literal["queued", "running", "succeeded", "failed"]
 
 ERROR_TYPE = "LegacyError"
 INTERRUPTED_TYPE = "LegacyInterrupted"
@@ -57,7 +58,7 @@ class LegacyJob(NamedTuple):
     key: str
     id: str
     kind: str
-    status: Literal["queued", "running", "succeeded", "failed"]
+    status: LegacyStatus
     created_ms: int
     finished_ms: int | None = None
     result: Any = None
@@ -89,9 +90,10 @@ def to_ms(value: Stamp, field: str) -> int:
     """Epoch ms of a legacy timestamp: ISO 8601 (naive = UTC), or epoch seconds or ms."""
     if isinstance(value, str):
         try:
-            value = float(value)
+            number = float(value)
         except ValueError:
             return _iso_to_ms(value, field)
+        value = number
     if isinstance(value, bool) or not math.isfinite(value) or value < 0:
         raise Malformed(f"{field} {value!r} is not a timestamp")
     # Epoch seconds stay below 1e11 until the year 5138; epoch ms passed it in 1973.

@@ -12,13 +12,13 @@ from typing import Literal
 import msgspec
 
 from jobtrail.migrations import Context, Report
-from jobtrail.migrations.legacy import LegacyJob, Malformed, Stamp, decode, import_jobs, to_ms
+from jobtrail.migrations.legacy import LegacyJob, LegacyStatus, Malformed, Stamp, decode, import_jobs, to_ms
 
 VERSION = "0001"
 NAME = "legacy_export_jobs"
 KIND = "legacy.export"
 
-STATUSES = {"processing": "running", "completed": "succeeded", "failed": "failed"}
+STATUSES: dict[str, LegacyStatus] = {"processing": "running", "completed": "succeeded", "failed": "failed"}
 
 
 class ExportJob(msgspec.Struct):

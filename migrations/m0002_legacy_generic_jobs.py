@@ -12,13 +12,13 @@ from typing import Any, Literal
 import msgspec
 
 from jobtrail.migrations import Context, Report
-from jobtrail.migrations.legacy import LegacyJob, Malformed, Stamp, decode, import_jobs, to_ms
+from jobtrail.migrations.legacy import LegacyJob, LegacyStatus, Malformed, Stamp, decode, import_jobs, to_ms
 
 VERSION = "0002"
 NAME = "legacy_generic_jobs"
 KIND = "legacy.job"
 
-STATUSES = {"queued": "queued", "running": "running", "done": "succeeded", "error": "failed"}
+STATUSES: dict[str, LegacyStatus] = {"queued": "queued", "running": "running", "done": "succeeded", "error": "failed"}
 
 
 class GenericJob(msgspec.Struct):

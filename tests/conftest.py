@@ -31,7 +31,6 @@ from tests.support.env import ROOT, worker_env
 from tests.support.redis_server import RedisServer
 
 
-
 @pytest.fixture(scope="session", autouse=True)
 def builtin_kinds() -> None:
     """The built-in kinds, loaded as `jobtrail serve` and `jobtrail worker` load them at start.
@@ -188,7 +187,7 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], su
     processes: list[subprocess.Popen[bytes]] = []
 
     def start() -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"worker-{len(processes)}.log", "wb")
+        log = open(tmp_path / f"worker-{len(processes)}.log", "wb")  # noqa: SIM115 - the process's, for its life
         process = subprocess.Popen(
             [sys.executable, "-m", "jobtrail.cli", "worker"], cwd=ROOT, env=worker_env(settings), stdout=log, stderr=log
         )

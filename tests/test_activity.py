@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 from jobtrail.auth import hash_key, new_key
 from jobtrail.eventlog import EventLog
 from jobtrail.events import (
-    EventType,
     ErrorInfo,
+    EventType,
     LogData,
     ProgressData,
     ReasonData,
@@ -202,7 +202,9 @@ async def test_reconnecting_with_the_last_seen_id_yields_every_transition_exactl
 
 
 @pytest.mark.parametrize("parameter", ["after", "last_event_id"])
-async def test_resume_from_query_parameter_replays_only_later_transitions(client, events, redis_client, keys, parameter):
+async def test_resume_from_query_parameter_replays_only_later_transitions(
+    client, events, redis_client, keys, parameter
+):
     for n in range(3):
         await short_job(events, f"j{n}")
     all_ids = [entry_id for entry_id, _ in await feed(redis_client, keys)]

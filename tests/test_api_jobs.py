@@ -95,7 +95,9 @@ async def test_status_has_every_documented_field(client):
     assert datetime.fromisoformat(body["created_at"]).utcoffset().total_seconds() == 0
 
 
-@pytest.mark.parametrize("path", ["/jobs/unknown", "/jobs/bad%7Bid%7D", "/jobs/unknown/history", "/jobs/unknown/events"])
+@pytest.mark.parametrize(
+    "path", ["/jobs/unknown", "/jobs/bad%7Bid%7D", "/jobs/unknown/history", "/jobs/unknown/events"]
+)
 async def test_unknown_job_is_404_with_a_json_error(client, path):
     response = await client.get(path)
     assert response.status_code == 404

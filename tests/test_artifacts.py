@@ -12,8 +12,8 @@ import pytest
 
 from jobtrail.artifacts import ArtifactStore
 from jobtrail.events import EventType, StartedData, SubmittedData
-from jobtrail.sweeper import sweep_once
 from jobtrail.registry import _KINDS, Kind
+from jobtrail.sweeper import sweep_once
 from jobtrail.workers.runner import Runner
 
 

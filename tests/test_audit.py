@@ -187,7 +187,8 @@ async def test_audit_pdf_shows_identity_attempts_phase_durations_timeline_and_ou
     pages, raw = pdf_text(response.content)
     text = flat(raw)
     assert pages >= 1
-    for fragment in ("Audit report: job audited", "report", "eu-west", "Outcome", "succeeded at 2023-11-14 22:14:30.600",
+    for fragment in ("Audit report: job audited", "report", "eu-west", "Outcome",
+                     "succeeded at 2023-11-14 22:14:30.600",
                      '"rows": 1197', "Attempts", "w1", "w2", "TimeoutError: upstream took too long",
                      "skipped 3 malformed rows", "40% · 4/10 · phase download"):
         assert fragment in text, fragment

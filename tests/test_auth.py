@@ -162,7 +162,9 @@ async def test_an_admin_reaches_every_tenants_job(http):
 async def test_one_idempotency_key_used_by_two_tenants_makes_two_jobs(http):
     headers = {"Idempotency-Key": "report-2026-11"}
     first = await http.post("/jobs", json={"kind": "demo"}, headers={**bearer(ACME), **headers})
-    second = await http.post("/jobs", json={"kind": "demo", "params": {"steps": 2}}, headers={**bearer(GLOBEX), **headers})
+    second = await http.post(
+        "/jobs", json={"kind": "demo", "params": {"steps": 2}}, headers={**bearer(GLOBEX), **headers}
+    )
     assert first.status_code == second.status_code == 202  # no 409: globex cannot see acme's key
     assert first.json()["id"] != second.json()["id"]
 
@@ -314,7 +316,8 @@ async def open_and_never_read(url: str, path: str, key: str) -> tuple[socket.soc
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
     await loop.sock_connect(sock, (host, port))
-    await loop.sock_sendall(sock, f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n\r\n".encode())
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n\r\n"
+    await loop.sock_sendall(sock, request.encode())
     status = b""
     while not status.endswith(b"\r\n"):
         status += await asyncio.wait_for(loop.sock_recv(sock, 1), 10)

@@ -14,7 +14,8 @@ from tests.support.env import ROOT, worker_env
 
 def jobtrail(settings, *args):
     return subprocess.run(
-        [sys.executable, "-m", "jobtrail.cli", *args], cwd=ROOT, env=worker_env(settings), capture_output=True, text=True,
+        [sys.executable, "-m", "jobtrail.cli", *args],
+        cwd=ROOT, env=worker_env(settings), capture_output=True, text=True,
         timeout=60,
     )
 
@@ -22,7 +23,8 @@ def jobtrail(settings, *args):
 def test_settings_come_from_the_environment():
     settings = Settings.from_env({"REDIS_URL": "redis://h:1/2", "JOBTRAIL_PREFIX": "x", "JOBTRAIL_PORT": "9000",
                                   "JOBTRAIL_SSE_PING_S": "2.5"})
-    assert (settings.redis_url, settings.prefix, settings.port, settings.sse_ping_s) == ("redis://h:1/2", "x", 9000, 2.5)
+    read = (settings.redis_url, settings.prefix, settings.port, settings.sse_ping_s)
+    assert read == ("redis://h:1/2", "x", 9000, 2.5)
     assert not settings.embedded and Settings.from_env({}).embedded
 
 

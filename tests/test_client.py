@@ -30,9 +30,9 @@ from jobtrail.client import (
     WaitTimeout,
 )
 from jobtrail.events import EventType, ProgressData, SucceededData
-from tests.support.tcp_proxy import TcpProxy
-from tests.support.jobs import eventually, finished_job, progress, running_job, stream_ids
 from tests.support.flavors import Flavor
+from tests.support.jobs import eventually, finished_job, progress, running_job, stream_ids
+from tests.support.tcp_proxy import TcpProxy
 
 
 @pytest.fixture(params=["sync", "async"])

@@ -17,9 +17,9 @@ from jobtrail.config import Settings
 from jobtrail.eventlog import EventLog
 from jobtrail.events import EventType, SucceededData
 from jobtrail.keys import Keys
-from tests.support.redis_server import RedisServer
 from tests.support.flavors import Flavor
 from tests.support.jobs import progress, running_job, stream_ids
+from tests.support.redis_server import RedisServer
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ def successor(ms: int, seq: int) -> tuple[int, int]:
 near_miss_pieces = st.one_of(
     st.integers(-(2**70), 2**70).map(str),
     st.integers(U64 - 2, U64 + 2).map(str),
-    st.sampled_from(["-", "-", "+", " ", "\t", "\n", "0", "00", "_", ".", "e", "x", "١٢٣", "１", "²"]),
+    st.sampled_from(["-", "-", "+", " ", "\t", "\n", "0", "00", "_", ".", "e", "x", "١٢٣", "１", "²"]),  # noqa: RUF001 - non-ASCII digits on purpose
     st.text(st.characters(categories=["Nd"]), min_size=1, max_size=3),
 )
 near_miss_ids = st.lists(near_miss_pieces, max_size=5).map("".join)
@@ -62,7 +62,7 @@ offsets = st.text() | near_miss_ids | ids.map("{0[0]}-{0[1]}".format)
 
 NEAR_MISSES = [
     "", " ", "-", "1-", "-1", "+1", "1-+2", "1-2-3", "1--2", "1 -2", "1.5", "0x10", "1e3", "1_000",
-    "١٢٣", "１２３-４", "1-٢",  # Unicode digits: Redis reads only ASCII ones
+    "١٢٣", "１２３-４", "1-٢",  # noqa: RUF001 - Unicode digits: Redis reads only ASCII ones
     f"{U64 + 1}", f"{U64 + 1}-0", f"0-{U64 + 1}", f"{10**30}-0", "1" * 21,
     MAX_ID,  # a valid id, but XRANGE refuses "(" + it: nothing can come after it
 ]

@@ -14,10 +14,10 @@ import msgspec
 import pytest
 
 from jobtrail.events import State
-from tests.support.sse import open_stream
-from jobtrail.workers.context import JobContext
 from jobtrail.registry import _KINDS, Kind
+from jobtrail.workers.context import JobContext
 from jobtrail.workers.runner import Runner
+from tests.support.sse import open_stream
 
 KIND = "test.gated"
 KEY = {"Idempotency-Key": "replayed-order-42"}

@@ -93,7 +93,8 @@ async def test_an_error_type_that_declares_no_answer_is_a_logged_500_without_its
 
 
 def test_the_status_and_code_are_on_the_class_and_inherited():
-    assert (InvalidParams.status, InvalidParams.code) == (UnknownKind.status, UnknownKind.code) == (422, "invalid_params")
+    expected = (422, "invalid_params")
+    assert (InvalidParams.status, InvalidParams.code) == (UnknownKind.status, UnknownKind.code) == expected
     assert NotAuthenticated("no").headers() == {"WWW-Authenticate": "Bearer"}
 
 
@@ -114,5 +115,5 @@ def test_error_codes_walks_the_class_hierarchy():
 
 def test_declaring_a_status_without_a_code_is_refused_at_once():
     with pytest.raises(TypeError, match="both status and code"):
-        class Half(JobtrailError, status=400):  # noqa: F841
+        class Half(JobtrailError, status=400):
             pass

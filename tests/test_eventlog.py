@@ -57,7 +57,8 @@ async def test_every_transition_is_allowed_or_refused_as_the_table_says(events, 
         assert await redis_client.xlen(keys.events("job")) == before[1] + 1
         return
 
-    expected_error = {ABSENT: JobNotFound}.get(state, JobExists if event_type is EventType.SUBMITTED else TransitionRefused)
+    refused = JobExists if event_type is EventType.SUBMITTED else TransitionRefused
+    expected_error = {ABSENT: JobNotFound}.get(state, refused)
     with pytest.raises(expected_error):
         await events.append("job", event_type, SAMPLE_DATA[event_type])
     after = (await redis_client.hgetall(keys.job("job")), await redis_client.xlen(keys.events("job")))
@@ -147,7 +148,8 @@ async def test_an_event_for_a_deleted_incarnation_of_the_job_is_refused_and_writ
     # The old worker goes on: same attempt number, same idempotency keys, another job.
     for event_type, data, key in [
         (EventType.PROGRESS, {"progress": 0.5}, None), (EventType.LOG, SAMPLE_DATA[EventType.LOG], None),
-        (EventType.STARTED, {"worker": "old", "attempt": 1}, "started:1"), (EventType.SUCCEEDED, {"result": "old"}, "succeeded"),
+        (EventType.STARTED, {"worker": "old", "attempt": 1}, "started:1"),
+        (EventType.SUCCEEDED, {"result": "old"}, "succeeded"),
     ]:
         with pytest.raises(JobReplaced):
             await events.append("job", event_type, data, attempt=1, key=key, incarnation=first.id)

@@ -16,11 +16,12 @@ from pypdf.generic import ContentStream
 
 from jobtrail.artifacts import ArtifactStore
 from jobtrail.events import EventType, State
+from jobtrail.registry import parse_params
 from jobtrail.workers.context import JobContext
 from jobtrail.workers.kinds.export_pdf import run_export_pdf
-from jobtrail.registry import parse_params
 from jobtrail.workers.runner import Runner
 from tests.support.export_pdf import QUARTER, artifact_bytes, run, submit
+
 
 def rectangles(pdf: bytes) -> int:
     """How many rectangles (`re`: table backgrounds, chart bars) the pages draw."""
@@ -173,7 +174,9 @@ async def test_a_worker_dying_while_writing_leaves_no_file_and_no_temporary(even
 
     await submit(events, "j", QUARTER)
     await events.append("j", EventType.STARTED, {"worker": "w", "attempt": 1}, attempt=1)
-    ctx = DiesWhileWriting(events, "j", 1, min_interval_s=settings.progress_interval_s, artifacts=ArtifactStore(settings.artifact_dir))
+    ctx = DiesWhileWriting(
+        events, "j", 1, min_interval_s=settings.progress_interval_s, artifacts=ArtifactStore(settings.artifact_dir)
+    )
     with pytest.raises(Killed):
         await run_export_pdf(parse_params("export.pdf", (await events.state("j")).params), ctx)
     assert len(seen_parts) == 1 and seen_parts[0].endswith(".part"), "the PDF was being written under a temp name"

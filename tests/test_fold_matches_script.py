@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import redis.asyncio as aioredis
@@ -76,10 +77,8 @@ async def scenario(redis_url: str, sequence) -> None:
         own = (await events.append("job", EventType.SUBMITTED, DATA_EXAMPLE)).id
         for (event_type, data), attempt, key, incarnation in sequence:
             named = {"own": own, "other": "1-1"}.get(incarnation or "")
-            try:
+            with contextlib.suppress(TransitionRefused, JobExists, JobNotFound):
                 await events.append("job", event_type, data, attempt=attempt, key=key, incarnation=named)
-            except (TransitionRefused, JobExists, JobNotFound):
-                pass
         stored = await client.hgetall(keys.job("job"))
         assert stored["incarnation"] == own
         folded = fold([event async for event in events.events("job")])

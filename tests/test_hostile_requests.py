@@ -107,7 +107,9 @@ async def test_json_routes_take_application_json_only(client, redis_client, keys
     created = await submit_raw(client, body, {"content-type": "application/json; charset=utf-8"})
     assert created.status_code == 202
     job_id = created.json()["id"]
-    refused = await client.post(f"/jobs/{job_id}/cancel", content=b'{"reason":"x"}', headers={"content-type": "text/plain"})
+    refused = await client.post(
+        f"/jobs/{job_id}/cancel", content=b'{"reason":"x"}', headers={"content-type": "text/plain"}
+    )
     assert_error(refused, 415, "unsupported_media_type")
     assert (await client.post(f"/jobs/{job_id}/cancel")).status_code == 202, "no body needs no content type"
 

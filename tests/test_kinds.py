@@ -19,9 +19,9 @@ import pytest
 
 from jobtrail.auth import hash_key, new_key
 from jobtrail.events import EventType, SubmittedData
+from jobtrail.registry import _KINDS, DuplicateKind, Kind, kind
 from jobtrail.workers.context import JobContext, PermanentFailure, UnknownPhase
 from jobtrail.workers.kinds.demo import DemoParams
-from jobtrail.registry import _KINDS, DuplicateKind, Kind, kind
 from tests.support.env import ROOT
 
 FINISH_S = 30.0

@@ -56,10 +56,12 @@ def imported(module: str) -> list[tuple[int, str]]:
                 base = ".".join(["jobtrail", *module.split(".")[1:-node.level], *filter(None, [base])])
             found.append((node.lineno, base))
             found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+        elif (
             # A module named in a string: importlib.import_module(...), resources.files(...).
-            if node.value.startswith("jobtrail") and node.value.replace(".", "").replace("_", "").isalnum():
-                found.append((node.lineno, node.value))
+            isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("jobtrail")
+            and node.value.replace(".", "").replace("_", "").isalnum()
+        ):
+            found.append((node.lineno, node.value))
     return found
 
 

@@ -15,8 +15,8 @@ from jobtrail.auth import hash_key, new_key
 from jobtrail.index import JobIndex
 from jobtrail.keys import LegacyKeys
 from jobtrail.migrations import Context, migrate
-from tests.conftest import delete_matching
 from jobtrail.workers.runner import Runner
+from tests.conftest import delete_matching
 
 ACME, GLOBEX = new_key(), new_key()
 PDF = {"title": "Q1 Sales", "start_date": "2024-01-01", "end_date": "2024-01-20", "group_by": "week"}

@@ -60,7 +60,9 @@ async def export_service_writes(r: aioredis.Redis, legacy: str, job_id: str, ttl
 async def job_system_writes(r: aioredis.Redis, legacy: str, job_id: str, ttl_s: int | None = None, **job):
     """The generic job system: `SET job:{id} <json>`, timestamps from time.time()."""
     now = time.time()
-    value = {"id": job_id, "status": "queued", "result": None, "error": None, "created_at": now, "updated_at": now} | job
+    value = {
+        "id": job_id, "status": "queued", "result": None, "error": None, "created_at": now, "updated_at": now,
+    } | job
     await r.set(f"{legacy}job:{job_id}", json.dumps(value), ex=ttl_s)
 
 
@@ -100,7 +102,7 @@ async def test_a_completed_export_job_keeps_its_result_timestamps_and_ttl(ctx, c
         filename="orders-2024-05.csv", download_url="https://files.example.com/exports/orders-2024-05.csv",
         file_size_bytes=48213, created_at="2024-05-01T12:00:00.250123", completed_at="2024-05-01T12:03:07.5",
     )
-    [(migration, report)] = [r for r in await migrate(ctx, LEGACY) if r[0].version == "0001"]
+    [(_migration, report)] = [r for r in await migrate(ctx, LEGACY) if r[0].version == "0001"]
     assert (report.imported, report.already_imported, report.skipped) == (1, 0, [])
 
     job = (await client.get("/jobs/8f14e45f-ceea-467f-a0e6-5f1c9b2d7a10")).json()
@@ -327,7 +329,8 @@ async def test_a_redis_error_stops_the_run_names_the_key_and_records_nothing(set
 
     result = jobtrail(settings, legacy, "migrate")
     assert result.returncode == 1, result.stdout + result.stderr
-    assert f"migration 0001 legacy_export_jobs failed: importing {legacy}export_job:clash: ResponseError" in result.stdout
+    failed = f"migration 0001 legacy_export_jobs failed: importing {legacy}export_job:clash: ResponseError"
+    assert failed in result.stdout
     assert await redis_client.exists(keys.migrations()) == 0
     assert await redis_client.exists(keys.job("later")) == 0, "the migrations after it did not run"
     status = jobtrail(settings, legacy, "migrate", "--status")
@@ -355,7 +358,10 @@ async def test_cli_dry_run_writes_nothing_then_migrate_reports_and_status_lists(
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.splitlines()
     assert "0001 legacy_export_jobs: imported 1, already imported 0, skipped 0" in lines
-    assert f"  1 still running in the legacy system, imported as failed (LegacyInterrupted): {legacy}export_job:p" in lines
+    interrupted = (
+        f"  1 still running in the legacy system, imported as failed (LegacyInterrupted): {legacy}export_job:p"
+    )
+    assert interrupted in lines
     assert "0002 legacy_generic_jobs: imported 1, already imported 0, skipped 1" in lines
     assert any(line.startswith(f"  skipped {legacy}job:broken: not JSON") for line in lines)
     assert any(line.startswith("  1 still queued in the legacy system, imported as pending") for line in lines)

@@ -28,8 +28,8 @@ def embedded_fonts(pdf: bytes) -> set[str]:
     reader = pypdf.PdfReader(io.BytesIO(pdf))
     names = set()
     for page in reader.pages:
-        for font in page["/Resources"]["/Font"].values():
-            font = font.get_object()
+        for reference in page["/Resources"]["/Font"].values():
+            font = reference.get_object()
             if "/FontDescriptor" in font and "/FontFile2" in font["/FontDescriptor"]:
                 names.add(str(font["/BaseFont"]).split("+")[-1])
     return names

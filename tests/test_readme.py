@@ -67,7 +67,8 @@ def modules() -> set[str]:
             if path.name == "__init__.py" and _only_a_docstring(path):
                 continue
             found.add(str(path.relative_to(ROOT)))
-    for path in [*(ROOT / "tests").glob("*.py"), *(ROOT / "tests" / "support").glob("*.py"), *(ROOT / "bench").glob("*.py")]:
+    folders = (ROOT / "tests", ROOT / "tests" / "support", ROOT / "bench")
+    for path in [path for folder in folders for path in folder.glob("*.py")]:
         if not path.name.startswith("test_") and path.name != "__init__.py":
             found.add(str(path.relative_to(ROOT)))
     return found

@@ -37,7 +37,9 @@ def settings(settings: Settings, server: RedisServer) -> Settings:
 
 
 @pytest.fixture
-async def client(settings: Settings, start_api: Callable[[Settings], Awaitable[Any]]) -> AsyncIterator[httpx.AsyncClient]:
+async def client(
+    settings: Settings, start_api: Callable[[Settings], Awaitable[Any]]
+) -> AsyncIterator[httpx.AsyncClient]:
     api = await start_api(settings)
     async with httpx.AsyncClient(base_url=api.url, timeout=60) as http:
         yield http
@@ -76,7 +78,7 @@ async def test_a_stalled_redis_answers_503_within_the_timeout_and_the_api_recove
     ]
     answers = await asyncio.gather(*(timed(client, method, path, **kw) for method, path, kw in requests))
 
-    for (method, path, _), (response, took) in zip(requests, answers):
+    for (method, path, _), (response, took) in zip(requests, answers, strict=True):
         assert took < TIMEOUT_S + MARGIN_S, f"{method} {path} answered after {took:.1f}s ({response.status_code})"
         assert response.status_code == 503, (method, path, response.text)
         if path == "/readyz":

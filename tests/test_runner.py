@@ -8,8 +8,8 @@ import msgspec
 import pytest
 
 from jobtrail.events import EventType, State, SubmittedData
-from jobtrail.workers.context import JobContext, PermanentFailure
 from jobtrail.registry import _KINDS, Kind, validate_params
+from jobtrail.workers.context import JobContext, PermanentFailure
 from jobtrail.workers.runner import Runner
 
 

@@ -112,7 +112,7 @@ def client(secured: Settings) -> Iterator[ASGIClient]:
     shutdown_lifespans()
 
 
-def aim_at_a_job(case: schemathesis.Case, turn: Iterator[int] = itertools.count()) -> None:
+def aim_at_a_job(case: schemathesis.Case, turn: Iterator[int] = itertools.count()) -> None:  # noqa: B008 - one counter for every call
     """Point a valid job id at the seeded jobs in turn (and every so often at no job, for the 404).
 
     A job's SSE stream gets only finished jobs, whose streams end; DELETE keeps the
@@ -155,7 +155,9 @@ def test_answers_random_input_cannot_reach_are_documented_too(secured: Settings)
     for app_settings, app_cases in cases.items():
         with get_client(create_app(app_settings)) as asgi:
             for case, headers in app_cases:
-                response = case.call_and_validate(session=asgi, base_url=asgi.base_url, headers=headers, checks=CONFORMS)
+                response = case.call_and_validate(
+                    session=asgi, base_url=asgi.base_url, headers=headers, checks=CONFORMS
+                )
                 statuses.append(response.status_code)
         shutdown_lifespans()
     assert statuses == [503, 503, 413, 413, 401, 202, 429]

@@ -4,8 +4,8 @@ processes that agree on it again after Redis lost it."""
 from __future__ import annotations
 
 import asyncio
-import time
 import hashlib
+import time
 
 import msgspec
 import pytest
@@ -25,7 +25,8 @@ def service(events, settings, **changes) -> JobService:
         pass
 
     settings = msgspec.structs.replace(settings, **changes)
-    return JobService(events, JobIndex(events.redis, events.keys), enqueue, settings, ArtifactStore(settings.artifact_dir))
+    index = JobIndex(events.redis, events.keys)
+    return JobService(events, index, enqueue, settings, ArtifactStore(settings.artifact_dir))
 
 
 async def test_an_idempotency_keys_job_id_cannot_be_derived_without_the_server_secret(events, settings, keys):
@@ -52,7 +53,7 @@ async def test_tokens_and_job_ids_use_different_keys_derived_from_one_secret(red
 
 async def test_token_signers_agree_again_without_a_restart_after_redis_lost_the_secret(redis_client, keys):
     old = TokenSigner(redis_client, keys, "")
-    before, _ = await old.issue(Principal(tenant="acme"), "j", 60)
+    await old.issue(Principal(tenant="acme"), "j", 60)  # it has made and holds a secret
     await redis_client.delete(keys.server_secret())  # Redis lost its data
     new = TokenSigner(redis_client, keys, "")  # a process started afterwards makes a new secret
     fresh, _ = await new.issue(Principal(tenant="acme"), "j", 60)

@@ -30,7 +30,8 @@ def test_serve_with_redis_and_no_keys_refuses_to_start(settings, tmp_path):
 
 def test_keys_new_prints_a_key_and_an_entry_that_accepts_it():
     done = subprocess.run(
-        [sys.executable, "-m", "jobtrail.cli", "keys", "new", "acme"], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "jobtrail.cli", "keys", "new", "acme"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
     )
     lines = [line.strip() for line in done.stdout.splitlines()]
     key, entry = lines[1], lines[3]

@@ -1,4 +1,4 @@
-from jobtrail.events import EventType, StartedData, SucceededData, SubmittedData
+from jobtrail.events import EventType, StartedData, SubmittedData, SucceededData
 from tests.support.sse import collect
 
 

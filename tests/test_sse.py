@@ -153,11 +153,13 @@ async def test_first_client_of_a_job_gets_live_events_without_waiting_out_the_hu
     # The hub is parked in a long XREAD over other streams; subscribing must wake it.
     api = await start_api(msgspec.structs.replace(settings, hub_block_ms=20_000))
     await running_job(events, "fresh")
-    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
-        async with open_stream(http, "/jobs/fresh/events") as stream:
-            await stream.events(2)
-            await progress(events, "fresh", 1, 2)
-            live = await stream.events(1, timeout=3)
+    async with (
+        httpx.AsyncClient(base_url=api.url, timeout=30) as http,
+        open_stream(http, "/jobs/fresh/events") as stream,
+    ):
+        await stream.events(2)
+        await progress(events, "fresh", 1, 2)
+        live = await stream.events(1, timeout=3)
     assert live[0].json["data"]["current"] == 1
 
 
@@ -387,10 +389,9 @@ async def api_connections(redis_client: aioredis.Redis) -> int:
 async def test_stopping_the_api_closes_its_redis_connections(start_api, settings, events, redis_client):
     api = await start_api(settings)
     await running_job(events, "j")
-    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
-        async with open_stream(http, "/jobs/j/events") as stream:
-            await stream.events(2)
-            assert await api_connections(redis_client) >= 2, "the hub's and at least one pooled"
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http, open_stream(http, "/jobs/j/events") as stream:
+        await stream.events(2)
+        assert await api_connections(redis_client) >= 2, "the hub's and at least one pooled"
     await api.stop()
     for _ in range(60):
         if (left := await api_connections(redis_client)) == 0:

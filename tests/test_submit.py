@@ -143,7 +143,9 @@ async def within_one_window() -> None:
 async def test_only_jobs_created_count_against_the_submission_limit(start_api, settings):
     await within_one_window()
     acme = new_key()
-    limited = msgspec.structs.replace(settings, auth="auto", api_keys=f"acme:{hash_key(acme)}", submissions_per_minute=3)
+    limited = msgspec.structs.replace(
+        settings, auth="auto", api_keys=f"acme:{hash_key(acme)}", submissions_per_minute=3
+    )
     api = await start_api(limited)
     async with httpx.AsyncClient(base_url=api.url, timeout=30, headers={"Authorization": f"Bearer {acme}"}) as http:
 
@@ -167,7 +169,9 @@ async def test_only_jobs_created_count_against_the_submission_limit(start_api, s
 async def test_parallel_submissions_do_not_slip_past_the_limit_together(start_api, settings):
     await within_one_window()
     acme = new_key()
-    limited = msgspec.structs.replace(settings, auth="auto", api_keys=f"acme:{hash_key(acme)}", submissions_per_minute=5)
+    limited = msgspec.structs.replace(
+        settings, auth="auto", api_keys=f"acme:{hash_key(acme)}", submissions_per_minute=5
+    )
     api = await start_api(limited)
     async with httpx.AsyncClient(base_url=api.url, timeout=30, headers={"Authorization": f"Bearer {acme}"}) as http:
         answers = await asyncio.gather(*(http.post("/jobs", json={"kind": "demo"}) for _ in range(20)))

@@ -15,7 +15,9 @@ from tests.support.env import ROOT
 
 
 def python_files(*folders: str) -> list:
-    return sorted(path for folder in folders for path in (ROOT / folder).rglob("*.py") if "__pycache__" not in path.parts)
+    return sorted(
+        path for folder in folders for path in (ROOT / folder).rglob("*.py") if "__pycache__" not in path.parts
+    )
 
 
 def imports_of(path) -> set[str]:
@@ -30,7 +32,9 @@ def imports_of(path) -> set[str]:
 
 def test_no_test_module_imports_another_test_module():
     found = {
-        str(path.relative_to(ROOT)): sorted(name for name in imports_of(path) if name.split(".")[-1].startswith("test_"))
+        str(path.relative_to(ROOT)): sorted(
+            name for name in imports_of(path) if name.split(".")[-1].startswith("test_")
+        )
         for path in python_files("tests", "bench")
     }
     assert {path: names for path, names in found.items() if names} == {}, "move the helper into tests/support/"

@@ -17,9 +17,9 @@ from taskiq import Context, InMemoryBroker, SimpleRetryMiddleware, SmartRetryMid
 from jobtrail.eventlog import EventLog
 from jobtrail.index import JobIndex
 from jobtrail.taskiq import JobtrailMiddleware, job_context
-from tests.support.redis_server import RedisServer
 from jobtrail.workers.context import JobContext
 from jobtrail.workers.taskiq_json import as_json
+from tests.support.redis_server import RedisServer
 
 
 def in_memory(*middlewares) -> InMemoryBroker:

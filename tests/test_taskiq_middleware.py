@@ -25,8 +25,8 @@ import pytest
 
 from jobtrail.config import Settings
 from tests.support.env import ROOT
-from tests.support.sse import collect
 from tests.support.pdf import pdf_text
+from tests.support.sse import collect
 
 pytestmark = pytest.mark.e2e
 

@@ -168,7 +168,8 @@ def test_a_module_that_fails_to_import_stops_the_process_naming_the_module_with_
 
 def test_a_module_that_does_not_exist_stops_the_worker_naming_it(settings):
     done = subprocess.run(
-        [sys.executable, "-m", "jobtrail.cli", "worker", "--kinds", "acme.jobz"], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "jobtrail.cli", "worker", "--kinds", "acme.jobz"],
+        cwd=ROOT, capture_output=True, text=True,
         timeout=60, env=worker_env(settings),
     )
     assert done.returncode == 1

@@ -22,8 +22,8 @@ from jobtrail.events import EventType, PhaseData, ProgressData, ReasonData
 from jobtrail.services import open_services
 from tests.conftest import RunningApi
 from tests.support.env import ROOT
-from tests.support.terminal import Terminal
 from tests.support.jobs import finished_job, running_job
+from tests.support.terminal import Terminal
 
 pytestmark = pytest.mark.e2e
 

@@ -11,10 +11,10 @@ import msgspec
 import pytest
 
 from jobtrail.events import EventType, SubmittedData
-from tests.support.api import history, status, submit, wait_for_state
-from tests.support.worker_procs import Workers
 from jobtrail.registry import validate_params
 from jobtrail.workers.runner import Runner
+from tests.support.api import history, status, submit, wait_for_state
+from tests.support.worker_procs import Workers
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 

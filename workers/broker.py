@@ -8,6 +8,7 @@ runs the task in the API process itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator
 
@@ -48,15 +49,14 @@ class JobBroker(RedisStreamBroker):
                 log.warning("broker cannot read the queue (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-                try:
+                with contextlib.suppress(RedisError):
                     await self._declare_consumer_group()  # a no-op while the group exists
-                except RedisError:
-                    pass
 
 
 def build_broker(settings: Settings, keys: Keys) -> AsyncBroker:
     if settings.embedded:
         return InMemoryBroker(max_async_tasks=settings.worker_concurrency)
+    assert settings.redis_url is not None  # not embedded: a URL is set
     return JobBroker(
         settings.redis_url,
         queue_name=keys.queue(),
@@ -88,7 +88,7 @@ def register_runner(broker: AsyncBroker, runner: Runner) -> None:
 async def enqueue(broker: AsyncBroker, job_id: str) -> None:
     """Queue one run of a job (one XADD on the Redis broker); a Redis failure raises as itself."""
     try:
-        await AsyncKicker(RUN_JOB, broker, labels={}).kiq(job_id)
+        await AsyncKicker[[str], None](RUN_JOB, broker, labels={}).kiq(job_id)
     except SendTaskError as exc:
         # taskiq wraps every broker error; unwrapped, Redis being away answers 503, not 500.
         if isinstance(exc.__cause__, RedisError):

@@ -14,8 +14,8 @@ from jobtrail.errors import JobNotFound, JobReplaced, TransitionRefused
 from jobtrail.eventlog import Appended, EventLog
 from jobtrail.events import TERMINAL_STATES, Artifact, Event, EventType, LogData, PhaseData, ProgressData
 from jobtrail.jobstate import JobState
-from jobtrail.patience import Patience
 from jobtrail.lease import Lease
+from jobtrail.patience import Patience
 
 if TYPE_CHECKING:
     from jobtrail.registry import Kind
@@ -164,7 +164,7 @@ class JobContext:
         try:
             await self._write(EventType.PROGRESS, held)
             self._last_write = time.monotonic()
-        except Exception:  # noqa: BLE001 - the handler meets the same cause at its next write
+        except Exception:  # noqa: S110 - the handler meets the same cause at its next write
             pass
 
     async def close(self) -> None:
@@ -211,9 +211,10 @@ class JobContext:
         self._raise_if_cancelled()
 
     def _check_phase(self, phase: str | None) -> None:
-        if phase is not None and self.kind is not None and self.kind.phases is not None:
-            if phase not in self.kind.phases:
-                raise UnknownPhase(self.kind.name, phase, self.kind.phases)
+        if phase is None or self.kind is None or self.kind.phases is None:
+            return
+        if phase not in self.kind.phases:
+            raise UnknownPhase(self.kind.name, phase, self.kind.phases)
 
     def _raise_if_cancelled(self) -> None:
         if self.lease is not None and self.lease.lost:

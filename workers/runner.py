@@ -34,14 +34,22 @@ from jobtrail.config import Settings
 from jobtrail.errors import JobNotFound, JobReplaced, TransitionRefused, UnknownKind
 from jobtrail.eventlog import EventLog
 from jobtrail.events import (
-    TERMINAL_STATES, EventType, ErrorInfo, FailedData, ReasonData, RetryingData, StartedData, State, SucceededData,
+    TERMINAL_STATES,
+    ErrorInfo,
+    EventType,
+    FailedData,
+    ReasonData,
+    RetryingData,
+    StartedData,
+    State,
+    SucceededData,
 )
 from jobtrail.jobstate import JobState
+from jobtrail.lease import Lease
 from jobtrail.livejobs import LiveJobs, now_ms
 from jobtrail.patience import Patience
-from jobtrail.workers.context import AttemptLost, JobCancelled, JobContext, PermanentFailure
-from jobtrail.lease import Lease
 from jobtrail.registry import find_kind, get_kind, parse_params
+from jobtrail.workers.context import AttemptLost, JobCancelled, JobContext, PermanentFailure
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +66,7 @@ def error_info(exc: BaseException) -> ErrorInfo:
 class Delivery:
     """One delivery of a job: its lease, and the incarnation it runs (fixed by its first load)."""
 
-    __slots__ = ("job_id", "lease", "incarnation", "loaded")
+    __slots__ = ("incarnation", "job_id", "lease", "loaded")
 
     def __init__(self, job_id: str, lease: Lease) -> None:
         self.job_id = job_id

@@ -52,7 +52,14 @@ from jobtrail.config import Settings
 from jobtrail.errors import JobExists, JobNotFound, TransitionRefused
 from jobtrail.eventlog import Appended, EventLog
 from jobtrail.events import (
-    EventType, FailedData, ReasonData, RetryingData, StartedData, State, SubmittedData, SucceededData,
+    EventType,
+    FailedData,
+    ReasonData,
+    RetryingData,
+    StartedData,
+    State,
+    SubmittedData,
+    SucceededData,
 )
 from jobtrail.index import JobIndex
 from jobtrail.keys import JOB_ID_RE, Keys
@@ -61,7 +68,14 @@ from jobtrail.submission import record_submitted
 from jobtrail.workers.context import AttemptLost, JobCancelled, JobContext, PermanentFailure
 from jobtrail.workers.runner import error_info
 from jobtrail.workers.taskiq_json import params_of, result_of
-from jobtrail.workers.taskiq_retries import attempt_of, check_order, disable_retry, is_retry_kick, max_attempts, retry_delay
+from jobtrail.workers.taskiq_retries import (
+    attempt_of,
+    check_order,
+    disable_retry,
+    is_retry_kick,
+    max_attempts,
+    retry_delay,
+)
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from litestar.connection import ASGIConnection
+from litestar.connection import ASGIConnection, Request
 from litestar.handlers import BaseRouteHandler
 from litestar.types import Guard
 
@@ -74,7 +74,7 @@ async def token_principal(
     One round trip the first time this process needs the signing key (app/tokens.py), none after.
     """
     use: TokenUse | None = handler.opt.get("token")
-    if use is None or connection.method != "GET":
+    if use is None or not isinstance(connection, Request) or connection.method != "GET":
         raise NotAuthenticated("a token is accepted only on a job's events, history and artifact, and on /events")
     try:
         principal = await signer.verify(token)

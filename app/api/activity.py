@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Request, get, post
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, JSONBody, Parameter, QueryParameter
 from litestar.response import Stream
 

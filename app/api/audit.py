@@ -11,9 +11,9 @@ from litestar.openapi.datastructures import ResponseSpec
 
 from jobtrail.api.bounds import deadline_paused
 from jobtrail.api.common import JobId, error_responses, visible_job
-from jobtrail.auth import Principal
 from jobtrail.audit import AuditBuilder
 from jobtrail.audit_report import render_audit_pdf
+from jobtrail.auth import Principal
 from jobtrail.eventlog import EventLog
 
 

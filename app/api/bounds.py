@@ -30,7 +30,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from jobtrail.api.errors import send_error
 from jobtrail.errors import InvalidRequest, StoreUnavailable
@@ -70,7 +71,7 @@ class RequestBounds:
         self.deadline_s = deadline_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         if (count := query_param_count(scope.get("query_string", b""))) > MAX_QUERY_PARAMS:
@@ -86,7 +87,7 @@ class RequestBounds:
                 deadline.reschedule(None)
             await send(message)
 
-        async def receive_unbounded() -> Message:
+        async def receive_unbounded() -> ReceiveMessage:
             async with deadline_paused():
                 return await receive()
 

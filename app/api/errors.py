@@ -16,14 +16,14 @@ from collections.abc import Callable
 import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
-from litestar.types import Receive, Scope, Send
+from litestar.types import ExceptionHandlersMap, Receive, Scope, Send
 
-from jobtrail.api.redaction import redacted_target, redacted_text
 from jobtrail.api.common import SSE_HEADERS
+from jobtrail.api.redaction import redacted_target, redacted_text
 from jobtrail.api.schemas import ErrorBody
 from jobtrail.errors import InvalidRequest, JobtrailError, StoreUnavailable
-from jobtrail.sse import sse_goodbye
 from jobtrail.patience import REDIS_AWAY
+from jobtrail.sse import sse_goodbye
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,16 @@ INTERNAL_CODE = (JobtrailError.status, JobtrailError.code)
 UNAVAILABLE = (*REDIS_AWAY, StoreUnavailable)
 
 
-def _error(status: int, code: str, detail: str, extra: object = None, headers: dict[str, str] | None = None) -> Response:
+def _error(
+    status: int, code: str, detail: str, extra: object = None, headers: dict[str, str] | None = None
+) -> Response:
     # An error may name what the request sent (an id, a parameter): never a credential.
     if isinstance(extra, list):
-        extra = [{**item, "message": redacted_text(str(item["message"]))} if isinstance(item, dict) and "message" in item
-                 else item for item in extra]
+        extra = [
+            {**item, "message": redacted_text(str(item["message"]))}
+            if isinstance(item, dict) and "message" in item else item
+            for item in extra
+        ]
     return Response(
         ErrorBody(error=code, detail=redacted_text(detail), extra=extra),
         status_code=status,
@@ -165,7 +170,7 @@ def _jobtrail_codes(cls: type[JobtrailError]) -> set[tuple[int, str]]:
 def handler_for(exc: Exception) -> Callable[[Request, Exception], Response]:
     for cls in type(exc).__mro__:
         if cls in EXCEPTION_HANDLERS:
-            return EXCEPTION_HANDLERS[cls]  # type: ignore[return-value]
+            return EXCEPTION_HANDLERS[cls]
     return on_unexpected
 
 
@@ -180,7 +185,7 @@ async def send_error(exc: Exception, scope: Scope, receive: Receive, send: Send)
     await handler_for(exc)(request, exc).to_asgi_response(None, request)(scope, receive, send)
 
 
-EXCEPTION_HANDLERS = {
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     JobtrailError: on_jobtrail_error,
     # More specific than JobtrailError for StoreUnavailable: both are found through the MRO.
     **{exc_type: on_unavailable for exc_type in UNAVAILABLE},

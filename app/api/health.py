@@ -35,5 +35,7 @@ async def readyz(redis: NamedDependency[Redis], settings: NamedDependency[Settin
         async with asyncio.timeout(settings.redis_timeout_s / 2):
             await redis.ping()
     except (RedisError, TimeoutError):
-        return Response(Health(status="redis unavailable"), status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+        return Response(
+            Health(status="redis unavailable"), status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)}
+        )
     return Response(Health(status="ready"))

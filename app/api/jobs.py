@@ -12,18 +12,34 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference
-from litestar.di import NamedDependency
 from litestar.params import FromQuery, HeaderParameter, JSONBody, Parameter, QueryParameter
 from litestar.response import File, Stream
 
 from jobtrail.api.access import JOB_TOKEN
 from jobtrail.api.common import (
-    SSE_ROUTE, JobId, content_disposition, error_responses, requested_offset, sse_response, submit_counted, token_ttl, visible_job,
+    SSE_ROUTE,
+    JobId,
+    content_disposition,
+    error_responses,
+    requested_offset,
+    sse_response,
+    submit_counted,
+    token_ttl,
+    visible_job,
     with_download_token,
 )
-from jobtrail.api.schemas import CancelRequest, HistoryPage, JobPage, JobStreamMessage, SubmitRequest, TokenOut, TokenRequest
+from jobtrail.api.schemas import (
+    CancelRequest,
+    HistoryPage,
+    JobPage,
+    JobStreamMessage,
+    SubmitRequest,
+    TokenOut,
+    TokenRequest,
+)
 from jobtrail.artifacts import ArtifactStore
 from jobtrail.auth import Principal
 from jobtrail.config import Settings
@@ -81,7 +97,7 @@ async def _ndjson_history(events: EventLog, job_id: str, after: str) -> AsyncIte
 
 class JobsController(Controller):
     path = "/jobs"
-    tags = ["jobs"]
+    tags = ("jobs",)
 
     @post(
         "/",
@@ -114,7 +130,9 @@ class JobsController(Controller):
         self,
         index: NamedDependency[JobIndex],
         principal: NamedDependency[Principal],
-        state_filter: Annotated[State | None, QueryParameter(name="state", description="Only jobs in this state")] = None,
+        state_filter: Annotated[
+            State | None, QueryParameter(name="state", description="Only jobs in this state")
+        ] = None,
         kind: Annotated[str | None, Parameter(max_length=100)] = None,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
         cursor: Annotated[str | None, Parameter(max_length=1000)] = None,
@@ -253,16 +271,17 @@ class JobsController(Controller):
         job = await visible_job(events, principal, job_id)
         if not job.terminal:
             raise JobNotFinished(job.id, job.state)
-        path = artifacts.path(job.id, job.artifact) if job.artifact else None
-        if path is None or not path.is_file():
+        artifact = job.artifact
+        path = artifacts.path(job.id, artifact) if artifact else None
+        if artifact is None or path is None or not path.is_file():
             raise ArtifactNotFound(job.id)
         return File(
             path=path,
-            filename=job.artifact.name,
-            media_type=job.artifact.content_type,
+            filename=artifact.name,
+            media_type=artifact.content_type,
             # Litestar's own header gives a non-ASCII name no ASCII `filename=` to fall back on.
-            headers={"ETag": f'"{job.artifact.sha256}"',
-                     "Content-Disposition": content_disposition(job.artifact.name, fallback=job.id)},
+            headers={"ETag": f'"{artifact.sha256}"',
+                     "Content-Disposition": content_disposition(artifact.name, fallback=job.id)},
         )
 
     @post(
@@ -284,7 +303,9 @@ class JobsController(Controller):
         job = await visible_job(events, principal, job_id)
         return await service.cancel(job.id, data.reason if data else None)
 
-    @delete("/{job_id:str}", status_code=204, summary="Delete a job and all its events", responses=error_responses(404, 503))
+    @delete(
+        "/{job_id:str}", status_code=204, summary="Delete a job and all its events", responses=error_responses(404, 503)
+    )
     async def remove(
         self,
         job_id: JobId,

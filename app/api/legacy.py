@@ -65,6 +65,9 @@ class ExportDeleted(msgspec.Struct, frozen=True):
 
 def export_status(job: JobState) -> ExportStatus:
     """The old shape of `job`; a migrated job's file fields come from its imported result."""
+    filename: str | None
+    url: str | None
+    size: int | None
     if job.artifact is not None:
         filename, url, size = job.artifact.name, job.artifact.download_url, job.artifact.size_bytes
     elif isinstance(job.result, dict) and job.kind == LEGACY_KIND:
@@ -109,7 +112,7 @@ async def _export_of(events: EventLog, principal: Principal, job_id: str, kinds:
 
 class LegacyExportsController(Controller):
     path = "/api/exports"
-    tags = ["legacy export service"]
+    tags = ("legacy export service",)
 
     async def _submit(
         self, kind: str, params: dict[str, Any], service: JobService, principal: Principal, submit_rate: SubmitRate,

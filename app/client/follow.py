@@ -83,7 +83,7 @@ class _Backoff:
             raise failure
         hint = failure.retry_after if failure.retry_after is not None else self.retry_s
         delay = min(hint * 2.0 ** (self.failures - 1), self.policy.max_delay_s)
-        return delay * (1 + random.random() / 4)  # spread a crowd of clients reconnecting at once
+        return delay * (1 + random.random() / 4)  # noqa: S311 - jitter, not a secret; spread a crowd of clients reconnecting at once
 
 
 def follow(

@@ -15,7 +15,7 @@ from tests.support.redis_server import free_port
 
 def serve(settings, tmp_path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    log = open(tmp_path / f"serve-{port}.log", "wb")
+    log = open(tmp_path / f"serve-{port}.log", "wb")  # noqa: SIM115 (the process writes it as long as it runs)
     process = subprocess.Popen(
         [sys.executable, "-m", "jobtrail.cli", "serve", "--port", str(port)],
         cwd=ROOT, env={**worker_env(settings), **env}, stdout=log, stderr=subprocess.STDOUT,

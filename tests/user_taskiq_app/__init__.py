@@ -28,7 +28,7 @@ QUEUE = os.environ["USER_APP_QUEUE"]
 
 broker = RedisStreamBroker(
     os.environ["USER_APP_REDIS_URL"], queue_name=QUEUE, consumer_group_name=f"{QUEUE}-workers",
-    idle_timeout=int(os.environ.get("USER_APP_IDLE_MS", 600_000)),
+    idle_timeout=int(os.environ.get("USER_APP_IDLE_MS", "600000")),
 )
 broker = broker.with_result_backend(
     RedisAsyncResultBackend(os.environ["USER_APP_REDIS_URL"], prefix_str=f"{QUEUE}:results", result_ex_time=600)

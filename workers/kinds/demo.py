@@ -10,8 +10,8 @@ from typing import Annotated
 
 import msgspec
 
-from jobtrail.workers.context import JobContext
 from jobtrail.registry import kind
+from jobtrail.workers.context import JobContext
 
 
 class DemoParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

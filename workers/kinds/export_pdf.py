@@ -20,18 +20,26 @@ from datetime import date, timedelta
 from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
-from reportlab.graphics.charts.barcharts import VerticalBarChart
 from reportlab.graphics import shapes
+from reportlab.graphics.charts.barcharts import VerticalBarChart
 from reportlab.graphics.shapes import Drawing, String
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.units import cm
-from reportlab.platypus import Flowable, KeepTogether, PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table
-from reportlab.platypus import TableStyle
+from reportlab.platypus import (
+    Flowable,
+    KeepTogether,
+    PageBreak,
+    Paragraph,
+    SimpleDocTemplate,
+    Spacer,
+    Table,
+    TableStyle,
+)
 
 from jobtrail import fonts
-from jobtrail.workers.context import JobContext
 from jobtrail.registry import kind
+from jobtrail.workers.context import JobContext
 
 MAX_YEARS = 5
 REGIONS = ("North", "East", "South", "West")
@@ -195,7 +203,8 @@ def revenue_chart(group: Group, scale: tuple[int, int]) -> Drawing:
     """Revenue per region, on the report's one `scale` (chart_scale), with a labelled y axis."""
     drawing = Drawing(14 * cm, 5.4 * cm)
     chart = VerticalBarChart()
-    chart.x, chart.y, chart.width, chart.height = 2.4 * cm, 0.8 * cm, 11.2 * cm, 4.2 * cm
+    # types-reportlab declares a chart's geometry int; reportlab takes points as floats.
+    chart.x, chart.y, chart.width, chart.height = 2.4 * cm, 0.8 * cm, 11.2 * cm, 4.2 * cm  # type: ignore[assignment]
     chart.data = [[cents // 100 for cents in group.revenue_cents]]
     chart.categoryAxis.categoryNames = list(REGIONS)
     chart.categoryAxis.labels.fontName = fonts.SANS
