@@ -32,7 +32,14 @@ Enqueue = Callable[[str], Awaitable[None]]
 
 class JobService:
     def __init__(
-        self, events: EventLog, index: JobIndex, enqueue: Enqueue, settings: Settings, artifacts: ArtifactStore
+        self,
+        events: EventLog,
+        index: JobIndex,
+        enqueue: Enqueue,
+        settings: Settings,
+        artifacts: ArtifactStore,
+        *,
+        secret: ServerSecret | None = None,
     ) -> None:
         self.events = events
         self.index = index
@@ -40,7 +47,9 @@ class JobService:
         self.enqueue = enqueue
         self.settings = settings
         self.live = LiveJobs(events.redis, events.keys, settings.pending_stale_s)
-        self.secret = ServerSecret(events.redis, events.keys, settings.token_secret)
+        # The process's one server secret (the token signer's, from the composition root), so
+        # ids and tokens converge together after Redis lost it; a secret of its own otherwise.
+        self.secret = secret or ServerSecret(events.redis, events.keys, settings.token_secret)
 
     async def job_id_for(self, idempotency_key: str | None, tenant: str | None = None) -> str:
         """A fresh id, or the id an Idempotency-Key always maps to (so a retry finds its job).

@@ -81,6 +81,7 @@ def build_services(settings: Settings, redis: Redis, hub_reader: Redis) -> Servi
     async def enqueue_job(job_id: str) -> None:
         await enqueue(broker, job_id)
 
+    signer = TokenSigner(redis, keys, settings.token_secret)
     return Services(
         settings=settings,
         redis=redis,
@@ -90,8 +91,8 @@ def build_services(settings: Settings, redis: Redis, hub_reader: Redis) -> Servi
         index_sweep=IndexSweep(redis, keys, per_pass=settings.index_sweep_per_pass),
         artifacts=artifacts,
         broker=broker,
-        service=JobService(events, index, enqueue_job, settings, artifacts),
-        signer=TokenSigner(redis, keys, settings.token_secret),
+        service=JobService(events, index, enqueue_job, settings, artifacts, secret=signer.secret),
+        signer=signer,
         submit_rate=SubmitRate(redis, keys, settings.submissions_per_minute),
         sse_slots=SseSlots(redis, keys, settings.sse_connections_per_tenant, settings.sse_slot_ttl_s),
         hub=Hub(hub_reader, redis, keys, block_ms=settings.hub_block_ms, queue_size=settings.sse_queue_size),
