@@ -26,6 +26,7 @@ from jobtrail.api.jobs import JobsController
 from jobtrail.api.kinds import list_kinds
 from jobtrail.api.legacy import LegacyExportsController
 from jobtrail.api.requests import RequestIdMiddleware
+from jobtrail.api.ui import ui_router
 from jobtrail.auth import ApiKeys, Principal, auth_enabled
 from jobtrail.config import Settings
 from jobtrail.services import Services, open_services
@@ -86,7 +87,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     provided_names = ("redis", "events", "hub", "index", "service", "artifacts", "signer", "submit_rate", "sse_slots")
     return Litestar(
         route_handlers=[
-            JobsController, list_kinds, audit_report, activity_events, feed_token, healthz, readyz,
+            JobsController, list_kinds, audit_report, activity_events, feed_token, healthz, readyz, ui_router(),
             *([LegacyExportsController] if settings.legacy_routes == "on" else []),
         ],
         lifespan=[lifespan],
