@@ -150,6 +150,10 @@ class RateLimited(JobtrailError, status=429, code="rate_limited"):
         return "too many open event streams", self.retry_after_s
 
 
+class Forbidden(JobtrailError, status=403, code="forbidden"):
+    """The key is valid but may not do this (a tenant key asking for another tenant's list)."""
+
+
 class NotAuthenticated(JobtrailError, status=401, code="not_authenticated"):
     """No valid API key or token."""
 
