@@ -43,7 +43,7 @@ export class ActivityPanel {
     const link = h("a", { href: `#/jobs/${encodeURIComponent(entry.job_id)}` }, entry.job_id);
     this.list.prepend(h("li", { dataset: { entry: entry.id, job: entry.job_id } },
       h("time", { datetime: new Date(entry.at).toISOString() }, when(entry.at, { clock: true })),
-      h("span", { class: "what" }, link, " ", h("span", { class: "kind" }, entry.kind)),
+      h("span", { class: "what" }, h("span", { class: "kind" }, entry.kind), " ", link),
       stateBadge(entry.state)));
     while (this.list.children.length > PANEL_MAX) this.list.lastElementChild.remove();
     this.onEntry(entry);

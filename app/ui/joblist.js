@@ -196,11 +196,16 @@ export class JobList {
 
   async startWatch() {
     try {
-      const { watchJobs } = await jobtrail();
+      const { watchJobs, foldEvent } = await jobtrail();
       if (!this.main || this.watch) return;
+      // Each row's state is folded on from what the page read (jobtrail.js's own fold):
+      // a watch resumed mid-job has no earlier events to fold from.
       this.watch = watchJobs([], {
         ...watchOptions(this.api),
-        onState: (summary) => this.patch(summary.job, summary),
+        onEvent: (event) => {
+          const entry = this.rows.get(event.job);
+          if (entry) this.patch(event.job, foldEvent({ ...entry.job, ...this.pending.get(event.job) }, event));
+        },
         onStatus: (status) => showStatus(this.status, status),
       });
       this.syncWatch();
@@ -229,11 +234,11 @@ export class JobList {
     }
   }
 
-  patch(id, summary) {
+  patch(id, change) {
     if (!this.rows.has(id)) return;
     const merged = { ...this.pending.get(id) };
     for (const name of ["state", "progress", "phase", "message"]) {
-      if (summary[name] !== null && summary[name] !== undefined) merged[name] = summary[name];
+      if (change[name] !== undefined) merged[name] = change[name];
     }
     this.pending.set(id, merged);
     if (this.pending.size === 1) requestAnimationFrame(() => this.flush());

@@ -140,15 +140,18 @@ export class JobPage {
       onState: (summary) => this.onState(summary),
       onGap: (gap) => this.onGap(gap),
       onEnd: (reason) => this.onEnd(reason),
-      onStatus: (status) => showStatus(this.status, status),
+      // After the end, the watch's "closed" would hide why it ended.
+      onStatus: (status) => { if (!this.ended) showStatus(this.status, status); },
     });
   }
 
   onState(summary) {
     if (!this.main) return;
+    // The summary is folded from the whole history (the watch starts at the beginning).
     for (const name of ["state", "progress", "phase", "message", "attempt", "result", "error"]) {
-      if (summary[name] !== null && summary[name] !== undefined) this.job[name] = summary[name];
+      if (summary[name] !== undefined) this.job[name] = summary[name];
     }
+    this.job.cancel_requested = summary.cancelRequested;
     this.show();
   }
 
@@ -161,6 +164,7 @@ export class JobPage {
   async onEnd(reason) {
     this.ended = reason;
     if (!this.main) return;
+    showStatus(this.status, reason === "terminal" ? "finished" : reason);
     if (reason === "terminal") {
       // Timestamps, the artifact and its download link are the server's: read them once more.
       try {
@@ -176,7 +180,6 @@ export class JobPage {
     if (!this.main) return;
     this.seen += 1;
     replace(this.count, `${this.seen} event${this.seen === 1 ? "" : "s"}`);
-    if (event.type === "cancel_requested") this.job.cancel_requested = true;
     this.timeline.append(h("li", { dataset: { eventId: event.id, type: event.type } },
       h("time", { datetime: new Date(event.at).toISOString() }, when(event.at, { clock: true })),
       h("span", { class: `type type-${event.type}` }, event.type),

@@ -21,6 +21,9 @@ const STATUS_TEXT = {
   reconnecting: "reconnecting…",
   closed: "closed",
   unavailable: "live updates unavailable",
+  finished: "finished: every event received",
+  deleted: "the job was deleted",
+  "not found": "no such job",
 };
 
 // A badge saying whether a live view is connected, for sighted users and screen readers alike.
