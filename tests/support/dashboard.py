@@ -14,7 +14,7 @@ async def sign_in(page: Page, url: str, key: str | None, query: str = "") -> Non
     if key is not None:
         await page.get_by_label("API key").fill(key)
         await page.get_by_role("button", name="Sign in").click()
-    await page.wait_for_selector("#app:not([hidden]) table.jobs", timeout=WAIT_MS)
+    await page.wait_for_selector("#app:not([hidden]) main h1:text-is('Jobs')", timeout=WAIT_MS)
 
 
 async def submit_demo(page: Page, steps: int, delay_ms: int) -> str:
@@ -23,7 +23,7 @@ async def submit_demo(page: Page, steps: int, delay_ms: int) -> str:
     await page.get_by_label("steps").fill(str(steps))
     await page.get_by_label("delay ms").fill(str(delay_ms))
     await page.get_by_role("button", name="Submit").click()
-    await page.wait_for_url("**/ui/#/jobs/*", timeout=WAIT_MS)
+    await page.wait_for_function("() => location.hash.startsWith('#/jobs/')", timeout=WAIT_MS)
     await page.wait_for_selector(".job-card", timeout=WAIT_MS)
     return page.url.rsplit("/", 1)[1]
 
