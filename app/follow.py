@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 import msgspec
 from redis.exceptions import RedisError
@@ -105,7 +105,7 @@ def replaces(event: Event, job: JobState) -> bool:
 
 async def follow_job(
     events: EventLog, hub: Hub, job: JobState, offset: str, *, gap: bool, ping_s: float
-) -> AsyncIterator[JobItem]:
+) -> AsyncGenerator[JobItem]:
     """The items of one job after `offset`: a `Gap` first when `gap`, then its events, then one `End`.
 
     Ends `terminal` after the terminal event (at once when the client already has it),
@@ -193,7 +193,7 @@ async def follow_feed(
     gap: bool,
     ping_s: float,
     wanted: Callable[[Transition], bool],
-) -> AsyncIterator[FeedItem]:
+) -> AsyncGenerator[FeedItem]:
     """The feed's transitions after `offset` that are `wanted`, replay then live; only an `End` stops it.
 
     Same order as `follow_job`: subscribe from the feed's newest id (read by the caller),

@@ -6,13 +6,9 @@ receives is compared with the job's stream as XRANGE returns it.
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import httpx
 import msgspec
 import pytest
-import websockets
 
 from jobtrail.auth import hash_key
 from jobtrail.events import EventType, SubmittedData

@@ -111,7 +111,7 @@ class SocketAccess:
         self.signer = signer
 
     async def principal(self, connection: ASGIConnection) -> tuple[Principal, int | None]:
-        """The socket's principal and when its token expires (epoch s; None for a key); NotAuthenticated if none holds."""
+        """The socket's principal and its token's expiry (epoch s; None for a key); NotAuthenticated if none holds."""
         header = connection.headers.get("authorization")
         if self.enabled and header:
             return key_principal(header, self.api_keys), None
