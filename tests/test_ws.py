@@ -377,3 +377,36 @@ async def test_a_plain_get_of_ws_is_426_and_the_schema_describes_the_protocol(cl
     assert response.headers["upgrade"] == "websocket"
     path = (await client.get("/schema/openapi.json")).json()["paths"]["/ws"]
     assert '{"op":"subscribe","job":ID' in path["get"]["description"]
+
+
+# --- Redis going away (a throwaway redis-server, never the shared one) ---
+
+
+async def test_redis_going_away_ends_subscriptions_and_resubscribing_after_it_is_back_resumes_exactly(
+    start_api, settings, durable_redis
+):
+    api = await start_api(msgspec.structs.replace(settings, redis_url=durable_redis.url, redis_timeout_s=1.0))
+    events = api.services.events
+    await running_job(events, "outage")
+    async with open_socket(api.url) as socket:
+        await socket.send(op="subscribe", job="outage", after=None)
+        before = await socket.until(lambda f: f.get("type") == "started")
+        durable_redis.kill()
+        end = await socket.until_end("outage")
+        assert end[-1]["reason"] == "event store unavailable"
+        await socket.send(op="subscribe", job="outage", after=events_of(before, "outage")[-1]["id"])
+        assert (await socket.next())["reason"] == "event store unavailable", "while Redis is away, at once"
+    async with open_socket(api.url) as socket:
+        code, _ = await socket.closed()
+        assert code == 4503, "no slot can be taken while Redis is away"
+    durable_redis.start()
+    await progress(events, "outage", 1, 1)
+    await events.append("outage", EventType.SUCCEEDED, {"result": 1})
+    async with open_socket(api.url) as socket:
+        await socket.send(op="subscribe", job="outage", after=events_of(before, "outage")[-1]["id"])
+        after = await socket.until_end("outage")
+    assert [f["type"] for f in after] == ["subscribed", "progress", "succeeded", "end"]
+    assert after[-1]["reason"] == "terminal"
+    client = api.services.redis
+    ids = [entry_id for entry_id, _ in await client.xrange(api.services.keys.events("outage"))]
+    assert [f["id"] for f in events_of(before + after, "outage")] == ids
