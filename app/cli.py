@@ -204,10 +204,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _configure_logging() -> None:
-    from jobtrail.api.requests import RequestIdFilter
+    from jobtrail.api.requests import RedactingFilter, RequestIdFilter
 
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(RedactingFilter())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 

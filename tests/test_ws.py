@@ -10,9 +10,10 @@ import httpx
 import msgspec
 import pytest
 
-from jobtrail.auth import hash_key
+from jobtrail.auth import hash_key, new_key
 from jobtrail.events import EventType, SubmittedData
 from tests.support.jobs import eventually, finished_job, progress, running_job, stream_ids
+from tests.support.serve import serve, wait_ready
 from tests.support.ws import events_of, open_socket
 
 ACME, GLOBEX, ADMIN = "acme-key", "globex-key", "admin-key"
@@ -410,3 +411,27 @@ async def test_redis_going_away_ends_subscriptions_and_resubscribing_after_it_is
     client = api.services.redis
     ids = [entry_id for entry_id, _ in await client.xrange(api.services.keys.events("outage"))]
     assert [f["id"] for f in events_of(before + after, "outage")] == ids
+
+
+# --- `jobtrail serve` as a process ---
+
+
+async def test_a_sockets_token_never_reaches_the_serve_log(settings, tmp_path):
+    key = new_key()
+    process, url = serve(settings, tmp_path, JOBTRAIL_API_KEYS=f"acme:{hash_key(key)}")
+    try:
+        await wait_ready(process, url)
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            token = await token_for(http, key, None)
+        async with open_socket(url, token=token) as socket:
+            await socket.send(op="ping")
+            assert await socket.next() == {"type": "pong"}
+        async with open_socket(url, token=token + "x") as socket:
+            code, _ = await socket.closed()
+            assert code == 4401
+    finally:
+        process.terminate()
+        process.wait(15)
+    log = next(tmp_path.glob("serve-*.log")).read_text()
+    assert "/ws?token=[redacted]" in log, "uvicorn's WebSocket lines are still written, redacted"
+    assert token not in log and token.split(".")[1] not in log
