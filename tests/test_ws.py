@@ -254,6 +254,21 @@ async def test_the_socket_of_an_expiring_token_ends_with_token_expired_and_4401(
     assert socket.received[-1] == {"type": "end", "reason": "token expired"}
 
 
+
+async def test_open_mode_still_checks_a_presented_token_and_keeps_it_to_its_job(api, client, events):
+    await running_job(events, "open-1")
+    await running_job(events, "open-2")
+    token = (await client.post("/jobs/open-1/tokens")).json()["token"]
+    async with open_socket(api.url, token=token + "x") as socket:
+        code, _ = await socket.closed()
+        assert code == 4401
+    async with open_socket(api.url, token=token) as socket:
+        await socket.send(op="subscribe", job="open-2", after=None)
+        assert (await socket.next())["code"] == "not_covered"
+        await socket.send(op="subscribe", job="open-1", after=None)
+        assert await socket.next() == {"type": "subscribed", "job": "open-1"}
+
+
 # --- bad messages and limits ---
 
 
@@ -435,3 +450,39 @@ async def test_a_sockets_token_never_reaches_the_serve_log(settings, tmp_path):
     log = next(tmp_path.glob("serve-*.log")).read_text()
     assert "/ws?token=[redacted]" in log, "uvicorn's WebSocket lines are still written, redacted"
     assert token not in log and token.split(".")[1] not in log
+
+
+
+async def test_a_subscription_that_fails_unexpectedly_ends_and_the_socket_goes_on(api, redis_client, keys):
+    # A feed entry without its fields: decoding it is a bug-shaped failure, not a Redis one.
+    await redis_client.xadd(keys.activity(), {"junk": "1"})
+    async with open_socket(api.url) as socket:
+        await socket.send(op="subscribe", feed=True, after="0-0")
+        frames = await socket.until_end(feed=True)
+        assert frames[-1] == {"type": "end", "feed": True, "reason": "event store unavailable"}
+        await socket.send(op="ping")
+        assert await socket.next() == {"type": "pong"}
+
+
+async def test_sigterm_ends_each_subscription_with_server_stopping_before_the_socket_closes(
+    settings, tmp_path, events
+):
+    process, url = serve(settings, tmp_path, JOBTRAIL_AUTH="off")
+    try:
+        await wait_ready(process, url)
+        await running_job(events, "sig")
+        async with open_socket(url) as socket:
+            await socket.send(op="subscribe", job="sig", after=None)
+            await socket.send(op="subscribe", feed=True, after=None)
+            await socket.until(lambda _: {"started", "subscribed-feed"} <= {
+                "subscribed-feed" if f.get("feed") else f.get("type") for f in socket.received
+            })
+            process.terminate()
+            await socket.closed()
+        ends = [f for f in socket.received if f["type"] == "end"]
+        assert {(f.get("job"), f.get("feed"), f["reason"]) for f in ends} == {
+            ("sig", None, "server stopping"), (None, True, "server stopping"),
+        }
+    finally:
+        process.terminate()
+        process.wait(15)

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Coroutine
 
 import msgspec
 from litestar import WebSocket
@@ -223,7 +224,15 @@ class Session:
             follow = self._follow_feed(offset, message.kind, message.state.value if message.state else None)
         else:
             follow = self._follow_job(target, offset)
-        self.subscriptions[target] = asyncio.create_task(follow, name=f"jobtrail-ws-{target}")
+        self.subscriptions[target] = asyncio.create_task(self._guarded(target, follow), name=f"jobtrail-ws-{target}")
+
+    async def _guarded(self, target: str, follow: Coroutine[None, None, None]) -> None:
+        """Run one subscription; a bug in it ends that subscription (resumable) with a logged error, not the socket."""
+        try:
+            await follow
+        except Exception:
+            log.exception("ws subscription to %s failed", target)
+            self._ended(target, EndReason.UNAVAILABLE.value)
 
     def _stop(self, target: str) -> bool:
         """Cancel the subscription to `target`; whether there was one."""
