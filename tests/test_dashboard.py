@@ -20,7 +20,7 @@ import msgspec
 import pytest
 
 from jobtrail.auth import hash_key, new_key
-from jobtrail.events import EventType, SubmittedData
+from jobtrail.events import EventType, StartedData, SubmittedData
 from tests.support.api import history, submit, wait_for_state
 from tests.support.browser import DESKTOP, PHONE, screenshot
 from tests.support.dashboard import (
@@ -33,7 +33,7 @@ from tests.support.dashboard import (
     wait_for_timeline_end,
 )
 from tests.support.dashboard import wait_for_state as wait_for_shown_state
-from tests.support.jobs import progress, running_job
+from tests.support.jobs import progress
 from tests.support.serve import serve, wait_ready
 from tests.support.worker_procs import Workers
 
@@ -215,6 +215,7 @@ async def test_an_admin_sees_and_filters_every_tenant_and_a_tenant_key_only_its_
     page = await browser.new_page(viewport=DESKTOP)
     await sign_in(page, api.url, ADMIN)
     assert await page.text_content("#who") == "admin key: every tenant"
+    await page.wait_for_selector("tr[data-job]", timeout=WAIT_MS)
     assert set(await listed_ids(page)) == set(mine + theirs)
     await page.get_by_label("Tenant").fill("globex")
     await page.get_by_label("Tenant").press("Enter")
@@ -227,6 +228,7 @@ async def test_an_admin_sees_and_filters_every_tenant_and_a_tenant_key_only_its_
 
     tenant = await (await browser.new_context(viewport=DESKTOP)).new_page()
     await sign_in(tenant, api.url, ACME)
+    await tenant.wait_for_selector("tr[data-job]", timeout=WAIT_MS)
     assert set(await listed_ids(tenant)) == set(mine)
     assert await tenant.get_by_label("Tenant").count() == 0, "a tenant key has no tenant filter"
     await tenant.goto(f"{api.url}/ui/#/jobs/{theirs[0]}")
@@ -236,16 +238,18 @@ async def test_an_admin_sees_and_filters_every_tenant_and_a_tenant_key_only_its_
 async def test_a_thousand_jobs_list_in_bounded_pages_with_fifty_bars_moving(start_api, secured, services, browser):
     api = await start_api(secured)
     now = int(time.time() * 1000)
-    for n in range(950):
-        job = f"old-{n:04d}"
-        await services.events.append(job, EventType.SUBMITTED, SubmittedData(kind="demo", params={}, max_attempts=1))
+    pending = [f"old-{n:04d}" for n in range(950)]
+    running = [f"run-{n:02d}" for n in range(50)]  # the newest: the first page
+    for n, job in enumerate(pending + running):
+        await services.events.append(
+            job, EventType.SUBMITTED, SubmittedData(kind="demo", params={}, max_attempts=1, tenant="acme")
+        )
         await services.index.add(job, now - 100_000 + n, "acme")
-    running = [f"run-{n:02d}" for n in range(50)]
-    for n, job in enumerate(running):
-        await running_job(services.events, job)
-        await services.index.add(job, now + n, "acme")
+    for job in running:
+        await services.events.append(job, EventType.STARTED, StartedData(worker="w1", attempt=1), attempt=1)
     page = await browser.new_page(viewport=DESKTOP)
     await sign_in(page, api.url, ACME)
+    await page.wait_for_selector("tr[data-job]", timeout=WAIT_MS)
     shown = await listed_ids(page)
     assert sorted(shown) == sorted(running), "the newest page is the 50 running jobs"
     assert await page.locator("tr[data-job]").count() <= 50, "the DOM holds one page, not 1,000 rows"
