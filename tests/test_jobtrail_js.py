@@ -18,8 +18,7 @@ import pytest
 
 from jobtrail.auth import hash_key, new_key
 from tests.support.api import history, submit
-from tests.support.jobtrail_js import start_watch, wait_for_ends, wait_for_events
-from tests.support.redis_server import RedisServer
+from tests.support.jobtrail_js import start_watch, wait_for, wait_for_ends, wait_for_events
 from tests.support.serve import serve, wait_ready
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.worker_procs import Workers
@@ -102,7 +101,7 @@ async def test_the_view_survives_an_api_restart_without_a_lost_or_repeated_event
             job = await submit(http, LONG_JOB)
             page = await open_page(browser, url)
             await start_watch(page, [job], transport=transport, key=KEY)
-            await wait_for_events(page, 5)
+            before = await wait_for_events(page, 5)
             process.kill()  # SIGKILL: no goodbye to any client
             process.wait()
             await asyncio.sleep(1.0)
@@ -113,24 +112,17 @@ async def test_the_view_survives_an_api_restart_without_a_lost_or_repeated_event
     finally:
         process.kill()
         process.wait()
+    assert len(before.events) < len(expected)  # broken mid-job
     assert_whole(found, job, expected)
     assert "reconnecting" in found.statuses
 
 
-@pytest.fixture
-def outage_redis(tmp_path) -> AsyncIterator[RedisServer]:
-    # Its own server, fsynced on every write, so the test can kill it and restart it on its files.
-    server = RedisServer(tmp_path / "redis", None, "--appendonly", "yes", "--appendfsync", "always").start()
-    yield server
-    server.kill()
-
-
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_the_view_survives_a_redis_outage_without_a_lost_or_repeated_event(
-    transport, secured, outage_redis, start_api, tmp_path, browser
+    transport, secured, durable_redis, start_api, tmp_path, browser
 ):
     settings = msgspec.structs.replace(
-        secured, redis_url=outage_redis.url, redis_timeout_s=1.0, lease_ttl_s=2.0, reaper_interval_s=0.5,
+        secured, redis_url=durable_redis.url, redis_timeout_s=1.0, lease_ttl_s=2.0, reaper_interval_s=0.5,
         pending_stale_s=2.0,
     )
     api = await start_api(settings)
@@ -141,14 +133,15 @@ async def test_the_view_survives_a_redis_outage_without_a_lost_or_repeated_event
             job = await submit(http, LONG_JOB)
             page = await open_page(browser, api.url)
             await start_watch(page, [job], transport=transport, key=KEY)
-            await wait_for_events(page, 5)
-            outage_redis.kill()
+            before = await wait_for_events(page, 5)
+            durable_redis.kill()
             await asyncio.sleep(1.5)
-            outage_redis.start()
+            durable_redis.start()
             found = await wait_for_ends(page, 1)
             expected = await history_ids(http, job)
     finally:
         workers.close()
+    assert len(before.events) < len(expected)  # broken mid-job
     assert_whole(found, job, expected)
     assert "reconnecting" in found.statuses
 
@@ -165,7 +158,7 @@ async def test_an_expiring_token_is_replaced_and_the_view_goes_on(transport, sta
             job = await submit(http, LONG_JOB)
             page = await open_page(browser, url)
             await start_watch(page, [job], transport=transport, key=KEY, ttl=1)
-            await wait_for_events(page, 3)
+            before = await wait_for_events(page, 3)
             if transport == "sse":
                 # An open event stream outlives its token (it was checked at connect); its
                 # reconnect is what meets the 401. /ws ends the socket at expiry by itself.
@@ -175,6 +168,7 @@ async def test_an_expiring_token_is_replaced_and_the_view_goes_on(transport, sta
             expected = await history_ids(http, job)
     finally:
         await proxy.stop()
+    assert len(before.events) < len(expected)
     assert_whole(found, job, expected)
     assert len(found.tokens) >= 2, found.tokens
     assert all(scope == {"job": job} for scope in found.tokens)
@@ -197,6 +191,54 @@ async def test_watch_jobs_follows_two_jobs_at_once(transport, start_api, secured
         assert found.tokens == [{"feed": True}]  # a feed token covers every job of the tenant
     else:
         assert sorted(scope["job"] for scope in found.tokens) == sorted(jobs)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_watch_jobs_takes_jobs_added_and_drops_jobs_removed(transport, start_api, secured, workers, browser):
+    api = await start_api(secured)
+    await workers.start()
+    async with http_for(api.url) as http:
+        dropped = await submit(http, LONG_JOB)
+        page = await open_page(browser, api.url)
+        await start_watch(page, [dropped], mode="jobs", transport=transport, key=KEY)
+        await wait_for_events(page, 4)
+        at_removal = await page.evaluate(f"() => {{ window.__watch.remove({dropped!r}); return window.__jt.events.length }}")
+        added = await submit(http, {"steps": 5, "delay_ms": 50})
+        await page.evaluate(f"() => window.__watch.add({added!r})")
+        found = await wait_for_ends(page, 1)
+        expected = await history_ids(http, added)
+        assert await page.evaluate("() => window.__watch.jobs") == []
+    assert_whole(found, added, expected)
+    assert len(found.ids(dropped)) == at_removal  # nothing of a removed job after remove()
+    assert found.ends == [["terminal", added]]
+    if transport == "ws":
+        assert found.sockets == 1  # the added job came on the socket already open
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_the_activity_feed_resumes_after_a_drop_without_a_lost_or_repeated_entry(
+    transport, start_api, secured, workers, browser
+):
+    api = await start_api(secured)
+    await workers.start()
+    proxy = TcpProxy("127.0.0.1", int(api.url.rsplit(":", 1)[1]))
+    url = await proxy.start()
+    try:
+        async with http_for(api.url) as http:
+            page = await open_page(browser, url)
+            await start_watch(page, [], mode="feed", transport=transport, key=KEY)
+            await wait_for(page, lambda found: "live" in found.statuses, "the feed live")
+            job = await submit(http, LONG_JOB)
+            await wait_for(page, lambda found: "started" in [e["type"] for e in found.events], "started")
+            proxy.cut()  # mid-job, between its `started` and its `succeeded`
+            found = await wait_for(page, lambda found: "succeeded" in [e["type"] for e in found.events], "succeeded")
+            transitions = [e for e in await history(http, job) if e["type"] in ("submitted", "started", "succeeded")]
+    finally:
+        await proxy.stop()
+    entries = [event for event in found.events if event["job"] == job]
+    assert [(e["type"], e["event_id"]) for e in entries] == [(e["type"], e["id"]) for e in transitions]
+    assert found.tokens[0] == {"feed": True}
+    assert "reconnecting" in found.statuses and found.ends == []
 
 
 async def test_auto_falls_back_to_event_source_when_websockets_fail(start_api, secured, workers, browser):
