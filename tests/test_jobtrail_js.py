@@ -202,9 +202,12 @@ async def test_watch_jobs_takes_jobs_added_and_drops_jobs_removed(transport, sta
         page = await open_page(browser, api.url)
         await start_watch(page, [dropped], mode="jobs", transport=transport, key=KEY)
         await wait_for_events(page, 4)
-        at_removal = await page.evaluate(f"() => {{ window.__watch.remove({dropped!r}); return window.__jt.events.length }}")
+        # One turn of the page's loop: nothing can arrive between the two.
+        at_removal = await page.evaluate(
+            "(job) => { window.__watch.remove(job); return window.__jt.events.length }", dropped
+        )
         added = await submit(http, {"steps": 5, "delay_ms": 50})
-        await page.evaluate(f"() => window.__watch.add({added!r})")
+        await page.evaluate("(job) => window.__watch.add(job)", added)
         found = await wait_for_ends(page, 1)
         expected = await history_ids(http, added)
         assert await page.evaluate("() => window.__watch.jobs") == []

@@ -47,7 +47,8 @@ async ({mode, ids, key, ttl, options, brokenWebSocket}) => {
     onGap: (g) => jt.gaps.push(g),
     onEnd: (reason, job) => jt.ends.push([reason, job]),
     onStatus: (s) => jt.statuses.push(s)};
-  const watches = {job: () => m.watchJob(ids[0], opts), jobs: () => m.watchJobs(ids, opts), feed: () => m.watchFeed(opts)};
+  const watches = {job: () => m.watchJob(ids[0], opts), jobs: () => m.watchJobs(ids, opts),
+                   feed: () => m.watchFeed(opts)};
   window.__watch = watches[mode]();
 }
 """
