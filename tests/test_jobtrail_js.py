@@ -18,6 +18,7 @@ import pytest
 
 from jobtrail.auth import hash_key, new_key
 from tests.support.api import history, submit
+from tests.support.jobs import finished_job, progress, running_job, stream_ids
 from tests.support.jobtrail_js import start_watch, wait_for, wait_for_ends, wait_for_events
 from tests.support.serve import serve, wait_ready
 from tests.support.tcp_proxy import TcpProxy
@@ -276,4 +277,35 @@ async def test_without_get_token_a_refused_watch_ends_instead_of_retrying(transp
     await start_watch(page, [job], transport=transport)  # keys are on, and the page has no token
     found = await wait_for_ends(page, 1, timeout=20)
     assert found.ends == [["not authenticated", job]]
+    assert found.statuses[-1] == "closed"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_trimmed_history_comes_as_a_gap_with_the_jobs_state(
+    transport, api, events, redis_client, keys, browser
+):
+    await finished_job(events, "trimmed", steps=6)
+    ids = await stream_ids(redis_client, keys, "trimmed")
+    await redis_client.xtrim(keys.events("trimmed"), maxlen=3, approximate=False)  # someone else's XTRIM
+    page = await open_page(browser, api.url)
+    await start_watch(page, ["trimmed"], transport=transport, after=ids[0])
+    found = await wait_for_ends(page, 1, timeout=20)
+    assert [gap["state"]["state"] for gap in found.gaps] == ["succeeded"]
+    assert found.ids("trimmed") == ids[-3:]  # what the stream still holds after `after`
+    # The summary is the gap's state, and the events it already holds do not fold it backwards.
+    assert [(s["state"], s["percent"], s["lastEventId"]) for s in found.states] == [("succeeded", 100, ids[-1])]
+    assert found.ends == [["terminal", "trimmed"]]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_job_deleted_while_watched_ends_the_watch_as_deleted(transport, api, events, client, browser):
+    await running_job(events, "doomed")
+    await progress(events, "doomed", 1, 4)
+    page = await open_page(browser, api.url)
+    await start_watch(page, ["doomed"], transport=transport)
+    await wait_for_events(page, 3)
+    assert (await client.delete("/jobs/doomed")).status_code == 204
+    found = await wait_for_ends(page, 1, timeout=20)
+    assert found.ends == [["deleted", "doomed"]]
+    assert [event["type"] for event in found.events] == ["submitted", "started", "progress"]
     assert found.statuses[-1] == "closed"

@@ -79,12 +79,13 @@ async def start_watch(
     transport: str = "auto",
     key: str | None = None,
     ttl: int = 60,
+    after: str | None = None,
     broken_websocket: bool = False,
 ) -> None:
     """Start watchJob(ids[0]) (mode "job"), watchJobs(ids) ("jobs") or watchFeed() ("feed") in the page."""
     await page.evaluate(_START, {
         "mode": mode, "ids": ids, "key": key, "ttl": ttl, "brokenWebSocket": broken_websocket,
-        "options": {"transport": transport, **FAST_BACKOFF},
+        "options": {"transport": transport, "after": after, **FAST_BACKOFF},
     })
 
 
