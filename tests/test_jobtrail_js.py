@@ -43,6 +43,20 @@ async def workers(secured, tmp_path) -> AsyncIterator[Workers]:
     started.close()
 
 
+@pytest.fixture
+async def proxied(start_api, secured, workers) -> AsyncIterator[tuple[str, TcpProxy, str]]:
+    """The API (keys on) with a worker, and a proxy before it that the test can cut: (API url, proxy, page url).
+
+    The page is loaded through the proxy, so everything it opens goes through it too.
+    """
+    api = await start_api(secured)
+    await workers.start()
+    proxy = TcpProxy("127.0.0.1", int(api.url.rsplit(":", 1)[1]))
+    page_url = await proxy.start()
+    yield api.url, proxy, page_url
+    await proxy.stop()
+
+
 def http_for(url: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
 
@@ -148,27 +162,20 @@ async def test_the_view_survives_a_redis_outage_without_a_lost_or_repeated_event
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_an_expiring_token_is_replaced_and_the_view_goes_on(transport, start_api, secured, workers, browser):
-    api = await start_api(secured)
-    await workers.start()
-    # The page talks to the API through a proxy, so the test can drop its connections.
-    proxy = TcpProxy("127.0.0.1", int(api.url.rsplit(":", 1)[1]))
-    url = await proxy.start()
-    try:
-        async with http_for(api.url) as http:
-            job = await submit(http, LONG_JOB)
-            page = await open_page(browser, url)
-            await start_watch(page, [job], transport=transport, key=KEY, ttl=1)
-            before = await wait_for_events(page, 3)
-            if transport == "sse":
-                # An open event stream outlives its token (it was checked at connect); its
-                # reconnect is what meets the 401. /ws ends the socket at expiry by itself.
-                await asyncio.sleep(2.0)
-                proxy.cut()
-            found = await wait_for_ends(page, 1)
-            expected = await history_ids(http, job)
-    finally:
-        await proxy.stop()
+async def test_an_expiring_token_is_replaced_and_the_view_goes_on(transport, proxied, browser):
+    api_url, proxy, page_url = proxied
+    async with http_for(api_url) as http:
+        job = await submit(http, LONG_JOB)
+        page = await open_page(browser, page_url)
+        await start_watch(page, [job], transport=transport, key=KEY, ttl=1)
+        before = await wait_for_events(page, 3)
+        if transport == "sse":
+            # An open event stream outlives its token (it was checked at connect); its
+            # reconnect is what meets the 401. /ws ends the socket at expiry by itself.
+            await asyncio.sleep(2.0)
+            proxy.cut()
+        found = await wait_for_ends(page, 1)
+        expected = await history_ids(http, job)
     assert len(before.events) < len(expected)
     assert_whole(found, job, expected)
     assert len(found.tokens) >= 2, found.tokens
@@ -221,24 +228,18 @@ async def test_watch_jobs_takes_jobs_added_and_drops_jobs_removed(transport, sta
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_the_activity_feed_resumes_after_a_drop_without_a_lost_or_repeated_entry(
-    transport, start_api, secured, workers, browser
+    transport, proxied, browser
 ):
-    api = await start_api(secured)
-    await workers.start()
-    proxy = TcpProxy("127.0.0.1", int(api.url.rsplit(":", 1)[1]))
-    url = await proxy.start()
-    try:
-        async with http_for(api.url) as http:
-            page = await open_page(browser, url)
-            await start_watch(page, [], mode="feed", transport=transport, key=KEY)
-            await wait_for(page, lambda found: "live" in found.statuses, "the feed live")
-            job = await submit(http, LONG_JOB)
-            await wait_for(page, lambda found: "started" in [e["type"] for e in found.events], "started")
-            proxy.cut()  # mid-job, between its `started` and its `succeeded`
-            found = await wait_for(page, lambda found: "succeeded" in [e["type"] for e in found.events], "succeeded")
-            transitions = [e for e in await history(http, job) if e["type"] in ("submitted", "started", "succeeded")]
-    finally:
-        await proxy.stop()
+    api_url, proxy, page_url = proxied
+    async with http_for(api_url) as http:
+        page = await open_page(browser, page_url)
+        await start_watch(page, [], mode="feed", transport=transport, key=KEY)
+        await wait_for(page, lambda found: "live" in found.statuses, "the feed live")
+        job = await submit(http, LONG_JOB)
+        await wait_for(page, lambda found: "started" in [e["type"] for e in found.events], "started")
+        proxy.cut()  # mid-job, between its `started` and its `succeeded`
+        found = await wait_for(page, lambda found: "succeeded" in [e["type"] for e in found.events], "succeeded")
+        transitions = [e for e in await history(http, job) if e["type"] in ("submitted", "started", "succeeded")]
     entries = [event for event in found.events if event["job"] == job]
     assert [(e["type"], e["event_id"]) for e in entries] == [(e["type"], e["id"]) for e in transitions]
     assert found.tokens[0] == {"feed": True}
@@ -309,3 +310,21 @@ async def test_a_job_deleted_while_watched_ends_the_watch_as_deleted(transport, 
     assert found.ends == [["deleted", "doomed"]]
     assert [event["type"] for event in found.events] == ["submitted", "started", "progress"]
     assert found.statuses[-1] == "closed"
+
+
+async def test_ids_compare_as_numbers_and_the_backoff_doubles_up_to_its_cap_with_jitter(api, browser):
+    page = await open_page(browser, api.url)
+    found = await page.evaluate("""async () => {
+      const {compareIds, backoffDelay} = await import("/ui/jobtrail.js");
+      const delays = (attempt) => Array.from({length: 200}, () => backoffDelay(attempt, 100, 1000));
+      return {
+        order: [compareIds("1700000000000-10", "1700000000000-9"), compareIds("999-0", "1000-0"),
+                compareIds("5", "5-0"), compareIds("5-18446744073709551615", "5-18446744073709551614")],
+        spans: [0, 1, 2, 3, 4, 30].map((n) => { const d = delays(n); return [Math.min(...d), Math.max(...d)]; }),
+      };
+    }""")
+    assert found["order"] == [1, -1, 0, 1]  # not string order, and sequences past 2**53
+    for attempt, (low, high) in zip([0, 1, 2, 3, 4, 30], found["spans"], strict=True):
+        cap = min(1000, 100 * 2**attempt)
+        assert cap / 2 <= low <= high <= cap, (attempt, low, high)
+    assert found["spans"][0][1] - found["spans"][0][0] > 10  # jittered, not one fixed delay
