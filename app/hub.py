@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 Decoder = Callable[[Iterable[tuple[str, dict[str, str]]]], list[Any]]
 
 
+# Why the hub ends a subscription (SubscriptionClosed.reason); app/follow.py names each for its transports.
+SHUTTING_DOWN = "server is shutting down"
+FELL_BEHIND = "subscriber fell too far behind"
+REDIS_LOST = "event store unavailable"
+UNREADABLE = "unreadable event in the stream"
+
+
 class SubscriptionClosed(Exception):
     """The hub ended this subscription: it overflowed, Redis failed, or the hub stopped."""
 
@@ -58,7 +65,7 @@ class Subscription:
             self._queue.put_nowait(event)
             return True
         except asyncio.QueueFull:
-            self.close("subscriber fell too far behind")
+            self.close(FELL_BEHIND)
             return False
 
     def close(self, reason: str) -> None:
@@ -119,7 +126,7 @@ class Hub:
             self._task = None
         for subs in self._subscribers.values():
             for sub in subs:
-                sub.close("server is shutting down")
+                sub.close(SHUTTING_DOWN)
         self._subscribers.clear()
         self._cursors.clear()
         self._decoders.clear()
@@ -127,7 +134,7 @@ class Hub:
             await self.writer.delete(self.wake_key)
         await self.reader.aclose()
 
-    def drain(self, reason: str = "server is shutting down") -> None:
+    def drain(self, reason: str = SHUTTING_DOWN) -> None:
         """End every subscription now, and any made from now on, so SSE responses finish cleanly.
 
         Called when the process is told to stop: its streams end with `reason` and
@@ -192,7 +199,7 @@ class Hub:
                 log.warning("hub lost Redis (%s); closing %d subscriptions", exc, self.subscriber_count)
                 for subs in list(self._subscribers.values()):
                     for sub in list(subs):
-                        sub.close("event store unavailable")
+                        sub.close(REDIS_LOST)
                         self.unsubscribe(sub)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -222,7 +229,7 @@ class Hub:
                 log.exception("hub cannot decode an entry of %s; closing its subscriptions", stream)
                 self._cursors[stream] = entries[-1][0]
                 for sub in list(self._subscribers.get(stream, ())):
-                    sub.close("unreadable event in the stream")
+                    sub.close(UNREADABLE)
                     self.unsubscribe(sub)
                 continue
             if not events:
