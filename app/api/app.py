@@ -90,8 +90,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     provided_names = ("redis", "events", "hub", "index", "service", "artifacts", "signer", "submit_rate", "sse_slots")
     return Litestar(
         route_handlers=[
-            JobsController, list_kinds, audit_report, activity_events, feed_token, healthz, readyz, ws, ws_described,
-            ui_router(),
+            JobsController, list_kinds, audit_report, activity_events, feed_token, healthz, readyz, ui_router(),
+            ws, ws_described,
             *([LegacyExportsController] if settings.legacy_routes == "on" else []),
         ],
         lifespan=[lifespan],

@@ -139,6 +139,7 @@ class JobSubscription {
     this.delivered = 0;
     this.ended = null;
     this.attempt = 0; // failed (re)subscriptions in a row, for the backoff
+    this.retry = null; // a resubscription waiting for its backoff (/ws)
   }
 
   get tokenScope() {
@@ -222,6 +223,7 @@ class FeedSubscription {
     this.callbacks = callbacks;
     this.ended = null;
     this.attempt = 0;
+    this.retry = null;
   }
 
   get tokenScope() {
@@ -376,6 +378,7 @@ class Watch {
     this.closed = true;
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.clear();
+    for (const sub of this.subs.values()) clearTimeout(sub.retry);
     this.dropSocket();
     for (const key of [...this.streams.keys()]) this.closeStream(key);
     this.setStatus("closed");
@@ -399,6 +402,7 @@ class Watch {
     const sub = this.subs.get(key);
     if (!sub) return;
     this.subs.delete(key);
+    clearTimeout(sub.retry);
     if (this.transport === "sse") this.closeStream(key);
     else if (this.socket?.readyState === OPEN) this.send(sub.unsubscribeMessage());
   }
@@ -449,7 +453,12 @@ class Watch {
       opened = true;
       this.socketEverOpened = true;
       this.failuresBeforeOpen = 0;
-      for (const sub of this.activeSubs()) this.send(sub.subscribeMessage());
+      for (const sub of this.activeSubs()) {
+        // Sent now from its cursor: a retry still pending would only replay it again.
+        clearTimeout(sub.retry);
+        sub.retry = null;
+        this.send(sub.subscribeMessage());
+      }
     };
     socket.onmessage = (message) => {
       lastHeard = Date.now();
@@ -571,15 +580,21 @@ class Watch {
 
   resubscribeLater(sub) {
     this.setStatus("reconnecting");
-    this.later(this.delay(sub.attempt++), () => {
-      if (!sub.ended && this.subs.get(sub.key) === sub && this.transport === "ws") this.send(sub.subscribeMessage());
-    });
+    clearTimeout(sub.retry);
+    sub.retry = setTimeout(() => {
+      sub.retry = null;
+      if (!this.closed && this.isCurrent(sub) && this.transport === "ws") this.send(sub.subscribeMessage());
+    }, this.delay(sub.attempt++));
+  }
+
+  isCurrent(sub) {
+    return !sub.ended && this.subs.get(sub.key) === sub;
   }
 
   // --- EventSource ---
 
   async openStream(sub) {
-    if (this.closed || sub.ended || this.streams.has(sub.key)) return;
+    if (this.closed || !this.isCurrent(sub) || this.streams.has(sub.key)) return;
     const stream = { source: null, opened: false };
     this.streams.set(sub.key, stream); // claimed while the token is asked for
     let url;
@@ -626,11 +641,12 @@ class Watch {
 
   // A stream that never opened was refused: ask the same URL for the status EventSource hides.
   async streamFailed(sub, refusedUrl) {
-    if (this.closed || sub.ended) return;
+    if (this.closed || !this.isCurrent(sub)) return;
     this.setStatus("reconnecting");
     let status = null;
     if (refusedUrl) {
       status = await statusOf(refusedUrl);
+      if (this.closed || !this.isCurrent(sub)) return;
       const reason = sub.endForStatus(status);
       if (reason) {
         sub.end(reason);

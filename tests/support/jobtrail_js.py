@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,12 +41,15 @@ async ({mode, ids, key, ttl, options, brokenWebSocket}) => {
     return (await answer.json()).token;
   });
   const opts = {...options, getToken,
-    onEvent: (e) => jt.events.push({job: e.job, id: e.id, type: e.type}),
+    // A feed entry names its job `job_id`, and the event it stands for `event_id`.
+    onEvent: (e) => jt.events.push({job: e.job ?? e.job_id, id: e.id, type: e.type, event_id: e.event_id}),
     onState: (s) => jt.states.push(s),
     onGap: (g) => jt.gaps.push(g),
     onEnd: (reason, job) => jt.ends.push([reason, job]),
     onStatus: (s) => jt.statuses.push(s)};
-  window.__watch = mode === "jobs" ? m.watchJobs(ids, opts) : m.watchJob(ids[0], opts);
+  const watches = {job: () => m.watchJob(ids[0], opts), jobs: () => m.watchJobs(ids, opts),
+                   feed: () => m.watchFeed(opts)};
+  window.__watch = watches[mode]();
 }
 """
 
@@ -75,12 +79,13 @@ async def start_watch(
     transport: str = "auto",
     key: str | None = None,
     ttl: int = 60,
+    after: str | None = None,
     broken_websocket: bool = False,
 ) -> None:
-    """Start watchJob(ids[0]) (mode "job") or watchJobs(ids) (mode "jobs") in the page."""
+    """Start watchJob(ids[0]) (mode "job"), watchJobs(ids) ("jobs") or watchFeed() ("feed") in the page."""
     await page.evaluate(_START, {
         "mode": mode, "ids": ids, "key": key, "ttl": ttl, "brokenWebSocket": broken_websocket,
-        "options": {"transport": transport, **FAST_BACKOFF},
+        "options": {"transport": transport, "after": after, **FAST_BACKOFF},
     })
 
 
@@ -88,20 +93,21 @@ async def seen(page: Page) -> Seen:
     return Seen(**await page.evaluate("() => window.__jt"))
 
 
+async def wait_for(page: Page, condition: Callable[[Seen], bool], what: str, timeout: float = 30.0) -> Seen:
+    """Wait until what the page saw meets `condition`; fail saying `what` did not happen."""
+    deadline = time.monotonic() + timeout
+    while not condition(found := await seen(page)):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not after {timeout}s; the page saw {found.events} and ends {found.ends}, "
+                        f"statuses {found.statuses}")
+        await asyncio.sleep(0.05)
+    return found
+
+
 async def wait_for_ends(page: Page, count: int, timeout: float = 60.0) -> Seen:
     """Wait until `count` subscriptions ended (onEnd), then what the page saw."""
-    deadline = time.monotonic() + timeout
-    while len((found := await seen(page)).ends) < count:
-        if time.monotonic() > deadline:
-            pytest.fail(f"after {timeout}s the page saw {len(found.events)} events and ends {found.ends}")
-        await asyncio.sleep(0.1)
-    return found
+    return await wait_for(page, lambda found: len(found.ends) >= count, f"{count} ends", timeout)
 
 
 async def wait_for_events(page: Page, count: int, timeout: float = 30.0) -> Seen:
-    deadline = time.monotonic() + timeout
-    while len((found := await seen(page)).events) < count:
-        if time.monotonic() > deadline:
-            pytest.fail(f"after {timeout}s the page saw only {len(found.events)} events")
-        await asyncio.sleep(0.05)
-    return found
+    return await wait_for(page, lambda found: len(found.events) >= count, f"{count} events", timeout)
