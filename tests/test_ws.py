@@ -13,6 +13,7 @@ import httpx
 import msgspec
 import pytest
 
+from jobtrail.api.ws_session import Outbox
 from jobtrail.auth import hash_key, new_key
 from jobtrail.events import EventType, SubmittedData
 from tests.support.jobs import eventually, finished_job, progress, running_job, stream_ids
@@ -382,6 +383,18 @@ async def test_a_subscription_the_client_cannot_keep_up_with_ends_too_slow_and_r
     assert got == expected, "each round resumed where the last one's frames stopped: no loss, no repeat"
     assert rounds > 2, "a replay of 49 events does not fit a queue of 5 frames"
 
+
+async def test_the_outbox_refuses_offers_when_full_but_queues_ends_and_flags_a_client_that_reads_nothing():
+    outbox = Outbox(2)
+    assert outbox.offer(b"1") and outbox.offer(b"2")
+    assert not outbox.offer(b"3"), "full: the subscription offering it ends too slow"
+    outbox.force(b"end")
+    outbox.force(b"end")
+    assert not outbox.overrun.is_set()
+    outbox.force(b"end")
+    assert outbox.overrun.is_set(), "past twice its size the socket is closed"
+    assert [await outbox.next() for _ in range(5)] == [b"1", b"2", b"end", b"end", b"end"]
+    assert outbox.pop() is None
 
 async def test_ping_is_answered_with_pong(api):
     async with open_socket(api.url) as socket:
