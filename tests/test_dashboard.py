@@ -248,6 +248,10 @@ async def test_a_thousand_jobs_list_in_bounded_pages_with_fifty_bars_moving(star
     for job in running:
         await services.events.append(job, EventType.STARTED, StartedData(worker="w1", attempt=1), attempt=1)
     page = await browser.new_page(viewport=DESKTOP)
+    await page.add_init_script(
+        "window.__sockets = 0; const Real = window.WebSocket;"
+        " window.WebSocket = class extends Real { constructor(...a) { super(...a); window.__sockets++; } };"
+    )
     await sign_in(page, api.url, ACME)
     await page.wait_for_selector("tr[data-job]", timeout=WAIT_MS)
     shown = await listed_ids(page)
@@ -263,6 +267,7 @@ async def test_a_thousand_jobs_list_in_bounded_pages_with_fifty_bars_moving(star
         timeout=WAIT_MS, polling=100,
     )
     await screenshot(page, "dashboard-fifty-running")
+    assert await page.evaluate("() => window.__sockets") == 2, "one socket for the 50 bars, one for the feed"
 
     older = page.get_by_role("button", name="Older →")
     for _ in range(3):

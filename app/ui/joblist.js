@@ -207,6 +207,8 @@ export class JobList {
           if (entry) this.patch(event.job, foldEvent({ ...entry.job, ...this.pending.get(event.job) }, event));
         },
         onStatus: (status) => showStatus(this.status, status),
+        // A listed job deleted (or gone) under the page: read the page again without it.
+        onEnd: (reason) => { if (reason !== "terminal") this.scheduleRefresh(); },
       });
       this.syncWatch();
     } catch (error) {
