@@ -270,10 +270,9 @@ async def test_a_thousand_jobs_list_in_bounded_pages_with_fifty_bars_moving(star
     assert await page.evaluate("() => window.__sockets") == 2, "one socket for the 50 bars, one for the feed"
 
     older = page.get_by_role("button", name="Older →")
-    for _ in range(3):
+    for number in range(2, 5):
         await older.click()
-        await page.wait_for_function("() => document.querySelector('.page-no').textContent !== 'Page 1'")
-    await page.wait_for_selector("text=Page 4")
+        await page.wait_for_selector(f".page-no:text-is('Page {number}')", timeout=WAIT_MS)
     assert await page.locator("tr[data-job]").count() <= 50
     target = (await listed_ids(page))[10]
     assert target.startswith("old-")

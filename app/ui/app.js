@@ -84,6 +84,7 @@ function route() {
   view = match
     ? new JobPage(session.api, session.mode, decodeURIComponent(match[1]), { confirm })
     : list;
+  document.body.classList.toggle("route-job", Boolean(match));
   const main = $("content");
   Promise.resolve(view.mount(main)).then(() => {
     // Focus the new view's heading, so keyboard and screen-reader users land on it.

@@ -109,11 +109,16 @@ export class JobList {
     const token = Symbol("load");
     this.loading = token;
     this.lastRefresh = Date.now();
+    // Until this page is read, the next one's cursor is unknown: no paging meanwhile.
+    for (const button of this.pager.querySelectorAll("button")) button.disabled = true;
     let page;
     try {
       page = await this.api.listJobs({ ...this.filters, limit: PAGE_SIZE, cursor: this.cursors[this.pageIndex] });
     } catch (error) {
-      if (this.loading === token) replace(this.message, `Could not list jobs: ${error.message}`);
+      if (this.loading === token) {
+        replace(this.message, `Could not list jobs: ${error.message}`);
+        this.renderPager(this.cursors[this.pageIndex + 1]);
+      }
       return;
     }
     if (this.loading !== token || !this.main) return; // a newer load or another view won
