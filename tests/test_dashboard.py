@@ -6,7 +6,7 @@ move to 100 % and its state turn succeeded, its timeline equal to the job's hist
 started again on its port) and through tokens that expire mid-job, with no entry lost or
 repeated. A job is cancelled from its page; an admin key sees and filters every tenant, a
 tenant key its own; 1,000 jobs list in bounded pages that stay quick to use. Screenshots
-at 1280×800 and 390×844 land in build/screenshots/.
+at 1280x800 and 390x844 land in build/screenshots/.
 """
 
 from __future__ import annotations
@@ -119,8 +119,9 @@ async def test_the_list_moves_live_bars_and_the_activity_panel_on_a_phone(start_
         row = f'tr[data-job="{job}"]'
         await page.wait_for_selector(row, timeout=WAIT_MS)
         await page.wait_for_function(
-            f"() => {{ const bar = document.querySelector('{row} progress'); return bar && bar.value > 0 && bar.value < 100; }}",
-            timeout=WAIT_MS, polling=50,
+            "row => { const bar = document.querySelector(`${row} progress`);"
+            " return bar && bar.value > 0 && bar.value < 100; }",
+            arg=row, timeout=WAIT_MS, polling=50,
         )
         await screenshot(page, "dashboard-phone-list")
         await page.wait_for_selector(f"{row} .state-succeeded", timeout=WAIT_MS)

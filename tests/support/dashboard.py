@@ -57,7 +57,9 @@ async def wait_for_timeline_end(page: Page) -> None:
 
 async def timeline_ids(page: Page) -> list[str]:
     """The event ids of the job page's timeline, in the order shown."""
-    return await page.eval_on_selector_all(".timeline li[data-event-id]", "items => items.map(li => li.dataset.eventId)")
+    return await page.eval_on_selector_all(
+        ".timeline li[data-event-id]", "items => items.map(li => li.dataset.eventId)"
+    )
 
 
 async def listed_ids(page: Page) -> list[str]:
