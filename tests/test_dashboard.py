@@ -135,6 +135,30 @@ async def test_the_list_moves_live_bars_and_the_activity_panel_on_a_phone(start_
     assert width <= PHONE["width"], "the phone layout scrolls sideways"
 
 
+async def test_an_export_pdf_from_the_form_offers_its_file_and_its_audit(start_api, secured, workers, browser):
+    api = await start_api(secured)
+    await workers.start()
+    page = await browser.new_page(viewport=DESKTOP, accept_downloads=True)
+    await sign_in(page, api.url, ACME)
+    await page.select_option("#submit-kind", "export.pdf")
+    await page.get_by_role("button", name="Submit").click()
+    await page.wait_for_selector("#submit-error:has-text('title')"), "a required field left empty is named"
+    await page.get_by_label("title").fill("Q3 sales")
+    await page.get_by_role("button", name="Submit").click()
+    await page.wait_for_function("() => location.hash.startsWith('#/jobs/')", timeout=WAIT_MS)
+    await wait_for_shown_state(page, "succeeded")
+    async with page.expect_download(timeout=WAIT_MS) as download_info:
+        await page.get_by_role("link", name="Download q3-sales.pdf").click()
+    download = await download_info.value
+    assert download.suggested_filename == "q3-sales.pdf"
+    assert (await download.path()).read_bytes().startswith(b"%PDF-")
+    async with page.context.expect_page(timeout=WAIT_MS) as audit_info:
+        await page.get_by_role("button", name="Audit PDF").click()
+    audit = await audit_info.value
+    assert audit.url.startswith("blob:"), "the audit, fetched with the key, opens as a blob"
+    await screenshot(page, "dashboard-export-pdf")
+
+
 async def test_the_job_page_resumes_after_the_api_restarts_with_no_lost_or_repeated_entry(
     settings, tmp_path, workers, browser
 ):
