@@ -90,9 +90,14 @@ export class JobPage {
     this.showOutcome();
   }
 
+  // Rebuilt only when what they offer changes: a button replaced under the keyboard's
+  // focus at every progress event would throw the focus away.
   showActions() {
     const job = this.job;
     const gone = this.ended === "deleted";
+    const offer = JSON.stringify([TERMINAL.has(job.state), job.cancel_requested, job.artifact?.download_url, gone]);
+    if (offer === this.offer) return;
+    this.offer = offer;
     const buttons = [];
     if (!TERMINAL.has(job.state) && !gone) {
       buttons.push(h("button", { type: "button", class: "danger", disabled: job.cancel_requested, onclick: () => this.cancel() },
@@ -104,7 +109,9 @@ export class JobPage {
         onclick: (event) => this.download(event) }, `Download ${job.artifact.name}`));
     }
     if (!gone) buttons.push(h("button", { type: "button", class: "quiet", onclick: () => this.audit() }, "Audit PDF"));
+    const hadFocus = this.actions.contains(document.activeElement);
     replace(this.actions, buttons);
+    if (hadFocus) this.actions.querySelector("button:not([disabled]), a")?.focus();
   }
 
   showOutcome() {
@@ -145,6 +152,16 @@ export class JobPage {
     });
   }
 
+  // Many events can arrive in one frame (a replay, a burst): the page is drawn once per frame.
+  scheduleShow() {
+    if (this.showPending) return;
+    this.showPending = true;
+    requestAnimationFrame(() => {
+      this.showPending = false;
+      if (this.main) this.show();
+    });
+  }
+
   onState(summary) {
     if (!this.main) return;
     // The summary is folded from the whole history (the watch starts at the beginning).
@@ -152,7 +169,7 @@ export class JobPage {
       if (summary[name] !== undefined) this.job[name] = summary[name];
     }
     this.job.cancel_requested = summary.cancelRequested;
-    this.show();
+    this.scheduleShow();
   }
 
   onGap(gap) {
@@ -180,6 +197,11 @@ export class JobPage {
     if (!this.main) return;
     this.seen += 1;
     replace(this.count, `${this.seen} event${this.seen === 1 ? "" : "s"}`);
+    // The page may have been read before these; the events carry the times.
+    if (event.type === "started") this.job.started_at = event.at;
+    if (TERMINAL.has(event.type)) this.job.finished_at = event.at;
+    const list = this.timeline;
+    const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
     this.timeline.append(h("li", { dataset: { eventId: event.id, type: event.type } },
       h("time", { datetime: new Date(event.at).toISOString() }, when(event.at, { clock: true })),
       h("span", { class: `type type-${event.type}` }, event.type),
@@ -189,6 +211,7 @@ export class JobPage {
       this.timeline.firstElementChild.remove();
       this.dropped += 1;
     }
+    if (atBottom) list.scrollTop = list.scrollHeight; // follow the tail unless the reader scrolled up
     replace(this.timelineNote, this.dropped ? `${this.dropped} earlier events are not shown (GET /jobs/${this.id}/history has them all).` : "");
   }
 
