@@ -239,6 +239,8 @@ export class JobList {
         this.watched.add(id);
       }
     }
+    // Nothing to follow, nothing to report: a socket with no subscription is never "live".
+    this.status.hidden = this.watched.size === 0;
   }
 
   patch(id, change) {
