@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="port (default JOBTRAIL_PORT or 8000)")
     serve.set_defaults(run=_serve)
     worker = commands.add_parser("worker", help="run a worker that executes queued jobs (needs REDIS_URL)")
+    worker.add_argument("--metrics-port", type=int, metavar="N",
+                        help="serve Prometheus metrics on port N of JOBTRAIL_HOST (default JOBTRAIL_METRICS_PORT)")
     worker.set_defaults(run=_worker)
     for command in (serve, worker):
         command.add_argument("--kinds", metavar="MODULES",
@@ -189,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if getattr(args, "kinds", None) is not None:
         settings = msgspec.structs.replace(settings, kinds=args.kinds)
+    if getattr(args, "metrics_port", None) is not None:
+        settings = msgspec.structs.replace(settings, metrics_port=args.metrics_port)
     try:
         return args.run(settings, args)
     except KindsLoadError as exc:

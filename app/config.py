@@ -64,6 +64,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     submissions_per_minute: int = 600
     # The export service's routes (/api/exports, app/api/legacy.py), for its clients during a switch-over.
     legacy_routes: Literal["on", "off"] = "off"
+    # Metrics (app/metrics.py): a `tenant` label on the per-job metrics; /metrics served
+    # openly on a listener of its own (`host:port`, the API's); a worker's metrics port.
+    metrics_tenant_label: Literal["on", "off"] = "off"
+    metrics_bind: str = ""
+    metrics_port: int = 0
 
     @property
     def embedded(self) -> bool:

@@ -155,3 +155,7 @@ class NotAuthenticated(JobtrailError, status=401, code="not_authenticated"):
 
     def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(JobtrailError, status=403, code="forbidden"):
+    """A valid key that may not do this (e.g. a tenant's key on `/metrics`, which needs an admin key)."""

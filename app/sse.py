@@ -107,6 +107,7 @@ async def job_event_stream(
                 yield sse_comment("job was deleted")
                 return
             yield sse_event(event)
+            events.metrics.delivered(event.id)
             last = event.id
             if event.terminal:
                 return

@@ -28,6 +28,7 @@ async def record_submitted(events: EventLog, index: JobIndex, job_id: str, data:
     """
     await events.append(job_id, EventType.SUBMITTED, data, key=f"submitted:{uuid.uuid4().hex}")
     job = await events.state(job_id)
+    events.metrics.submitted(job.kind, job.tenant)
     await index_job(index, job)
     return job
 
