@@ -149,6 +149,11 @@ class Metrics:
             self._live = LiveJobsCollector(count, self.tenant_label, timeout_s)
             self.registry.register(self._live)
 
+    def count_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Count the live set on `loop` when a scrape comes from another thread (app/metrics_listener.py)."""
+        if self._live is not None:
+            self._live.loop = loop
+
     async def render(self) -> bytes:
         """The Prometheus text of every metric, the live jobs counted afresh (from the event loop)."""
         if self._live is not None:
@@ -174,13 +179,13 @@ class LiveJobsCollector(Collector):
         self.count = count
         self.tenant_label = tenant_label
         self.timeout_s = timeout_s
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._counting: asyncio.Future[LiveCounts] | None = None
         self._latest: LiveCounts | None = None
         self._at = float("-inf")
 
     async def refresh(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         if time.monotonic() - self._at < self.FRESH_S:
             return
         if self._counting is None:
@@ -200,7 +205,7 @@ class LiveJobsCollector(Collector):
         return self._latest or {}
 
     def _refresh_from_thread(self) -> None:
-        loop = self._loop
+        loop = self.loop
         if loop is None or not loop.is_running():
             self._latest = None
             return

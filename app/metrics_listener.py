@@ -13,6 +13,7 @@ multiprocess mode, for forked workers that share one port, is not needed.
 
 from __future__ import annotations
 
+import asyncio
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
@@ -39,7 +40,11 @@ class MetricsListener:
         self._server: WSGIServer | None = None
 
     def start(self) -> None:
-        """Listen (OSError when the address is taken or not ours: the API must not start without it)."""
+        """Listen (OSError when the address is taken or not ours), from the process's event loop.
+
+        Its scrapes come on the server's threads; what needs Redis is counted on this loop.
+        """
+        self.metrics.count_on(asyncio.get_running_loop())
         self._server, _ = start_http_server(self.port, addr=self.host, registry=self.metrics.registry)
         self.port = self._server.server_port  # the one the system chose, when asked for port 0
 

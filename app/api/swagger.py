@@ -13,6 +13,7 @@ from pathlib import Path
 
 from litestar import get
 from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.response import File
 
@@ -41,7 +42,7 @@ def swagger_plugin() -> SwaggerRenderPlugin:
 
 
 @get(f"{ASSETS_PATH}/{{name:str}}", include_in_schema=False, sync_to_thread=False)
-def swagger_asset(name: str) -> File:
+def swagger_asset(name: FromPath[str]) -> File:
     media_type = _ASSETS.get(name)
     if media_type is None:  # a name, never a path: nothing else of the package is served
         raise NotFoundException(f"no Swagger UI asset {name!r}")
