@@ -1,8 +1,9 @@
-"""Prometheus metrics: scraped from a real API and a real worker after real jobs ran, parsed as Prometheus parses them."""
+"""Prometheus metrics, scraped from a real API and a real worker after real jobs ran, parsed as Prometheus would."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 import sys
@@ -327,3 +328,12 @@ async def test_swagger_ui_loads_nothing_from_another_host_and_its_files_are_serv
         assert len(asset.content) > 500, url
     assert (await client.get("/schema/assets/index.html")).status_code == 404
     assert (await client.get("/schema/assets/..%2Fmetrics.py")).status_code == 404
+
+
+def test_the_grafana_dashboard_queries_only_metrics_jobtrail_exports():
+    dashboard = json.loads((ROOT / "ops" / "grafana-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", ())]
+    assert len(exprs) >= 15
+    names = {name for expr in exprs for name in re.findall(r"jobtrail_\w+", expr)}
+    used = {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in names}
+    assert used == set(EXPECTED), f"queried, not exported: {used - set(EXPECTED)}; not shown: {set(EXPECTED) - used}"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from litestar import get
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.params import FromPath
 from litestar.response import File
 
 from jobtrail.api.access import SCHEMA_PATH
