@@ -28,6 +28,7 @@ from jobtrail.workers.runner import Runner
 from tests.support.api import FINISH_S, submit, wait_for_state
 from tests.support.env import ROOT, worker_env
 from tests.support.redis_server import free_port
+from tests.support.serve import serve, wait_ready
 
 TENANT_KEY, ADMIN_KEY = "jt_tenant-key-for-metrics", "jt_admin-key-for-metrics"
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -215,6 +216,25 @@ async def test_the_reaper_counts_the_stalls_it_finds_by_reason(services, setting
     scraped = Scrape((await services.metrics.render()).decode())
     assert scraped.value("jobtrail_jobs_stalled_total", reason="worker_gone") == 1
     assert scraped.value("jobtrail_jobs_stalled_total", reason="pending_stale") == 1
+
+
+async def test_embedded_the_apis_metrics_carry_the_jobs_it_ran_itself(settings, tmp_path):
+    process, url = serve(settings, tmp_path, REDIS_URL="")
+    try:
+        await wait_ready(process, url)
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            job = await wait_for_state(http, await submit(http, {"steps": 2, "delay_ms": 1}), TERMINAL)
+            assert job["state"] == "succeeded"
+            scraped = await scrape(http)
+    finally:
+        process.terminate()
+        process.wait(20)
+
+    assert scraped.value("jobtrail_jobs_submitted_total", kind="demo") == 1
+    assert scraped.value("jobtrail_job_duration_seconds_count", kind="demo", outcome="succeeded") == 1
+    assert scraped.value("jobtrail_job_queue_wait_seconds_count", kind="demo") == 1
+    assert "jobtrail_jobs" in scraped.families, "counted on the embedded store too"
+    assert scraped.value("jobtrail_jobs", state="pending") == 0
 
 
 # --- access ---
