@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -68,7 +68,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # openly on a listener of its own (`host:port`, the API's); a worker's metrics port.
     metrics_tenant_label: Literal["on", "off"] = "off"
     metrics_bind: str = ""
-    metrics_port: int = 0
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
 
     @property
     def embedded(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -193,6 +194,25 @@ async def test_a_worker_serves_its_own_metrics_on_its_metrics_port(client, setti
     assert scraped.value("jobtrail_jobs_submitted_total", kind="demo") == 0, "the API submitted it, not the worker"
     assert "jobtrail_jobs" not in scraped.families, "the API processes count the live set, not every worker"
     assert job_id not in scraped.text
+
+
+def test_a_worker_whose_metrics_port_is_taken_stops_at_start_and_says_so(settings):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        worker = subprocess.run(
+            [sys.executable, "-m", "jobtrail.cli", "worker", "--metrics-port", str(port)],
+            cwd=ROOT, env=worker_env(settings), capture_output=True, text=True, timeout=60,
+        )
+    assert worker.returncode != 0
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in worker.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "jobtrail.cli", "worker", "--metrics-port", "70000"],
+        cwd=ROOT, env=worker_env(settings), capture_output=True, text=True, timeout=60,
+    )
+    assert bad.returncode == 2
+    assert "a port is 1 to 65535" in bad.stderr
 
 
 async def test_the_reaper_counts_the_stalls_it_finds_by_reason(services, settings, redis_client, keys):
