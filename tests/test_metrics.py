@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from jobtrail.api.app import create_app
 from jobtrail.auth import ConfigError, hash_key
 from jobtrail.events import EventType, SubmittedData
 from jobtrail.livejobs import LiveJobs, now_ms
-from jobtrail.metrics import Metrics
+from jobtrail.metrics import LiveJobsCollector
 from jobtrail.registry import validate_params
 from jobtrail.workers.queue import group_name
 from jobtrail.workers.reaper import Reaper
@@ -326,19 +327,28 @@ def test_a_malformed_metrics_bind_stops_the_api_from_starting(settings):
         create_app(msgspec.structs.replace(settings, metrics_bind="9100"))
 
 
-async def test_when_the_live_set_cannot_be_counted_the_rest_of_the_metrics_are_still_served():
-    metrics = Metrics(tenant_label=False)
+async def test_with_redis_down_or_frozen_metrics_are_served_without_the_live_count(
+    start_api, settings, durable_redis
+):
+    on_its_own = msgspec.structs.replace(settings, redis_url=durable_redis.url, redis_timeout_s=1.0)
+    api = await start_api(on_its_own)
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+        await submit(http, {"steps": 1})
+        assert (await scrape(http)).value("jobtrail_jobs", state="pending") == 1
+        await asyncio.sleep(LiveJobsCollector.FRESH_S)  # past the count that overlapping scrapes share
+        assert durable_redis.process is not None
+        durable_redis.process.send_signal(signal.SIGSTOP)  # frozen: every command hangs
+        try:
+            frozen = await scrape(http)
+        finally:
+            durable_redis.process.send_signal(signal.SIGCONT)
+        durable_redis.kill()
+        await asyncio.sleep(LiveJobsCollector.FRESH_S)
+        down = await scrape(http)
 
-    async def redis_is_away():
-        raise ConnectionError("Redis is away")
-
-    metrics.watch_live(redis_is_away, timeout_s=1)
-    metrics.submitted("demo", None)
-
-    scraped = Scrape((await metrics.render()).decode())
-
-    assert "jobtrail_jobs" not in scraped.families, "no samples rather than stale ones"
-    assert scraped.value("jobtrail_jobs_submitted_total", kind="demo") == 1
+    for scraped in (frozen, down):
+        assert "jobtrail_jobs" not in scraped.families, "no samples rather than stale ones"
+        assert scraped.value("jobtrail_jobs_submitted_total", kind="demo") == 1
 
 
 # --- Swagger UI, offline ---

@@ -60,7 +60,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     metrics.watch_hub(lambda: services.hub.subscriber_count)
     live = LiveJobs(services.redis, services.keys, settings.pending_stale_s)
     by_tenant = settings.metrics_tenant_label == "on"
-    metrics.watch_live(lambda: live.counts(by_tenant=by_tenant), timeout_s=settings.redis_timeout_s)
+    # Within half the request deadline, like /readyz: a Redis that hangs costs the page its
+    # `jobtrail_jobs`, not the whole page.
+    metrics.watch_live(lambda: live.counts(by_tenant=by_tenant), timeout_s=settings.redis_timeout_s / 2)
     listener = MetricsListener(metrics, *parse_bind(settings.metrics_bind)) if settings.metrics_bind else None
 
     @asynccontextmanager
