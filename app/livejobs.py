@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Mapping
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from jobtrail.events import TERMINAL_STATES
 from jobtrail.keys import Keys
@@ -37,6 +38,10 @@ class LiveJobs:
     async def track(self, job_id: str) -> None:
         """Watch a new job, due once it could have sat pending too long (one ZADD)."""
         await self.redis.zadd(self.key, {job_id: now_ms() + self.pending_stale_ms})
+
+    def queue_track(self, pipe: Pipeline, job_id: str) -> None:
+        """`track`, queued on a pipeline of the caller's."""
+        pipe.zadd(self.key, {job_id: now_ms() + self.pending_stale_ms})
 
     async def forget(self, *job_ids: str) -> None:
         """Stop watching jobs that finished or are gone (one ZREM)."""

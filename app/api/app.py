@@ -27,6 +27,7 @@ from jobtrail.api.legacy import LegacyExportsController
 from jobtrail.api.metrics import metrics_text
 from jobtrail.api.requests import RequestIdMiddleware
 from jobtrail.api.swagger import swagger_asset, swagger_plugin
+from jobtrail.api.ui import ui_router
 from jobtrail.auth import ApiKeys, Principal, auth_enabled
 from jobtrail.config import Settings
 from jobtrail.livejobs import LiveJobs
@@ -103,8 +104,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     )
     return Litestar(
         route_handlers=[
-            JobsController, list_kinds, audit_report, activity_events, feed_token, healthz, readyz, metrics_text,
-            swagger_asset,
+            JobsController, list_kinds, audit_report, activity_events, feed_token, healthz, readyz, ui_router(),
+            metrics_text, swagger_asset,
             *([LegacyExportsController] if settings.legacy_routes == "on" else []),
         ],
         lifespan=[lifespan],
