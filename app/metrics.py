@@ -53,6 +53,11 @@ def id_ms(event_id: str) -> int:
     return int(event_id.partition("-")[0])
 
 
+def _id_order(event_id: str) -> tuple[int, int]:
+    ms, _, seq = event_id.partition("-")
+    return (int(ms or 0), int(seq or 0))
+
+
 class Metrics:
     """The metric objects of one process, on `registry`."""
 
@@ -135,9 +140,14 @@ class Metrics:
         """The gauge of open SSE responses of `stream` (`track_inprogress()` around each)."""
         return self._sse.labels(stream)
 
-    def delivered(self, event_id: str) -> None:
-        """A live event was written to a client now."""
-        self._lag.observe(max(time.time() * 1000 - id_ms(event_id), 0) / 1000)
+    def delivered(self, event_id: str, *, live_after: str) -> None:
+        """The event `event_id` was written to a client now (SSE), or queued for its socket (/ws).
+
+        Observed only when it is live: appended after `live_after`, the job's last event
+        when the client's follow began. A replayed event's age is history, not lag.
+        """
+        if _id_order(event_id) > _id_order(live_after):
+            self._lag.observe(max(time.time() * 1000 - id_ms(event_id), 0) / 1000)
 
     def watch_hub(self, subscriber_count: Callable[[], int]) -> None:
         """Export the hub's subscriptions, read at each scrape."""

@@ -29,8 +29,10 @@ from jobtrail.workers.reaper import Reaper
 from jobtrail.workers.runner import Runner
 from tests.support.api import FINISH_S, submit, wait_for_state
 from tests.support.env import ROOT, worker_env
+from tests.support.jobs import progress, running_job
 from tests.support.redis_server import free_port
 from tests.support.serve import serve, wait_ready
+from tests.support.ws import open_socket
 
 TENANT_KEY, ADMIN_KEY = "jt_tenant-key-for-metrics", "jt_admin-key-for-metrics"
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -168,6 +170,27 @@ async def test_a_running_job_is_counted_as_running_and_a_live_sse_stream_as_open
     assert lag >= 2, "live events written to the client were observed"
     assert scraped.value("jobtrail_event_delivery_lag_seconds_sum") / lag < 5
     assert scraped.value("jobtrail_jobs", state="running") == 0
+
+
+async def test_a_websocket_counts_while_open_and_only_its_live_events_count_as_delivered(api, client, events):
+    await running_job(events, "watched")
+    async with open_socket(api.url) as socket:
+        await socket.send(op="subscribe", job="watched", after=None)
+        replayed = await socket.until(lambda frame: frame.get("type") == "started")
+        opened = await scrape(client)
+        await progress(events, "watched", 1, 2)
+        await events.append("watched", EventType.SUCCEEDED, {"result": 1})
+        await socket.until_end("watched")
+        live = await scrape(client)
+
+    assert [f["type"] for f in replayed] == ["subscribed", "submitted", "started"]
+    assert opened.value("jobtrail_ws_connections") == 1
+    assert opened.value("jobtrail_event_delivery_lag_seconds_count") == 0, "a replayed event's age is not lag"
+    assert live.value("jobtrail_event_delivery_lag_seconds_count") == 2
+    deadline = time.monotonic() + FINISH_S
+    while (await scrape(client)).value("jobtrail_ws_connections") != 0:
+        assert time.monotonic() < deadline, "the socket is still counted after it closed"
+        await asyncio.sleep(0.05)
 
 
 async def test_a_worker_serves_its_own_metrics_on_its_metrics_port(client, settings, tmp_path):

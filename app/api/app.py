@@ -14,7 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from redis.exceptions import RedisError
 
-from jobtrail.api.access import SCHEMA_PATH, access_guard
+from jobtrail.api.access import SCHEMA_PATH, SocketAccess, access_guard
 from jobtrail.api.activity import activity_events, feed_token
 from jobtrail.api.audit import audit_report
 from jobtrail.api.body import JsonRequest
@@ -28,6 +28,7 @@ from jobtrail.api.metrics import metrics_text
 from jobtrail.api.requests import RequestIdMiddleware
 from jobtrail.api.swagger import swagger_asset, swagger_plugin
 from jobtrail.api.ui import ui_router
+from jobtrail.api.ws import ws, ws_described
 from jobtrail.auth import ApiKeys, Principal, auth_enabled
 from jobtrail.config import Settings
 from jobtrail.livejobs import LiveJobs
@@ -96,6 +97,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         value = getattr(services, name)
         return Provide(lambda: value, sync_to_thread=False, use_cache=True)
 
+    socket_access = SocketAccess(api_keys, secured, services.signer)
+
     def principal(request: Request) -> Principal:
         return request.user
 
@@ -104,8 +107,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     )
     return Litestar(
         route_handlers=[
-            JobsController, list_kinds, audit_report, activity_events, feed_token, healthz, readyz, ui_router(),
-            metrics_text, swagger_asset,
+            JobsController, list_kinds, audit_report, activity_events, feed_token, healthz, readyz, ws, ws_described,
+            ui_router(), metrics_text, swagger_asset,
             *([LegacyExportsController] if settings.legacy_routes == "on" else []),
         ],
         lifespan=[lifespan],
@@ -115,6 +118,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         dependencies={
             "settings": Provide(lambda: settings, sync_to_thread=False, use_cache=True),
             "principal": Provide(principal, sync_to_thread=False),
+            "socket_access": Provide(lambda: socket_access, sync_to_thread=False, use_cache=True),
             **{name: provided(name) for name in provided_names},
         },
         exception_handlers=EXCEPTION_HANDLERS,
