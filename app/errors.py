@@ -150,15 +150,16 @@ class RateLimited(JobtrailError, status=429, code="rate_limited"):
         return "too many open event streams", self.retry_after_s
 
 
-class Forbidden(JobtrailError, status=403, code="forbidden"):
-    """The key is valid but may not do this (a tenant key asking for another tenant's list)."""
-
-
 class NotAuthenticated(JobtrailError, status=401, code="not_authenticated"):
     """No valid API key or token."""
 
     def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(JobtrailError, status=403, code="forbidden"):
+    """A valid key that may not do this: a tenant's key on `/metrics` (it needs an admin key), or naming
+    another tenant in `GET /jobs?tenant=`."""
 
 
 class UpgradeRequired(JobtrailError, status=426, code="upgrade_required"):
