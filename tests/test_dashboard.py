@@ -77,8 +77,8 @@ async def test_a_newcomer_gives_a_key_submits_a_demo_job_and_watches_it_succeed(
     await page.goto(f"{api.url}/ui/")
     await page.wait_for_selector("#sign-in:not([hidden])")
     await screenshot(page, "dashboard-sign-in")
-    await page.get_by_label("API key").fill("jt_not-a-key")
-    await page.get_by_role("button", name="Sign in").click()
+    await page.keyboard.type("jt_not-a-key")  # the key field has the focus
+    await page.keyboard.press("Enter")
     await page.wait_for_selector("#sign-in-error:has-text('refused')")
     await sign_in(page, api.url, ACME)
     assert await page.evaluate("() => sessionStorage.getItem('jobtrail.key')") == ACME
@@ -250,6 +250,13 @@ async def test_an_admin_sees_and_filters_every_tenant_and_a_tenant_key_only_its_
         arg=theirs, timeout=WAIT_MS,
     )
     await screenshot(page, "dashboard-admin-tenant-filter")
+    search = page.get_by_label("Search by id or kind")
+    await search.fill(theirs[1][:12])  # narrows the page as one types
+    assert await listed_ids(page) == [theirs[1]]
+    await search.fill(theirs[1])
+    await search.press("Enter")  # an exact id opens its page
+    await page.wait_for_selector(f'.view-head h1:has-text("{theirs[1]}")', timeout=WAIT_MS)
+    assert await page.evaluate("() => document.activeElement.tagName") == "H1", "focus lands on the new view"
 
     tenant = await (await browser.new_context(viewport=DESKTOP)).new_page()
     await sign_in(tenant, api.url, ACME)

@@ -82,6 +82,8 @@ export class JobList {
             placeholder: "job id, or part of a kind", "aria-describedby": "filter-search-help",
             oninput: (event) => { this.search = event.target.value.trim(); this.applySearch(); } }),
           h("span", { id: "filter-search-help", class: "sr-only" }, "Filters this page as you type; Enter opens a job by its id")),
+        // A form of several fields submits on Enter only with a submit button.
+        h("button", { type: "submit", class: "quiet" }, "Find"),
       ),
       this.message,
       h("div", { class: "table-wrap" },
