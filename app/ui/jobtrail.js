@@ -26,7 +26,9 @@ const JOB_EVENT_TYPES = [
 ];
 const TERMINAL_TYPES = new Set(["succeeded", "failed", "cancelled"]);
 // Reasons after which a subscription is over for good: no reconnect can change them.
-const FINAL_REASONS = new Set(["terminal", "deleted", "not found", "bad request", "not authenticated"]);
+const FINAL_REASONS = new Set(["terminal", "deleted", "not found", "bad request", "not authenticated", "not covered"]);
+// /ws error codes that name a job and that no retry can change: the watch's own fault.
+const FINAL_ERRORS = new Map([["bad_message", "bad request"], ["not_covered", "not covered"]]);
 const OPEN = 1; // OPEN, spelled out: the page may have wrapped WebSocket
 const TOKEN_REFUSED = 4401; // the close code /ws uses for missing, bad or expired credentials
 // In "auto", a WebSocket that fails this many times in a row without ever opening, while
@@ -557,7 +559,14 @@ class Watch {
         return;
       case "error":
         call(this.options.onError, frame);
-        if (sub && !sub.ended) this.resubscribeLater(sub);
+        if (!sub || sub.ended) return;
+        if (FINAL_ERRORS.has(frame.code)) {
+          // A malformed `after`, or a token that covers another job: every retry would meet it again.
+          sub.end(FINAL_ERRORS.get(frame.code));
+          this.settle();
+        } else {
+          this.resubscribeLater(sub); // too many subscriptions, …: there may be room later
+        }
         return;
       default:
         if (sub && frame.id != null) {
