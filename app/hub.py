@@ -1,9 +1,10 @@
 """The live-tail hub: one blocking XREAD per API process, fanned out to subscribers.
 
-Each SSE client subscribes to one stream: a job's, or the activity feed. The hub reads all subscribed streams
-with a single XREAD on its own connection, so Redis connections grow with API
-processes, not with clients. A subscriber whose bounded queue overflows is dropped: its
-client reconnects with Last-Event-ID and loses nothing.
+Each SSE client and each /ws subscription subscribes to one stream: a job's, or the
+activity feed. The hub reads all subscribed streams with a single XREAD on its own
+connection, so Redis connections grow with API processes, not with clients. A subscriber
+whose bounded queue overflows is dropped: its client resumes from its last id (SSE's
+Last-Event-ID, /ws's `after`) and loses nothing.
 
 Subscribing writes to this hub's wake stream, which the blocking XREAD also watches, so
 a new stream is read at once and no event can slip between "subscribed" and "read".

@@ -6,10 +6,14 @@ receives is compared with the job's stream as XRANGE returns it.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import httpx
 import msgspec
 import pytest
 
+from jobtrail.api.ws_session import Outbox
 from jobtrail.auth import hash_key, new_key
 from jobtrail.events import EventType, SubmittedData
 from tests.support.jobs import eventually, finished_job, progress, running_job, stream_ids
@@ -380,6 +384,18 @@ async def test_a_subscription_the_client_cannot_keep_up_with_ends_too_slow_and_r
     assert rounds > 2, "a replay of 49 events does not fit a queue of 5 frames"
 
 
+async def test_the_outbox_refuses_offers_when_full_but_queues_ends_and_flags_a_client_that_reads_nothing():
+    outbox = Outbox(2)
+    assert outbox.offer(b"1") and outbox.offer(b"2")
+    assert not outbox.offer(b"3"), "full: the subscription offering it ends too slow"
+    outbox.force(b"end")
+    outbox.force(b"end")
+    assert not outbox.overrun.is_set()
+    outbox.force(b"end")
+    assert outbox.overrun.is_set(), "past twice its size the socket is closed"
+    assert [await outbox.next() for _ in range(5)] == [b"1", b"2", b"end", b"end", b"end"]
+    assert outbox.pop() is None
+
 async def test_ping_is_answered_with_pong(api):
     async with open_socket(api.url) as socket:
         await socket.send(op="ping")
@@ -483,6 +499,33 @@ async def test_sigterm_ends_each_subscription_with_server_stopping_before_the_so
         assert {(f.get("job"), f.get("feed"), f["reason"]) for f in ends} == {
             ("sig", None, "server stopping"), (None, True, "server stopping"),
         }
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+async def test_a_peer_that_stops_answering_pings_is_dropped_and_its_slot_given_back(
+    settings, tmp_path, redis_client, keys
+):
+    process, url = serve(settings, tmp_path, JOBTRAIL_AUTH="off", JOBTRAIL_WS_PING_S="0.5")
+    try:
+        await wait_ready(process, url)
+        host, port = url.removeprefix("http://").split(":")
+        # A handshake by hand, then silence: no pong ever goes back, as from a peer that vanished.
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 15)).startswith(b"HTTP/1.1 101")
+        slots = keys.sse_slots("*")  # the open principal's scope
+        deadline = time.monotonic() + 15
+        while await redis_client.zcard(slots) != 1:
+            assert time.monotonic() < deadline, "the socket never took its slot"
+            await asyncio.sleep(0.05)
+        while await redis_client.zcard(slots) != 0:
+            assert time.monotonic() < deadline, "a peer that answers no ping was not dropped"
+            await asyncio.sleep(0.05)
+        writer.close()
     finally:
         process.terminate()
         process.wait(15)

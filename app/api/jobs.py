@@ -248,7 +248,7 @@ class JobsController(Controller):
         stream = job_event_stream(
             events, hub, job, offset, gap=gap, retry_ms=settings.sse_retry_ms, ping_s=settings.sse_ping_s
         )
-        return await sse_response(sse_slots, principal, stream)
+        return await sse_response(sse_slots, principal, stream, events.metrics.sse_streams("job"))
 
     @get(
         "/{job_id:str}/artifact",

@@ -157,7 +157,8 @@ class Session:
 
     async def _flush_and_close(self) -> None:
         code, reason = self._close_as
-        with contextlib.suppress(Exception), contextlib.suppress(TimeoutError):
+        # The client may be gone or not reading: closing is best-effort, and bounded.
+        with contextlib.suppress(Exception):
             async with asyncio.timeout(_FLUSH_S):
                 while (frame := self.outbox.pop()) is not None:
                     await self._write(frame)
@@ -281,6 +282,8 @@ class Session:
                 if frame is not None and not self.outbox.offer(frame):
                     self._ended(job_id, EndReason.TOO_SLOW.value)
                     return
+                if isinstance(item, Event):
+                    self.events.metrics.delivered(item.id, live_after=job.last_event_id)
 
     async def _follow_feed(self, after: str | None, kind: str | None, state: str | None) -> None:
         feed = self.events.activity.reader(None if self.principal.admin else self.principal.tenant)
