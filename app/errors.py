@@ -158,7 +158,8 @@ class NotAuthenticated(JobtrailError, status=401, code="not_authenticated"):
 
 
 class Forbidden(JobtrailError, status=403, code="forbidden"):
-    """A valid key that may not do this (e.g. a tenant's key on `/metrics`, which needs an admin key)."""
+    """A valid key that may not do this: a tenant's key on `/metrics` (it needs an admin key), or naming
+    another tenant in `GET /jobs?tenant=`."""
 
 
 class UpgradeRequired(JobtrailError, status=426, code="upgrade_required"):

@@ -42,7 +42,8 @@ _ERROR_DESCRIPTIONS = {
     400: "Malformed request: the body says what to fix",
     401: "No valid API key (`Authorization: Bearer <key>`), or a token that is expired, forged or for "
     "something else",
-    403: "The key is valid but may not do this (e.g. `/metrics` takes an admin key)",
+    403: "The key is valid but may not do this (`/metrics` takes an admin key; a tenant key may list only its "
+    "own tenant)",
     404: "No such job (or it has expired, or it belongs to another tenant)",
     409: "The job's state does not allow this",
     413: "Request body too large",
