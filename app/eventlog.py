@@ -107,6 +107,7 @@ class EventLog:
         at_ms: int | None = None,
         retention_s: int | None = None,
         incarnation: str | None = None,
+        slot: str | None = None,
         before: Callable[[Pipeline], object] | None = None,
         defer_feed: bool = False,
     ) -> Appended:
@@ -128,6 +129,10 @@ class EventLog:
         round trip (a pipeline, not a transaction: they may be in other slots). They are
         sent again with it if the script has to be loaded first; an error of theirs raises
         after the append was attempted, so the caller's retry must be safe (`key`).
+
+        `slot` names where the job remembers `key`, for a writer whose appends go out one
+        at a time (a job context): the slot keeps its latest key alone, which is the only
+        one a retry can repeat, so a job's dedupe hash does not grow with its reports.
         """
         payload = check_data(event_type, data if data is not None else {})
         args: list[str | int] = [
@@ -138,6 +143,7 @@ class EventLog:
             self.retention_s if retention_s is None else retention_s,
             "" if at_ms is None else at_ms,
             incarnation or "",
+            slot or "",
         ]
         for field, value in fields_for(event_type, payload).items():
             args += [field, value]
