@@ -225,9 +225,19 @@ class EventLog:
         Raises JobNotFound.
         """
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.keys.job(job_id))
-            pipe.pexpiretime(self.keys.job(job_id))
-            fields, expires_ms = await pipe.execute()
+            self.queue_state(pipe, job_id)
+            replies = await pipe.execute()
+        return self.state_from(job_id, replies)
+
+    def queue_state(self, pipe: Pipeline, job_id: str) -> None:
+        """`state_and_incarnation`'s reads (two commands), queued on a pipeline of the caller's."""
+        pipe.hgetall(self.keys.job(job_id))
+        pipe.pexpiretime(self.keys.job(job_id))
+
+    @staticmethod
+    def state_from(job_id: str, replies: list[Any]) -> tuple[JobState, str | None]:
+        """The job's state and incarnation from the two replies of `queue_state`; raises JobNotFound."""
+        fields, expires_ms = replies
         if not fields.get("state"):
             raise JobNotFound(job_id)
         return JobState.from_hash(job_id, fields, expires_ms), fields.get("incarnation")
