@@ -79,7 +79,9 @@ def error_info(exc: BaseException) -> ErrorInfo:
 class Delivery:
     """One delivery of a job: its lease, and the incarnation it runs (fixed by its first load)."""
 
-    __slots__ = ("feed", "feed_flush", "incarnation", "job_id", "kind", "lease", "loaded", "started_ms", "tenant")
+    __slots__ = (
+        "feed", "feed_flush", "feed_sleeping", "incarnation", "job_id", "kind", "lease", "loaded", "started_ms", "tenant"
+    )
 
     def __init__(self, job_id: str, lease: Lease) -> None:
         self.job_id = job_id
@@ -94,6 +96,7 @@ class Delivery:
         # no later round trip of the delivery takes them along first (Runner._hold_feed).
         self.feed: list[FeedNote] = []
         self.feed_flush: asyncio.Task[None] | None = None
+        self.feed_sleeping = False  # cancelled only while it sleeps: a write cut short loses its connection
 
 
 class Runner:
@@ -158,6 +161,7 @@ class Runner:
                 handed_off = await self._hand_off(delivery)
             finally:
                 del self._running[lease.token]
+        await self._settle_feed(delivery)
         # Only now, with the lease released: a delivery that found it held would drop itself.
         if handed_off and self.requeue is not None:
             try:
@@ -311,20 +315,29 @@ class Runner:
             return
         delivery.feed.append(note)
         if delivery.feed_flush is None:
+            delivery.feed_sleeping = True
             delivery.feed_flush = asyncio.create_task(self._write_held_feed(delivery))
 
     async def _write_held_feed(self, delivery: Delivery) -> None:
         await asyncio.sleep(self.settings.progress_interval_s)
-        delivery.feed_flush = None
+        delivery.feed_sleeping = False
         await self._write_after(delivery, None)
+        delivery.feed_flush = None
+
+    async def _settle_feed(self, delivery: Delivery) -> None:
+        """At the delivery's end: write what is still held now, or let the write under way finish."""
+        if delivery.feed_flush is not None and not delivery.feed_sleeping:
+            await delivery.feed_flush
+        elif delivery.feed:
+            await self._write_after(delivery, None)
 
     async def _write_after(self, delivery: Delivery, note: FeedNote | None, *, finished: bool = False) -> None:
         """One pipeline of what follows an append: the held feed entries and `note`'s, then, when the
         job `finished`, the live set's ZREM and the lease's release. Best-effort, like all derived writes.
         """
-        if delivery.feed_flush is not None:
+        if delivery.feed_flush is not None and delivery.feed_sleeping:
             delivery.feed_flush.cancel()
-            delivery.feed_flush = None
+            delivery.feed_flush, delivery.feed_sleeping = None, False
         notes, delivery.feed = [*delivery.feed, *([note] if note is not None else [])], []
         if not notes and not finished:
             return
