@@ -80,7 +80,8 @@ class Delivery:
     """One delivery of a job: its lease, and the incarnation it runs (fixed by its first load)."""
 
     __slots__ = (
-        "feed", "feed_flush", "feed_sleeping", "incarnation", "job_id", "kind", "lease", "loaded", "started_ms", "tenant"
+        "feed", "feed_flush", "feed_sleeping", "incarnation", "job_id", "kind", "lease", "loaded", "started_ms",
+        "tenant",
     )
 
     def __init__(self, job_id: str, lease: Lease) -> None:
