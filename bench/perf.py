@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import platform
@@ -86,7 +85,7 @@ class Line(msgspec.Struct, kw_only=True):
     reference: float | None = None
     ratio: float | None = None
     cpu: tuple[float, float] | None = None  # ms per operation: jobtrail, reference
-    note: float | None = None
+    note: tuple[float, float] | None = None  # the row's note metric: jobtrail, reference
     goal: str = ""
     met: bool | None = None
     error: str | None = None
@@ -101,7 +100,7 @@ def line(row: Row, outcome: Outcome) -> Line:
     cpu = (mine[row.cpu_metric], ref[row.cpu_metric]) if row.cpu_metric else None
     return Line(
         id=row.id, label=row.label, jobtrail=j, reference_name=theirs, reference=r,
-        ratio=j / r if r else math.nan, cpu=cpu, note=mine.get(row.note_metric) if row.note_metric else None,
+        ratio=j / r if r else math.nan, cpu=cpu, note=(mine[row.note_metric], ref[row.note_metric]) if row.note_metric else None,
         goal=row.goal, met=row.met(j, r),
     )
 
@@ -115,7 +114,7 @@ def render(rows: list[Row], lines: list[Line]) -> str:
             continue
         assert entry.jobtrail is not None and entry.reference is not None
         cpu = f"{entry.cpu[0]:.3g} / {entry.cpu[1]:.3g}" if entry.cpu else ""
-        note = "" if entry.note is None else f"{row.note_metric}: {entry.note:.3g}"
+        note = "" if entry.note is None else f"{row.note_metric}: {entry.note[0]:.3g} / {entry.note[1]:.3g}"
         table.append([
             row.label, figure(entry.jobtrail, row.unit), f"{entry.reference_name} {figure(entry.reference, row.unit)}",
             f"{entry.ratio:.2f}", cpu, row.goal, "yes" if entry.met else "no", note,

@@ -9,6 +9,7 @@ and its descendants, read before and after the measured part of a row.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -106,10 +107,8 @@ class Processes:
         """SIGTERM the process's group, SIGKILL it after `grace_s`."""
         if process.poll() is None:
             _signal_group(process, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                pass
         _signal_group(process, signal.SIGKILL)  # anything of its group still there
         process.wait()
 
@@ -147,7 +146,5 @@ class Processes:
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass

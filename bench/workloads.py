@@ -4,8 +4,10 @@
   SSE stream per job, opened as its submission is answered; BullMQ: QueueEvents, its way to
   follow jobs). Events/s delivered from the first submission to the last event observed,
   emit->observe latency (stream entry id, or BullMQ's emit time, to arrival), CPU per event
-  of each system's own processes, and Redis bytes per finished job (used_memory before and
-  after, over the jobs: everything a job leaves, index and feed entries included).
+  of each system's own processes, and Redis bytes per finished job: MEMORY USAGE (SAMPLES 0,
+  exact) of the job's own keys (jobtrail: state hash, event stream, dedupe hash; BullMQ: the
+  job hash, its logs if any). Entries in keys shared by every job (index, feed, queue stream,
+  BullMQ's completed set and events stream) are not counted, for either.
 - W3: 1,000 trivial jobs submitted at once, until every completion is observed (jobtrail:
   its activity feed, `GET /events`; BullMQ: QueueEvents). Jobs/s and CPU per job.
 - Commands per trivial job, submit to acknowledgement: MONITOR on the bench's Redis while
@@ -25,6 +27,7 @@ from bench.load import SseMessage, exchange, request, sse
 from bench.measure import Bench, Metrics, alternate, percentile
 from bench.procs import Processes, cpu_seconds
 from bench.systems import BullMQ, Jobtrail
+from jobtrail.keys import Keys
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 SUBMIT_CONNECTIONS = 20
@@ -54,9 +57,12 @@ async def submit_all(port: int, bodies: list[bytes], on_id: Callable[[str], None
     return ids
 
 
-def used_memory(bench: Bench) -> int:
-    with bench.redis.client() as client:
-        return int(client.info("memory")["used_memory"])
+def memory_usage(bench: Bench, keys: list[str]) -> int:
+    """Bytes of these keys, exactly (MEMORY USAGE ... SAMPLES 0 counts every stream entry)."""
+    with bench.redis.client() as client, client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.execute_command("MEMORY", "USAGE", key, "SAMPLES", "0")
+        return sum(int(size or 0) for size in pipe.execute())
 
 
 async def jobtrail_w1(bench: Bench, system: Jobtrail, jobs: int, count: int) -> Metrics:
@@ -77,13 +83,15 @@ async def jobtrail_w1(bench: Bench, system: Jobtrail, jobs: int, count: int) -> 
         observers.append(asyncio.create_task(sse(system.port, f"/jobs/{job_id}/events", on_message,
                                                  timeout=JOB_TIMEOUT_S)))
 
-    memory, cpu = used_memory(bench), cpu_seconds(system.pids)
+    cpu = cpu_seconds(system.pids)
     start = time.monotonic()
     body = json.dumps({"kind": "bench.progress", "params": {"count": count}}).encode()
-    await submit_all(system.port, [body] * jobs, observe)
+    ids = await submit_all(system.port, [body] * jobs, observe)
     await asyncio.gather(*observers)
     cpu = cpu_seconds(system.pids) - cpu
-    return w1_metrics(observed, jobs * count, last - start, latencies, cpu, used_memory(bench) - memory, jobs)
+    keys = Keys(system.prefix)
+    memory = memory_usage(bench, [key for job_id in ids for key in keys.all_job_keys(job_id)])
+    return w1_metrics(observed, jobs * count, last - start, latencies, cpu, memory, jobs)
 
 
 def w1_metrics(observed: int, expected: int, elapsed: float, latencies: list[float], cpu: float, memory: int,
@@ -112,12 +120,13 @@ async def bullmq_run(system: BullMQ, workload: str, jobs: int, count: int = 0) -
 
 
 async def bullmq_w1(bench: Bench, system: BullMQ, jobs: int, count: int) -> Metrics:
-    memory = used_memory(bench)
     report, cpu = await bullmq_run(system, "w1", jobs, count)
     latencies = [float(v) for v in report["latencies"]]  # type: ignore[attr-defined]
     observed = int(report["progress"])  # type: ignore[call-overload]
     elapsed = float(report["elapsed_ms"]) / 1000  # type: ignore[arg-type]
-    return w1_metrics(observed, jobs * count, elapsed, latencies, cpu, used_memory(bench) - memory, jobs)
+    ids = [str(job_id) for job_id in report["ids"]]  # type: ignore[attr-defined]
+    memory = memory_usage(bench, [f"bull:{system.queue}:{job_id}{part}" for job_id in ids for part in ("", ":logs")])
+    return w1_metrics(observed, jobs * count, elapsed, latencies, cpu, memory, jobs)
 
 
 async def run_w1(bench: Bench) -> dict[str, list[Metrics]]:
