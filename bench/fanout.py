@@ -52,6 +52,14 @@ class Clients:
             await asyncio.wait_for(asyncio.gather(*(e.wait() for e in batch)), 60)
         self.since_ms = time.time() * 1000
 
+    async def __aenter__(self) -> Clients:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
     async def finish(self, timeout: float) -> None:
         statuses = await asyncio.wait_for(asyncio.gather(*self.tasks), timeout)
         if any(status != 200 for status in statuses):
@@ -78,9 +86,7 @@ async def jobtrail_fanout(bench: Bench, system: Jobtrail, clients_n: int, per_s:
     count = int(per_s * seconds)
     start_at = int(time.time() * 1000 + 3000 + clients_n * 10)
     params = {"count": count, "interval_ms": 1000 / per_s, "start_at_ms": start_at}
-    redis = aioredis.from_url(bench.redis.url, decode_responses=True)
-    clients = Clients()
-    try:
+    async with Clients() as clients:
         (job_id,) = await submit_all(system.port, [json.dumps({"kind": "bench.progress", "params": params}).encode()])
         cpu = cpu_seconds(system.pids)
         await clients.connect(system.port, f"/jobs/{job_id}/events", clients_n)
@@ -88,10 +94,6 @@ async def jobtrail_fanout(bench: Bench, system: Jobtrail, clients_n: int, per_s:
         connections = await redis_connections(bench, system.api)
         await clients.finish(seconds + 300)
         cpu = cpu_seconds(system.pids) - cpu
-    finally:
-        for task in clients.tasks:
-            task.cancel()
-        await redis.aclose()
     return metrics(clients, clients_n * count, cpu, connections)
 
 
@@ -99,9 +101,7 @@ async def bare_fanout(bench: Bench, system: BareApp, clients_n: int, per_s: int,
     assert system.process is not None
     stream = f"bare-fanout-{uuid.uuid4().hex[:8]}"
     count = int(per_s * seconds)
-    redis = aioredis.from_url(bench.redis.url, decode_responses=True)
-    clients = Clients()
-    try:
+    async with aioredis.from_url(bench.redis.url, decode_responses=True) as redis, Clients() as clients:
         cpu = cpu_seconds(system.pids)
         await clients.connect(system.port, f"/fanout/{stream}", clients_n)
         await asyncio.sleep(0.5)  # the app's XREAD names the stream from its next read on
@@ -116,10 +116,6 @@ async def bare_fanout(bench: Bench, system: BareApp, clients_n: int, per_s: int,
         await redis.xadd(stream, {"type": "end"})
         await clients.finish(300)
         cpu = cpu_seconds(system.pids) - cpu
-    finally:
-        for task in clients.tasks:
-            task.cancel()
-        await redis.aclose()
     return metrics(clients, clients_n * count, cpu, connections)
 
 

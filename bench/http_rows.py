@@ -16,6 +16,7 @@ import re
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
@@ -30,7 +31,9 @@ CONNECTIONS = 20
 SUBMIT = json.dumps({"kind": "bench.noop", "params": {}}).encode()
 
 
-async def request_rate(bench: Bench, port: int, pids: list[int], make, expect: int) -> Metrics:  # type: ignore[no-untyped-def]
+async def request_rate(
+    bench: Bench, port: int, pids: list[int], make: Callable[[int], bytes], expect: int
+) -> Metrics:
     cpu = cpu_seconds(pids)
     count, elapsed = await rate(port, make, expect=expect, seconds=bench.scale(5, 1), connections=CONNECTIONS)
     cpu = cpu_seconds(pids) - cpu

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 
@@ -47,7 +47,7 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
     return b""
 
 
-async def _chunks(reader: asyncio.StreamReader):  # type: ignore[no-untyped-def]
+async def _chunks(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
     while True:
         size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
         if size == 0:
@@ -128,12 +128,12 @@ async def sse(
         writer.close()
 
 
-async def _raw(reader: asyncio.StreamReader):  # type: ignore[no-untyped-def]
+async def _raw(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
     while chunk := await reader.read(65536):
         yield chunk
 
 
-async def _read_events(chunks, on_message: Callable[[SseMessage], bool]) -> None:  # type: ignore[no-untyped-def]
+async def _read_events(chunks: AsyncIterator[bytes], on_message: Callable[[SseMessage], bool]) -> None:
     buffer = b""
     async for chunk in chunks:
         buffer += chunk

@@ -98,9 +98,10 @@ def line(row: Row, outcome: Outcome) -> Line:
     mine, ref = outcome.median(ours), outcome.median(theirs)
     j, r = mine[row.metric], ref[row.metric]
     cpu = (mine[row.cpu_metric], ref[row.cpu_metric]) if row.cpu_metric else None
+    note = (mine[row.note_metric], ref[row.note_metric]) if row.note_metric else None
     return Line(
         id=row.id, label=row.label, jobtrail=j, reference_name=theirs, reference=r,
-        ratio=j / r if r else math.nan, cpu=cpu, note=(mine[row.note_metric], ref[row.note_metric]) if row.note_metric else None,
+        ratio=j / r if r else math.nan, cpu=cpu, note=note,
         goal=row.goal, met=row.met(j, r),
     )
 

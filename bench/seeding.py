@@ -52,8 +52,8 @@ async def progress_call(events: EventLog, job_id: str) -> AppendCall:
     # EventLog keeps its script private; borrowing it for one call is how the bench gets the
     # arguments exactly as jobtrail builds them, with no copy of that code to drift.
     script = events._append
-    recorder = _Recorder(script)
-    events._append = recorder  # type: ignore[assignment]
+    recorder: Any = _Recorder(script)
+    events._append = recorder
     try:
         data = ProgressData(progress=0.5, current=50, total=100, message="step 50/100")
         await events.append(job_id, EventType.PROGRESS, data, attempt=1)

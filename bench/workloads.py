@@ -23,6 +23,8 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 
+import msgspec
+
 from bench.load import SseMessage, exchange, request, sse
 from bench.measure import Bench, Metrics, alternate, percentile
 from bench.procs import Processes, cpu_seconds
@@ -103,7 +105,18 @@ def w1_metrics(observed: int, expected: int, elapsed: float, latencies: list[flo
     }
 
 
-async def bullmq_run(system: BullMQ, workload: str, jobs: int, count: int = 0) -> tuple[dict[str, object], float]:
+class ProducerReport(msgspec.Struct, frozen=True):
+    """The JSON line bench/bullmq_producer.mjs prints when it is done."""
+
+    elapsed_ms: float  # first add to last observation
+    progress: int  # progress events observed
+    completed: int
+    latencies: list[float]  # ms, emit to observe
+    ids: list[str]
+    cpu_s: float  # the producer's own CPU time
+
+
+async def bullmq_run(system: BullMQ, workload: str, jobs: int, count: int = 0) -> tuple[ProducerReport, float]:
     """One producer run (bench/bullmq_producer.mjs): its JSON report, and the CPU of producer and worker."""
     cpu = cpu_seconds(system.pids)
     process, name = system.producer(workload, jobs, count)
@@ -115,18 +128,15 @@ async def bullmq_run(system: BullMQ, workload: str, jobs: int, count: int = 0) -
     lines = (system.procs.run_dir / f"{name}.log").read_text().strip().splitlines()
     if process.returncode != 0 or not lines:
         raise RuntimeError(f"the BullMQ producer exited with {process.returncode}:\n{system.procs.log_tail(name)}")
-    report = json.loads(lines[-1])
-    return report, cpu + float(report["cpu_s"])
+    report = msgspec.json.decode(lines[-1], type=ProducerReport)
+    return report, cpu + report.cpu_s
 
 
 async def bullmq_w1(bench: Bench, system: BullMQ, jobs: int, count: int) -> Metrics:
     report, cpu = await bullmq_run(system, "w1", jobs, count)
-    latencies = [float(v) for v in report["latencies"]]  # type: ignore[attr-defined]
-    observed = int(report["progress"])  # type: ignore[call-overload]
-    elapsed = float(report["elapsed_ms"]) / 1000  # type: ignore[arg-type]
-    ids = [str(job_id) for job_id in report["ids"]]  # type: ignore[attr-defined]
-    memory = memory_usage(bench, [f"bull:{system.queue}:{job_id}{part}" for job_id in ids for part in ("", ":logs")])
-    return w1_metrics(observed, jobs * count, elapsed, latencies, cpu, memory, jobs)
+    keys = [f"bull:{system.queue}:{job_id}{part}" for job_id in report.ids for part in ("", ":logs")]
+    memory = memory_usage(bench, keys)
+    return w1_metrics(report.progress, jobs * count, report.elapsed_ms / 1000, report.latencies, cpu, memory, jobs)
 
 
 async def run_w1(bench: Bench) -> dict[str, list[Metrics]]:
@@ -174,8 +184,9 @@ async def jobtrail_w3(system: Jobtrail, jobs: int) -> Metrics:
 
 async def bullmq_w3(system: BullMQ, jobs: int) -> Metrics:
     report, cpu = await bullmq_run(system, "w3", jobs)
-    elapsed = float(report["elapsed_ms"]) / 1000  # type: ignore[arg-type]
-    return {"jobs_per_s": jobs / elapsed, "cpu_ms_per_job": 1000 * cpu / jobs}
+    if report.completed != jobs:
+        raise RuntimeError(f"BullMQ completed {report.completed} of {jobs} jobs")
+    return {"jobs_per_s": jobs / (report.elapsed_ms / 1000), "cpu_ms_per_job": 1000 * cpu / jobs}
 
 
 async def run_w3(bench: Bench) -> dict[str, list[Metrics]]:
