@@ -19,8 +19,12 @@ const jobs = Number(jobsArg);
 const count = Number(countArg || 0);
 const connection = new IORedis({ port: Number(port), maxRetriesPerRequest: null });
 const queue = new Queue(name, { connection });
-const events = new QueueEvents(name, { connection: { port: Number(port) } });
 await queue.waitUntilReady();
+// QueueEvents reads from "$" by default, and its first read may come after the first jobs
+// have finished: start it from the events stream's last entry instead, so it misses nothing.
+const newest = await connection.xrevrange(`bull:${name}:events`, "+", "-", "COUNT", 1);
+const lastEventId = newest.length ? newest[0][0] : "0-0";
+const events = new QueueEvents(name, { connection: { port: Number(port) }, lastEventId });
 await events.waitUntilReady();
 
 const cpuStart = process.cpuUsage();

@@ -18,6 +18,7 @@ import asyncio
 import math
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -170,4 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         select(args.only)
     except ValueError as exc:
         parser.error(str(exc))
+    signal.signal(signal.SIGTERM, _interrupt)
     return asyncio.run(run(args))
+
+
+def _interrupt(sig: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C: unwinds through every `finally`, so the processes started are stopped."""
+    raise KeyboardInterrupt
