@@ -172,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     signal.signal(signal.SIGTERM, _interrupt)
-    return asyncio.run(run(args))
+    try:
+        return asyncio.run(run(args))
+    except KeyboardInterrupt:
+        print("[bench] interrupted; every process it started is stopped", file=sys.stderr)
+        return 130
 
 
 def _interrupt(sig: int, frame: object) -> None:
