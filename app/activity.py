@@ -1,8 +1,9 @@
 """The activity feed: capped streams of jobs' state transitions, one for everybody and one per tenant.
 
 It is derived and best-effort (DESIGN.md, Keys): `EventLog.append` adds an entry after
-a transition is committed to the job's own stream, in a second round trip, because the
-feed's keys are in other Redis Cluster slots than the job's keys. If that write fails the
+a transition is committed to the job's own stream, in a second round trip (a submission
+pipelines it with the job's index entries), because the feed's keys are in other Redis
+Cluster slots than the job's keys. If that write fails the
 append still stands; the job's stream stays the truth.
 
 A tenant's job goes into two streams in that one round trip (a pipeline): the global feed,
@@ -16,9 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import NamedTuple
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from jobtrail.events import RULES, EventType, ms_to_datetime
@@ -61,6 +64,19 @@ class Transition(msgspec.Struct, frozen=True, kw_only=True):
 
 def decode_transitions(entries: Iterable[tuple[str, dict[str, str]]]) -> list[Transition]:
     return [Transition.from_entry(entry_id, fields) for entry_id, fields in entries]
+
+
+class FeedNote(NamedTuple):
+    """What the feed records of one transition; `event_id` is the event's id in the job's stream."""
+
+    job_id: str
+    kind: str
+    event_type: EventType
+    state: str
+    at: int
+    event_id: str
+    attempt: int
+    tenant: str = ""
 
 
 class FeedPosition(msgspec.Struct, frozen=True):
@@ -117,32 +133,25 @@ class ActivityFeed:
         """The feed of `tenant`'s jobs; None: the global feed of every job."""
         return FeedReader(self.redis, self.keys.activity() if tenant is None else self.keys.tenant_activity(tenant))
 
-    async def record(
-        self,
-        *,
-        job_id: str,
-        kind: str,
-        event_type: EventType,
-        state: str,
-        at: int,
-        event_id: str,
-        attempt: int,
-        tenant: str = "",
-    ) -> str:
-        """Add one transition to the global feed and its tenant's (one round trip); its global feed id.
+    def queue_record(self, pipe: Pipeline, note: FeedNote) -> None:
+        """Queue one transition's XADDs on `pipe`: the global feed's first, then its tenant's.
 
         Each XADD trims its stream to about `maxlen` entries.
         """
-        fields = {"job_id": job_id, "type": event_type.value, "state": state, "at": at, "event_id": event_id,
-                  "attempt": attempt}
-        if kind:
-            fields["kind"] = kind
-        if tenant:
-            fields["tenant"] = tenant
+        fields = {"job_id": note.job_id, "type": note.event_type.value, "state": note.state, "at": note.at,
+                  "event_id": note.event_id, "attempt": note.attempt}
+        if note.kind:
+            fields["kind"] = note.kind
+        if note.tenant:
+            fields["tenant"] = note.tenant
         # `~` lets Redis trim whole stream nodes (about 100 entries), which is cheap.
+        pipe.xadd(self.keys.activity(), fields, maxlen=self.maxlen, approximate=True)
+        if note.tenant:
+            pipe.xadd(self.keys.tenant_activity(note.tenant), fields, maxlen=self.maxlen, approximate=True)
+
+    async def record(self, note: FeedNote) -> str:
+        """Add one transition to the global feed and its tenant's (one round trip); its global feed id."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(self.keys.activity(), fields, maxlen=self.maxlen, approximate=True)
-            if tenant:
-                pipe.xadd(self.keys.tenant_activity(tenant), fields, maxlen=self.maxlen, approximate=True)
+            self.queue_record(pipe, note)
             ids = await pipe.execute()
         return ids[0]

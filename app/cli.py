@@ -118,6 +118,12 @@ def _run_server(settings: Settings, args: argparse.Namespace, artifacts_line: st
         timeout_graceful_shutdown=5,
         # uvicorn answers a request it cannot parse in plain text; this one in JSON.
         http=JsonErrorH11Protocol,
+        # /ws keep-alive: a peer that does not answer a ping within the interval is dropped.
+        ws_ping_interval=settings.ws_ping_s,
+        ws_ping_timeout=settings.ws_ping_s,
+        # A frame past JOBTRAIL_WS_MAX_MESSAGE_BYTES gets an error frame (app/api/ws_session.py);
+        # uvicorn drops the connection (1009) only for one far larger, before reading it whole.
+        ws_max_size=max(1 << 20, 16 * settings.ws_max_message_bytes),
     )
     Server(config).run()
     return 0
@@ -198,10 +204,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _configure_logging() -> None:
-    from jobtrail.api.requests import RequestIdFilter
+    from jobtrail.api.requests import RedactingFilter, RequestIdFilter
 
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(RedactingFilter())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 

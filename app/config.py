@@ -62,6 +62,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # How long an SSE slot outlives its API process; each process renews its slots every third of it.
     sse_slot_ttl_s: float = 15.0
     submissions_per_minute: int = 600
+    # /ws (app/api/ws.py): each socket takes one of its tenant's SSE connection slots too.
+    ws_max_subscriptions: int = 100
+    ws_max_message_bytes: int = 4096
+    # Frames queued for one socket before the subscription that would add more ends `too slow`.
+    ws_queue_size: int = 1000
+    # Bad client messages a socket may send in a minute; one more closes it (1008).
+    ws_max_errors: int = 10
+    # WebSocket ping frames from `jobtrail serve`; a peer that does not answer within as long is dropped.
+    ws_ping_s: float = 20.0
     # The export service's routes (/api/exports, app/api/legacy.py), for its clients during a switch-over.
     legacy_routes: Literal["on", "off"] = "off"
 

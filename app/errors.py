@@ -155,3 +155,10 @@ class NotAuthenticated(JobtrailError, status=401, code="not_authenticated"):
 
     def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": "Bearer"}
+
+
+class UpgradeRequired(JobtrailError, status=426, code="upgrade_required"):
+    """A plain GET of a WebSocket endpoint (/ws): connect with a WebSocket client instead."""
+
+    def headers(self) -> dict[str, str]:
+        return {"Upgrade": "websocket", "Connection": "Upgrade"}

@@ -7,14 +7,16 @@ XADD to the activity feed (app/activity.py) for a state transition.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from importlib import resources
 from typing import Any, NamedTuple
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 
-from jobtrail.activity import ActivityFeed
+from jobtrail.activity import ActivityFeed, FeedNote
 from jobtrail.errors import AttemptSuperseded, JobExists, JobNotFound, JobReplaced, TransitionRefused
 from jobtrail.events import ABSENT, RULES, TERMINAL_STATES, CorruptEvent, Event, EventType, check_data
 from jobtrail.jobstate import JobState
@@ -53,12 +55,19 @@ def render_append_script() -> str:
 
 
 class Appended(msgspec.Struct, frozen=True):
-    """What an append did: the event's id and the job's state after it."""
+    """What an append did: the event's id and the job's state after it.
+
+    A new write (not a duplicate) also says its `at` and `attempt`, and its activity-feed
+    entry in `feed` when the caller asked to write that itself (`defer_feed`).
+    """
 
     id: str
     state: str
     cancel_requested: bool
     duplicate: bool = False
+    at: int = 0
+    attempt: int = 0
+    feed: FeedNote | None = None
 
 
 class Unreadable(NamedTuple):
@@ -92,6 +101,8 @@ class EventLog:
         at_ms: int | None = None,
         retention_s: int | None = None,
         incarnation: str | None = None,
+        before: Callable[[Pipeline], object] | None = None,
+        defer_feed: bool = False,
     ) -> Appended:
         """Append one event (one round trip). Raises JobNotFound, JobExists or TransitionRefused.
 
@@ -103,7 +114,14 @@ class EventLog:
         `at_ms` keeps an original timestamp; `retention_s` replaces the configured retention
         (the TTL a terminal event gives the job's keys), e.g. to keep an imported job's TTL.
         A state transition (or a cancel request) takes a second round trip afterwards, to
-        the activity feed; a failure there is logged and never fails the append.
+        the activity feed; a failure there is logged and never fails the append. With
+        `defer_feed` that entry comes back as `Appended.feed` instead, for the caller to
+        write in a pipeline of its own (`ActivityFeed.queue_record`).
+
+        `before` queues commands that must reach Redis ahead of the append, in the same
+        round trip (a pipeline, not a transaction: they may be in other slots). They are
+        sent again with it if the script has to be loaded first; an error of theirs raises
+        after the append was attempted, so the caller's retry must be safe (`key`).
         """
         payload = check_data(event_type, data if data is not None else {})
         args: list[str | int] = [
@@ -117,7 +135,7 @@ class EventLog:
         ]
         for field, value in fields_for(event_type, payload).items():
             args += [field, value]
-        reply = await self._append(keys=list(self.keys.job_keys(job_id)), args=args)
+        reply = await self._run_append(list(self.keys.job_keys(job_id)), args, before)
         status = reply[0]
         if status == "replaced":
             raise JobReplaced(job_id, event_type, reply[1])
@@ -130,20 +148,49 @@ class EventLog:
             if event_type is EventType.SUBMITTED:
                 raise JobExists(job_id)
             raise TransitionRefused(job_id, event_type, state)
-        duplicate = status == "duplicate"
-        if not duplicate and self.activity.records(event_type):
-            await self._record_activity(job_id, event_type, reply)
-        return Appended(id=reply[1], state=reply[2], cancel_requested=reply[3] == "1", duplicate=duplicate)
+        if status == "duplicate":
+            return Appended(id=reply[1], state=reply[2], cancel_requested=reply[3] == "1", duplicate=True)
+        _, event_id, state, cancel_requested, at, attempt_now, kind, tenant = reply
+        feed = None
+        if self.activity.records(event_type):
+            feed = FeedNote(job_id, kind, event_type, state, int(at), event_id, int(attempt_now), tenant)
+            if not defer_feed:
+                await self._record_activity(feed)
+                feed = None
+        return Appended(id=event_id, state=state, cancel_requested=cancel_requested == "1", at=int(at),
+                        attempt=int(attempt_now), feed=feed)
 
-    async def _record_activity(self, job_id: str, event_type: EventType, reply: list[str]) -> None:
-        _, event_id, state, _, at, attempt, kind, tenant = reply
+    async def _run_append(self, keys: list[str], args: list[str | int], before: Callable[[Pipeline], object] | None
+                          ) -> list[str]:
+        if before is None:
+            return await self._append(keys=keys, args=args)
+        # EVALSHA by hand: a registered script in a pipeline costs a SCRIPT EXISTS round trip
+        # on every execute; a NOSCRIPT (a Redis that restarted) loads it and sends both again.
+        for _ in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                before(pipe)
+                pipe.evalsha(self._append.sha, len(keys), *keys, *args)
+                *queued, reply = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, NoScriptError):
+                await self.redis.script_load(self._append.script)
+                continue
+            for result in (*queued, reply):
+                if isinstance(result, Exception):
+                    raise result
+            return reply
+        raise NoScriptError("the append script vanished again right after it was loaded")
+
+    async def _record_activity(self, note: FeedNote) -> None:
         try:
-            await self.activity.record(
-                job_id=job_id, kind=kind, event_type=event_type, state=state, at=int(at), event_id=event_id,
-                attempt=int(attempt), tenant=tenant,
-            )
-        except Exception:  # derived and best-effort: the job's own stream already holds the event
-            log.warning("could not record %s of job %s in the activity feed", event_type.value, job_id, exc_info=True)
+            await self.activity.record(note)
+        except Exception as exc:  # derived and best-effort: the job's own stream already holds the event
+            self.feed_failed(note, exc)
+
+    @staticmethod
+    def feed_failed(note: FeedNote, error: BaseException) -> None:
+        """Log a feed entry that could not be written; never an error of the append."""
+        log.warning("could not record %s of job %s in the activity feed", note.event_type.value, note.job_id,
+                    exc_info=error)
 
     async def delete(self, job_id: str) -> bool:
         """Remove every key of a job (one round trip); False if it had none."""

@@ -16,6 +16,7 @@ import binascii
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from jobtrail.errors import InvalidRequest
 from jobtrail.jobstate import JobState
@@ -51,11 +52,15 @@ class JobIndex:
 
     async def add(self, job_id: str, created_ms: int, tenant: str | None = None) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(self.keys.index(), {job_id: created_ms})
-            if tenant:
-                pipe.zadd(self.keys.tenant_index(tenant), {job_id: created_ms})
-                pipe.sadd(self.keys.tenants(), tenant)
+            self.queue_add(pipe, job_id, created_ms, tenant)
             await pipe.execute()
+
+    def queue_add(self, pipe: Pipeline, job_id: str, created_ms: int, tenant: str | None = None) -> None:
+        """Queue `add`'s writes on a pipeline of the caller's."""
+        pipe.zadd(self.keys.index(), {job_id: created_ms})
+        if tenant:
+            pipe.zadd(self.keys.tenant_index(tenant), {job_id: created_ms})
+            pipe.sadd(self.keys.tenants(), tenant)
 
     async def remove(self, job_id: str, tenant: str | None = None) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from jobtrail.keys import Keys
 
@@ -31,6 +32,10 @@ class LiveJobs:
     async def track(self, job_id: str) -> None:
         """Watch a new job, due once it could have sat pending too long (one ZADD)."""
         await self.redis.zadd(self.key, {job_id: now_ms() + self.pending_stale_ms})
+
+    def queue_track(self, pipe: Pipeline, job_id: str) -> None:
+        """`track`, queued on a pipeline of the caller's."""
+        pipe.zadd(self.key, {job_id: now_ms() + self.pending_stale_ms})
 
     async def forget(self, *job_ids: str) -> None:
         """Stop watching jobs that finished or are gone (one ZREM)."""

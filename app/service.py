@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+from redis.asyncio.client import Pipeline
 
 from jobtrail.artifacts import ArtifactStore
 from jobtrail.config import Settings
@@ -90,12 +91,21 @@ class JobService:
             raise InvalidParams(f"params nest {depth} levels deep; at most {MAX_JSON_DEPTH} are allowed")
         data = SubmittedData(kind=kind, params=validate_params(kind, params), max_attempts=attempts, tenant=tenant)
         job_id = await self.job_id_for(idempotency_key, tenant)
-        # Watched before it exists: whatever happens after the append (a crash, a failed
-        # enqueue), the reaper (workers/reaper.py) queues the job; an id that never
-        # became a job, it drops.
-        await self.live.track(job_id)
+        claim = self.events.keys.enqueue_claim(job_id)
+        token = uuid.uuid4().hex
+
+        def claim_it(pipe: Pipeline) -> None:
+            pipe.set(claim, token, nx=True, ex=self.settings.retention_s)
+            pipe.get(claim)
+
         try:
-            job = await record_submitted(self.events, self.index, job_id, data)
+            # Watched before it exists, in the append's round trip: whatever happens after
+            # the append (a crash, a failed enqueue), the reaper (workers/reaper.py) queues
+            # the job; an id that never became a job, it drops.
+            job, (_, claimed_by) = await record_submitted(
+                self.events, self.index, job_id, data,
+                before=lambda pipe: self.live.queue_track(pipe, job_id), also=claim_it,
+            )
         except JobExists:
             existing = await self.events.state(job_id)
             if (existing.kind, existing.params, existing.max_attempts) != (data.kind, data.params, data.max_attempts):
@@ -104,22 +114,25 @@ class JobService:
                 ) from None
             # The request that created it may have died before indexing or enqueueing it.
             await index_job(self.index, existing)
-            if existing.state is State.PENDING and existing.attempt == 0:
-                await self._enqueue_once(job_id)
+            if existing.state is State.PENDING and existing.attempt == 0 and await self._holds_claim(claim, token):
+                await self.enqueue(job_id)
             return existing, False
-        await self._enqueue_once(job_id)
+        if claimed_by == token:
+            await self.enqueue(job_id)
         return job, True
 
-    async def _enqueue_once(self, job_id: str) -> None:
-        """Queue the job's first run unless another request already did (one SET NX, then one XADD).
+    async def _holds_claim(self, claim: str, token: str) -> bool:
+        """Whether this request (`token`) is the one that queues the job's first run.
 
         The claim lives in the job's own slot and decides, among the creator and any number
-        of racing repeats, the one that enqueues. A request that dies between its claim and
-        its enqueue leaves the job pending, which the reaper queues once it is stale.
+        of racing repeats, the one that enqueues. The creator takes it in the round trip that
+        indexes the job (SET NX, then GET: when that reply is lost and redis-py sends both
+        again, the GET still shows this request's token). A request that dies between its
+        claim and its enqueue leaves the job pending, which the reaper queues once it is stale.
         """
-        claim = self.events.keys.enqueue_claim(job_id)
-        if await self.events.redis.set(claim, "1", nx=True, ex=self.settings.retention_s):
-            await self.enqueue(job_id)
+        if await self.events.redis.set(claim, token, nx=True, ex=self.settings.retention_s):
+            return True
+        return await self.events.redis.get(claim) == token
 
     async def cancel(self, job_id: str, reason: str | None = None) -> JobState:
         """Cancel a pending job now, or flag a running one for its handler to stop.

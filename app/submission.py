@@ -8,28 +8,73 @@ a job is listed the same way whoever created it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
-from jobtrail.eventlog import EventLog
-from jobtrail.events import EventType, SubmittedData
+import msgspec
+from redis.asyncio.client import Pipeline
+
+from jobtrail.eventlog import Appended, EventLog
+from jobtrail.events import Event, EventType, SubmittedData, check_data
 from jobtrail.index import JobIndex
 from jobtrail.jobstate import JobState
+from jobtrail.reducer import fold
 
 
-async def record_submitted(events: EventLog, index: JobIndex, job_id: str, data: SubmittedData) -> JobState:
-    """Append the job's `submitted` and list it; the new job's state.
+async def record_submitted(
+    events: EventLog,
+    index: JobIndex,
+    job_id: str,
+    data: SubmittedData,
+    *,
+    before: Callable[[Pipeline], object] | None = None,
+    also: Callable[[Pipeline], object] | None = None,
+) -> tuple[JobState, list[object]]:
+    """Append the job's `submitted` and list it: the new job's state, and what `also` answered.
 
-    Three round trips (the append, the state, one pipeline to the index) and one more to
-    the activity feed. Raises JobExists, and then lists nothing, when another request
-    made the job. The append carries a key of this call alone: when its reply is lost and
-    redis-py sends it again, the script answers `duplicate` for this call's own first
-    write, which created the job, so the retry is not taken for another request's.
-    The index is derived: a failure there raises after the job exists, and the caller
-    decides whether that matters.
+    Two round trips: the append (behind `before`'s commands, in one pipeline), then one
+    pipeline of the activity feed, the index and `also`'s commands, whose replies come
+    back in order. The state is folded here from the one event the append wrote
+    (app/reducer.py mirrors append.lua), not read back. Raises JobExists, and then lists
+    nothing, when another request made the job.
+
+    The append carries a key of this call alone: when its reply is lost and redis-py
+    sends it again, the script answers `duplicate` for this call's own first write, which
+    created the job, so the retry is not taken for another request's (its state is then
+    read back, one more round trip). The index is derived: a failure there raises after
+    the job exists, and the caller decides whether that matters; a failure of the feed
+    is only logged, as for every append.
     """
-    await events.append(job_id, EventType.SUBMITTED, data, key=f"submitted:{uuid.uuid4().hex}")
-    job = await events.state(job_id)
-    await index_job(index, job)
-    return job
+    key = f"submitted:{uuid.uuid4().hex}"
+    appended = await events.append(job_id, EventType.SUBMITTED, data, key=key, before=before, defer_feed=True)
+    job = await events.state(job_id) if appended.duplicate else submitted_state(job_id, appended, data, key)
+    async with events.redis.pipeline(transaction=False) as pipe:
+        if appended.feed is not None:
+            events.activity.queue_record(pipe, appended.feed)
+        feed_writes = len(pipe)
+        index.queue_add(pipe, job.id, created_ms(job), job.tenant)
+        ours = len(pipe)
+        if also is not None:
+            also(pipe)
+        replies = await pipe.execute(raise_on_error=False)
+    feed_errors = [reply for reply in replies[:feed_writes] if isinstance(reply, Exception)]
+    if appended.feed is not None and feed_errors:
+        events.feed_failed(appended.feed, feed_errors[0])
+    for reply in replies[feed_writes:]:
+        if isinstance(reply, Exception):
+            raise reply
+    return job, replies[ours:]
+
+
+def submitted_state(job_id: str, appended: Appended, data: SubmittedData, key: str) -> JobState:
+    """The state of a job whose only event is the `submitted` that `appended` wrote."""
+    payload = msgspec.json.decode(msgspec.json.encode(check_data(EventType.SUBMITTED, data)))
+    event = Event(id=appended.id, type=EventType.SUBMITTED, at=appended.at, attempt=appended.attempt,
+                  data=payload, key=key)
+    return JobState.from_hash(job_id, fold([event]))
+
+
+def created_ms(job: JobState) -> int:
+    return round(job.created_at.timestamp() * 1000) if job.created_at else 0
 
 
 async def index_job(index: JobIndex, job: JobState) -> None:
@@ -38,5 +83,4 @@ async def index_job(index: JobIndex, job: JobState) -> None:
     Idempotent: a repeat of a submission lists it again, which repairs a creator that
     died before it got here.
     """
-    created_ms = round(job.created_at.timestamp() * 1000) if job.created_at else 0
-    await index.add(job.id, created_ms, job.tenant)
+    await index.add(job.id, created_ms(job), job.tenant)

@@ -30,6 +30,9 @@ from jobtrail.workers.kinds_loader import load_kinds
 from tests.support.env import ROOT, worker_env
 from tests.support.redis_server import RedisServer
 
+# The `browser` fixture (Debian chromium through Playwright) for the dashboard and jobtrail.js tests.
+pytest_plugins = ["tests.support.browser"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def builtin_kinds() -> None:

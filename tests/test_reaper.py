@@ -120,7 +120,7 @@ async def test_job_whose_submission_died_right_after_its_append_is_queued_by_the
     events, reaper, queued, settings
 ):
     class DyingIndex(JobIndex):
-        async def add(self, job_id, created_ms, tenant=None):
+        def queue_add(self, pipe, job_id, created_ms, tenant=None):
             raise RedisConnectionError("the API lost Redis (or died) right after the append")
 
     async def enqueue(job_id):

@@ -75,7 +75,7 @@ async def test_a_repeat_of_a_submission_whose_creator_died_before_indexing_lists
     events, settings, keys, redis_client
 ):
     class DyingIndex(JobIndex):
-        async def add(self, job_id, created_ms, tenant=None):
+        def queue_add(self, pipe, job_id, created_ms, tenant=None):
             raise RedisConnectionError("the API died right after the append")
 
     queued = Queued()

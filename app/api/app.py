@@ -15,7 +15,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from redis.exceptions import RedisError
 
-from jobtrail.api.access import SCHEMA_PATH, access_guard
+from jobtrail.api.access import SCHEMA_PATH, SocketAccess, access_guard
 from jobtrail.api.activity import activity_events, feed_token
 from jobtrail.api.audit import audit_report
 from jobtrail.api.body import JsonRequest
@@ -26,6 +26,8 @@ from jobtrail.api.jobs import JobsController
 from jobtrail.api.kinds import list_kinds
 from jobtrail.api.legacy import LegacyExportsController
 from jobtrail.api.requests import RequestIdMiddleware
+from jobtrail.api.ui import ui_router
+from jobtrail.api.ws import ws, ws_described
 from jobtrail.auth import ApiKeys, Principal, auth_enabled
 from jobtrail.config import Settings
 from jobtrail.services import Services, open_services
@@ -80,13 +82,16 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         value = getattr(services, name)
         return Provide(lambda: value, sync_to_thread=False, use_cache=True)
 
+    socket_access = SocketAccess(api_keys, secured, services.signer)
+
     def principal(request: Request) -> Principal:
         return request.user
 
     provided_names = ("redis", "events", "hub", "index", "service", "artifacts", "signer", "submit_rate", "sse_slots")
     return Litestar(
         route_handlers=[
-            JobsController, list_kinds, audit_report, activity_events, feed_token, healthz, readyz,
+            JobsController, list_kinds, audit_report, activity_events, feed_token, healthz, readyz, ws, ws_described,
+            ui_router(),
             *([LegacyExportsController] if settings.legacy_routes == "on" else []),
         ],
         lifespan=[lifespan],
@@ -96,6 +101,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         dependencies={
             "settings": Provide(lambda: settings, sync_to_thread=False, use_cache=True),
             "principal": Provide(principal, sync_to_thread=False),
+            "socket_access": Provide(lambda: socket_access, sync_to_thread=False, use_cache=True),
             **{name: provided(name) for name in provided_names},
         },
         exception_handlers=EXCEPTION_HANDLERS,

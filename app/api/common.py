@@ -46,6 +46,7 @@ _ERROR_DESCRIPTIONS = {
     413: "Request body too large",
     415: "The body is not `application/json`",
     422: "Unknown job kind or params the kind rejects",
+    426: "A WebSocket endpoint asked for without `Upgrade: websocket`",
     429: "Over a per-tenant limit; retry after `Retry-After` seconds",
     503: "Redis is not answering; retry after `Retry-After` seconds",
 }
