@@ -129,7 +129,7 @@ def machine(redis: BenchRedis) -> str:
                   if line.startswith("model name")), platform.processor())
     try:
         import hiredis  # noqa: F401 - only whether redis-py parses with it
-        parser = "hiredis"
+        parser = "hiredis parser"
     except ImportError:
         parser = "pure-Python RESP parser"
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
