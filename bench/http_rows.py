@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import subprocess
 import time
 import uuid
@@ -123,6 +124,8 @@ def redis_benchmark(bench: Bench, requests: int, command: list[str]) -> Metrics:
 
 
 async def run_append(bench: Bench) -> dict[str, list[Metrics]]:
+    if shutil.which("redis-benchmark") is None:
+        raise RuntimeError("redis-benchmark is not installed (apt-get install redis-tools)")
     requests = bench.scale(100_000, 5_000)
     redis = aioredis.from_url(bench.redis.url, decode_responses=True)
     try:

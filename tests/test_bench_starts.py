@@ -8,6 +8,8 @@ no npm packages).
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -44,3 +46,15 @@ def test_a_quick_run_of_the_append_row_prints_its_table_and_json(tmp_path):
     (entry,) = report["rows"]
     assert entry["id"] == "append" and entry["jobtrail"] > 0 and entry["reference"] > 0
     assert len(report["samples"]["append"]["append.lua EVALSHA"]) == 1
+
+
+def test_a_row_that_fails_says_why_in_the_table_and_the_run_exits_1(tmp_path):
+    """Without redis-benchmark on PATH the append row cannot run: the table says so, nothing crashes."""
+    only_redis = tmp_path / "bin"
+    only_redis.mkdir()
+    (only_redis / "redis-server").symlink_to(shutil.which("redis-server"))
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "append", "--reps", "1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PATH": str(only_redis)})
+    assert done.returncode == 1, done.stdout + done.stderr
+    (row,) = [line for line in done.stdout.splitlines() if line.startswith("| append script")]
+    assert "error: RuntimeError: redis-benchmark is not installed (apt-get install redis-tools)" in row
