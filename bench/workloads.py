@@ -252,7 +252,7 @@ async def run_round_trips(bench: Bench) -> dict[str, list[Metrics]]:
         jobtrail = await Jobtrail(procs, bench.redis).start()
         bullmq = await BullMQ(procs, bench.redis).start()
         await asyncio.sleep(1)  # past the workers' start-up commands
-        return await alternate(1, {
+        return await alternate(1, {  # a count, not a time: one repetition says it
             "jobtrail": lambda: commands_per_job(bench, lambda: jobtrail_w3(jobtrail, jobs), jobs),
             "BullMQ": lambda: commands_per_job(bench, lambda: bullmq_w3(bullmq, jobs), jobs),
         })
