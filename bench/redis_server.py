@@ -68,12 +68,6 @@ class BenchRedis:
         with self.client() as client:
             return str(client.info("server")["redis_version"])
 
-    def command_counts(self) -> dict[str, int]:
-        """Calls per command since start (INFO commandstats), commands run inside scripts included."""
-        with self.client() as client:
-            stats = client.info("commandstats")
-        return {name.removeprefix("cmdstat_"): int(entry["calls"]) for name, entry in stats.items()}
-
     def flush(self) -> None:
         with self.client() as client:
             client.flushall()
