@@ -95,7 +95,10 @@ class Line(msgspec.Struct, kw_only=True):
 def line(row: Row, outcome: Outcome) -> Line:
     if outcome.error:
         return Line(id=row.id, label=row.label, goal=row.goal, error=outcome.error)
-    ours, theirs = outcome.systems
+    ours, theirs = outcome.systems[0], row.reference or outcome.systems[1]
+    if theirs not in outcome.samples:
+        error = f"{theirs} was not measured (saq: pip install -e '.[bench]')"
+        return Line(id=row.id, label=row.label, goal=row.goal, error=error)
     mine, ref = outcome.median(ours), outcome.median(theirs)
     j, r = mine[row.metric], ref[row.metric]
     cpu = (mine[row.cpu_metric], ref[row.cpu_metric]) if row.cpu_metric else None

@@ -8,6 +8,7 @@ kinds (bench/kinds.py).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -132,3 +133,33 @@ class BullMQ:
         argv = ["node", str(ROOT / "bench" / "bullmq_producer.mjs"), str(self.redis.port), self.queue, workload,
                 str(jobs), str(count)]
         return self.procs.spawn(name, argv, dict(os.environ)), name
+
+
+class Saq:
+    """A saq Worker process (bench/saq_side.py) on its own queue name; needs the `bench` extra."""
+
+    def __init__(self, procs: Processes, redis: BenchRedis) -> None:
+        self.procs = procs
+        self.redis = redis
+        self.queue = f"bench{uuid.uuid4().hex[:8]}"
+        self.process: Popen[bytes] | None = None
+
+    async def start(self) -> Saq:
+        name = f"saq-worker-{self.queue}"
+        args = ["-m", "bench.saq_side", "worker", str(self.redis.port), self.queue, str(CONCURRENCY)]
+        self.process = self.procs.python(name, args, dict(os.environ))
+        await self.procs.wait_log(self.process, name, "ready")
+        return self
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.process.pid] if self.process else []
+
+    def producer(self, jobs: int) -> tuple[Popen[bytes], str]:
+        name = f"saq-producer-{self.queue}-{time.monotonic_ns()}"
+        args = ["-m", "bench.saq_side", "w3", str(self.redis.port), self.queue, str(jobs)]
+        return self.procs.python(name, args, dict(os.environ)), name
+
+
+def saq_installed() -> bool:
+    return importlib.util.find_spec("saq") is not None

@@ -22,14 +22,19 @@ import json
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from subprocess import Popen
+from typing import TypeVar
 
 import msgspec
 
 from bench.load import SseMessage, exchange, request, sse
 from bench.measure import Bench, Metrics, alternate, percentile
 from bench.procs import Processes, cpu_seconds
-from bench.systems import BullMQ, Jobtrail
+from bench.saq_side import SaqReport
+from bench.systems import BullMQ, Jobtrail, Saq, saq_installed
 from jobtrail.keys import Keys
+
+R = TypeVar("R", bound=msgspec.Struct)
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 SUBMIT_CONNECTIONS = 20
@@ -116,20 +121,23 @@ class ProducerReport(msgspec.Struct, frozen=True):
     cpu_s: float  # the producer's own CPU time
 
 
-async def bullmq_run(system: BullMQ, workload: str, jobs: int, count: int = 0) -> tuple[ProducerReport, float]:
-    """One producer run (bench/bullmq_producer.mjs): its JSON report, and the CPU of producer and worker."""
-    cpu = cpu_seconds(system.pids)
-    process, name = system.producer(workload, jobs, count)
+async def finished_report(procs: Processes, process: Popen[bytes], name: str, report: type[R]) -> R:
+    """Wait for a producer process to exit, and decode the JSON line it printed last."""
     try:
         await asyncio.wait_for(asyncio.to_thread(process.wait), JOB_TIMEOUT_S)
     except TimeoutError:
-        raise RuntimeError(f"the BullMQ producer did not finish in {JOB_TIMEOUT_S:.0f} s") from None
-    cpu = cpu_seconds(system.pids) - cpu
-    lines = (system.procs.run_dir / f"{name}.log").read_text().strip().splitlines()
+        raise RuntimeError(f"{name} did not finish in {JOB_TIMEOUT_S:.0f} s") from None
+    lines = (procs.run_dir / f"{name}.log").read_text().strip().splitlines()
     if process.returncode != 0 or not lines:
-        raise RuntimeError(f"the BullMQ producer exited with {process.returncode}:\n{system.procs.log_tail(name)}")
-    report = msgspec.json.decode(lines[-1], type=ProducerReport)
-    return report, cpu + report.cpu_s
+        raise RuntimeError(f"{name} exited with {process.returncode}:\n{procs.log_tail(name)}")
+    return msgspec.json.decode(lines[-1], type=report)
+
+
+async def bullmq_run(system: BullMQ, workload: str, jobs: int, count: int = 0) -> tuple[ProducerReport, float]:
+    """One producer run (bench/bullmq_producer.mjs): its JSON report, and the CPU of producer and worker."""
+    cpu = cpu_seconds(system.pids)
+    report = await finished_report(system.procs, *system.producer(workload, jobs, count), ProducerReport)
+    return report, cpu_seconds(system.pids) - cpu + report.cpu_s
 
 
 async def bullmq_w1(bench: Bench, system: BullMQ, jobs: int, count: int) -> Metrics:
@@ -189,15 +197,29 @@ async def bullmq_w3(system: BullMQ, jobs: int) -> Metrics:
     return {"jobs_per_s": jobs / (report.elapsed_ms / 1000), "cpu_ms_per_job": 1000 * cpu / jobs}
 
 
+async def saq_w3(system: Saq, jobs: int) -> Metrics:
+    cpu = cpu_seconds(system.pids)
+    report = await finished_report(system.procs, *system.producer(jobs), SaqReport)
+    cpu = cpu_seconds(system.pids) - cpu + report.cpu_s
+    if report.completed != jobs:
+        raise RuntimeError(f"saq completed {report.completed} of {jobs} jobs")
+    return {"jobs_per_s": jobs / (report.elapsed_ms / 1000), "cpu_ms_per_job": 1000 * cpu / jobs}
+
+
 async def run_w3(bench: Bench) -> dict[str, list[Metrics]]:
+    """jobtrail, BullMQ, and saq when the `bench` extra is installed (its row says so otherwise)."""
     jobs = bench.scale(1000, 100)
     with Processes(bench.run_dir / "w3") as procs:
         jobtrail = await Jobtrail(procs, bench.redis).start()
         bullmq = await BullMQ(procs, bench.redis).start()
-        return await alternate(bench.reps, {
+        measures = {
             "jobtrail": lambda: jobtrail_w3(jobtrail, jobs),
             "BullMQ": lambda: bullmq_w3(bullmq, jobs),
-        })
+        }
+        if saq_installed():
+            saq = await Saq(procs, bench.redis).start()
+            measures["saq"] = lambda: saq_w3(saq, jobs)
+        return await alternate(bench.reps, measures)
 
 
 class Monitor:
