@@ -35,6 +35,7 @@ const worker = new Worker(
 await worker.waitUntilReady();
 console.log("ready");
 process.on("SIGTERM", async () => {
+  setTimeout(() => process.exit(1), 5000).unref(); // close() waits on Redis, which may be gone
   await worker.close();
   await connection.quit();
   process.exit(0);
