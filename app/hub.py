@@ -82,7 +82,11 @@ class Subscription:
     async def get(self, timeout: float) -> Any:
         """The next entry, None after `timeout` seconds idle; SubscriptionClosed when closed."""
         try:
-            item = await asyncio.wait_for(self._queue.get(), timeout)
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that meets an
+            # entry arriving in the same turn of the loop (cpython gh-86296), so a follow
+            # told to stop (a /ws token's expiry, an unsubscribe) went on to its job's end.
+            async with asyncio.timeout(timeout):
+                item = await self._queue.get()
         except TimeoutError:
             return None
         if isinstance(item, SubscriptionClosed):
