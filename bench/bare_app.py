@@ -63,10 +63,14 @@ class FanOut:
             self.subscribers[stream].discard(queue)
 
     async def _read(self) -> None:
-        last = {stream: "$" for stream in self.subscribers}
+        last: dict[str, str] = {}
         while self.subscribers:
             for stream in self.subscribers:
-                last.setdefault(stream, "$")
+                if stream not in last:
+                    # A concrete id, not "$": an XADD between a read that timed out and the next
+                    # read would be lost if each read started again from "$".
+                    newest = await self.redis.xrevrange(stream, "+", "-", count=1)
+                    last[stream] = newest[0][0] if newest else "0-0"
             replies = await self.redis.xread(dict(last), block=1000)
             for stream, entries in replies or []:
                 for entry_id, fields in entries:
