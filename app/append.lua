@@ -25,13 +25,13 @@
 --      or {'replaced', state}                         (ARGV[7] is not the job's incarnation: the
 --                                                      job was deleted and submitted again; nothing written)
 --
--- RULES, TERMINAL and ABSENT are rendered above this line from app/events.py.
+-- RULE_OF, IS_TERMINAL and ABSENT are rendered above this line from app/events.py (RULES).
 
 local job, stream, dedupe = KEYS[1], KEYS[2], KEYS[3]
 local etype, attempt, data, key, retention, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local incarnation, slot = ARGV[7], ARGV[8]
 
-local rule = RULES[etype]
+local rule = RULE_OF(etype)
 if not rule then
   return redis.error_reply('unknown event type ' .. etype)
 end
@@ -125,7 +125,7 @@ if key ~= '' then
   end
 end
 
-if TERMINAL[state] then
+if IS_TERMINAL(state) then
   for _, k in ipairs(KEYS) do
     redis.call('EXPIRE', k, retention)
   end

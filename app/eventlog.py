@@ -36,21 +36,27 @@ def _lua_string(value: str) -> str:
 
 
 def render_append_script() -> str:
-    """append.lua with the transition table rendered into its header."""
-    lines = ["local RULES = {"]
-    for event_type, rule in RULES.items():
+    """append.lua with the transition table rendered into its header.
+
+    As a chain of `if`s that builds only the rule of the event at hand: a script's locals
+    are built again on every call, and the whole table (twenty-odd Lua tables) cost more
+    than the rest of a progress append.
+    """
+    lines = ["local RULE_OF = function(etype)"]
+    for n, (event_type, rule) in enumerate(RULES.items()):
         allowed = ", ".join(f"[{_lua_string(s)}] = true" for s in sorted(rule.allowed))
         nxt = _lua_string(rule.next_state) if rule.next_state else "nil"
         stamp = _lua_string(rule.stamp) if rule.stamp else "nil"
         attempt = _lua_string(rule.attempt) if rule.attempt else "nil"
         opens = "true" if rule.opens else "false"
         lines.append(
-            f"  [{_lua_string(event_type)}] = {{allowed = {{{allowed}}}, next = {nxt}, stamp = {stamp}, "
-            f"attempt = {attempt}, opens = {opens}}},"
+            f"  {'if' if n == 0 else 'elseif'} etype == {_lua_string(event_type)} then return "
+            f"{{allowed = {{{allowed}}}, next = {nxt}, stamp = {stamp}, attempt = {attempt}, opens = {opens}}}"
         )
-    lines.append("}")
-    terminal = ", ".join(f"[{_lua_string(s)}] = true" for s in sorted(TERMINAL_STATES))
-    lines.append(f"local TERMINAL = {{{terminal}}}")
+    lines.append("  end")
+    lines.append("end")
+    terminal = " or ".join(f"state == {_lua_string(s)}" for s in sorted(TERMINAL_STATES))
+    lines.append(f"local IS_TERMINAL = function(state) return {terminal} end")
     lines.append(f"local ABSENT = {_lua_string(ABSENT)}")
     body = resources.files("jobtrail").joinpath("append.lua").read_text()
     return "\n".join(lines) + "\n" + body
