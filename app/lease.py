@@ -66,7 +66,9 @@ class Lease:
         reply to `settle_release`.
         """
         self.released = True
-        pipe.evalsha(self._script.sha, 2, self.key, self.job_key, "release", self.token, 0, "", "")
+        # execute_command, not pipe.evalsha: redis-py's Cluster pipeline refuses the method by
+        # name, yet routes the command by its keys (one job's: one slot).
+        pipe.execute_command("EVALSHA", self._script.sha, 2, self.key, self.job_key, "release", self.token, 0, "", "")
 
     async def settle_release(self, reply: object) -> None:
         """Finish a queued release from its reply: again, loading the script, if Redis had lost it."""
