@@ -14,6 +14,7 @@ from jobtrail.lease import _SCRIPT as LEASE_SCRIPT
 from jobtrail.registry import _KINDS, Kind, validate_params
 from jobtrail.workers.context import JobContext, PermanentFailure
 from jobtrail.workers.runner import Runner
+from tests.support.redis_server import RedisServer
 
 
 async def submit(events, job_id, params, kind="demo", max_attempts=3):
@@ -265,3 +266,18 @@ async def test_a_long_jobs_started_reaches_the_feed_while_it_runs(events, settin
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_lease_is_released_on_a_redis_that_never_loaded_its_script(tmp_path, settings, keys, trivial_kind):
+    # A fresh server: the release, queued by its SHA behind the outcome, answers NOSCRIPT.
+    server = RedisServer(tmp_path / "redis").start()
+    client = Redis.from_url(server.url, decode_responses=True)
+    try:
+        events = EventLog(client, keys, settings.retention_s, activity_maxlen=settings.activity_maxlen)
+        await submit(events, "j", {}, kind=trivial_kind)
+        await Runner(events, settings, name="test-worker").run("j")
+        assert (await events.state("j")).state is State.SUCCEEDED
+        assert await client.exists(keys.lease("j")) == 0
+    finally:
+        await client.aclose()
+        server.kill()
