@@ -2,7 +2,8 @@
 --
 -- KEYS[1]  job state hash        (jt:job:{ID})
 -- KEYS[2]  job event stream      (jt:job:{ID}:events)
--- KEYS[3]  job dedupe hash       (jt:job:{ID}:dedupe)  idempotency key -> event id
+-- KEYS[3]  job dedupe hash       (jt:job:{ID}:dedupe)  idempotency key -> event id,
+--                                                     or slot -> 'key id'
 -- ARGV[1]  event type
 -- ARGV[2]  attempt, or '' for the job's current attempt
 -- ARGV[3]  data, a JSON object (stored as is)
@@ -10,7 +11,11 @@
 -- ARGV[5]  retention in seconds, applied to every key at a terminal event
 -- ARGV[6]  `at` in epoch ms, or '' for the server's clock
 -- ARGV[7]  incarnation the writer works for (the id of the job's `submitted`), or '' for any
--- ARGV[8..] field, value pairs derived from the data (app/reducer.py: fields_for)
+-- ARGV[8]  dedupe slot, or '' to remember the key under itself. A writer whose writes go
+--          out one at a time (a job context) names one slot for all of them: a retry can
+--          only be of its latest write, so the slot holds that one alone ("key id"), and a
+--          job's dedupe hash stays a few fields long however many reports it took.
+-- ARGV[9..] field, value pairs derived from the data (app/reducer.py: fields_for)
 --
 -- Returns {'ok', id, state, cancel_requested, at, attempt, kind, tenant}  (the last four feed app/activity.py)
 --      or {'duplicate', id, state, cancel_requested}  (key seen: nothing written)
@@ -20,40 +25,48 @@
 --      or {'replaced', state}                         (ARGV[7] is not the job's incarnation: the
 --                                                      job was deleted and submitted again; nothing written)
 --
--- RULES, TERMINAL and ABSENT are rendered above this line from app/events.py.
+-- RULE_OF, IS_TERMINAL and ABSENT are rendered above this line from app/events.py (RULES).
 
 local job, stream, dedupe = KEYS[1], KEYS[2], KEYS[3]
 local etype, attempt, data, key, retention, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local incarnation = ARGV[7]
+local incarnation, slot = ARGV[7], ARGV[8]
 
-local rule = RULES[etype]
+local rule = RULE_OF(etype)
 if not rule then
   return redis.error_reply('unknown event type ' .. etype)
 end
 
+-- Every field the script reads, in one command: the script's cost is its command count.
+local own = redis.call('HMGET', job, 'incarnation', 'state', 'cancel_requested', 'attempt', 'event_count', 'kind',
+                       'tenant')
+local state = own[2] or ABSENT
+local cancel_requested = own[3] or '0'
+
 -- Before the dedupe: the new incarnation's keys say nothing about the old one's writes.
 -- A hash without an incarnation (written before it was recorded) is not fenced.
-if incarnation ~= '' then
-  local own = redis.call('HMGET', job, 'incarnation', 'state')
-  if own[1] and own[1] ~= incarnation then
-    return {'replaced', own[2] or ABSENT}
-  end
+if incarnation ~= '' and own[1] and own[1] ~= incarnation then
+  return {'replaced', state}
 end
 
 if key ~= '' then
-  local previous = redis.call('HGET', dedupe, key)
-  if previous then
-    local current = redis.call('HMGET', job, 'state', 'cancel_requested')
-    return {'duplicate', previous, current[1] or ABSENT, current[2] or '0'}
+  if slot == '' then
+    local previous = redis.call('HGET', dedupe, key)
+    if previous then
+      return {'duplicate', previous, state, cancel_requested}
+    end
+  else
+    local previous = redis.call('HGET', dedupe, slot)
+    if previous and string.sub(previous, 1, #key + 1) == key .. ' ' then
+      return {'duplicate', string.sub(previous, #key + 2), state, cancel_requested}
+    end
   end
 end
 
-local state = redis.call('HGET', job, 'state') or ABSENT
 if not rule.allowed[state] then
   return {'refused', state}
 end
 
-local current = redis.call('HGET', job, 'attempt') or '0'
+local current = own[4] or '0'
 if attempt == '' then
   attempt = current
 elseif rule.attempt then
@@ -74,7 +87,8 @@ if key ~= '' then
 end
 local id = redis.call('XADD', stream, '*', unpack(entry))
 
-local fields = {'updated_at', at, 'last_event_id', id, 'attempt', attempt}
+local count = tostring((tonumber(own[5]) or 0) + 1)
+local fields = {'updated_at', at, 'last_event_id', id, 'attempt', attempt, 'event_count', count}
 if rule.next then
   state = rule.next
   table.insert(fields, 'state')
@@ -88,19 +102,32 @@ if rule.opens then
   table.insert(fields, 'incarnation')
   table.insert(fields, id)
 end
-for i = 8, #ARGV do
-  table.insert(fields, ARGV[i])
+local kind, tenant = own[6] or '', own[7] or ''
+for i = 9, #ARGV, 2 do
+  local field, value = ARGV[i], ARGV[i + 1]
+  table.insert(fields, field)
+  table.insert(fields, value)
+  -- What the reply reports is the hash after this write, which these fields may set.
+  if field == 'cancel_requested' then
+    cancel_requested = value
+  elseif field == 'kind' then
+    kind = value
+  elseif field == 'tenant' then
+    tenant = value
+  end
 end
 redis.call('HSET', job, unpack(fields))
-redis.call('HINCRBY', job, 'event_count', 1)
 if key ~= '' then
-  redis.call('HSET', dedupe, key, id)
+  if slot == '' then
+    redis.call('HSET', dedupe, key, id)
+  else
+    redis.call('HSET', dedupe, slot, key .. ' ' .. id)
+  end
 end
 
-if TERMINAL[state] then
+if IS_TERMINAL(state) then
   for _, k in ipairs(KEYS) do
     redis.call('EXPIRE', k, retention)
   end
 end
-local after = redis.call('HMGET', job, 'cancel_requested', 'kind', 'tenant')
-return {'ok', id, state, after[1] or '0', at, attempt, after[2] or '', after[3] or ''}
+return {'ok', id, state, cancel_requested, at, attempt, kind, tenant}

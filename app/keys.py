@@ -30,7 +30,8 @@ class Keys:
         return f"{self.prefix}:job:{{{job_id}}}:events"
 
     def dedupe(self, job_id: str) -> str:
-        """Hash: producer idempotency key -> id of the event it produced."""
+        """Hash: producer idempotency key -> id of the event it produced; or a writer's slot -> "key id"
+        of its latest write alone (append.lua, ARGV[8])."""
         return f"{self.prefix}:job:{{{job_id}}}:dedupe"
 
     def lease(self, job_id: str) -> str:

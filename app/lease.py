@@ -21,7 +21,8 @@ from collections.abc import AsyncIterator
 from importlib import resources
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError, RedisError
 
 from jobtrail.patience import REDIS_AWAY
 
@@ -40,6 +41,7 @@ class Lease:
         self.token = f"{owner}:{uuid.uuid4().hex[:8]}"
         self.ttl_ms = max(int(ttl_s * 1000), 100)
         self.lost = False
+        self.released = False  # by `queue_release`, in a round trip of the holder's
         # Where the holder is, so a lapsed lease is taken back only for that (see `hold`).
         self.attempt: int | None = None
         self.incarnation: str | None = None
@@ -52,6 +54,34 @@ class Lease:
     async def acquire(self) -> bool:
         """Take the lease if nobody holds it (one SET NX)."""
         return bool(await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
+
+    def queue_acquire(self, pipe: Pipeline) -> None:
+        """`acquire` queued on a pipeline of the caller's; its reply is truthy when the lease was taken."""
+        pipe.set(self.key, self.token, nx=True, px=self.ttl_ms)
+
+    def queue_release(self, pipe: Pipeline) -> None:
+        """`release` queued on a pipeline of the caller's: from now on the lease is given up.
+
+        The heartbeat stops and the block of `kept_alive` releases nothing more. Hand its
+        reply to `settle_release`.
+        """
+        self.released = True
+        # execute_command, not pipe.evalsha: redis-py's Cluster pipeline refuses the method by
+        # name, yet routes the command by its keys (one job's: one slot).
+        pipe.execute_command("EVALSHA", self._script.sha, 2, self.key, self.job_key, "release", self.token, 0, "", "")
+
+    async def settle_release(self, reply: object) -> None:
+        """Finish a queued release from its reply: again, loading the script, if Redis had lost it."""
+        if isinstance(reply, NoScriptError):  # a Redis that restarted: one more round trip
+            try:
+                await self.release()
+            except RedisError as exc:
+                self.release_failed(exc)
+        elif isinstance(reply, Exception):
+            self.release_failed(reply)
+
+    def release_failed(self, error: BaseException) -> None:
+        log.warning("could not release lease %s (%s); it expires by itself", self.key, error)
 
     async def renew(self) -> bool:
         """Extend the lease, or take it back if it lapsed and nobody took it (one EVALSHA)."""
@@ -71,10 +101,11 @@ class Lease:
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
-            try:
-                await self.release()
-            except RedisError as exc:
-                log.warning("could not release lease %s (%s); it expires by itself", self.key, exc)
+            if not self.released:
+                try:
+                    await self.release()
+                except RedisError as exc:
+                    self.release_failed(exc)
 
     async def _heartbeat(self) -> None:
         period = self.ttl_ms / 3000
@@ -82,7 +113,10 @@ class Lease:
         while True:
             await asyncio.sleep(delay)
             try:
-                if not await self.renew():
+                renewed = await self.renew()
+                if self.released:
+                    return  # given up meanwhile: a renewal that found it gone says nothing
+                if not renewed:
                     self.lost = True
                     log.warning("lease %s was lost; the job will be left to its new holder", self.key)
                     return

@@ -48,6 +48,11 @@ class LiveJobs:
         if job_ids:
             await self.redis.zrem(self.key, *job_ids)
 
+    def queue_forget(self, pipe: Pipeline, *job_ids: str) -> None:
+        """`forget`, queued on a pipeline of the caller's."""
+        if job_ids:
+            pipe.zrem(self.key, *job_ids)
+
     async def due(self, at_ms: int, limit: int) -> list[str]:
         """Up to `limit` ids due at or before `at_ms`, most overdue first (one ZRANGE)."""
         return await self.redis.zrangebyscore(self.key, "-inf", at_ms, start=0, num=limit)
@@ -56,6 +61,11 @@ class LiveJobs:
         """Look at each job again at its time (one ZADD); tracks an id not yet tracked."""
         if until_ms:
             await self.redis.zadd(self.key, dict(until_ms))
+
+    def queue_postpone(self, pipe: Pipeline, until_ms: Mapping[str, int]) -> None:
+        """`postpone`, queued on a pipeline of the caller's."""
+        if until_ms:
+            pipe.zadd(self.key, dict(until_ms))
 
     async def counts(self, *, by_tenant: bool) -> Counter[tuple[str, str | None]]:
         """How many live jobs are in each state (and tenant, when `by_tenant`): `jobtrail_jobs`.

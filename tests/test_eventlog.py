@@ -84,6 +84,24 @@ async def test_repeated_idempotency_key_is_dropped_and_returns_the_first_event(e
     assert (await events.state("job")).event_count == 2
 
 
+async def test_a_slot_remembers_only_its_latest_key_and_still_drops_a_repeat_of_it(events, redis_client, keys):
+    await put_job_in(events, "j1", State.RUNNING)
+    appended = []
+    for n in range(1, 6):
+        appended.append(await events.append(
+            "j1", EventType.PROGRESS, {"progress": n / 10}, key=f"c1.w.{n}", slot="c1.w"
+        ))
+    again = await events.append("j1", EventType.PROGRESS, {"progress": 0.5}, key="c1.w.5", slot="c1.w")
+    assert not any(a.duplicate for a in appended)
+    assert again.duplicate and again.id == appended[-1].id
+    # An older key of the slot is forgotten: only the latest write can be retried.
+    assert await redis_client.hgetall(keys.dedupe("j1")) == {"c1.w": f"c1.w.5 {appended[-1].id}"}
+    # A key that merely starts like the remembered one is another write.
+    longer = await events.append("j1", EventType.PROGRESS, {"progress": 0.6}, key="c1.w.50", slot="c1.w")
+    assert not longer.duplicate
+    assert await redis_client.xlen(keys.events("j1")) == 2 + 6
+
+
 async def test_terminal_event_sets_retention_ttl_on_every_key_of_the_job(redis_client, keys, events):
     short = EventLog(redis_client, keys, retention_s=120, activity_maxlen=100)
     await short.append("job", EventType.SUBMITTED, SAMPLE_DATA[EventType.SUBMITTED])

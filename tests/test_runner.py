@@ -6,11 +6,15 @@ import asyncio
 
 import msgspec
 import pytest
+from redis.asyncio import Connection, Redis
 
+from jobtrail.eventlog import EventLog
 from jobtrail.events import EventType, State, SubmittedData
+from jobtrail.lease import _SCRIPT as LEASE_SCRIPT
 from jobtrail.registry import _KINDS, Kind, validate_params
 from jobtrail.workers.context import JobContext, PermanentFailure
 from jobtrail.workers.runner import Runner
+from tests.support.redis_server import RedisServer
 
 
 async def submit(events, job_id, params, kind="demo", max_attempts=3):
@@ -202,3 +206,78 @@ async def test_two_contexts_of_one_attempt_do_not_take_each_others_reports_for_r
     await first.phase("collect")
     await second.phase("render")
     assert [t for t, _ in await types_of(events, "j")] == ["submitted", "started", "phase", "phase"]
+
+
+class RoundTrips(Connection):
+    """A real connection that counts what it sends: one send is one round trip (a pipeline is one)."""
+
+    sent = 0
+
+    async def send_packed_command(self, command, check_health=True):
+        RoundTrips.sent += 1
+        await super().send_packed_command(command, check_health)
+
+
+@pytest.fixture
+def trivial_kind():
+    class NoParams(msgspec.Struct):
+        pass
+
+    async def nothing(params, ctx):
+        return {}
+
+    _KINDS["test.trivial"] = Kind("test.trivial", NoParams, nothing)
+    yield "test.trivial"
+    del _KINDS["test.trivial"]
+
+
+async def test_a_trivial_job_takes_four_round_trips_from_lease_to_release(redis_url, settings, keys, trivial_kind):
+    client = Redis.from_url(redis_url, decode_responses=True, connection_class=RoundTrips)
+    try:
+        events = EventLog(client, keys, settings.retention_s, activity_maxlen=settings.activity_maxlen)
+        # The interval `started`'s feed entry may wait for the outcome to take it along.
+        runner = Runner(events, msgspec.structs.replace(settings, progress_interval_s=5.0), name="test-worker")
+        await client.script_load(LEASE_SCRIPT)  # loaded once per Redis: not this job's cost
+        await submit(events, "j", {}, kind=trivial_kind)
+        RoundTrips.sent = 0
+        await runner.run("j")
+        # lease + load; ZADD + started; succeeded; feed entries + ZREM + lease release
+        assert RoundTrips.sent == 4
+        assert [t for t, _ in await types_of(events, "j")] == ["submitted", "started", "succeeded"]
+        assert await client.exists(keys.lease("j")) == 0
+        assert await client.zscore(keys.live(), "j") is None
+        feed = [(t.type, t.job_id) for t in await events.activity.reader(None).page()]
+        assert feed[-2:] == [("started", "j"), ("succeeded", "j")]
+    finally:
+        await client.aclose()
+
+
+async def test_a_long_jobs_started_reaches_the_feed_while_it_runs(events, settings, redis_client, keys):
+    runner = Runner(events, msgspec.structs.replace(settings, progress_interval_s=0.05), name="test-worker")
+    await submit(events, "j", {"steps": 1, "delay_ms": 3000})
+    task = asyncio.create_task(runner.run("j"))
+    try:
+        async def started_in_feed():
+            while not any(t.type == "started" and t.job_id == "j" for t in await events.activity.reader(None).page()):
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(started_in_feed(), 2.5)
+        assert (await events.state("j")).state is State.RUNNING
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_lease_is_released_on_a_redis_that_never_loaded_its_script(tmp_path, settings, keys, trivial_kind):
+    # A fresh server: the release, queued by its SHA behind the outcome, answers NOSCRIPT.
+    server = RedisServer(tmp_path / "redis").start()
+    client = Redis.from_url(server.url, decode_responses=True)
+    try:
+        events = EventLog(client, keys, settings.retention_s, activity_maxlen=settings.activity_maxlen)
+        await submit(events, "j", {}, kind=trivial_kind)
+        await Runner(events, settings, name="test-worker").run("j")
+        assert (await events.state("j")).state is State.SUCCEEDED
+        assert await client.exists(keys.lease("j")) == 0
+    finally:
+        await client.aclose()
+        server.kill()

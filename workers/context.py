@@ -230,7 +230,8 @@ class JobContext:
 
                 def append() -> Awaitable[Appended]:
                     return self.events.append(
-                        self.job_id, event_type, data, attempt=self.attempt, key=key, incarnation=self.incarnation
+                        self.job_id, event_type, data, attempt=self.attempt, key=key, incarnation=self.incarnation,
+                        slot=f"c{self.attempt}.{self._writer}",
                     )
 
                 appended = await self._patiently(f"{event_type.value} report", append)

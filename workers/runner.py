@@ -12,6 +12,12 @@ A delivery runs the incarnation of the job it first loads (the id of its `submit
 event) and names it in every append: a job deleted and submitted again under the same
 id is another job, which this delivery leaves alone; its own message runs it.
 
+Round trips of a trivial job here: one takes the lease and loads the job, one appends
+`started` (behind the live set's ZADD), one appends the outcome, and one pipeline writes
+what follows from it: the activity feed's entries (`started`'s rides along, unless the
+handler runs longer than `progress_interval_s`), the live set's ZREM and the lease's
+release. Four, where they were nine.
+
 Redis away (down, frozen, read-only, full) costs no attempt: every load and append here,
 and every report of the handler, waits it out for up to `redis_outage_s`
 (app/patience.py), and each append it may retry carries an idempotency key.
@@ -27,8 +33,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
+from jobtrail.activity import FeedNote
 from jobtrail.artifacts import ArtifactStore
 from jobtrail.config import Settings
 from jobtrail.errors import JobNotFound, JobReplaced, TransitionRefused, UnknownKind
@@ -71,7 +79,10 @@ def error_info(exc: BaseException) -> ErrorInfo:
 class Delivery:
     """One delivery of a job: its lease, and the incarnation it runs (fixed by its first load)."""
 
-    __slots__ = ("incarnation", "job_id", "kind", "lease", "loaded", "started_ms", "tenant")
+    __slots__ = (
+        "feed", "feed_flush", "feed_sleeping", "incarnation", "job_id", "kind", "lease", "loaded", "started_ms",
+        "tenant",
+    )
 
     def __init__(self, job_id: str, lease: Lease) -> None:
         self.job_id = job_id
@@ -82,6 +93,11 @@ class Delivery:
         self.kind = ""
         self.tenant: str | None = None
         self.started_ms: int | None = None
+        # Feed entries of its appends not written yet, and the task that writes them if
+        # no later round trip of the delivery takes them along first (Runner._hold_feed).
+        self.feed: list[FeedNote] = []
+        self.feed_flush: asyncio.Task[None] | None = None
+        self.feed_sleeping = False  # cancelled only while it sleeps: a write cut short loses its connection
 
 
 class Runner:
@@ -127,14 +143,15 @@ class Runner:
         lease = Lease(
             self.events.redis, keys.lease(job_id), self.name, self.settings.lease_ttl_s, job_key=keys.job(job_id)
         )
-        if not await self.patience.run(f"job {job_id}: taking its lease", lease.acquire):
+        delivery = Delivery(job_id, lease)
+        taken, loaded = await self.patience.run(f"job {job_id}: taking its lease", lambda: self._take(delivery))
+        if not taken:
             log.info("job %s is being run by another worker; dropping this delivery", job_id)
             return
         handed_off = False
-        delivery = Delivery(job_id, lease)
         async with lease.kept_alive():
             # A task of its own, so `interrupt` can stop the job and still let this delivery end cleanly.
-            body = asyncio.create_task(self._run_leased(delivery))
+            body = asyncio.create_task(self._run_leased(delivery, loaded))
             self._running[lease.token] = body
             try:
                 await body
@@ -145,6 +162,7 @@ class Runner:
                 handed_off = await self._hand_off(delivery)
             finally:
                 del self._running[lease.token]
+        await self._settle_feed(delivery)
         # Only now, with the lease released: a delivery that found it held would drop itself.
         if handed_off and self.requeue is not None:
             try:
@@ -152,16 +170,28 @@ class Runner:
             except RedisError as exc:
                 log.warning("job %s: could not queue it again (%s); the reaper will", job_id, exc)
 
-    async def _run_leased(self, delivery: Delivery) -> None:
+    async def _take(self, delivery: Delivery) -> tuple[bool, list[Any]]:
+        """Take the job's lease and read the job, in one round trip; the read is for `_accept`.
+
+        Read even when the lease is held elsewhere: a wasted read is cheaper than a round trip.
+        """
+        async with self.events.redis.pipeline(transaction=False) as pipe:
+            delivery.lease.queue_acquire(pipe)
+            self.events.queue_state(pipe, delivery.job_id)
+            taken, *state = await pipe.execute()
+        return bool(taken), state
+
+    async def _run_leased(self, delivery: Delivery, loaded: list[Any]) -> None:
         job_id, lease = delivery.job_id, delivery.lease
-        job = await self._load(delivery)
+        job = self._accept(delivery, loaded)
         if job is None:
             return
         lease.hold(job.attempt, delivery.incarnation)
         delivery.kind, delivery.tenant = job.kind, job.tenant
-        # The reaper's first look at the job comes when this lease could first expire.
-        await self._update_live(self.live.postpone({job_id: now_ms() + lease.ttl_ms}), job_id)
         if job.state is State.RUNNING:
+            # The reaper's first look at the job comes when this lease could first expire
+            # (for a pending job, `started` takes this along).
+            await self._update_live(self.live.postpone({job_id: now_ms() + lease.ttl_ms}), job_id)
             # Running, yet nobody holds its lease: the worker that ran it died.
             if job.started_at is not None:
                 delivery.started_ms = round(job.started_at.timestamp() * 1000)
@@ -191,10 +221,15 @@ class Runner:
         """One attempt; the job's state afterwards when another attempt should follow."""
         attempt = job.attempt + 1
         started_data = StartedData(worker=self.name, attempt=attempt)
+
+        def postpone(pipe: Pipeline) -> None:
+            # The reaper's first look at the job comes when this lease could first expire.
+            self.live.queue_postpone(pipe, {job.id: now_ms() + delivery.lease.ttl_ms})
+
         try:
             started = await self.patience.run(f"job {job.id}: started", lambda: self.events.append(
                 job.id, EventType.STARTED, started_data, attempt=attempt, key=f"started:{attempt}",
-                incarnation=delivery.incarnation,
+                incarnation=delivery.incarnation, before=postpone, defer_feed=True,
             ))
         except JobReplaced as exc:
             log.info("%s; dropping this delivery", exc)
@@ -202,6 +237,7 @@ class Runner:
         if started.duplicate:
             log.info("job %s attempt %d was already started elsewhere; dropping this delivery", job.id, attempt)
             return None
+        self._hold_feed(delivery, started.feed)
         delivery.lease.hold(attempt, delivery.incarnation)
         delivery.started_ms = id_ms(started.id)
         if attempt == 1 and job.created_at is not None:
@@ -249,6 +285,7 @@ class Runner:
             )
         except (TransitionRefused, JobNotFound):
             return None  # cancelled, deleted or replaced meanwhile
+        await self._write_after(delivery, appended.feed)
         self._measure_attempt(delivery, "retried", appended)
         self.metrics.retried(delivery.kind, delivery.tenant, error.type)
         await asyncio.sleep(delay)
@@ -264,9 +301,69 @@ class Runner:
                 return  # the job under this id now is another one, with a delivery of its own
             if isinstance(exc, TransitionRefused) and exc.state not in TERMINAL_STATES:
                 return  # another worker took the job over; it stays live
+            await self._write_after(delivery, None, finished=True)
         else:
             self._measure_attempt(delivery, _OUTCOMES[event_type], appended)
-        await self._update_live(self.live.forget(job_id), job_id)
+            await self._write_after(delivery, appended.feed, finished=True)
+
+    def _hold_feed(self, delivery: Delivery, note: FeedNote | None) -> None:
+        """Keep a feed entry for the delivery's next round trip; written alone if none comes soon.
+
+        Soon is `progress_interval_s`, the delay a report may wait anyway: a trivial job's
+        outcome comes first and takes it along, a long job's feed is not held back.
+        """
+        if note is None:
+            return
+        delivery.feed.append(note)
+        if delivery.feed_flush is None:
+            delivery.feed_sleeping = True
+            delivery.feed_flush = asyncio.create_task(self._write_held_feed(delivery))
+
+    async def _write_held_feed(self, delivery: Delivery) -> None:
+        await asyncio.sleep(self.settings.progress_interval_s)
+        delivery.feed_sleeping = False
+        await self._write_after(delivery, None)
+        delivery.feed_flush = None
+
+    async def _settle_feed(self, delivery: Delivery) -> None:
+        """At the delivery's end: write what is still held now, or let the write under way finish."""
+        if delivery.feed_flush is not None and not delivery.feed_sleeping:
+            await delivery.feed_flush
+        elif delivery.feed:
+            await self._write_after(delivery, None)
+
+    async def _write_after(self, delivery: Delivery, note: FeedNote | None, *, finished: bool = False) -> None:
+        """One pipeline of what follows an append: the held feed entries and `note`'s, then, when the
+        job `finished`, the live set's ZREM and the lease's release. Best-effort, like all derived writes.
+        """
+        if delivery.feed_flush is not None and delivery.feed_sleeping:
+            delivery.feed_flush.cancel()
+            delivery.feed_flush, delivery.feed_sleeping = None, False
+        notes, delivery.feed = [*delivery.feed, *([note] if note is not None else [])], []
+        if not notes and not finished:
+            return
+        lease = delivery.lease
+        try:
+            async with self.events.redis.pipeline(transaction=False) as pipe:
+                for held in notes:
+                    self.events.activity.queue_record(pipe, held)
+                feed_writes = len(pipe)
+                if finished:
+                    self.live.queue_forget(pipe, delivery.job_id)
+                    lease.queue_release(pipe)
+                replies = await pipe.execute(raise_on_error=False)
+        except RedisError as exc:
+            log.warning("job %s: feed, live set or lease not updated (%s)", delivery.job_id, exc)
+            if finished:
+                lease.release_failed(exc)
+            return
+        failed = [reply for reply in replies[:feed_writes] if isinstance(reply, Exception)]
+        if failed:
+            self.events.feed_failed(notes[0], failed[0])
+        if finished:
+            if isinstance(replies[-2], Exception):
+                log.warning("job %s: live set not updated (%s)", delivery.job_id, replies[-2])
+            await lease.settle_release(replies[-1])
 
     def _measure_attempt(self, delivery: Delivery, outcome: Outcome, ended: Appended) -> None:
         """Observe the running attempt's duration, once.
@@ -292,19 +389,29 @@ class Runner:
 
         When Redis stays away longer, the error is raised. taskiq acknowledges the message
         all the same, so the job is left to the reaper: running, and soon without a lease.
+        Its feed entry comes back in `Appended.feed`, for `_write_after`.
         """
         job_id = delivery.job_id
         return await self.patience.run(f"job {job_id}: {event_type.value} append", lambda: self.events.append(
-            job_id, event_type, data, attempt=attempt, key=key, incarnation=delivery.incarnation
+            job_id, event_type, data, attempt=attempt, key=key, incarnation=delivery.incarnation, defer_feed=True
         ))
 
     async def _load(self, delivery: Delivery) -> JobState | None:
         """The job if it is still live and still the incarnation this delivery runs (one HGETALL)."""
         job_id = delivery.job_id
+
+        async def read() -> list[Any]:
+            async with self.events.redis.pipeline(transaction=False) as pipe:
+                self.events.queue_state(pipe, job_id)
+                return await pipe.execute()
+
+        return self._accept(delivery, await self.patience.run(f"job {job_id}: loading it", read))
+
+    def _accept(self, delivery: Delivery, replies: list[Any]) -> JobState | None:
+        """The job `replies` hold (of EventLog.queue_state), if still live and the incarnation this delivery runs."""
+        job_id = delivery.job_id
         try:
-            job, incarnation = await self.patience.run(
-                f"job {job_id}: loading it", lambda: self.events.state_and_incarnation(job_id)
-            )
+            job, incarnation = self.events.state_from(job_id, replies)
         except JobNotFound:
             log.info("job %s no longer exists; nothing to run", job_id)
             return None
