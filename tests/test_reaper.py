@@ -329,7 +329,9 @@ async def test_delivery_again_of_a_job_still_running_drops_itself(client, worker
     assert f"job {job_id} is being run by another worker; dropping this delivery" in worker.output()
 
 
-async def test_a_pass_puts_back_on_the_queue_the_messages_a_dead_worker_read(events, settings, group, redis_client, keys):
+async def test_a_pass_puts_back_on_the_queue_the_messages_a_dead_worker_read(
+    events, settings, group, redis_client, keys
+):
     async def requeue(job_id):
         raise AssertionError("the message goes back as it is, not as a new run")
 
