@@ -122,6 +122,10 @@ class Store:
             "socket_connect_timeout": s.redis_timeout_s,
             "socket_timeout": s.redis_timeout_s,
             "decode_responses": True,
+            # redis-py's default would retry each sentinel three times with backoffs of
+            # seconds (an AuthenticationError is a ConnectionError too): 20 s before a
+            # wrong sentinel password, or a dead sentinel, says so.
+            "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
         }
         if s.sentinel_password:
             sentinel_options["password"] = s.sentinel_password

@@ -8,7 +8,9 @@ opens from each REDIS_URL reads and writes there.
 
 from __future__ import annotations
 
+import pytest
 import redis
+from redis.asyncio.sentinel import MasterNotFoundError
 
 from jobtrail.config import Settings
 from jobtrail.keys import Keys
@@ -82,3 +84,24 @@ def test_a_tests_keys_are_removed_from_every_node_afterwards(topology: TopologyU
             client.set(keys.job(f"j{n}"), "x")
         topology.delete_matching(f"{keys.prefix}:*")
         assert [client.exists(keys.job(f"j{n}")) for n in range(30)] == [0] * 30
+
+
+async def test_a_sentinel_group_with_passwords_is_reached_with_the_sentinel_password_setting(tmp_path, prefix):
+    group = SentinelGroup(tmp_path / "sentinel", password="data-secret", sentinel_password="sentinel-secret").start()
+    try:
+        assert ":data-secret@" in group.url
+        client = Store(Settings(redis_url=group.url, sentinel_password="sentinel-secret")).pooled()
+        try:
+            await client.set(f"{prefix}:x", "1", ex=60)
+            assert await client.get(f"{prefix}:x") == "1"
+        finally:
+            await client.aclose()
+        without = Store(Settings(redis_url=group.url)).pooled()
+        try:
+            # The sentinels refuse it, so no master is found: Redis is away, as far as jobtrail can tell.
+            with pytest.raises(MasterNotFoundError, match="uthentication"):
+                await without.get(f"{prefix}:x")
+        finally:
+            await without.aclose()
+    finally:
+        group.stop()
