@@ -44,6 +44,20 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
     raise RuntimeError(f"{what} within {timeout_s:.0f} s" + (f" (last error: {last_error})" if last_error else ""))
 
 
+def start_all(nodes: list[Node], ready: Callable[[], None], stop: Callable[[], None]) -> None:
+    """Start `nodes`, then wait for `ready()`; on a failure, `stop()` them all and raise with their last log lines."""
+    try:
+        for node in nodes:
+            node.start()
+        ready()
+    except BaseException as exc:
+        logs = "\n".join(f"--- {node.address}\n{node.tail()}" for node in nodes)
+        stop()
+        if isinstance(exc, RuntimeError):
+            raise RuntimeError(f"{exc}\n{logs}") from None
+        raise
+
+
 class Node:
     """One redis-server (or sentinel) process on its own port, directory and log file."""
 
@@ -151,17 +165,11 @@ class RedisCluster:
                 # a validity window meant for slow WANs.
                 "--cluster-replica-validity-factor", "0",
             ]))
-        try:
-            for node in self.nodes:
-                node.start()
+        def ready() -> None:
             self._create()
             wait_until(self.healthy, START_TIMEOUT_S, "the cluster did not serve every slot with every replica linked")
-        except BaseException as exc:
-            logs = "\n".join(f"--- {node.address}\n{node.tail()}" for node in self.nodes)
-            self.stop()
-            if isinstance(exc, RuntimeError):
-                raise RuntimeError(f"{exc}\n{logs}") from None
-            raise
+
+        start_all(self.nodes, ready, self.stop)
         return self
 
     def _create(self) -> None:
@@ -269,16 +277,11 @@ class SentinelGroup:
             node.directory.mkdir(parents=True, exist_ok=True)
             (node.directory / "sentinel.conf").write_text(config)
             self.sentinels.append(node)
-        try:
-            for node in [*self.servers, *self.sentinels]:
-                node.start()
-            wait_until(self.healthy, START_TIMEOUT_S, "the sentinels did not agree on a master, replicas linked")
-        except BaseException as exc:
-            logs = "\n".join(f"--- {node.address}\n{node.tail()}" for node in [*self.servers, *self.sentinels])
-            self.stop()
-            if isinstance(exc, RuntimeError):
-                raise RuntimeError(f"{exc}\n{logs}") from None
-            raise
+        start_all(
+            [*self.servers, *self.sentinels],
+            lambda: wait_until(self.healthy, START_TIMEOUT_S, "the sentinels did not agree on a master"),
+            self.stop,
+        )
         return self
 
     def master(self) -> Node:
