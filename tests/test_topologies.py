@@ -105,3 +105,19 @@ async def test_a_sentinel_group_with_passwords_is_reached_with_the_sentinel_pass
             await without.aclose()
     finally:
         group.stop()
+
+
+async def test_closing_a_sentinel_client_closes_its_connections_to_the_sentinels_too(redis_sentinel: SentinelGroup):
+    store = Store(Settings(redis_url=redis_sentinel.url), role="closing")
+    client = store.pooled()
+    await client.ping()
+
+    def ours(node) -> int:
+        with node.client() as admin:
+            return sum(entry.get("name") == store.client_name for entry in admin.client_list())
+
+    assert sum(ours(node) for node in redis_sentinel.sentinels) >= 1
+    assert ours(redis_sentinel.master()) == 1
+    await client.aclose()
+    wait_until(lambda: sum(ours(node) for node in [*redis_sentinel.sentinels, redis_sentinel.master()]) == 0,
+               5, "a connection outlived its client")
