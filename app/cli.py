@@ -118,6 +118,12 @@ def _run_server(settings: Settings, args: argparse.Namespace, artifacts_line: st
         timeout_graceful_shutdown=5,
         # uvicorn answers a request it cannot parse in plain text; this one in JSON.
         http=JsonErrorH11Protocol,
+        # /ws keep-alive: a peer that does not answer a ping within the interval is dropped.
+        ws_ping_interval=settings.ws_ping_s,
+        ws_ping_timeout=settings.ws_ping_s,
+        # A frame past JOBTRAIL_WS_MAX_MESSAGE_BYTES gets an error frame (app/api/ws_session.py);
+        # uvicorn drops the connection (1009) only for one far larger, before reading it whole.
+        ws_max_size=max(1 << 20, 16 * settings.ws_max_message_bytes),
     )
     Server(config).run()
     return 0
@@ -154,6 +160,12 @@ def _keys_new(_: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, not {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jobtrail", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -162,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="port (default JOBTRAIL_PORT or 8000)")
     serve.set_defaults(run=_serve)
     worker = commands.add_parser("worker", help="run a worker that executes queued jobs (needs REDIS_URL)")
+    worker.add_argument("--metrics-port", type=_port, metavar="N",
+                        help="serve Prometheus metrics on port N of JOBTRAIL_HOST (default JOBTRAIL_METRICS_PORT)")
     worker.set_defaults(run=_worker)
     for command in (serve, worker):
         command.add_argument("--kinds", metavar="MODULES",
@@ -189,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if getattr(args, "kinds", None) is not None:
         settings = msgspec.structs.replace(settings, kinds=args.kinds)
+    if getattr(args, "metrics_port", None) is not None:
+        settings = msgspec.structs.replace(settings, metrics_port=args.metrics_port)
     try:
         return args.run(settings, args)
     except KindsLoadError as exc:
@@ -198,10 +214,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _configure_logging() -> None:
-    from jobtrail.api.requests import RequestIdFilter
+    from jobtrail.api.requests import RedactingFilter, RequestIdFilter
 
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(RedactingFilter())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -67,8 +67,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # How long an SSE slot outlives its API process; each process renews its slots every third of it.
     sse_slot_ttl_s: float = 15.0
     submissions_per_minute: int = 600
+    # /ws (app/api/ws.py): each socket takes one of its tenant's SSE connection slots too.
+    ws_max_subscriptions: int = 100
+    ws_max_message_bytes: int = 4096
+    # Frames queued for one socket before the subscription that would add more ends `too slow`.
+    ws_queue_size: int = 1000
+    # Bad client messages a socket may send in a minute; one more closes it (1008).
+    ws_max_errors: int = 10
+    # WebSocket ping frames from `jobtrail serve`; a peer that does not answer within as long is dropped.
+    ws_ping_s: float = 20.0
     # The export service's routes (/api/exports, app/api/legacy.py), for its clients during a switch-over.
     legacy_routes: Literal["on", "off"] = "off"
+    # Metrics (app/metrics.py): a `tenant` label on the per-job metrics; /metrics served
+    # openly on a listener of its own (`host:port`, the API's); a worker's metrics port.
+    metrics_tenant_label: Literal["on", "off"] = "off"
+    metrics_bind: str = ""
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
 
     def __post_init__(self) -> None:
         # A malformed REDIS_URL fails here, when settings are read, not at the first command.

@@ -1,9 +1,10 @@
 """The live-tail hub: one blocking XREAD per API process, fanned out to subscribers.
 
-Each SSE client subscribes to one stream: a job's, or the activity feed. The hub reads all subscribed streams
-with a single XREAD on its own connection, so Redis connections grow with API
-processes, not with clients. A subscriber whose bounded queue overflows is dropped: its
-client reconnects with Last-Event-ID and loses nothing.
+Each SSE client and each /ws subscription subscribes to one stream: a job's, or the
+activity feed. The hub reads all subscribed streams with a single XREAD on its own
+connection, so Redis connections grow with API processes, not with clients. A subscriber
+whose bounded queue overflows is dropped: its client resumes from its last id (SSE's
+Last-Event-ID, /ws's `after`) and loses nothing.
 
 Subscribing writes to this hub's wake stream, which the blocking XREAD also watches, so
 a new stream is read at once and no event can slip between "subscribed" and "read".
@@ -32,6 +33,13 @@ log = logging.getLogger(__name__)
 Decoder = Callable[[Iterable[tuple[str, dict[str, str]]]], list[Any]]
 
 
+# Why the hub ends a subscription (SubscriptionClosed.reason); app/follow.py names each for its transports.
+SHUTTING_DOWN = "server is shutting down"
+FELL_BEHIND = "subscriber fell too far behind"
+REDIS_LOST = "event store unavailable"
+UNREADABLE = "unreadable event in the stream"
+
+
 class SubscriptionClosed(Exception):
     """The hub ended this subscription: it overflowed, Redis failed, or the hub stopped."""
 
@@ -58,7 +66,7 @@ class Subscription:
             self._queue.put_nowait(event)
             return True
         except asyncio.QueueFull:
-            self.close("subscriber fell too far behind")
+            self.close(FELL_BEHIND)
             return False
 
     def close(self, reason: str) -> None:
@@ -74,7 +82,11 @@ class Subscription:
     async def get(self, timeout: float) -> Any:
         """The next entry, None after `timeout` seconds idle; SubscriptionClosed when closed."""
         try:
-            item = await asyncio.wait_for(self._queue.get(), timeout)
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that meets an
+            # entry arriving in the same turn of the loop (cpython gh-86296), so a follow
+            # told to stop (a /ws token's expiry, an unsubscribe) went on to its job's end.
+            async with asyncio.timeout(timeout):
+                item = await self._queue.get()
         except TimeoutError:
             return None
         if isinstance(item, SubscriptionClosed):
@@ -119,7 +131,7 @@ class Hub:
             self._task = None
         for subs in self._subscribers.values():
             for sub in subs:
-                sub.close("server is shutting down")
+                sub.close(SHUTTING_DOWN)
         self._subscribers.clear()
         self._cursors.clear()
         self._decoders.clear()
@@ -127,7 +139,7 @@ class Hub:
             await self.writer.delete(self.wake_key)
         await self.reader.aclose()
 
-    def drain(self, reason: str = "server is shutting down") -> None:
+    def drain(self, reason: str = SHUTTING_DOWN) -> None:
         """End every subscription now, and any made from now on, so SSE responses finish cleanly.
 
         Called when the process is told to stop: its streams end with `reason` and
@@ -192,7 +204,7 @@ class Hub:
                 log.warning("hub lost Redis (%s); closing %d subscriptions", exc, self.subscriber_count)
                 for subs in list(self._subscribers.values()):
                     for sub in list(subs):
-                        sub.close("event store unavailable")
+                        sub.close(REDIS_LOST)
                         self.unsubscribe(sub)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -222,7 +234,7 @@ class Hub:
                 log.exception("hub cannot decode an entry of %s; closing its subscriptions", stream)
                 self._cursors[stream] = entries[-1][0]
                 for sub in list(self._subscribers.get(stream, ())):
-                    sub.close("unreadable event in the stream")
+                    sub.close(UNREADABLE)
                     self.unsubscribe(sub)
                 continue
             if not events:

@@ -84,6 +84,14 @@ class TokenSigner:
 
     async def verify(self, token: str) -> Principal:
         """The read-only principal a token stands for; TokenRejected if it does not hold."""
+        principal, _ = await self.verify_expiring(token)
+        return principal
+
+    async def verify_expiring(self, token: str) -> tuple[Principal, int]:
+        """The read-only principal a token stands for and its expiry (epoch s); TokenRejected if it does not hold.
+
+        For a connection that outlives a request (a WebSocket): it must end at the expiry.
+        """
         head, dot, tail = token.partition(".")
         try:
             if not dot:
@@ -96,4 +104,4 @@ class TokenSigner:
         claims = msgspec.json.decode(body, type=Claims)
         if claims.exp <= time.time():
             raise TokenRejected("token has expired; ask for a new one")
-        return Principal(tenant=claims.tenant, admin=claims.admin, job=claims.job, feed=claims.job is None)
+        return Principal(tenant=claims.tenant, admin=claims.admin, job=claims.job, feed=claims.job is None), claims.exp

@@ -29,6 +29,8 @@ PUBLIC = {"public": True}  # opt of routes anyone may call (health probes)
 SCHEMA_PATH = "/schema"
 JOB_TOKEN = {"token": "job"}
 FEED_TOKEN = {"token": "feed"}
+# opt of a route that checks credentials itself (/ws, through SocketAccess).
+SELF_AUTHENTICATING = "self_authenticating"
 
 
 def access_guard(api_keys: ApiKeys, enabled: bool, signer: TokenSigner) -> Guard:
@@ -36,6 +38,10 @@ def access_guard(api_keys: ApiKeys, enabled: bool, signer: TokenSigner) -> Guard
 
     async def guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
         path = connection.scope["path"]
+        if handler.opt.get(SELF_AUTHENTICATING):
+            # /ws: refused credentials are told after the handshake (SocketAccess), where
+            # a browser can read why; a guard's refusal would be a bare HTTP 403.
+            return
         if handler.opt.get("public") or path == SCHEMA_PATH or path.startswith(SCHEMA_PATH + "/"):
             return
         if enabled:
@@ -55,15 +61,20 @@ async def principal_of(
     """The principal a request's key or token stands for; NotAuthenticated if none."""
     header = connection.headers.get("authorization")
     if header:
-        scheme, _, key = header.partition(" ")
-        principal = api_keys.principal(key.strip()) if scheme.lower() == "bearer" else None
-        if principal is None:
-            raise NotAuthenticated("the API key is not valid: send `Authorization: Bearer <key>`")
-        return principal
+        return key_principal(header, api_keys)
     token = connection.query_params.get("token")
     if token is None:
         raise NotAuthenticated("send an API key as `Authorization: Bearer <key>`")
     return await token_principal(connection, handler, token, signer)
+
+
+def key_principal(header: str, api_keys: ApiKeys) -> Principal:
+    """The principal of an `Authorization` header's API key; NotAuthenticated if it holds none."""
+    scheme, _, key = header.partition(" ")
+    principal = api_keys.principal(key.strip()) if scheme.lower() == "bearer" else None
+    if principal is None:
+        raise NotAuthenticated("the API key is not valid: send `Authorization: Bearer <key>`")
+    return principal
 
 
 async def token_principal(
@@ -83,3 +94,33 @@ async def token_principal(
     if (use == "feed") != principal.feed:
         raise NotAuthenticated(f"this token is not for {'the activity feed' if use == 'feed' else 'a job'}")
     return principal
+
+
+class SocketAccess:
+    """Who a WebSocket acts for: its API key header, or a read-only token (job or feed) as `?token=`.
+
+    Either kind of token is accepted: the socket lets each subscription through only as
+    far as its principal covers (app/api/ws_session.py). Open (access control off), a
+    socket without credentials acts as the open principal; a presented token is still
+    checked, as on HTTP.
+    """
+
+    def __init__(self, api_keys: ApiKeys, enabled: bool, signer: TokenSigner) -> None:
+        self.api_keys = api_keys
+        self.enabled = enabled
+        self.signer = signer
+
+    async def principal(self, connection: ASGIConnection) -> tuple[Principal, int | None]:
+        """The socket's principal and its token's expiry (epoch s; None for a key); NotAuthenticated if none holds."""
+        header = connection.headers.get("authorization")
+        if self.enabled and header:
+            return key_principal(header, self.api_keys), None
+        token = connection.query_params.get("token")
+        if token is not None:
+            try:
+                return await self.signer.verify_expiring(token)
+            except TokenRejected as exc:
+                raise NotAuthenticated(f"token rejected: {exc}") from None
+        if self.enabled:
+            raise NotAuthenticated("send an API key as `Authorization: Bearer <key>`, or a token as `?token=`")
+        return OPEN, None

@@ -34,6 +34,26 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class RedactingFilter(logging.Filter):
+    """Redacts the string arguments of every record: uvicorn logs a WebSocket's target with its query.
+
+    `"WebSocket /ws?token=…" [accepted]` is written by uvicorn itself, not by our access log;
+    a target's query is redacted by parameter name, any other text by shape.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redacted_arg(arg) for arg in record.args)
+        return True
+
+
+def _redacted_arg(arg: object) -> object:
+    if not isinstance(arg, str):
+        return arg
+    path, mark, query = arg.partition("?")
+    return redacted_target(path, query) if mark else redacted_text(arg)
+
+
 class RequestIdMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
