@@ -8,11 +8,16 @@ from typing import Literal
 
 import msgspec
 
+from jobtrail.topology import parse_topology
+
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Everything jobtrail can be tuned with; see the README's configuration table."""
 
     redis_url: str | None = None
+    # The sentinels' own password (AUTH to Sentinel), when REDIS_URL is redis+sentinel://;
+    # the data nodes' credentials are in the URL.
+    sentinel_password: str = ""
     prefix: str = "jt"
     host: str = "127.0.0.1"
     port: int = 8000
@@ -73,6 +78,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_ping_s: float = 20.0
     # The export service's routes (/api/exports, app/api/legacy.py), for its clients during a switch-over.
     legacy_routes: Literal["on", "off"] = "off"
+
+    def __post_init__(self) -> None:
+        # A malformed REDIS_URL fails here, when settings are read, not at the first command.
+        if self.redis_url:
+            parse_topology(self.redis_url)
 
     @property
     def embedded(self) -> bool:

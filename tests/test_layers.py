@@ -34,6 +34,7 @@ CORE = (
     "jobtrail.reducer",
     "jobtrail.registry",
     "jobtrail.store",
+    "jobtrail.topology",
 )
 ABOVE = ("jobtrail.api", "jobtrail.workers", "jobtrail.client", "jobtrail.migrations")
 
