@@ -135,7 +135,7 @@ class EventLog:
         ]
         for field, value in fields_for(event_type, payload).items():
             args += [field, value]
-        reply = await self._run_append(list(self.keys.job_keys(job_id)), args, before)
+        reply = await self._run_append(list(self.keys.append_keys(job_id)), args, before)
         status = reply[0]
         if status == "replaced":
             raise JobReplaced(job_id, event_type, reply[1])
