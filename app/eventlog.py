@@ -169,7 +169,9 @@ class EventLog:
         for _ in range(2):
             async with self.redis.pipeline(transaction=False) as pipe:
                 before(pipe)
-                pipe.evalsha(self._append.sha, len(keys), *keys, *args)
+                # execute_command, not pipe.evalsha: redis-py's Cluster pipeline refuses the
+                # method by name, yet routes the command by its keys (one job's: one slot).
+                pipe.execute_command("EVALSHA", self._append.sha, len(keys), *keys, *args)
                 *queued, reply = await pipe.execute(raise_on_error=False)
             if isinstance(reply, NoScriptError):
                 await self.redis.script_load(self._append.script)

@@ -34,7 +34,12 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
 
     redis-py's SentinelConnectionPool is a plain ConnectionPool, which raises at once when
     full; the mix takes the master lookup from the first and the wait from the second.
+    Each pool has a Sentinel of its own (its connections to the sentinels), closed with it.
     """
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self.sentinel_manager.aclose()
 
 
 class Store:
@@ -58,8 +63,11 @@ class Store:
         """`single`, `sentinel` or `cluster` (`single` when embedded)."""
         return self.topology.kind if self.topology else "single"
 
-    def pooled(self) -> Any:
+    def pooled(self, max_connections: int | None = None, block_ms: int = 0) -> Any:
         """A client whose pool never holds more than `redis_pool_size` connections (per node on a Cluster).
+
+        `max_connections` bounds it otherwise; `block_ms` lengthens the command timeout for
+        a pool that also serves blocking reads of up to that long (the broker's).
 
         Connection errors surface within `redis_timeout_s` (one quick retry first), and
         waiting for a pooled connection is bounded by it too. A request as a whole is
@@ -67,7 +75,9 @@ class Store:
         than refuses costs a request one timeout, not one per command and retry.
         """
         s = self.settings
-        return self._client(s.redis_pool_size, s.redis_timeout_s, health_check_interval=30)
+        return self._client(
+            max_connections or s.redis_pool_size, block_ms / 1000 + s.redis_timeout_s, health_check_interval=30
+        )
 
     def dedicated(self, block_ms: int) -> Any:
         """A single-connection client for a blocking read of up to `block_ms`.
@@ -117,6 +127,11 @@ class Store:
             "socket_connect_timeout": s.redis_timeout_s,
             "socket_timeout": s.redis_timeout_s,
             "decode_responses": True,
+            "client_name": self.client_name,
+            # redis-py's default would retry each sentinel three times with backoffs of
+            # seconds (an AuthenticationError is a ConnectionError too): 20 s before a
+            # wrong sentinel password, or a dead sentinel, says so.
+            "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
         }
         if s.sentinel_password:
             sentinel_options["password"] = s.sentinel_password
