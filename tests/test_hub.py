@@ -7,6 +7,8 @@ pubsub on the shared one would hit every other test's hub too.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -19,6 +21,7 @@ from jobtrail.config import Settings
 from jobtrail.events import EventType, SucceededData
 from jobtrail.hub import Hub, Subscription
 from jobtrail.services import Services, open_services
+from tests.support.env import ROOT
 from tests.support.jobs import eventually, progress, running_job, stream_ids
 from tests.support.redis_server import RedisServer
 from tests.support.sse import open_stream
@@ -181,7 +184,8 @@ async def test_an_api_holds_a_constant_number_of_redis_connections_however_many_
                     await asyncio.gather(*(progress(api.services.events, job, step, 2) for job in jobs))
                     got = await asyncio.gather(*(s.events(1, timeout=WAIT_S) for s in streams))
                     assert all(len(g) == 1 for g in got)
-                    counts.append(sum(1 for c in await admin.client_list() if c.get("name", "").startswith("jobtrail-api")))
+                    clients = await admin.client_list()
+                    counts.append(sum(1 for c in clients if c.get("name", "").startswith("jobtrail-api")))
                 assert max(counts) <= pool_size + 1, counts
             finally:
                 await asyncio.gather(*(c.__aexit__(None, None, None) for c in contexts[: len(streams)]),
@@ -256,3 +260,12 @@ async def test_one_websocket_follows_jobs_on_every_primary_of_a_cluster(topology
         for job in jobs:
             assert [f["id"] for f in events_of(socket.received, job)] == await stream_ids(redis_client, keys, job)
     await eventually(lambda: api.services.hub.watched_count == 0)
+
+
+def test_the_hub_bench_runs_and_delivers_every_event(redis_url):
+    # A tiny run of `python -m bench.hub` (the real one is not a test): it starts, and exits 0 only when
+    # every event emitted was delivered.
+    command = [sys.executable, "-m", "bench.hub", "--jobs", "20", "--seconds", "2", "--redis-url", redis_url]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "| 20 | 1 | 1 | 40 | 40 |" in done.stdout
