@@ -56,6 +56,9 @@ UNREADABLE = "unreadable event in the stream"
 READ_COUNT = 500
 # Streams read in one tick (one pipeline); more wait for the next tick.
 BATCH = 2000
+# How long a tick lets wakes gather before it reads: a pipeline's own cost (a connection, a
+# send, a reply) is then shared by every stream woken meanwhile, at 2 ms of latency.
+GATHER_S = 0.002
 # How often the catch-up sweep takes its next slice.
 _SWEEP_TICK_S = 1.0
 
@@ -102,7 +105,10 @@ class Subscription:
     async def get(self, timeout: float) -> Any:
         """The next entry, None after `timeout` seconds idle; SubscriptionClosed when closed."""
         try:
-            item = await asyncio.wait_for(self._queue.get(), timeout)
+            # Without a wait when something is queued: wait_for costs a task per call, and
+            # a busy subscriber (1,000 clients on one job) would pay it for every event.
+            item = self._queue.get_nowait() if not self._queue.empty() else await asyncio.wait_for(
+                self._queue.get(), timeout)
         except TimeoutError:
             return None
         if isinstance(item, SubscriptionClosed):
@@ -300,6 +306,7 @@ class Hub:
                 self._wakeup.clear()
                 self._sweep_slice()
                 if self._dirty:
+                    await asyncio.sleep(GATHER_S)
                     await self._read_dirty()
                 if self._dirty:
                     self._wakeup.set()
