@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from jobtrail.eventlog import decode_events
 from jobtrail.keys import Keys
@@ -51,6 +51,9 @@ SHUTTING_DOWN = "server is shutting down"
 FELL_BEHIND = "subscriber fell too far behind"
 REDIS_LOST = "event store unavailable"
 UNREADABLE = "unreadable event in the stream"
+
+# What a Redis that is away (or a Cluster between two slot maps) raises; RedisClusterException is no RedisError.
+_UNREACHABLE = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 # Entries one XRANGE takes; a stream with more is read again next tick.
 READ_COUNT = 500
@@ -216,7 +219,7 @@ class Hub:
         assert watched.ready is not None
         try:
             await asyncio.shield(watched.ready)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except _UNREACHABLE as exc:
             self.unsubscribe(sub)
             if self._streams.get(stream) is watched:
                 self._forget(watched, REDIS_LOST)
@@ -286,7 +289,7 @@ class Hub:
         try:
             await self.wakes.refresh()
             await self.wakes.subscribe([w.channel for w in watched])
-        except (RedisError, OSError, TimeoutError) as exc:
+        except _UNREACHABLE as exc:
             log.warning("hub cannot subscribe again (%s); closing %d streams' subscriptions", exc, len(watched))
             for w in watched:
                 self._forget(w, REDIS_LOST)
@@ -346,7 +349,7 @@ class Hub:
                 for watched, cursor in batch:
                     pipe.xrange(watched.stream, min=f"({cursor}", max="+", count=READ_COUNT)
                 replies = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
+        except _UNREACHABLE as exc:
             # Subscribers end their streams with a retry hint; clients resume by id.
             log.warning("hub lost Redis (%s); closing %d streams' subscriptions", exc, len(batch))
             for watched, _ in batch:

@@ -241,7 +241,20 @@ class Wakes:
         return sum(1 for listener in self.listeners.values() if listener.connected)
 
     async def subscribe(self, channels: list[str]) -> None:
-        """Subscribe `channels` on their nodes; returns once every one is confirmed."""
+        """Subscribe `channels` on their nodes; returns once every one is confirmed.
+
+        On a Cluster a node that cannot be reached may be one a failover replaced: the slot
+        map is looked up again and the subscribe tried once more.
+        """
+        try:
+            await self._subscribe_once(channels)
+        except (RedisError, OSError, TimeoutError):
+            if not self.cluster:
+                raise
+            await self.refresh()
+            await self._subscribe_once(channels)
+
+    async def _subscribe_once(self, channels: list[str]) -> None:
         groups = await self._group(channels)
         await asyncio.gather(*(listener.subscribe(chunk) for listener, chunk in groups))
 

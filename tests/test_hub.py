@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from jobtrail.config import Settings
 from jobtrail.events import EventType, SucceededData
-from jobtrail.hub import Hub, Subscription
+from jobtrail.hub import Hub, Subscription, SubscriptionClosed
 from jobtrail.services import Services, open_services
 from tests.support.env import ROOT
 from tests.support.jobs import eventually, progress, running_job, stream_ids
@@ -52,7 +52,10 @@ async def next_ids(sub: Subscription, count: int) -> list[str]:
     got = []
     deadline = time.monotonic() + WAIT_S
     while len(got) < count and time.monotonic() < deadline:
-        item = await sub.get(timeout=0.5)
+        try:
+            item = await sub.get(timeout=0.5)
+        except SubscriptionClosed:
+            break
         if item is not None:
             got.append(item.id)
     return got
@@ -269,3 +272,37 @@ def test_the_hub_bench_runs_and_delivers_every_event(redis_url):
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "| 20 | 1 | 1 | 40 | 40 |" in done.stdout
+
+
+@pytest.mark.parametrize("topology", ["cluster"], indirect=True)
+async def test_a_watched_jobs_primary_killed_on_a_cluster_loses_no_event(topology, settings, events, redis_client,
+                                                                          keys):
+    services = await hub_services(settings)
+    try:
+        [job] = jobs_on_every_primary(topology, keys)[:1]
+        await running_job(events, job)
+        stream = keys.events(job)
+        sub = await services.hub.subscribe(stream, after=(await stream_ids(redis_client, keys, job))[-1])
+        old = topology.group.node_for(stream)
+        old.kill()
+        deadline = time.monotonic() + 60
+        while True:  # the replica takes over; appends fail until it has
+            try:
+                await progress(events, job, 1, 2)
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "no failover within 60 s"
+                await asyncio.sleep(0.5)
+        after_failover = (await stream_ids(redis_client, keys, job))[-1]
+        got = await next_ids(sub, 1)
+        if sub.closed is not None:
+            # The hub came back before the new primary did: the subscription ended for the
+            # client to resume, which a new subscription's replay does exactly.
+            assert sub.closed.reason == "event store unavailable"
+        else:
+            assert got == [after_failover]
+        again = await services.hub.subscribe(stream, after=after_failover)
+        await progress(events, job, 2, 2)
+        assert len(await next_ids(again, 1)) == 1, "the hub follows the new primary"
+    finally:
+        await close(services)
