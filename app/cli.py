@@ -160,6 +160,12 @@ def _keys_new(_: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, not {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jobtrail", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="port (default JOBTRAIL_PORT or 8000)")
     serve.set_defaults(run=_serve)
     worker = commands.add_parser("worker", help="run a worker that executes queued jobs (needs REDIS_URL)")
+    worker.add_argument("--metrics-port", type=_port, metavar="N",
+                        help="serve Prometheus metrics on port N of JOBTRAIL_HOST (default JOBTRAIL_METRICS_PORT)")
     worker.set_defaults(run=_worker)
     for command in (serve, worker):
         command.add_argument("--kinds", metavar="MODULES",
@@ -195,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if getattr(args, "kinds", None) is not None:
         settings = msgspec.structs.replace(settings, kinds=args.kinds)
+    if getattr(args, "metrics_port", None) is not None:
+        settings = msgspec.structs.replace(settings, metrics_port=args.metrics_port)
     try:
         return args.run(settings, args)
     except KindsLoadError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -81,6 +81,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_ping_s: float = 20.0
     # The export service's routes (/api/exports, app/api/legacy.py), for its clients during a switch-over.
     legacy_routes: Literal["on", "off"] = "off"
+    # Metrics (app/metrics.py): a `tenant` label on the per-job metrics; /metrics served
+    # openly on a listener of its own (`host:port`, the API's); a worker's metrics port.
+    metrics_tenant_label: Literal["on", "off"] = "off"
+    metrics_bind: str = ""
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
 
     def __post_init__(self) -> None:
         # A malformed REDIS_URL fails here, when settings are read, not at the first command.

@@ -157,6 +157,11 @@ class NotAuthenticated(JobtrailError, status=401, code="not_authenticated"):
         return {"WWW-Authenticate": "Bearer"}
 
 
+class Forbidden(JobtrailError, status=403, code="forbidden"):
+    """A valid key that may not do this: a tenant's key on `/metrics` (it needs an admin key), or naming
+    another tenant in `GET /jobs?tenant=`."""
+
+
 class UpgradeRequired(JobtrailError, status=426, code="upgrade_required"):
     """A plain GET of a WebSocket endpoint (/ws): connect with a WebSocket client instead."""
 

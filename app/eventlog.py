@@ -7,6 +7,7 @@ XADD to the activity feed (app/activity.py) for a state transition.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from importlib import resources
 from typing import Any, NamedTuple
@@ -21,6 +22,7 @@ from jobtrail.errors import AttemptSuperseded, JobExists, JobNotFound, JobReplac
 from jobtrail.events import ABSENT, RULES, TERMINAL_STATES, CorruptEvent, Event, EventType, check_data
 from jobtrail.jobstate import JobState
 from jobtrail.keys import Keys
+from jobtrail.metrics import Metrics
 from jobtrail.offsets import BEGINNING, previous_id
 from jobtrail.reducer import fields_for, fold
 
@@ -80,8 +82,12 @@ class Unreadable(NamedTuple):
 class EventLog:
     """Appends and reads the events and state of jobs under one key prefix."""
 
-    def __init__(self, redis: Redis, keys: Keys, retention_s: int, *, activity_maxlen: int) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, retention_s: int, *, activity_maxlen: int, metrics: Metrics | None = None
+    ) -> None:
         self.redis = redis
+        # The process's (app/services.py); without them, metrics of its own that nobody scrapes.
+        self.metrics = metrics or Metrics(tenant_label=False)
         self.keys = keys
         self.retention_s = retention_s
         self.activity = ActivityFeed(redis, keys, activity_maxlen)
@@ -135,7 +141,9 @@ class EventLog:
         ]
         for field, value in fields_for(event_type, payload).items():
             args += [field, value]
+        began = time.perf_counter()
         reply = await self._run_append(list(self.keys.append_keys(job_id)), args, before)
+        self.metrics.append_took(time.perf_counter() - began)
         status = reply[0]
         if status == "replaced":
             raise JobReplaced(job_id, event_type, reply[1])
@@ -151,6 +159,7 @@ class EventLog:
         if status == "duplicate":
             return Appended(id=reply[1], state=reply[2], cancel_requested=reply[3] == "1", duplicate=True)
         _, event_id, state, cancel_requested, at, attempt_now, kind, tenant = reply
+        self.metrics.appended(kind, event_type.value, tenant or None)
         feed = None
         if self.activity.records(event_type):
             feed = FeedNote(job_id, kind, event_type, state, int(at), event_id, int(attempt_now), tenant)

@@ -108,10 +108,16 @@ class Subscription:
     async def get(self, timeout: float) -> Any:
         """The next entry, None after `timeout` seconds idle; SubscriptionClosed when closed."""
         try:
-            # Without a wait when something is queued: wait_for costs a task per call, and
-            # a busy subscriber (1,000 clients on one job) would pay it for every event.
-            item = self._queue.get_nowait() if not self._queue.empty() else await asyncio.wait_for(
-                self._queue.get(), timeout)
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that meets an
+            # entry arriving in the same turn of the loop (cpython gh-86296), so a follow
+            # told to stop (a /ws token's expiry, an unsubscribe) went on to its job's end.
+            # And no timer at all when something is queued: a busy subscriber (1,000
+            # clients on one job) would pay one for every event.
+            if not self._queue.empty():
+                item = self._queue.get_nowait()
+            else:
+                async with asyncio.timeout(timeout):
+                    item = await self._queue.get()
         except TimeoutError:
             return None
         if isinstance(item, SubscriptionClosed):

@@ -27,6 +27,7 @@ from jobtrail.index import JobIndex
 from jobtrail.index_sweep import IndexSweep
 from jobtrail.keys import Keys
 from jobtrail.limits import SseSlots, SubmitRate
+from jobtrail.metrics import Metrics
 from jobtrail.service import JobService
 from jobtrail.store import Store
 from jobtrail.tokens import TokenSigner
@@ -53,6 +54,7 @@ class Services:
     submit_rate: SubmitRate
     sse_slots: SseSlots
     hub: Hub
+    metrics: Metrics
 
     async def enqueue(self, job_id: str) -> None:
         """Queue one run of a job (one XADD on the Redis broker)."""
@@ -73,7 +75,8 @@ def open_services(settings: Settings, role: str) -> Services:
 def build_services(settings: Settings, redis: Redis, hub_reader: Redis) -> Services:
     """Every service, from `settings`, on `redis` (pooled) and `hub_reader` (the hub's pub/sub template)."""
     keys = Keys(settings.prefix)
-    events = EventLog(redis, keys, settings.retention_s, activity_maxlen=settings.activity_maxlen)
+    metrics = Metrics(tenant_label=settings.metrics_tenant_label == "on")
+    events = EventLog(redis, keys, settings.retention_s, activity_maxlen=settings.activity_maxlen, metrics=metrics)
     index = JobIndex(redis, keys)
     artifacts = ArtifactStore(settings.artifact_dir)
     broker = build_broker(settings, keys)
@@ -97,4 +100,5 @@ def build_services(settings: Settings, redis: Redis, hub_reader: Redis) -> Servi
         sse_slots=SseSlots(redis, keys, settings.sse_connections_per_tenant, settings.sse_slot_ttl_s),
         hub=Hub(hub_reader, redis, keys, block_ms=settings.hub_block_ms, queue_size=settings.sse_queue_size,
                 catch_up_s=settings.hub_catch_up_s, timeout_s=settings.redis_timeout_s),
+        metrics=metrics,
     )

@@ -73,6 +73,7 @@ async def job_event_stream(
     async for item in follow_job(events, hub, job, offset, gap=gap, ping_s=ping_s):
         if isinstance(item, Event):
             yield FRAMES.frame(item, "sse", sse_event)
+            events.metrics.delivered(item.id, live_after=job.last_event_id)
         elif isinstance(item, Gap):
             yield sse_gap(item.state)
         elif isinstance(item, Skipped):

@@ -47,6 +47,7 @@ async def record_submitted(
     key = f"submitted:{uuid.uuid4().hex}"
     appended = await events.append(job_id, EventType.SUBMITTED, data, key=key, before=before, defer_feed=True)
     job = await events.state(job_id) if appended.duplicate else submitted_state(job_id, appended, data, key)
+    events.metrics.submitted(job.kind, job.tenant)
     async with events.redis.pipeline(transaction=False) as pipe:
         if appended.feed is not None:
             events.activity.queue_record(pipe, appended.feed)

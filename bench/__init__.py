@@ -1,1 +1,1 @@
-"""Benchmarks and the chaos run, run from the repository root as modules: `python -m bench.chaos`."""
+"""Benchmarks and the chaos run, run from the repository root as modules: `python -m bench`, `python -m bench.chaos`."""

@@ -153,6 +153,26 @@ async def test_listing_shows_a_tenant_its_own_jobs_and_an_admin_every_job(http):
     assert (await listed(ACME)).json()["jobs"][0]["tenant"] == "acme"
 
 
+async def test_an_admin_lists_one_tenants_jobs_and_a_tenant_key_only_its_own(http):
+    mine = {(await submit(http, ACME))["id"] for _ in range(2)}
+    theirs = {(await submit(http, GLOBEX))["id"]}
+    await submit(http, ADMIN)  # a job of no tenant: in no tenant's listing
+
+    async def listed(key, tenant):
+        response = await http.get("/jobs", params={"tenant": tenant}, headers=bearer(key))
+        return response.status_code, {job["id"] for job in response.json().get("jobs", [])}
+
+    assert await listed(ADMIN, "acme") == (200, mine)
+    assert await listed(ADMIN, "globex") == (200, theirs)
+    assert await listed(ADMIN, "nobody") == (200, set())
+    assert await listed(ACME, "acme") == (200, mine), "a tenant may name itself"
+    refused = await http.get("/jobs", params={"tenant": "globex"}, headers=bearer(ACME))
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "forbidden"
+    assert "only an admin key" in refused.json()["detail"]
+    assert (await http.get("/jobs", params={"tenant": ""}, headers=bearer(ADMIN))).status_code == 400
+
+
 async def test_an_admin_reaches_every_tenants_job(http):
     job = await submit(http, ACME)
     assert (await http.get(f"/jobs/{job['id']}", headers=bearer(ADMIN))).status_code == 200

@@ -29,6 +29,7 @@ CORE = (
     "jobtrail.jobstate",
     "jobtrail.keys",
     "jobtrail.lease",
+    "jobtrail.metrics",
     "jobtrail.offsets",
     "jobtrail.patience",
     "jobtrail.reducer",

@@ -13,7 +13,7 @@ import asyncio
 import pytest
 import redis
 from redis.asyncio.sentinel import MasterNotFoundError
-from redis.exceptions import MaxConnectionsError
+from redis.exceptions import ConnectionError
 
 from jobtrail.config import Settings
 from jobtrail.keys import Keys
@@ -143,13 +143,12 @@ async def test_a_cluster_client_opens_at_most_its_bound_per_node_and_closes_them
         # Sixty at once over many slots: every primary is asked, none gets more than 2 connections.
         results = await asyncio.gather(*(client.set(keys.job(f"j{n}"), n, ex=60) for n in range(60)),
                                        return_exceptions=True)
-        # A full node pool does not queue: it refuses (a ConnectionError, so 503 / waited out).
-        assert all(result is True or isinstance(result, MaxConnectionsError) for result in results), results
+        # A full node pool does not queue: it refuses with a ConnectionError (503, or waited out).
+        assert all(result is True or isinstance(result, ConnectionError) for result in results), results
+        assert any(result is True for result in results)
         opened = ours()
-        assert sum(1 for count in opened.values() if count) == 3, f"one pool per primary: {opened}"
-        # The bound, and on a startup node one more: the connection that read the slot map.
-        assert max(opened.values()) <= 2 + 1, opened
-        assert sorted(opened.values())[-2] <= 2, opened
+        # The bound on each node, and one connection more somewhere: the one that read the slot map.
+        assert sum(max(0, count - 2) for count in opened.values()) <= 1, opened
     finally:
         await client.aclose()
-    wait_until(lambda: sum(ours().values()) == 0, 5, "a connection outlived its client")
+    wait_until(lambda: sum(ours().values()) == 0, 15, "a connection outlived its client")

@@ -53,6 +53,7 @@ class Reaper:
         self.live = LiveJobs(events.redis, events.keys, settings.pending_stale_s)
         self.requeue = requeue
         self.queue = JobQueue(events.redis, events.keys.queue(), group)
+        self.metrics = events.metrics
         self.name = name
         self.interval_ms = int(settings.reaper_interval_s * 1000)
         self.pending_stale_ms = int(settings.pending_stale_s * 1000)
@@ -134,6 +135,7 @@ class Reaper:
                     later[job_id] = trust_leases_from  # its worker may be alive, taking its lease back
                 elif state == State.RUNNING:
                     log.warning("job %s is running but its worker is gone; queueing it again", job_id)
+                    self.metrics.stalled("worker_gone")
                     again.append(job_id)
                 elif (stale_at := int(updated_at or 0) + self.pending_stale_ms) > at:
                     later[job_id] = stale_at
@@ -144,6 +146,7 @@ class Reaper:
                         later[job_id] = at + self.pending_stale_ms
                     else:
                         log.warning("job %s is pending with no worker on it; queueing it again", job_id)
+                        self.metrics.stalled("pending_stale")
                         again.append(job_id)
             # Rescheduled before queueing, so the runner that takes a job sets its next look last.
             later.update((job_id, at + self.pending_stale_ms) for job_id in again)

@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from jobtrail.artifacts import ArtifactStore
 from jobtrail.config import Settings
 from jobtrail.errors import JobNotFound, JobReplaced, TransitionRefused, UnknownKind
-from jobtrail.eventlog import EventLog
+from jobtrail.eventlog import Appended, EventLog
 from jobtrail.events import (
     TERMINAL_STATES,
     ErrorInfo,
@@ -47,6 +47,7 @@ from jobtrail.events import (
 from jobtrail.jobstate import JobState
 from jobtrail.lease import Lease
 from jobtrail.livejobs import LiveJobs, now_ms
+from jobtrail.metrics import Outcome, id_ms
 from jobtrail.patience import Patience
 from jobtrail.registry import find_kind, get_kind, parse_params
 from jobtrail.workers.context import AttemptLost, JobCancelled, JobContext, PermanentFailure
@@ -58,6 +59,10 @@ SHUT_DOWN = ErrorInfo(type="Stalled", message="the worker running this attempt w
 
 Requeue = Callable[[str], Awaitable[None]]
 
+_OUTCOMES: dict[EventType, Outcome] = {
+    EventType.SUCCEEDED: "succeeded", EventType.FAILED: "failed", EventType.CANCELLED: "cancelled"
+}
+
 
 def error_info(exc: BaseException) -> ErrorInfo:
     return ErrorInfo(type=type(exc).__name__, message=str(exc)[:2000] or type(exc).__name__)
@@ -66,13 +71,17 @@ def error_info(exc: BaseException) -> ErrorInfo:
 class Delivery:
     """One delivery of a job: its lease, and the incarnation it runs (fixed by its first load)."""
 
-    __slots__ = ("incarnation", "job_id", "lease", "loaded")
+    __slots__ = ("incarnation", "job_id", "kind", "lease", "loaded", "started_ms", "tenant")
 
     def __init__(self, job_id: str, lease: Lease) -> None:
         self.job_id = job_id
         self.lease = lease
         self.incarnation: str | None = None
         self.loaded = False
+        # What the metrics are labelled with, and when (Redis's clock) the running attempt started.
+        self.kind = ""
+        self.tenant: str | None = None
+        self.started_ms: int | None = None
 
 
 class Runner:
@@ -85,6 +94,7 @@ class Runner:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.live = LiveJobs(events.redis, events.keys, settings.pending_stale_s)
         self.patience = Patience(settings.redis_outage_s)
+        self.metrics = events.metrics
         # Queues a job handed off by `interrupt` for the next worker; without it the reaper does.
         self.requeue = requeue
         # The tasks inside `run`: taskiq acknowledges a message in the same task once `run`
@@ -148,10 +158,13 @@ class Runner:
         if job is None:
             return
         lease.hold(job.attempt, delivery.incarnation)
+        delivery.kind, delivery.tenant = job.kind, job.tenant
         # The reaper's first look at the job comes when this lease could first expire.
         await self._update_live(self.live.postpone({job_id: now_ms() + lease.ttl_ms}), job_id)
         if job.state is State.RUNNING:
             # Running, yet nobody holds its lease: the worker that ran it died.
+            if job.started_at is not None:
+                delivery.started_ms = round(job.started_at.timestamp() * 1000)
             job = await self._end_attempt(delivery, job, job.attempt, STALLED)
         while job is not None and job.state is State.PENDING and not lease.lost:
             if job.cancel_requested:
@@ -190,6 +203,9 @@ class Runner:
             log.info("job %s attempt %d was already started elsewhere; dropping this delivery", job.id, attempt)
             return None
         delivery.lease.hold(attempt, delivery.incarnation)
+        delivery.started_ms = id_ms(started.id)
+        if attempt == 1 and job.created_at is not None:
+            self.metrics.first_started(job.kind, job.tenant, round(job.created_at.timestamp() * 1000), started.id)
         ctx = JobContext(
             self.events, job.id, attempt, min_interval_s=self.settings.progress_interval_s, lease=delivery.lease,
             artifacts=self.artifacts, tenant=job.tenant, kind=find_kind(job.kind), incarnation=delivery.incarnation,
@@ -228,23 +244,39 @@ class Runner:
         delay = self.backoff_s(attempt) if delay_s is None else delay_s
         retrying = RetryingData(error=error, delay_s=delay, next_attempt=attempt + 1)
         try:
-            await self._durable_append(delivery, EventType.RETRYING, retrying, attempt, key=f"retrying:{attempt}")
+            appended = await self._durable_append(
+                delivery, EventType.RETRYING, retrying, attempt, key=f"retrying:{attempt}"
+            )
         except (TransitionRefused, JobNotFound):
             return None  # cancelled, deleted or replaced meanwhile
+        self._measure_attempt(delivery, "retried", appended)
+        self.metrics.retried(delivery.kind, delivery.tenant, error.type)
         await asyncio.sleep(delay)
         return await self._load(delivery)
 
     async def _final(self, delivery: Delivery, event_type: EventType, data: Any, attempt: int) -> None:
         job_id = delivery.job_id
         try:
-            await self._durable_append(delivery, event_type, data, attempt, key=event_type.value)
+            appended = await self._durable_append(delivery, event_type, data, attempt, key=event_type.value)
         except (TransitionRefused, JobNotFound) as exc:
             log.info("job %s: %s not written: %s", job_id, event_type, exc)
             if isinstance(exc, JobReplaced):
                 return  # the job under this id now is another one, with a delivery of its own
             if isinstance(exc, TransitionRefused) and exc.state not in TERMINAL_STATES:
                 return  # another worker took the job over; it stays live
+        else:
+            self._measure_attempt(delivery, _OUTCOMES[event_type], appended)
         await self._update_live(self.live.forget(job_id), job_id)
+
+    def _measure_attempt(self, delivery: Delivery, outcome: Outcome, ended: Appended) -> None:
+        """Observe the running attempt's duration, once.
+
+        A duplicate `ended` counts too: the lease makes this delivery the only writer of
+        its outcome, so a duplicate is its own write whose reply was lost and sent again.
+        """
+        started_ms, delivery.started_ms = delivery.started_ms, None
+        if started_ms is not None:
+            self.metrics.attempt_ended(delivery.kind, delivery.tenant, outcome, started_ms, ended.id)
 
     async def _update_live(self, update: Awaitable[None], job_id: str) -> None:
         """Best-effort: the live set is derived, and the reaper drops a finished job's id itself."""
@@ -255,14 +287,14 @@ class Runner:
 
     async def _durable_append(
         self, delivery: Delivery, event_type: EventType, data: Any, attempt: int, key: str
-    ) -> None:
+    ) -> Appended:
         """Append, waiting Redis out (up to `redis_outage_s`); the key makes a retried append land once.
 
         When Redis stays away longer, the error is raised. taskiq acknowledges the message
         all the same, so the job is left to the reaper: running, and soon without a lease.
         """
         job_id = delivery.job_id
-        await self.patience.run(f"job {job_id}: {event_type.value} append", lambda: self.events.append(
+        return await self.patience.run(f"job {job_id}: {event_type.value} append", lambda: self.events.append(
             job_id, event_type, data, attempt=attempt, key=key, incarnation=delivery.incarnation
         ))
 

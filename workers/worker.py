@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from taskiq.api import run_receiver_task
 
 from jobtrail.config import Settings
+from jobtrail.metrics_listener import MetricsListener
 from jobtrail.services import open_services
 from jobtrail.workers.broker import JobBroker, register_runner
 from jobtrail.workers.kinds_loader import load_kinds
@@ -48,6 +49,17 @@ async def run_worker(settings: Settings) -> None:
         await services.aclose()
         # The error names host and port; the URL itself may hold a password.
         raise SystemExit(f"jobtrail worker: cannot reach Redis ({exc}); check REDIS_URL and that Redis runs") from None
+    listener = None
+    if settings.metrics_port:
+        listener = MetricsListener(services.metrics, settings.host, settings.metrics_port)
+        try:
+            listener.start()
+        except OSError as exc:
+            await services.aclose()
+            raise SystemExit(
+                f"jobtrail worker: cannot serve metrics on {settings.host}:{settings.metrics_port} ({exc})"
+            ) from None
+        log.info("worker %s: metrics on http://%s:%d/metrics", runner.name, settings.host, listener.port)
     await broker.startup()
     stop, hurry = asyncio.Event(), asyncio.Event()
 
@@ -75,6 +87,8 @@ async def run_worker(settings: Settings) -> None:
         await cancel(receiver, reaping)
         await broker.shutdown()
         await services.aclose()
+        if listener is not None:
+            listener.stop()
     if not clean:
         raise SystemExit(1)
 

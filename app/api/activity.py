@@ -89,7 +89,7 @@ async def activity_events(
         state=state_filter.value if state_filter else None,
         sees=principal.sees,
     )
-    return await sse_response(sse_slots, principal, stream)
+    return await sse_response(sse_slots, principal, stream, events.metrics.sse_streams("feed"))
 
 
 @post(

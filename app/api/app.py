@@ -11,7 +11,6 @@ from litestar import Litestar, Request
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from redis.exceptions import RedisError
 
@@ -25,11 +24,15 @@ from jobtrail.api.health import healthz, readyz
 from jobtrail.api.jobs import JobsController
 from jobtrail.api.kinds import list_kinds
 from jobtrail.api.legacy import LegacyExportsController
+from jobtrail.api.metrics import metrics_text
 from jobtrail.api.requests import RequestIdMiddleware
+from jobtrail.api.swagger import swagger_asset, swagger_plugin
 from jobtrail.api.ui import ui_router
 from jobtrail.api.ws import ws, ws_described
 from jobtrail.auth import ApiKeys, Principal, auth_enabled
 from jobtrail.config import Settings
+from jobtrail.livejobs import LiveJobs
+from jobtrail.metrics_listener import MetricsListener, parse_bind
 from jobtrail.services import Services, open_services
 from jobtrail.sweeper import run_sweeper
 from jobtrail.workers.broker import register_runner
@@ -55,9 +58,19 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         services = open_services(settings, role="api")
     if settings.embedded:
         register_runner(services.broker, Runner(services.events, settings, name="embedded"))
+    metrics = services.metrics
+    metrics.watch_hub(lambda: services.hub.subscriber_count)
+    live = LiveJobs(services.redis, services.keys, settings.pending_stale_s)
+    by_tenant = settings.metrics_tenant_label == "on"
+    # Within half the request deadline, like /readyz: a Redis that hangs costs the page its
+    # `jobtrail_jobs`, not the whole page.
+    metrics.watch_live(lambda: live.counts(by_tenant=by_tenant), timeout_s=settings.redis_timeout_s / 2)
+    listener = MetricsListener(metrics, *parse_bind(settings.metrics_bind)) if settings.metrics_bind else None
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if listener is not None:
+            listener.start()  # first: an address taken or not ours stops the start, before anything runs
         try:
             await services.broker.startup()
         except RedisError as exc:
@@ -77,6 +90,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             await services.sse_slots.stop()
             await services.broker.shutdown()
             await services.aclose()
+            if listener is not None:
+                listener.stop()
 
     def provided(name: str) -> Provide:
         value = getattr(services, name)
@@ -87,11 +102,13 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     def principal(request: Request) -> Principal:
         return request.user
 
-    provided_names = ("redis", "events", "hub", "index", "service", "artifacts", "signer", "submit_rate", "sse_slots")
+    provided_names = (
+        "redis", "events", "hub", "index", "service", "artifacts", "signer", "submit_rate", "sse_slots", "metrics"
+    )
     return Litestar(
         route_handlers=[
             JobsController, list_kinds, audit_report, activity_events, feed_token, healthz, readyz, ws, ws_described,
-            ui_router(),
+            ui_router(), metrics_text, swagger_asset,
             *([LegacyExportsController] if settings.legacy_routes == "on" else []),
         ],
         lifespan=[lifespan],
@@ -114,7 +131,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             version="0.1.0",
             description="Observable long-running jobs: status, history and resumable server-sent events.",
             path=SCHEMA_PATH,
-            render_plugins=[SwaggerRenderPlugin()],
+            render_plugins=[swagger_plugin()],
             components=Components(security_schemes={
                 "apiKey": SecurityScheme(type="http", scheme="bearer", description="`Authorization: Bearer <key>`"),
                 "token": SecurityScheme(

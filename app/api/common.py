@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any, Literal, cast
 from urllib.parse import quote
 
@@ -15,6 +15,7 @@ from litestar.params import Parameter
 from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
+from prometheus_client import Gauge
 
 from jobtrail.api.schemas import ErrorBody, TokenRequest
 from jobtrail.auth import Principal
@@ -41,6 +42,8 @@ _ERROR_DESCRIPTIONS = {
     400: "Malformed request: the body says what to fix",
     401: "No valid API key (`Authorization: Bearer <key>`), or a token that is expired, forged or for "
     "something else",
+    403: "The key is valid but may not do this (`/metrics` takes an admin key; a tenant key may list only its "
+    "own tenant)",
     404: "No such job (or it has expired, or it belongs to another tenant)",
     409: "The job's state does not allow this",
     413: "Request body too large",
@@ -121,16 +124,24 @@ class HeldStream(Stream):
         return cast(ASGIResponse, _Holding(super().to_asgi_response(*args, **kwargs), self._hold, self.iterator))
 
 
-async def sse_response(slots: SseSlots, principal: Principal, stream: AsyncIterator[bytes]) -> Stream:
+async def sse_response(
+    slots: SseSlots, principal: Principal, stream: AsyncIterator[bytes], counted: Gauge
+) -> Stream:
     """`stream` as a text/event-stream response holding one of the principal's SSE slots (429 if none is free).
 
     The slot is held, and renewed by the process's renewer, for as long as the response is
-    being sent, whether or not the client reads it, and given back when it ends.
+    being sent, whether or not the client reads it, and given back when it ends; for as
+    long, the response counts in `counted` (app/metrics.py, `sse_streams`).
     """
     slot = await slots.take(principal.scope)
-    return HeldStream(
-        stream, hold=lambda: slots.holding(principal.scope, slot), media_type="text/event-stream", headers=SSE_HEADERS
-    )
+
+    @asynccontextmanager
+    async def hold() -> AsyncIterator[None]:
+        with counted.track_inprogress():
+            async with slots.holding(principal.scope, slot):
+                yield
+
+    return HeldStream(stream, hold=hold, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def requested_offset(request: Request, after: str | None, last_event_id: str | None) -> tuple[str, bool]:

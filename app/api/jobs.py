@@ -43,7 +43,7 @@ from jobtrail.api.schemas import (
 from jobtrail.artifacts import ArtifactStore
 from jobtrail.auth import Principal
 from jobtrail.config import Settings
-from jobtrail.errors import ArtifactNotFound, JobNotFinished, JobNotFound
+from jobtrail.errors import ArtifactNotFound, Forbidden, JobNotFinished, JobNotFound
 from jobtrail.eventlog import EventLog
 from jobtrail.events import State, ms_to_datetime
 from jobtrail.hub import Hub
@@ -58,6 +58,16 @@ from jobtrail.tokens import TokenSigner
 NDJSON = "application/x-ndjson"
 _NDJSON_PAGE = 500  # events per chunk of an NDJSON history
 _encode = msgspec.json.Encoder().encode
+
+
+def _listed_tenant(principal: Principal, asked: str | None) -> str | None:
+    """Whose index a listing reads: the key's own tenant's, or for an admin the one asked for (None: all)."""
+    if principal.admin:
+        return asked
+    if asked is not None and asked != principal.tenant:
+        # A 403, not an empty page: an empty list would read as "that tenant has no jobs".
+        raise Forbidden(f"only an admin key lists another tenant's jobs; this key lists tenant {principal.tenant!r}")
+    return principal.tenant
 
 
 def _etag(job: JobState) -> str:
@@ -125,7 +135,13 @@ class JobsController(Controller):
         )
         return Response(job, status_code=202 if created else 200, headers={"Location": f"/jobs/{job.id}"})
 
-    @get("/", summary="List jobs, newest first", responses=error_responses(400, 503))
+    @get(
+        "/",
+        summary="List jobs, newest first",
+        description="A tenant key lists its own tenant's jobs; an admin key every tenant's, or one tenant's with "
+        "`tenant`. A tenant key may name only its own tenant there (another is a 403).",
+        responses=error_responses(400, 403, 503),
+    )
     async def list_jobs(
         self,
         index: NamedDependency[JobIndex],
@@ -136,13 +152,16 @@ class JobsController(Controller):
         kind: Annotated[str | None, Parameter(max_length=100)] = None,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
         cursor: Annotated[str | None, Parameter(max_length=1000)] = None,
+        tenant: Annotated[str | None, Parameter(
+            min_length=1, max_length=100, description="Only this tenant's jobs (an admin key's filter)",
+        )] = None,
     ) -> JobPage:
         jobs, next_cursor = await index.page(
             limit=limit,
             cursor=Cursor.decode(cursor) if cursor else None,
             state=state_filter,
             kind=kind,
-            tenant=None if principal.admin else principal.tenant,
+            tenant=_listed_tenant(principal, tenant),
         )
         return JobPage(jobs=jobs, next=next_cursor.encode() if next_cursor else None)
 
@@ -248,7 +267,7 @@ class JobsController(Controller):
         stream = job_event_stream(
             events, hub, job, offset, gap=gap, retry_ms=settings.sse_retry_ms, ping_s=settings.sse_ping_s
         )
-        return await sse_response(sse_slots, principal, stream)
+        return await sse_response(sse_slots, principal, stream, events.metrics.sse_streams("job"))
 
     @get(
         "/{job_id:str}/artifact",

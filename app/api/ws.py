@@ -59,7 +59,8 @@ async def ws(
         await _refuse(socket, UNAVAILABLE, "event store unavailable; reconnect later")
         return
     async with sse_slots.holding(principal.scope, slot):
-        await Session(socket, principal, expires_at, events, hub, settings).run()
+        with events.metrics.ws_connections.track_inprogress():
+            await Session(socket, principal, expires_at, events, hub, settings).run()
 
 
 _PROTOCOL = """Upgrade to a WebSocket here (a plain GET answers 426). One socket follows many jobs and the \

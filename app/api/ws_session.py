@@ -283,6 +283,8 @@ class Session:
                 if frame is not None and not self.outbox.offer(frame):
                     self._ended(job_id, EndReason.TOO_SLOW.value)
                     return
+                if isinstance(item, Event):
+                    self.events.metrics.delivered(item.id, live_after=job.last_event_id)
 
     async def _follow_feed(self, after: str | None, kind: str | None, state: str | None) -> None:
         feed = self.events.activity.reader(None if self.principal.admin else self.principal.tenant)

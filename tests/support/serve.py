@@ -13,9 +13,11 @@ from tests.support.env import ROOT, worker_env
 from tests.support.redis_server import free_port
 
 
-def serve(settings, tmp_path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    log = open(tmp_path / f"serve-{port}.log", "wb")  # noqa: SIM115 (the process writes it as long as it runs)
+def serve(settings, tmp_path, port: int | None = None, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `jobtrail serve` on `port` (a free one by default: pass the old one to restart in its place)."""
+    port = port or free_port()
+    # Appended to: a restart on the same port keeps the first run's log.
+    log = open(tmp_path / f"serve-{port}.log", "ab")  # noqa: SIM115 (the process writes it as long as it runs)
     process = subprocess.Popen(
         [sys.executable, "-m", "jobtrail.cli", "serve", "--port", str(port)],
         cwd=ROOT, env={**worker_env(settings), **env}, stdout=log, stderr=subprocess.STDOUT,

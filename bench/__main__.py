@@ -1,0 +1,5 @@
+"""`python -m bench`: the performance suite (bench/perf.py)."""
+
+from bench.perf import main
+
+raise SystemExit(main())
