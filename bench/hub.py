@@ -16,45 +16,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import os
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 
+from bench.redis_server import BenchRedis
 from jobtrail.config import Settings
 from jobtrail.events import EventType, ProgressData, StartedData, SubmittedData
 from jobtrail.services import open_services
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_redis(directory: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    server = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--dir", directory],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    import redis
-
-    for _ in range(100):
-        try:
-            redis.Redis.from_url(url).ping()
-            return server, url
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
 
 
 def _settings(url: str, prefix: str) -> Settings:
@@ -157,6 +130,17 @@ async def _row(url: str, jobs_count: int, subscribers_per_job: int, rate: float,
             "median_ms": statistics.median(latencies) * 1000 if latencies else float("nan")}
 
 
+def _run(url: str, args: argparse.Namespace) -> list[dict[str, object]]:
+    rows = []
+    plan = [(int(n), 1, args.rate) for n in args.jobs.split(",")]
+    if args.fanout:
+        plan.append((1, 1000, 20.0))
+    for jobs, subs, rate in plan:
+        rows.append(asyncio.run(_row(url, jobs, subs, rate, args.seconds)))
+        print(f"  done: {jobs} jobs x {subs} subscribers", file=sys.stderr, flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", default="100,10000", help="watched-job counts, comma-separated")
@@ -165,20 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fanout", action="store_true", help="also 1,000 subscribers on one job at 20 ev/s")
     parser.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
     args = parser.parse_args(argv)
-    tmp = tempfile.mkdtemp(prefix="bench-hub-")
-    server, url = (None, args.redis_url) if args.redis_url else _start_redis(tmp)
-    rows = []
-    try:
-        plan = [(int(n), 1, args.rate) for n in args.jobs.split(",")]
-        if args.fanout:
-            plan.append((1, 1000, 20.0))
-        for jobs, subs, rate in plan:
-            rows.append(asyncio.run(_row(url, jobs, subs, rate, args.seconds)))
-            print(f"  done: {rows[-1]['jobs']} jobs x {subs} subscribers", file=sys.stderr, flush=True)
-    finally:
-        if server is not None:
-            server.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        url = args.redis_url or stack.enter_context(BenchRedis()).url
+        rows = _run(url, args)
     print(f"hub bench: one process, {args.seconds:.0f} s per row, {os.cpu_count()} CPUs (shared machine)")
     print("| watched jobs | subscribers/job | events/s/job | emitted | delivered | p50 ms | p99 ms "
           "| hub CPU µs/event | pub/sub conns |")
