@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
@@ -106,7 +106,12 @@ class FeedReader:
         counts as lost (a client just before it may see a gap it did not need).
         """
         try:
-            info = await self.redis.xinfo_stream(self.key)
+            if isinstance(self.redis, RedisCluster):
+                # redis-py's Cluster cannot find the key of XINFO STREAM; its node is named here.
+                node = self.redis.get_node_from_key(self.key)
+                info = await self.redis.execute_command("XINFO STREAM", self.key, target_nodes=node)
+            else:
+                info = await self.redis.xinfo_stream(self.key)
         except ResponseError:  # no such key: nothing was ever recorded
             return FeedPosition(last_id=BEGINNING, first_id=None, lost_up_to=BEGINNING)
         last = info.get("last-generated-id") or BEGINNING
@@ -145,9 +150,16 @@ class ActivityFeed:
         if note.tenant:
             fields["tenant"] = note.tenant
         # `~` lets Redis trim whole stream nodes (about 100 entries), which is cheap.
-        pipe.xadd(self.keys.activity(), fields, maxlen=self.maxlen, approximate=True)
+        feed = self.keys.activity()
+        pipe.xadd(feed, fields, maxlen=self.maxlen, approximate=True)
         if note.tenant:
-            pipe.xadd(self.keys.tenant_activity(note.tenant), fields, maxlen=self.maxlen, approximate=True)
+            tenant_feed = self.keys.tenant_activity(note.tenant)
+            pipe.xadd(tenant_feed, fields, maxlen=self.maxlen, approximate=True)
+        # After the XADDs, on their nodes (each channel is in its feed's slot): the hubs
+        # that follow a feed read it on this wake (app/hub.py). No id: it is not known yet.
+        pipe.spublish(self.keys.wake(feed), "")
+        if note.tenant:
+            pipe.spublish(self.keys.wake(tenant_feed), "")
 
     async def record(self, note: FeedNote) -> str:
         """Add one transition to the global feed and its tenant's (one round trip); its global feed id."""

@@ -154,7 +154,7 @@ class EventLog:
         for field, value in fields_for(event_type, payload).items():
             args += [field, value]
         began = time.perf_counter()
-        reply = await self._run_append(list(self.keys.job_keys(job_id)), args, before)
+        reply = await self._run_append(list(self.keys.append_keys(job_id)), args, before)
         self.metrics.append_took(time.perf_counter() - began)
         status = reply[0]
         if status == "replaced":

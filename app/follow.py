@@ -3,11 +3,16 @@
 One protocol for every transport: SSE (app/sse.py) and the WebSocket (app/api/ws.py) only
 encode what these iterators yield. The order of operations is what makes resumption exact:
 1. read the job's state (its last event id L) — done by the caller, for the 404;
-2. subscribe to the hub from L, so everything appended after L will be queued;
+2. subscribe to the hub from L: it returns once Redis confirmed the SSUBSCRIBE of the
+   stream's wake channel (app/hub.py), so every append from then on wakes the hub, which
+   reads the stream after its cursor (at most L) and queues what it finds;
 3. replay with XRANGE from the client's offset to the end of the stream;
 4. drain the queue, skipping ids already sent.
-Anything appended during 3 is either in the replay or in the queue (or both, and the
-id check drops the copy), so nothing is lost and nothing is yielded twice.
+An event appended before the confirmation in 2 is in the stream when 3 reads it; one
+appended after it publishes a wake that the hub acts on (and were that wake lost, the hub
+reads the stream again on reconnecting, or in its sweep). So each event is in the replay or
+in the queue (or both, and the id check drops the copy): nothing is lost and nothing is
+yielded twice.
 
 Every follow ends with one `End` saying why; the items before it carry ids (events,
 transitions, `Skipped`), and a client that resumes after the last id it got misses
