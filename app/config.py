@@ -8,11 +8,16 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from jobtrail.topology import parse_topology
+
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Everything jobtrail can be tuned with; see the README's configuration table."""
 
     redis_url: str | None = None
+    # The sentinels' own password (AUTH to Sentinel), when REDIS_URL is redis+sentinel://;
+    # the data nodes' credentials are in the URL.
+    sentinel_password: str = ""
     prefix: str = "jt"
     host: str = "127.0.0.1"
     port: int = 8000
@@ -78,6 +83,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     metrics_tenant_label: Literal["on", "off"] = "off"
     metrics_bind: str = ""
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+
+    def __post_init__(self) -> None:
+        # A malformed REDIS_URL fails here, when settings are read, not at the first command.
+        if self.redis_url:
+            parse_topology(self.redis_url)
 
     @property
     def embedded(self) -> bool:

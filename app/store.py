@@ -1,72 +1,157 @@
-"""Redis clients: a pooled one for requests and a dedicated one for the hub's blocking read.
+"""Redis clients for each topology: a pooled one for requests, dedicated ones for blocking reads.
 
-With no REDIS_URL both talk to one in-process fakeredis server that runs the same Lua
-script; that mode keeps nothing and says so at start (see app/cli.py).
+REDIS_URL (app/topology.py) says what they talk to. One server: redis-py's own URL. Sentinel:
+the master the sentinels name, looked up again whenever a connection is made, so a failover
+is followed by reconnecting (redis-py's `Sentinel.master_for`). Cluster: redis-py's
+`RedisCluster`, from the startup nodes given; it discovers the rest and follows MOVED/ASK.
+
+The bounds are the same everywhere: connect and command timeouts of `redis_timeout_s`, one
+quick retry, at most `redis_pool_size` connections, counted per node on a Cluster. One
+difference: a Cluster node's pool does not queue a caller when it is full, it raises
+MaxConnectionsError (a ConnectionError, so a request answers 503 rather than wait).
+
+With no REDIS_URL every client talks to one in-process fakeredis server that runs the same
+Lua script; that mode keeps nothing and says so at start (see app/cli.py).
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 
 from jobtrail.config import Settings
+from jobtrail.topology import Topology, parse_topology
+
+
+class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The master's pool that waits (up to its timeout) for a free connection, as one server's does.
+
+    redis-py's SentinelConnectionPool is a plain ConnectionPool, which raises at once when
+    full; the mix takes the master lookup from the first and the wait from the second.
+    """
 
 
 class Store:
-    """Opens the Redis clients one process needs, against one server."""
+    """Opens the Redis clients one process needs, on the topology REDIS_URL names."""
 
     def __init__(self, settings: Settings, *, role: str = "api") -> None:
         self.settings = settings
         self.client_name = f"jobtrail-{role}-{os.getpid()}"
         self._fake_server = None
+        self.topology: Topology | None = None
         if settings.embedded:
             import fakeredis
 
             self._fake_server = fakeredis.FakeServer()
+        else:
+            assert settings.redis_url is not None
+            self.topology = parse_topology(settings.redis_url)
 
-    def pooled(self) -> Redis:
-        """A client whose pool never holds more than `redis_pool_size` connections.
+    @property
+    def kind(self) -> str:
+        """`single`, `sentinel` or `cluster` (`single` when embedded)."""
+        return self.topology.kind if self.topology else "single"
+
+    def pooled(self) -> Any:
+        """A client whose pool never holds more than `redis_pool_size` connections (per node on a Cluster).
 
         Connection errors surface within `redis_timeout_s` (one quick retry first), and
         waiting for a pooled connection is bounded by it too. A request as a whole is
         bounded by the same figure (app/api/bounds.py), so a Redis that hangs rather
         than refuses costs a request one timeout, not one per command and retry.
         """
+        s = self.settings
+        return self._client(s.redis_pool_size, s.redis_timeout_s, health_check_interval=30)
+
+    def dedicated(self, block_ms: int) -> Any:
+        """A single-connection client for a blocking read of up to `block_ms`.
+
+        On a Cluster it is a RedisCluster with one connection per node, routing each
+        (single-key) read to the node that serves its slot; `node(...)` gives a plain
+        connection to one node instead, for a reader that owns a node's reads.
+        """
+        return self._client(1, block_ms / 1000 + self.settings.redis_timeout_s)
+
+    def node(self, host: str, port: int, block_ms: int) -> Redis:
+        """A single-connection client to one node of the Cluster, e.g. a primary that `cluster_primaries` named.
+
+        Commands on it are not redirected: a key that moved answers MOVED, for the caller
+        to look the node up again.
+        """
+        assert self.topology is not None and self.topology.kind == "cluster", "node() is for a Cluster"
+        return Redis(host=host, port=port, max_connections=1,
+                     **self._options(block_ms / 1000 + self.settings.redis_timeout_s))
+
+    def _client(self, max_connections: int, socket_timeout: float, **extra: Any) -> Any:
         if self._fake_server is not None:
             return self._fake()
-        s = self.settings
+        assert self.topology is not None
+        if self.topology.kind == "sentinel":
+            return self._sentinel_master(max_connections, socket_timeout, **extra)
+        if self.topology.kind == "cluster":
+            return RedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in self.topology.hosts],
+                max_connections=max_connections,
+                **self._options(socket_timeout, **extra),
+            )
         pool = BlockingConnectionPool.from_url(
-            s.redis_url,
-            max_connections=s.redis_pool_size,
-            timeout=s.redis_timeout_s,
-            decode_responses=True,
-            socket_connect_timeout=s.redis_timeout_s,
-            socket_timeout=s.redis_timeout_s,
-            health_check_interval=30,
-            client_name=self.client_name,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+            self.topology.url,
+            max_connections=max_connections,
+            timeout=self.settings.redis_timeout_s,
+            **self._options(socket_timeout, with_credentials=False, **extra),
         )
         # from_pool: closing the client closes the pool; Redis(connection_pool=...) would
         # leave its connections open after shutdown.
         return Redis.from_pool(pool)
 
-    def dedicated(self, block_ms: int) -> Redis:
-        """A single-connection client for a blocking read of up to `block_ms`."""
-        if self._fake_server is not None:
-            return self._fake()
+    def _sentinel_master(self, max_connections: int, socket_timeout: float, **extra: Any) -> Redis:
+        assert self.topology is not None
         s = self.settings
-        return Redis.from_url(
-            s.redis_url,
-            max_connections=1,
-            decode_responses=True,
-            socket_connect_timeout=s.redis_timeout_s,
-            socket_timeout=block_ms / 1000 + s.redis_timeout_s,
-            client_name=self.client_name,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+        sentinel_options: dict[str, Any] = {
+            "socket_connect_timeout": s.redis_timeout_s,
+            "socket_timeout": s.redis_timeout_s,
+            "decode_responses": True,
+        }
+        if s.sentinel_password:
+            sentinel_options["password"] = s.sentinel_password
+        if self.topology.tls:
+            sentinel_options["ssl"] = True
+        sentinel = Sentinel(list(self.topology.hosts), sentinel_kwargs=sentinel_options)
+        return sentinel.master_for(
+            self.topology.service,
+            connection_pool_class=BlockingSentinelConnectionPool,
+            max_connections=max_connections,
+            timeout=s.redis_timeout_s,
+            db=self.topology.db,
+            ssl=self.topology.tls,
+            **self._options(socket_timeout, **extra),
         )
+
+    def _options(self, socket_timeout: float, *, with_credentials: bool = True, **extra: Any) -> dict[str, Any]:
+        """What every connection gets: timeouts, one quick retry, the client name, decoded replies."""
+        s = self.settings
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_connect_timeout": s.redis_timeout_s,
+            "socket_timeout": socket_timeout,
+            "client_name": self.client_name,
+            "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+            **extra,
+        }
+        assert self.topology is not None
+        if with_credentials and self.topology.password is not None:
+            options["password"] = self.topology.password
+        if with_credentials and self.topology.username is not None:
+            options["username"] = self.topology.username
+        if self.topology.kind == "cluster" and self.topology.tls:
+            options["ssl"] = True
+        return options
 
     def _fake(self) -> Redis:
         import fakeredis

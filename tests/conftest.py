@@ -3,6 +3,11 @@
 Tests run against Redis at REDIS_URL (default redis://127.0.0.1:6379/0). When nothing
 answers there and redis-server is installed, the session starts a throwaway server;
 when no Redis can be had at all, the run fails. It never skips.
+
+A test marked `@over_topologies` (tests/support/topologies.py) runs on one server, on a
+Sentinel group and on a Cluster: the session starts each group the first time a test needs
+it, once, and stops it at the end; `settings`, `redis_client`, `services`, `api` and the
+workers follow the `topology` fixture.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ from jobtrail.config import Settings
 from jobtrail.eventlog import EventLog
 from jobtrail.keys import Keys
 from jobtrail.services import Services, build_services, open_services
+from jobtrail.store import Store
 from jobtrail.workers.kinds_loader import load_kinds
 from tests.support.env import ROOT, worker_env
 from tests.support.redis_server import RedisServer
+from tests.support.topologies import RedisCluster, SentinelGroup, TopologyUnderTest
 
 # The `browser` fixture (Debian chromium through Playwright) for the dashboard and jobtrail.js tests.
 pytest_plugins = ["tests.support.browser"]
@@ -74,28 +81,64 @@ def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.kill()
 
 
-def delete_matching(redis_url: str, pattern: str) -> None:
-    """Remove every key matching a SCAN pattern: a test's cleanup."""
-    client = redis.Redis.from_url(redis_url)
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """Three primaries with a replica each, joined by `redis-cli --cluster create`; one per session."""
     try:
-        for key in client.scan_iter(match=pattern, count=1000):
-            client.delete(key)
-    finally:
-        client.close()
+        cluster = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
+    except RuntimeError as exc:
+        pytest.fail(f"no Redis Cluster could be started: {exc}", pytrace=False)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    """One master, two replicas and three sentinels watching it as `jobtrail`; one per session."""
+    try:
+        group = SentinelGroup(tmp_path_factory.mktemp("sentinel")).start()
+    except RuntimeError as exc:
+        pytest.fail(f"no Sentinel group could be started: {exc}", pytrace=False)
+    yield group
+    group.stop()
 
 
 @pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix of this test's own; its keys are removed afterwards."""
+def topology(request: pytest.FixtureRequest, redis_url: str) -> TopologyUnderTest:
+    """The topology this test runs on: `single` unless parametrised (`@over_topologies`).
+
+    A group a previous test left with a node killed is restored first, so every test
+    starts on a healthy one.
+    """
+    name = getattr(request, "param", "single")
+    if name == "single":
+        return TopologyUnderTest(name, redis_url, None)
+    group: RedisCluster | SentinelGroup = request.getfixturevalue(
+        {"cluster": "redis_cluster", "sentinel": "redis_sentinel"}[name]
+    )
+    group.restore()
+    return TopologyUnderTest(name, group.url, group)
+
+
+def delete_matching(redis_url: str, pattern: str) -> None:
+    """Remove every key matching a SCAN pattern on one server: a test's cleanup."""
+    TopologyUnderTest("single", redis_url, None).delete_matching(pattern)
+
+
+@pytest.fixture
+def prefix(topology: TopologyUnderTest) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are removed afterwards (on every node of a cluster)."""
     value = f"test-{uuid.uuid4().hex[:12]}"
     yield value
-    delete_matching(redis_url, f"{value}:*")
+    if topology.group is not None:
+        topology.group.restore()  # a test that killed a node: clean up on the healthy group
+    topology.delete_matching(f"{value}:*")
 
 
 @pytest.fixture
-def settings(redis_url: str, prefix: str, tmp_path: Path) -> Settings:
+def settings(topology: TopologyUnderTest, prefix: str, tmp_path: Path) -> Settings:
     return Settings(
-        redis_url=redis_url,
+        redis_url=topology.url,
         prefix=prefix,
         artifact_dir=str(tmp_path / "artifacts"),
         retry_base_s=0.05,
@@ -109,8 +152,12 @@ def settings(redis_url: str, prefix: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+async def redis_client(topology: TopologyUnderTest) -> AsyncIterator[aioredis.Redis]:
+    """A client of the test's topology (a RedisCluster on a cluster, the master's on Sentinel)."""
+    if topology.name == "single":
+        client = aioredis.Redis.from_url(topology.url, decode_responses=True)
+    else:
+        client = Store(Settings(redis_url=topology.url), role="test").pooled()
     yield client
     await client.aclose()
 
@@ -121,9 +168,9 @@ def keys(prefix: str) -> Keys:
 
 
 @pytest.fixture
-async def services(redis_client: aioredis.Redis, redis_url: str, settings: Settings) -> AsyncIterator[Services]:
+async def services(redis_client: aioredis.Redis, settings: Settings) -> AsyncIterator[Services]:
     """The services of a process, built as every jobtrail command builds them, on the test's Redis client."""
-    built = build_services(settings, redis_client, aioredis.Redis.from_url(redis_url, decode_responses=True))
+    built = build_services(settings, redis_client, Store(settings, role="test").dedicated(settings.hub_block_ms))
     yield built
     await built.hub.reader.aclose()  # redis_client closes itself
 

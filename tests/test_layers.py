@@ -35,6 +35,7 @@ CORE = (
     "jobtrail.reducer",
     "jobtrail.registry",
     "jobtrail.store",
+    "jobtrail.topology",
 )
 ABOVE = ("jobtrail.api", "jobtrail.workers", "jobtrail.client", "jobtrail.migrations")
 

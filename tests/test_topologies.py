@@ -1,0 +1,84 @@
+"""The test harness's Sentinel group and Cluster are what they claim, and the Store reaches each.
+
+The rest of the suite trusts `@over_topologies` to mean three different deployments: these
+tests check that the cluster really spreads keys over three primaries with a replica each,
+that the Sentinel master really replicates to two replicas, and that a client the Store
+opens from each REDIS_URL reads and writes there.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from jobtrail.config import Settings
+from jobtrail.keys import Keys
+from jobtrail.store import Store
+from tests.support.topologies import RedisCluster, SentinelGroup, TopologyUnderTest, over_topologies, wait_until
+
+
+def test_the_cluster_has_three_primaries_with_a_replica_each_covering_every_slot(redis_cluster: RedisCluster):
+    assert len(redis_cluster.primary_nodes()) == 3
+    roles = [node.info("replication")["role"] for node in redis_cluster.nodes]
+    assert sorted(roles) == ["master"] * 3 + ["slave"] * 3
+    with redis_cluster.primary_nodes()[0].client() as client:
+        info = client.cluster("INFO")
+    assert info["cluster_state"] == "ok"
+    assert int(info["cluster_slots_ok"]) == 16384
+    assert int(info["cluster_known_nodes"]) == 6
+
+
+def test_jobs_keys_spread_over_the_primaries_and_each_jobs_keys_share_one_node(redis_cluster: RedisCluster):
+    keys = Keys("harness")
+    homes = {redis_cluster.node_for(keys.events(f"job-{n}")).port for n in range(30)}
+    assert len(homes) == 3, "thirty job ids land on every primary"
+    for n in range(5):
+        job = f"job-{n}"
+        assert len({redis_cluster.node_for(key).port for key in keys.all_job_keys(job)}) == 1
+
+
+def test_the_sentinel_master_replicates_to_both_replicas(redis_sentinel: SentinelGroup):
+    master = redis_sentinel.master()
+    with master.client() as client:
+        client.set("harness:replicated", "yes", ex=60)
+    replicas = [node for node in redis_sentinel.servers if node is not master]
+    assert len(replicas) == 2
+
+    def replicated() -> bool:
+        return all(replica.client().get("harness:replicated") == "yes" for replica in replicas)
+
+    wait_until(replicated, 10, "the replicas did not receive the master's write")
+
+
+@over_topologies
+async def test_the_store_reads_and_writes_on_each_topology(topology: TopologyUnderTest, settings: Settings, keys: Keys):
+    client = Store(settings).pooled()
+    try:
+        for n in range(20):
+            await client.set(keys.job(f"j{n}"), str(n))
+        assert [await client.get(keys.job(f"j{n}")) for n in range(20)] == [str(n) for n in range(20)]
+        # A script over one job's keys: what the append does, on any topology.
+        script = "redis.call('SET', KEYS[2], ARGV[1]); return redis.call('GET', KEYS[1])"
+        assert await client.eval(script, 2, keys.job("j1"), keys.lease("j1"), "w") == "1"
+        assert await client.get(keys.lease("j1")) == "w"
+    finally:
+        await client.aclose()
+
+
+@over_topologies
+def test_a_tests_keys_are_removed_from_every_node_afterwards(topology: TopologyUnderTest, keys: Keys):
+    url = topology.url
+    if topology.name == "cluster":
+        assert isinstance(topology.group, RedisCluster)
+        client: redis.Redis = redis.RedisCluster(
+            startup_nodes=[redis.cluster.ClusterNode("127.0.0.1", topology.group.nodes[0].port)], decode_responses=True
+        )
+    elif topology.name == "sentinel":
+        assert isinstance(topology.group, SentinelGroup)
+        client = topology.group.master().client()
+    else:
+        client = redis.Redis.from_url(url, decode_responses=True)
+    with client:
+        for n in range(30):
+            client.set(keys.job(f"j{n}"), "x")
+        topology.delete_matching(f"{keys.prefix}:*")
+        assert [client.exists(keys.job(f"j{n}")) for n in range(30)] == [0] * 30
