@@ -208,7 +208,9 @@ class EventLog:
             async with self.redis.pipeline(transaction=False) as pipe:
                 if before is not None:
                     before(pipe)
-                pipe.evalsha(self._append.sha, len(keys), *keys, *args)
+                # execute_command, not pipe.evalsha: a Cluster pipeline refuses the latter
+                # (it routes EVALSHA by its keys only when sent as a plain command).
+                pipe.execute_command("EVALSHA", self._append.sha, len(keys), *keys, *args)
                 if wait is not None:
                     pipe.execute_command(*wait.command(), **target)
                 results = await pipe.execute(raise_on_error=False)
