@@ -58,8 +58,11 @@ class Store:
         """`single`, `sentinel` or `cluster` (`single` when embedded)."""
         return self.topology.kind if self.topology else "single"
 
-    def pooled(self) -> Any:
+    def pooled(self, max_connections: int | None = None, block_ms: int = 0) -> Any:
         """A client whose pool never holds more than `redis_pool_size` connections (per node on a Cluster).
+
+        `max_connections` bounds it otherwise; `block_ms` lengthens the command timeout for
+        a pool that also serves blocking reads of up to that long (the broker's).
 
         Connection errors surface within `redis_timeout_s` (one quick retry first), and
         waiting for a pooled connection is bounded by it too. A request as a whole is
@@ -67,7 +70,9 @@ class Store:
         than refuses costs a request one timeout, not one per command and retry.
         """
         s = self.settings
-        return self._client(s.redis_pool_size, s.redis_timeout_s, health_check_interval=30)
+        return self._client(
+            max_connections or s.redis_pool_size, block_ms / 1000 + s.redis_timeout_s, health_check_interval=30
+        )
 
     def dedicated(self, block_ms: int) -> Any:
         """A single-connection client for a blocking read of up to `block_ms`.

@@ -53,7 +53,6 @@ import redis.asyncio as aioredis
 from jobtrail.events import Event, EventOut, EventType
 from jobtrail.keys import Keys
 from jobtrail.reducer import IllegalHistory, fold
-from jobtrail.workers.queue import JobQueue
 from tests.support.sse import Message, messages
 
 ROOT = Path(__file__).resolve().parent.parent  # where the processes it starts run
@@ -692,8 +691,6 @@ def judge(chaos: Chaos, streams: dict[str, list[Event]], states: dict[str, dict[
 async def delete_prefix(redis: aioredis.Redis, prefix: str) -> None:
     async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
         await redis.delete(key)
-    # taskiq-redis keeps its autoclaim lock outside the prefix.
-    await redis.delete(JobQueue.of(redis, Keys(prefix)).autoclaim_lock())
 
 
 async def run_chaos(config: ChaosConfig) -> ChaosReport:

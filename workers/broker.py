@@ -1,8 +1,16 @@
 """The taskiq broker and the one task it carries: `jobtrail.run_job(job_id)`.
 
-With REDIS_URL the broker is taskiq-redis's acknowledged RedisStreamBroker, on the stream
-and consumer group that workers/queue.py describes; embedded, taskiq's InMemoryBroker
-runs the task in the API process itself.
+With REDIS_URL the broker is JobBroker: the queue stream and consumer group that
+workers/queue.py describes, on a client from app/store.py, so one class serves one server,
+Sentinel and Cluster alike (every command names the one queue key). Embedded, taskiq's
+InMemoryBroker runs the task in the API process itself.
+
+Why not taskiq-redis's brokers: they are one copy per topology, and the Cluster one
+(RedisStreamClusterBroker) reads unbounded batches, closes its client in its own group
+declaration, and never reclaims a dead worker's messages (taskiq-redis#130). The queue's
+layout is theirs still (one stream, field `data`, one group), so a queue written by an
+earlier jobtrail is read as it was; the reclaim is the reaper's (workers/reaper.py), on
+every topology and on an idle queue too.
 """
 
 from __future__ import annotations
@@ -10,18 +18,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
 
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
-from taskiq import AckableMessage, AsyncBroker, InMemoryBroker
+from redis.exceptions import RedisError, ResponseError
+from taskiq import AckableMessage, AsyncBroker, BrokerMessage, InMemoryBroker
 from taskiq.exceptions import SendTaskError
 from taskiq.kicker import AsyncKicker
-from taskiq_redis import RedisStreamBroker
 
 from jobtrail.config import Settings
 from jobtrail.keys import Keys
+from jobtrail.store import Store
 from jobtrail.workers.queue import GROUP_START, RUN_JOB, group_name
 from jobtrail.workers.runner import Runner
 
@@ -30,49 +38,85 @@ log = logging.getLogger(__name__)
 XREAD_BLOCK_MS = 2000
 
 
-class JobBroker(RedisStreamBroker):
-    """RedisStreamBroker that waits out a Redis outage instead of spinning through it.
+class JobBroker(AsyncBroker):
+    """The workers' consumer group on the queue stream; waits out a Redis outage instead of spinning through it.
 
     taskiq restarts a failed listener at once, so while Redis is away a worker would
-    retry (and log a traceback) hundreds of times a second. And when Redis comes back
-    without its data, the consumer group is gone: declare it again, from "0".
+    retry (and log a traceback) hundreds of times a second: the read backs off instead.
+    And when Redis comes back without its data (or a failover lost the group), the group
+    is declared again, from "0".
     """
+
+    def __init__(self, redis: Any, *, queue_name: str, consumer_group_name: str, xread_block_ms: int) -> None:
+        super().__init__()
+        self.redis = redis
+        self.queue_name = queue_name
+        self.consumer_group_name = consumer_group_name
+        self.consumer_name = str(uuid.uuid4())
+        self.xread_block_ms = xread_block_ms
+
+    async def startup(self) -> None:
+        await super().startup()
+        await self._declare_consumer_group()
+
+    async def shutdown(self) -> None:
+        await super().shutdown()
+        await self.redis.aclose()
+
+    async def _declare_consumer_group(self) -> None:
+        """XGROUP CREATE … MKSTREAM from GROUP_START; a group that exists already is left as it is."""
+        try:
+            await self.redis.xgroup_create(self.queue_name, self.consumer_group_name, id=GROUP_START, mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def kick(self, message: BrokerMessage) -> None:
+        """Queue one message (one XADD)."""
+        await self.redis.xadd(self.queue_name, {"data": message.message})
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
         delay = 0.1
         while True:
             try:
-                async for message in super().listen():
-                    delay = 0.1
-                    yield message
+                # One message per read: a read claims what it returns for this worker, so a
+                # larger batch would sit here, unstarted, while other workers have room.
+                fetched = await self.redis.xreadgroup(
+                    self.consumer_group_name, self.consumer_name, {self.queue_name: ">"},
+                    count=1, block=self.xread_block_ms,
+                )
             except RedisError as exc:
                 log.warning("broker cannot read the queue (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-                with contextlib.suppress(RedisError):
-                    await self._declare_consumer_group()  # a no-op while the group exists
+                with contextlib.suppress(RedisError):  # still away: the next read says so
+                    await self._declare_consumer_group()
+                continue
+            delay = 0.1
+            for _stream, messages in fetched or ():
+                for message_id, fields in messages:
+                    data = (fields or {}).get("data")
+                    if data is None:  # not a taskiq message (deleted meanwhile, or written by hand)
+                        await self._ack(message_id)()
+                        continue
+                    yield AckableMessage(data=data.encode(), ack=self._ack(message_id))
+
+    def _ack(self, message_id: str) -> Callable[[], Awaitable[None]]:
+        async def ack() -> None:
+            await self.redis.xack(self.queue_name, self.consumer_group_name, message_id)
+
+        return ack
 
 
 def build_broker(settings: Settings, keys: Keys) -> AsyncBroker:
     if settings.embedded:
         return InMemoryBroker(max_async_tasks=settings.worker_concurrency)
-    assert settings.redis_url is not None  # not embedded: a URL is set
+    # Its own pool: every running job acknowledges through it, and its read blocks one connection.
+    client = Store(settings, role="broker").pooled(
+        max_connections=settings.worker_concurrency + 4, block_ms=XREAD_BLOCK_MS
+    )
     return JobBroker(
-        settings.redis_url,
-        queue_name=keys.queue(),
-        consumer_group_name=group_name(keys),
-        consumer_id=GROUP_START,  # taskiq-redis's name for the id XGROUP CREATE starts the group at
-        idle_timeout=settings.broker_idle_ms,
-        max_connection_pool_size=settings.worker_concurrency + 4,
-        xread_block=XREAD_BLOCK_MS,
-        # One message per read: a read claims what it returns for this worker, so a
-        # larger batch would sit here, unstarted, while other workers have room.
-        xread_count=1,
-        # Like app/store.py: give up within the timeout (beyond a blocking read), and
-        # reconnect once, so a connection a Redis restart dropped is not an error.
-        socket_connect_timeout=settings.redis_timeout_s,
-        socket_timeout=XREAD_BLOCK_MS / 1000 + settings.redis_timeout_s,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+        client, queue_name=keys.queue(), consumer_group_name=group_name(keys), xread_block_ms=XREAD_BLOCK_MS
     )
 
 

@@ -1,18 +1,16 @@
 """The job queue as taskiq-redis lays it out: everything jobtrail knows of its internals.
 
-taskiq-redis's RedisStreamBroker (workers/broker.py) keeps the queue as one Redis stream,
-`keys.queue()`, read by one consumer group that every worker joins. A message is one
-entry whose field `data` holds taskiq's own message, JSON naming the task and its
-arguments; jobtrail's one task, `run_job`, takes the job id as its only argument. A read
-(XREADGROUP) makes a message pending for the worker that read it until that worker
+The queue is one Redis stream, `keys.queue()`, read by one consumer group that every
+worker joins (workers/broker.py's JobBroker, in taskiq-redis's RedisStreamBroker layout). A
+message is one entry whose field `data` holds taskiq's own message, JSON naming the task
+and its arguments; jobtrail's one task, `run_job`, takes the job id as its only argument. A
+read (XREADGROUP) makes a message pending for the worker that read it until that worker
 acknowledges it (XACK), which jobtrail's runner does after the job's terminal event.
-taskiq-redis gives a pending message to another worker only after the broker's idle
-timeout, through XAUTOCLAIM under a lock of its own, and never deletes a message.
 
-So the worker and the reaper do here, on the same stream and group, what taskiq-redis
-does not: hand back what a stopping worker read but never ran, tell whether messages
-wait unread, and trim what every worker is done with. If taskiq-redis changes its
-layout, this module is the one to change.
+So the worker and the reaper do here, on the same stream and group: hand back what a
+stopping worker read but never ran, reclaim what a dead worker read, tell whether messages
+wait unread, and trim what every worker is done with. Every command names the one queue
+key, so all of it runs on a Redis Cluster too (a transaction here is on that one key).
 """
 
 from __future__ import annotations
@@ -75,10 +73,6 @@ class JobQueue:
     def of(cls, redis: Redis, keys: Keys) -> JobQueue:
         return cls(redis, keys.queue(), group_name(keys))
 
-    def autoclaim_lock(self) -> str:
-        """The lock taskiq-redis takes around its XAUTOCLAIM: a key of its own naming, outside the prefix."""
-        return f"autoclaim:{self.group}:{self.stream}"
-
     async def hand_back(self, consumer: str, limit: int) -> int:
         """Queue again the messages pending for `consumer`, and acknowledge them; how many (three round trips).
 
@@ -92,13 +86,41 @@ class JobQueue:
         if not ids:
             return 0
         messages = await self.redis.xclaim(self.stream, self.group, consumer, min_idle_time=0, message_ids=ids)
+        await self._requeue(ids, messages)
+        return len(ids)
+
+    async def reclaim_idle(self, consumer: str, min_idle_ms: int, limit: int) -> int:
+        """Queue again the messages any worker read more than `min_idle_ms` ago and never acknowledged; how many.
+
+        Such a message's worker died (or runs a job longer than that, which a second
+        delivery finds leased and drops). XAUTOCLAIM takes up to `limit` of them for
+        `consumer`, then they are handed back as `hand_back` does, for any worker to read
+        (two round trips; one more per `limit` messages).
+        """
+        reclaimed = 0
+        start = "0-0"
+        while reclaimed < limit:
+            reply = await self.redis.xautoclaim(
+                self.stream, self.group, consumer, min_idle_ms, start_id=start, count=limit - reclaimed
+            )
+            start, messages = reply[0], reply[1]
+            # Entries deleted meanwhile (reply[2] on Redis 7) are acknowledged by XAUTOCLAIM itself.
+            ids = [message_id for message_id, _ in messages]
+            if ids:
+                await self._requeue(ids, messages)
+                reclaimed += len(ids)
+            if start == "0-0":  # the whole pending list was scanned
+                break
+        return reclaimed
+
+    async def _requeue(self, ids: list[str], messages: list[tuple[str, dict[str, Any] | None]]) -> None:
+        """One transaction: copies of `messages` at the end of the stream, and `ids` acknowledged."""
         async with self.redis.pipeline(transaction=True) as pipe:
             for _, fields in messages:
                 if fields:  # None for a message deleted meanwhile
                     pipe.xadd(self.stream, fields)
             pipe.xack(self.stream, self.group, *ids)
             await pipe.execute()
-        return len(ids)
 
     async def trim(self) -> int:
         """Remove the messages every worker is done with; how many went (two round trips).

@@ -1,10 +1,9 @@
 """The reaper: queues again the jobs that nothing else would ever move on.
 
-taskiq-redis hands a dead worker's message to another worker only after
-JOBTRAIL_BROKER_IDLE_MS, and only when a read also brings new messages, so on an idle
-queue never; and a job whose enqueue failed after its `submitted` has no message at all.
-Every worker runs this loop, and a lock lets one of them make the pass of each interval
-over the due jobs of the live set (app/livejobs.py):
+A dead worker's message stays pending for it until someone reclaims it, and a job whose
+enqueue failed after its `submitted` has no message at all. Every worker runs this loop,
+and a lock lets one of them make the pass of each interval over the due jobs of the live
+set (app/livejobs.py):
 
 - finished or gone: forgotten;
 - lease held (running, or pending between attempts): looked at again when it would expire;
@@ -20,8 +19,10 @@ over the due jobs of the live set (app/livejobs.py):
 
 A job queued again is due again `pending_stale_s` later: at most one extra message each.
 
-The pass also trims the queue stream: taskiq-redis acknowledges messages but never
-removes them, so without this the queue would grow for ever. What the queue looks like
+The pass also reclaims the queue's messages left unacknowledged for JOBTRAIL_BROKER_IDLE_MS
+(their worker died: they go back on the queue, for any worker; taskiq-redis's own Cluster
+broker never does this, taskiq-redis#130), then trims the stream: acknowledged messages are
+never removed otherwise, so the queue would grow for ever. What the queue looks like
 inside (its stream, its group, what read and acknowledged mean) is workers/queue.py's.
 """
 
@@ -57,6 +58,7 @@ class Reaper:
         self.interval_ms = int(settings.reaper_interval_s * 1000)
         self.pending_stale_ms = int(settings.pending_stale_s * 1000)
         self.lease_ttl_ms = int(settings.lease_ttl_s * 1000)
+        self.message_idle_ms = settings.broker_idle_ms
 
     async def run(self) -> None:
         """Until cancelled: every half interval, make a pass unless one was made this interval.
@@ -69,6 +71,7 @@ class Reaper:
             try:
                 if await self.claim_pass():
                     await self.reap(trust_leases_from=await self.record_pass())
+                    await self.reclaim_messages()
                     await self.trim_queue()
             except RedisError:
                 log.warning("reaper pass failed; trying again next interval", exc_info=True)
@@ -154,6 +157,13 @@ class Reaper:
             requeued += again
             if len(ids) < self.BATCH:
                 return requeued
+
+    async def reclaim_messages(self) -> int:
+        """Queue again the messages unacknowledged for longer than JOBTRAIL_BROKER_IDLE_MS; how many."""
+        reclaimed = await self.queue.reclaim_idle(self.name, self.message_idle_ms, self.BATCH)
+        if reclaimed:
+            log.info("reclaimed %d queue message(s) unacknowledged for %.0f s", reclaimed, self.message_idle_ms / 1000)
+        return reclaimed
 
     async def trim_queue(self) -> int:
         """Remove the queue's messages every worker is done with; how many went (two round trips)."""
