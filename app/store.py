@@ -40,7 +40,7 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
 
 
 class ClusterLayoutUnavailable(RedisConnectionError):
-    """No node could give a usable slot map: every one asked is down, or a failed primary's slots are not taken over yet."""
+    """No node gave a usable slot map: all asked are down, or a dead primary's slots are not taken over yet."""
 
 
 class FailoverAwareCluster(RedisCluster):

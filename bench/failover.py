@@ -287,18 +287,25 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
+COST_HEADER = "| WAIT replicas | jobs/s | terminal append p50 | p99 |"
+LOSS_HEADER = ("| primary | WAIT replicas | failovers | switch (median) | acked writes "
+               "| acked in the last 1 s before it went | lost: submitted/terminal | lost: other events "
+               "| jobs whose outcome was lost | appends refused after |")
+
+
 def render(kind: str, costs: dict[int, tuple[Load, float]], runs: list[FailoverRun]) -> str:
-    lines = [f"## {kind}", "", "| WAIT replicas | jobs/s | terminal append p50 | p99 |", "|---|---|---|---|"]
+    lines = [f"## {kind}", "", COST_HEADER, "|---|---|---|---|"]
     for wait, (load, seconds) in costs.items():
-        lines.append(f"| {wait} | {load.jobs_done / seconds:,.0f} | {statistics.median(load.terminal_latency_s) * 1000:.2f} ms "
-                     f"| {percentile(load.terminal_latency_s, 0.99) * 1000:.2f} ms |")
-    lines += ["", "| primary | WAIT replicas | failovers | switch (median) | acked writes | acked in the last 1 s before a kill "
-              "| lost: submitted/terminal | lost: other events | jobs whose outcome was lost | appends refused after |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+        p50 = statistics.median(load.terminal_latency_s) * 1000
+        p99 = percentile(load.terminal_latency_s, 0.99) * 1000
+        lines.append(f"| {wait} | {load.jobs_done / seconds:,.0f} | {p50:.2f} ms | {p99:.2f} ms |")
+    lines += ["", LOSS_HEADER, "|---" * LOSS_HEADER.count(" | ") + "|---|"]
     for run in runs:
-        lines.append(f"| {GONE[run.scenario]} | {run.wait} | {run.failovers} | {statistics.median(run.switch_s):.1f} s | {run.acked:,} | "
-                     f"{run.acked_last_s:,} | {run.lost['waited']} ({run.lost_unconfirmed} unconfirmed) | "
-                     f"{run.lost['other']} | {run.jobs_losing_outcome} | {run.refused} |")
+        cells = [GONE[run.scenario], run.wait, run.failovers, f"{statistics.median(run.switch_s):.1f} s",
+                 f"{run.acked:,}", f"{run.acked_last_s:,}",
+                 f"{run.lost['waited']} ({run.lost_unconfirmed} unconfirmed)", run.lost["other"],
+                 run.jobs_losing_outcome, run.refused]
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join(lines)
 
 
