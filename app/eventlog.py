@@ -208,8 +208,8 @@ class EventLog:
             async with self.redis.pipeline(transaction=False) as pipe:
                 if before is not None:
                     before(pipe)
-                # execute_command, not pipe.evalsha: a Cluster pipeline refuses the latter
-                # (it routes EVALSHA by its keys only when sent as a plain command).
+                # execute_command, not pipe.evalsha: redis-py's Cluster pipeline refuses the
+                # method by name, yet routes the command by its keys (one job's: one slot).
                 pipe.execute_command("EVALSHA", self._append.sha, len(keys), *keys, *args)
                 if wait is not None:
                     pipe.execute_command(*wait.command(), **target)

@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator
 from jobtrail.config import Settings
 from jobtrail.errors import JobNotFound
 from jobtrail.eventlog import EventLog
+from jobtrail.scan import scan_batches
 from jobtrail.services import open_services
 
 
 async def _all_job_ids(events: EventLog) -> AsyncIterator[str]:
-    """Every job with an event stream under the prefix (SCAN, in batches)."""
-    async for key in events.redis.scan_iter(match=events.keys.events("*"), count=1000, _type="stream"):
-        yield events.keys.job_id_of(key)
+    """Every job with an event stream under the prefix (SCAN, in batches, on every node of a Cluster)."""
+    async for batch in scan_batches(events.redis, events.keys.events("*"), 1000, "stream"):
+        for key in batch:
+            yield events.keys.job_id_of(key)
 
 
 async def repair(settings: Settings, job_ids: list[str], *, check: bool = False) -> int:

@@ -36,6 +36,7 @@ from jobtrail.errors import JobExists, JobNotFound, TransitionRefused
 from jobtrail.events import ErrorInfo, EventType, check_data
 from jobtrail.keys import JOB_ID_RE
 from jobtrail.migrations import Context, MigrationFailed, Report, Skipped
+from jobtrail.scan import scan_batches
 
 # What legacy systems wrote as a timestamp: ISO 8601 (naive means UTC), or epoch s or ms.
 Stamp = str | int | float
@@ -157,9 +158,7 @@ async def import_jobs(ctx: Context, key_of: Callable[[str], str], parse: Parse) 
     report = Report()
     seen: set[str] = set()  # SCAN may return a key twice
     own = ctx.keys.prefix + ":"
-    cursor = 0
-    while True:
-        cursor, found = await ctx.redis.scan(cursor, match=ctx.legacy.pattern(key_of), count=SCAN_COUNT)
+    async for found in scan_batches(ctx.redis, ctx.legacy.pattern(key_of), SCAN_COUNT):
         batch = [key for key in found if key not in seen and not key.startswith(own)]
         seen.update(batch)
         async with ctx.redis.pipeline(transaction=False) as pipe:
@@ -189,8 +188,7 @@ async def import_jobs(ctx: Context, key_of: Callable[[str], str], parse: Parse) 
                 raise
             except Exception as exc:
                 raise MigrationFailed(f"importing {key}: {type(exc).__name__}: {exc}", key) from exc
-        if cursor == 0:
-            return report
+    return report
 
 
 async def _import(ctx: Context, report: Report, job: LegacyJob, events: list[Planned], ttl_ms: int | None) -> None:

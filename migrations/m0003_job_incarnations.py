@@ -15,6 +15,7 @@ entry) for those without the field, one of HSETNX.
 from __future__ import annotations
 
 from jobtrail.migrations import Context, Report, Skipped
+from jobtrail.scan import scan_batches
 
 VERSION = "0003"
 NAME = "job_incarnations"
@@ -25,14 +26,11 @@ async def apply(ctx: Context) -> Report:
     report = Report()
     seen: set[str] = set()
     pattern = ctx.keys.job("*")
-    cursor = 0
-    while True:
-        cursor, found = await ctx.redis.scan(cursor, match=pattern, count=SCAN_COUNT, _type="hash")
+    async for found in scan_batches(ctx.redis, pattern, SCAN_COUNT, "hash"):
         hashes = [key for key in found if key not in seen and key.endswith("}")]
         seen.update(hashes)
         await _backfill(ctx, report, hashes)
-        if cursor == 0:
-            return report
+    return report
 
 
 async def _backfill(ctx: Context, report: Report, hashes: list[str]) -> None:

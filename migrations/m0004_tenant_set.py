@@ -11,6 +11,7 @@ Round trips: a SCAN page of tenant indexes, then one SADD per page.
 from __future__ import annotations
 
 from jobtrail.migrations import Context, Report
+from jobtrail.scan import scan_batches
 
 VERSION = "0004"
 NAME = "tenant_set"
@@ -21,14 +22,11 @@ async def apply(ctx: Context) -> Report:
     report = Report()
     known = await ctx.redis.smembers(ctx.keys.tenants())
     suffix = ctx.keys.tenant_index("")[-len("}:jobs"):]  # `}:jobs`
-    cursor = 0
-    while True:
-        cursor, found = await ctx.redis.scan(cursor, match=ctx.keys.tenant_index("*"), count=SCAN_COUNT, _type="zset")
+    async for found in scan_batches(ctx.redis, ctx.keys.tenant_index("*"), SCAN_COUNT, "zset"):
         tenants = {ctx.keys.tenant_of(key) for key in found if key.endswith(suffix)} - known
         if tenants and not ctx.dry_run:
             await ctx.redis.sadd(ctx.keys.tenants(), *tenants)
         report.imported += len(tenants)
         known |= tenants
-        if cursor == 0:
-            report.already_imported = len(known) - report.imported
-            return report
+    report.already_imported = len(known) - report.imported
+    return report

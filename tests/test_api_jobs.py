@@ -7,6 +7,11 @@ from datetime import datetime
 import pytest
 
 from jobtrail.events import EventType, StartedData
+from tests.support.topologies import over_topologies
+
+# The REST API on one server, a Sentinel group and a Cluster (the job index is one key, each
+# job's keys share a slot).
+pytestmark = over_topologies
 
 DEMO = {"kind": "demo", "params": {"steps": 3, "delay_ms": 0}}
 

@@ -6,6 +6,7 @@ from jobtrail.events import EventType, StartedData, SubmittedData, SucceededData
 from jobtrail.index import JobIndex
 from jobtrail.keys import LegacyKeys
 from jobtrail.migrations import Context, discover, migrate
+from tests.support.topologies import over_topologies
 
 
 def context(redis_client, keys, events, **kwargs) -> Context:
@@ -27,6 +28,7 @@ async def old_job(events, redis_client, keys, job_id: str) -> None:
     await redis_client.hdel(keys.job(job_id), "incarnation")
 
 
+@over_topologies
 async def test_0003_gives_old_jobs_their_incarnation_so_hash_equals_fold_again(redis_client, keys, events):
     for job_id in ("old-1", "old-2"):
         await old_job(events, redis_client, keys, job_id)
@@ -59,6 +61,7 @@ async def test_0003_in_a_dry_run_writes_nothing(redis_client, keys, events):
     assert not await redis_client.hexists(keys.job("old"), "incarnation")
 
 
+@over_topologies
 async def test_0004_records_tenants_whose_index_predates_the_tenant_set(redis_client, keys, events):
     await redis_client.zadd(keys.tenant_index("acme"), {"j1": 1})
     await redis_client.zadd(keys.tenant_index("globex"), {"j2": 2})

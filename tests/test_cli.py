@@ -10,6 +10,7 @@ import pytest
 from jobtrail.config import Settings
 from jobtrail.events import EventType
 from tests.support.env import ROOT, worker_env
+from tests.support.topologies import over_topologies
 
 
 def jobtrail(settings, *args):
@@ -33,6 +34,7 @@ def test_a_bad_setting_is_a_clear_error():
         Settings.from_env({"JOBTRAIL_PORT": "eighty"})
 
 
+@over_topologies
 async def test_repair_check_reports_a_wrong_hash_and_repair_fixes_it(settings, events, redis_client, keys):
     await events.append("good", EventType.SUBMITTED, {"kind": "demo", "params": {}, "max_attempts": 1})
     await events.append("bad", EventType.SUBMITTED, {"kind": "demo", "params": {}, "max_attempts": 1})
@@ -55,6 +57,7 @@ async def test_repair_of_an_unknown_job_says_so(settings):
     assert result.returncode == 1 and "ghost: no such job" in result.stdout
 
 
+@over_topologies
 async def test_repair_reports_an_entry_that_is_no_event_and_checks_the_rest(settings, events, redis_client, keys):
     await events.append("good", EventType.SUBMITTED, {"kind": "demo", "params": {}, "max_attempts": 1})
     await events.append("bad", EventType.SUBMITTED, {"kind": "demo", "params": {}, "max_attempts": 1})

@@ -14,8 +14,11 @@ import pytest
 
 from tests.support.api import FINISH_S, history, status, submit, wait_for_state
 from tests.support.sse import collect
+from tests.support.topologies import over_hub_topologies, over_topologies
 from tests.support.worker_procs import wait_until_listening
 
+# The API in this process and real workers, on one server, a Sentinel group and a Cluster
+# (the tests that read an SSE tail: not on a Cluster until the hub runs there).
 pytestmark = pytest.mark.e2e
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -25,6 +28,7 @@ def types(events: list[dict[str, Any]]) -> list[str]:
     return [e["type"] for e in events if e["type"] != "progress"]
 
 
+@over_hub_topologies
 async def test_demo_job_streams_progress_to_success_and_status_shows_result(client, start_worker):
     start_worker()
     job_id = await submit(client, {"steps": 10, "delay_ms": 20})
@@ -46,6 +50,7 @@ async def test_demo_job_streams_progress_to_success_and_status_shows_result(clie
     assert job["attempt"] == 1
 
 
+@over_topologies
 async def test_failing_job_is_retried_once_then_fails_with_its_error(client, start_worker, settings):
     start_worker()
     job_id = await submit(client, {"steps": 3, "delay_ms": 10, "fail_at_step": 2}, max_attempts=2)
@@ -69,6 +74,7 @@ async def test_failing_job_is_retried_once_then_fails_with_its_error(client, sta
     assert failed["data"]["error"]["type"] == "DemoFailure"
 
 
+@over_hub_topologies
 async def test_cancelling_a_running_job_stops_it_and_ends_its_stream(client, start_worker):
     start_worker()
     job_id = await submit(client, {"steps": 400, "delay_ms": 50})
@@ -96,6 +102,7 @@ async def test_cancelling_a_running_job_stops_it_and_ends_its_stream(client, sta
     assert again.json()["error"] == "transition_refused"
 
 
+@over_topologies
 async def test_cancelled_pending_job_is_never_started_by_a_later_worker(client, start_worker):
     job_id = await submit(client, {"steps": 2, "delay_ms": 10})
 
@@ -113,6 +120,7 @@ async def test_cancelled_pending_job_is_never_started_by_a_later_worker(client, 
     assert "started" not in types(await history(client, job_id))
 
 
+@over_topologies
 async def test_job_submitted_before_any_worker_runs_once_a_worker_starts(client, start_worker):
     job_id = await submit(client, {"steps": 3, "delay_ms": 10})
     await asyncio.sleep(0.3)
@@ -125,6 +133,7 @@ async def test_job_submitted_before_any_worker_runs_once_a_worker_starts(client,
     assert types(await history(client, job_id)) == ["submitted", "started", "succeeded"]
 
 
+@over_topologies
 async def test_two_workers_share_the_jobs_and_run_each_exactly_once(client, start_worker, tmp_path):
     start_worker()
     start_worker()

@@ -21,9 +21,9 @@ from jobtrail.index import JobIndex
 from jobtrail.keys import LegacyKeys
 from jobtrail.migrations import Context, MigrationFailed, applied, discover, migrate
 from jobtrail.migrations.legacy import Malformed, fallback_id, to_ms
-from tests.conftest import delete_matching
 from tests.support.env import ROOT, worker_env
 from tests.support.sse import collect
+from tests.support.topologies import TopologyUnderTest, over_topologies
 
 DAY = 24 * 3600
 # The legacy imports; the backfills after them (0003, 0004) have tests of their own.
@@ -31,11 +31,11 @@ LEGACY = [m for m in discover() if m.version in ("0001", "0002")]
 
 
 @pytest.fixture
-def legacy(prefix: str, redis_url: str):
+def legacy(prefix: str, topology: TopologyUnderTest):
     """This test's legacy key prefix (legacy keys live outside jobtrail's); removed afterwards."""
     value = f"{prefix}-legacy:"
     yield value
-    delete_matching(redis_url, f"{value}*")
+    topology.delete_matching(f"{value}*")
 
 
 @pytest.fixture
@@ -96,6 +96,7 @@ async def dump(r: aioredis.Redis, prefix: str) -> dict[str, object]:
 # --- importing: what the API shows afterwards ---
 
 
+@over_topologies
 async def test_a_completed_export_job_keeps_its_result_timestamps_and_ttl(ctx, client, redis_client, keys, legacy):
     await export_service_writes(
         redis_client, legacy, "8f14e45f-ceea-467f-a0e6-5f1c9b2d7a10", status="completed",
@@ -161,6 +162,7 @@ async def test_a_still_processing_export_job_is_imported_as_interrupted(ctx, cli
     assert [e["type"] for e in await history(client, "busy")] == ["submitted", "started", "failed"]
 
 
+@over_topologies
 async def test_generic_jobs_map_each_status(ctx, client, redis_client, keys, legacy):
     created, updated = 1714564800.123, 1714564860.5  # what time.time() wrote
     await job_system_writes(redis_client, legacy, "42", status="done", result={"rows": 17, "ok": True},
@@ -246,6 +248,7 @@ async def test_malformed_values_are_skipped_and_listed_never_half_imported(ctx, 
 # --- running again ---
 
 
+@over_topologies
 async def test_running_again_changes_nothing(ctx, redis_client, keys, legacy):
     await export_service_writes(redis_client, legacy, "a", status="completed", filename="a.csv")
     await export_service_writes(redis_client, legacy, "b", status="failed", error="disk full", ttl_s=None)
@@ -344,6 +347,7 @@ async def test_a_redis_error_stops_the_run_names_the_key_and_records_nothing(set
     assert await redis_client.hget(keys.job("clash"), "state") == "succeeded"
 
 
+@over_topologies
 async def test_cli_dry_run_writes_nothing_then_migrate_reports_and_status_lists(settings, redis_client, keys, legacy):
     await export_service_writes(redis_client, legacy, "p", status="processing")
     await job_system_writes(redis_client, legacy, "q", status="queued")
@@ -390,6 +394,7 @@ async def test_migrate_with_the_activity_feed_turned_off_writes_no_feed(settings
     assert await redis_client.exists(keys.activity()) == 0, "and nothing was written to the activity feed"
 
 
+@over_topologies
 async def test_a_second_run_while_one_holds_the_lock_is_refused(ctx, redis_client, keys):
     await redis_client.set(keys.migrations_lock(), "someone", ex=30)
     with pytest.raises(MigrationFailed, match="another `jobtrail migrate` is running"):

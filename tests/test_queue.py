@@ -1,12 +1,20 @@
-"""The queue as taskiq-redis lays it out (workers/queue.py), read on messages its own broker wrote."""
+"""The queue as taskiq-redis lays it out (workers/queue.py), read on messages its own broker wrote.
+
+On one server, a Sentinel group and a Cluster: the queue is one key, so all of it runs there.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
 from jobtrail.keys import Keys
 from jobtrail.workers.broker import JobBroker, build_broker, enqueue
 from jobtrail.workers.queue import JobQueue, group_name, job_of
+from tests.support.topologies import over_topologies
+
+pytestmark = over_topologies
 
 
 @pytest.fixture
@@ -63,3 +71,33 @@ async def test_unread_messages_are_seen_until_the_group_reads_them_and_trimmed_o
     await redis_client.xack(keys.queue(), group_name(keys), *(message_id for message_id, _ in read))
     assert await queue.trim() == 1, "the last one read stays: XTRIM MINID keeps the id it is given"
     assert [job_of(fields) for _, fields in await redis_client.xrange(keys.queue())] == ["b"]
+
+
+async def test_messages_a_dead_worker_read_go_back_on_the_queue_once_idle_for_long_enough(broker, redis_client, keys):
+    # taskiq-redis's Cluster broker never does this (taskiq-redis#130): a dead worker's
+    # message would stay pending for ever, and the queue could never be trimmed past it.
+    for job_id in ("a", "b", "c"):
+        await enqueue(broker, job_id)
+    group = group_name(keys)
+    await redis_client.xreadgroup(group, "died", {keys.queue(): ">"}, count=2)  # "a", "b": never acknowledged
+    queue = JobQueue.of(redis_client, keys)
+
+    assert await queue.reclaim_idle("reaper", min_idle_ms=60_000, limit=100) == 0, "not idle for long enough yet"
+    await asyncio.sleep(0.05)
+    assert await queue.reclaim_idle("reaper", min_idle_ms=10, limit=1) == 1, "at most `limit` at a time"
+    assert await queue.reclaim_idle("reaper", min_idle_ms=10, limit=100) == 1
+
+    assert (await redis_client.xpending(keys.queue(), group))["pending"] == 0
+    unread = await redis_client.xreadgroup(group, "alive", {keys.queue(): ">"})
+    assert [job_of(fields) for _, fields in unread[0][1]] == ["c", "a", "b"]
+
+
+async def test_the_broker_delivers_each_message_once_and_acknowledges_it(broker, redis_client, keys):
+    await enqueue(broker, "job-1")
+    received = aiter(broker.listen())
+    message = await asyncio.wait_for(anext(received), 10)
+    assert job_of({"data": message.data}) == "job-1"
+    assert (await redis_client.xpending(keys.queue(), group_name(keys)))["pending"] == 1
+    await message.ack()
+    assert (await redis_client.xpending(keys.queue(), group_name(keys)))["pending"] == 0
+    await received.aclose()

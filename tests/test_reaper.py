@@ -24,7 +24,12 @@ from jobtrail.workers.queue import group_name
 from jobtrail.workers.reaper import Reaper
 from jobtrail.workers.runner import Runner
 from tests.support.api import history, status, submit, wait_for_state
+from tests.support.topologies import over_topologies
 from tests.support.worker_procs import Workers
+
+# Every test on one server, a Sentinel group and a Cluster: the live set, the queue and the
+# reaper's lock are single keys, a job's keys share a slot.
+pytestmark = over_topologies
 
 LATER_MS = 3_600_000  # a pass this far ahead finds every tracked job due and stale
 
@@ -322,3 +327,21 @@ async def test_delivery_again_of_a_job_still_running_drops_itself(client, worker
         "submitted", "started", "succeeded"
     ]
     assert f"job {job_id} is being run by another worker; dropping this delivery" in worker.output()
+
+
+async def test_a_pass_puts_back_on_the_queue_the_messages_a_dead_worker_read(
+    events, settings, group, redis_client, keys
+):
+    async def requeue(job_id):
+        raise AssertionError("the message goes back as it is, not as a new run")
+
+    reaper = Reaper(events, requeue, msgspec.structs.replace(settings, broker_idle_ms=20), group=group, name="reaper-1")
+    await redis_client.xadd(keys.queue(), {"data": "a message its worker read, then died"})
+    await redis_client.xreadgroup(group, "died", {keys.queue(): ">"})
+    assert await reaper.reclaim_messages() == 0, "not idle for long enough yet"
+    await asyncio.sleep(0.05)
+
+    assert await reaper.reclaim_messages() == 1
+    assert (await redis_client.xpending(keys.queue(), group))["pending"] == 0
+    [(_, [(_, fields)])] = await redis_client.xreadgroup(group, "alive", {keys.queue(): ">"})
+    assert fields == {"data": "a message its worker read, then died"}

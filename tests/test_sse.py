@@ -26,6 +26,7 @@ from jobtrail.keys import Keys
 from tests.conftest import RunningApi
 from tests.support.jobs import eventually, finished_job, progress, running_job, stream_ids
 from tests.support.sse import Message, as_expected, expected_event, open_stream
+from tests.support.topologies import over_hub_topologies
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$")
 
@@ -64,6 +65,7 @@ async def test_finished_job_replays_every_event_in_order_then_closes(client, eve
     assert stream.received[-1].event == "succeeded", "nothing (not even a ping) follows the terminal event"
 
 
+@over_hub_topologies
 async def test_resume_from_last_event_id_replays_only_missed_events(client, events, redis_client, keys):
     await finished_job(events, "done")
     all_ids = await stream_ids(redis_client, keys, "done")
@@ -73,6 +75,7 @@ async def test_resume_from_last_event_id_replays_only_missed_events(client, even
             assert ids(await stream.rest()) == all_ids[cut + 1 :]
 
 
+@over_hub_topologies
 @pytest.mark.parametrize("parameter", ["after", "last_event_id"])
 async def test_resume_from_query_parameter_replays_only_missed_events(client, events, redis_client, keys, parameter):
     await finished_job(events, "done")
@@ -91,6 +94,7 @@ async def test_last_event_id_header_wins_over_query_parameters(client, events, r
         assert ids(await stream.rest()) == all_ids[6:]
 
 
+@over_hub_topologies
 async def test_resume_after_the_terminal_event_answers_204_so_eventsource_stops(client, events, redis_client, keys):
     # What a browser's EventSource does when the server closes after the terminal event;
     # 204 is the answer that makes it stop reconnecting.
@@ -107,6 +111,7 @@ async def test_resume_after_the_terminal_event_answers_204_so_eventsource_stops(
 # --- live tail ---
 
 
+@over_hub_topologies
 async def test_live_tail_delivers_events_appended_after_connecting_then_closes_at_terminal(
     client, events, redis_client, keys
 ):
@@ -163,6 +168,7 @@ async def test_first_client_of_a_job_gets_live_events_without_waiting_out_the_hu
     assert live[0].json["data"]["current"] == 1
 
 
+@over_hub_topologies
 async def test_reconnecting_with_the_last_seen_id_yields_every_event_exactly_once(
     client, events, redis_client, keys, api
 ):
@@ -196,6 +202,7 @@ async def test_reconnecting_with_the_last_seen_id_yields_every_event_exactly_onc
     await eventually(lambda: hub_of(api).subscriber_count == 0)
 
 
+@over_hub_topologies
 async def test_no_event_is_lost_or_duplicated_between_replay_and_live_tail(client, events, redis_client, keys):
     await running_job(events, "busy")
     stream_key = keys.events("busy")

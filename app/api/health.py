@@ -28,9 +28,9 @@ async def healthz() -> Health:
     opt=PUBLIC,
     responses={503: ResponseSpec(data_container=Health, description="Redis is not answering")},
 )
+# Any: Litestar checks an injected value against its annotation, a Cluster's client is no
+# Redis, and msgspec takes no union of the two classes.
 async def readyz(redis: NamedDependency[Any], settings: NamedDependency[Settings]) -> Response[Health]:
-    # Any: Litestar checks an injected value against its type, a Cluster client is no
-    # Redis, and it takes no union of the two classes.
     try:
         # Within half the request deadline (app/api/bounds.py): a Redis that hangs gets
         # this probe's own answer, not the deadline's.

@@ -311,6 +311,10 @@ TOPOLOGIES = ("single", "sentinel", "cluster")
 # `api` and workers all use that topology's REDIS_URL.
 over_topologies = pytest.mark.parametrize("topology", TOPOLOGIES, indirect=True)
 
+# For tests that read a live SSE tail: the hub's multi-stream XREAD cannot run on a Cluster
+# (CROSSSLOT) until the hub is redesigned (issue 11); such tests add "cluster" then.
+over_hub_topologies = pytest.mark.parametrize("topology", ["single", "sentinel"], indirect=True)
+
 
 class TopologyUnderTest:
     """What a test runs on: a topology's name, its REDIS_URL and (unless single) the group behind it."""
