@@ -145,9 +145,16 @@ class ActivityFeed:
         if note.tenant:
             fields["tenant"] = note.tenant
         # `~` lets Redis trim whole stream nodes (about 100 entries), which is cheap.
-        pipe.xadd(self.keys.activity(), fields, maxlen=self.maxlen, approximate=True)
+        feed = self.keys.activity()
+        pipe.xadd(feed, fields, maxlen=self.maxlen, approximate=True)
         if note.tenant:
-            pipe.xadd(self.keys.tenant_activity(note.tenant), fields, maxlen=self.maxlen, approximate=True)
+            tenant_feed = self.keys.tenant_activity(note.tenant)
+            pipe.xadd(tenant_feed, fields, maxlen=self.maxlen, approximate=True)
+        # After the XADDs, on their nodes (each channel is in its feed's slot): the hubs
+        # that follow a feed read it on this wake (app/hub.py). No id: it is not known yet.
+        pipe.spublish(self.keys.wake(feed), "")
+        if note.tenant:
+            pipe.spublish(self.keys.wake(tenant_feed), "")
 
     async def record(self, note: FeedNote) -> str:
         """Add one transition to the global feed and its tenant's (one round trip); its global feed id."""

@@ -3,6 +3,7 @@
 -- KEYS[1]  job state hash        (jt:job:{ID})
 -- KEYS[2]  job event stream      (jt:job:{ID}:events)
 -- KEYS[3]  job dedupe hash       (jt:job:{ID}:dedupe)  idempotency key -> event id
+-- KEYS[4]  wake shard channel    (jt:job:{ID}:events:wake)  told the new id (app/wakes.py); not a key
 -- ARGV[1]  event type
 -- ARGV[2]  attempt, or '' for the job's current attempt
 -- ARGV[3]  data, a JSON object (stored as is)
@@ -22,7 +23,7 @@
 --
 -- RULES, TERMINAL and ABSENT are rendered above this line from app/events.py.
 
-local job, stream, dedupe = KEYS[1], KEYS[2], KEYS[3]
+local job, stream, dedupe, wake = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local etype, attempt, data, key, retention, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local incarnation = ARGV[7]
 
@@ -98,9 +99,12 @@ if key ~= '' then
 end
 
 if TERMINAL[state] then
-  for _, k in ipairs(KEYS) do
+  for _, k in ipairs({job, stream, dedupe}) do
     redis.call('EXPIRE', k, retention)
   end
 end
+-- After the writes: a hub that reads on this wake finds the entry. The channel is in
+-- the job's slot, so on a Cluster the publish stays on this node (and its replicas).
+redis.call('SPUBLISH', wake, id)
 local after = redis.call('HMGET', job, 'cancel_requested', 'kind', 'tenant')
 return {'ok', id, state, after[1] or '0', at, attempt, after[2] or '', after[3] or ''}

@@ -28,7 +28,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sse_ping_s: float = 15.0
     sse_retry_ms: int = 2000
     sse_queue_size: int = 1000
+    # How long the hub's pub/sub connection may stay silent before it is sent a PING (app/wakes.py).
     hub_block_ms: int = 5000
+    # The hub reads every watched stream once per this long anyway: the safety net for a lost wake (app/hub.py).
+    hub_catch_up_s: float = 30.0
     default_max_attempts: int = 3
     max_attempts_limit: int = 20
     progress_interval_s: float = 0.1

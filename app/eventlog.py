@@ -154,7 +154,7 @@ class EventLog:
             args += [field, value]
         wait = self.replica_wait if self.replica_wait and self.replica_wait.applies_to(event_type) else None
         began = time.perf_counter()
-        reply, wait_reply = await self._run_append(list(self.keys.job_keys(job_id)), args, before, wait)
+        reply, wait_reply = await self._run_append(list(self.keys.append_keys(job_id)), args, before, wait)
         replicas = None
         if wait is not None and reply[0] in ("ok", "duplicate"):
             replicas = wait.confirmed(wait_reply, job_id, event_type)

@@ -1,13 +1,27 @@
-"""The live-tail hub: one blocking XREAD per API process, fanned out to subscribers.
+"""The live-tail hub: sharded pub/sub wake-ups, single-key reads, fanned out to subscribers.
 
-Each SSE client and each /ws subscription subscribes to one stream: a job's, or the
-activity feed. The hub reads all subscribed streams with a single XREAD on its own
-connection, so Redis connections grow with API processes, not with clients. A subscriber
+Each SSE client and each /ws subscription subscribes to one stream: a job's, or an activity
+feed. The hub SSUBSCRIBEs to the stream's wake channel (app/wakes.py) when the stream gets
+its first subscriber and SUNSUBSCRIBEs when it loses its last. A wake marks the stream
+dirty; each tick reads every dirty stream after its cursor with one XRANGE each, all in one
+pipeline (one per node on a Cluster), decodes each entry once and offers the same item to
+every subscriber. So a read names only streams that changed, and the cost of an event does
+not grow with the number of watched streams; no command spans two slots.
+
+The stream stays the truth. A lost wake delays an event, never loses it: after a pub/sub
+connection is lost (restart, failover, CLIENT KILL) every stream it carried is subscribed
+again and read once; and a slow sweep reads every watched stream once per `catch_up_s`
+(a fixed cost per watched stream, not per event) for writes that publish nothing.
+
+Redis connections: the pooled client's, plus one pub/sub connection per node. A subscriber
 whose bounded queue overflows is dropped: its client resumes from its last id (SSE's
 Last-Event-ID, /ws's `after`) and loses nothing.
 
-Subscribing writes to this hub's wake stream, which the blocking XREAD also watches, so
-a new stream is read at once and no event can slip between "subscribed" and "read".
+Exactness (app/follow.py relies on it): `subscribe` returns only once Redis confirmed the
+SSUBSCRIBE. From then on every append to the stream publishes a wake that reaches this hub,
+so every entry after the hub's cursor is read and offered; entries appended before the
+confirmation are in the stream when the caller's replay (which starts after `subscribe`
+returns) reads it. The hub also reads a newly watched stream once, at once.
 """
 
 from __future__ import annotations
@@ -15,29 +29,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
-from collections import defaultdict
+import math
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from jobtrail.eventlog import decode_events
 from jobtrail.keys import Keys
 from jobtrail.offsets import is_after
+from jobtrail.wakes import Wakes
 
 log = logging.getLogger(__name__)
 
 # Turns a stream's raw entries into the items subscribers get (each with an `.id`).
 Decoder = Callable[[Iterable[tuple[str, dict[str, str]]]], list[Any]]
 
-
 # Why the hub ends a subscription (SubscriptionClosed.reason); app/follow.py names each for its transports.
 SHUTTING_DOWN = "server is shutting down"
 FELL_BEHIND = "subscriber fell too far behind"
 REDIS_LOST = "event store unavailable"
 UNREADABLE = "unreadable event in the stream"
+
+# Entries one XRANGE takes; a stream with more is read again next tick.
+READ_COUNT = 500
+# Streams read in one tick (one pipeline); more wait for the next tick.
+BATCH = 2000
+# How often the catch-up sweep takes its next slice.
+_SWEEP_TICK_S = 1.0
 
 
 class SubscriptionClosed(Exception):
@@ -90,25 +110,44 @@ class Subscription:
         return item
 
 
+class _Watched:
+    """One stream with subscribers: where the hub has read it up to, and who gets what comes next."""
+
+    __slots__ = ("channel", "cursor", "decode", "ready", "stream", "subscribers")
+
+    def __init__(self, stream: str, channel: str, cursor: str, decode: Decoder) -> None:
+        self.stream = stream
+        self.channel = channel
+        self.cursor = cursor
+        self.decode = decode
+        self.subscribers: set[Subscription] = set()
+        self.ready: asyncio.Future[None] | None = None  # the SSUBSCRIBE's confirmation
+
+
 class Hub:
     """Fans the tails of many job streams out to their subscribers."""
 
-    def __init__(self, reader: Redis, writer: Redis, keys: Keys, *, block_ms: int, queue_size: int) -> None:
-        # `reader` is the hub's own single connection, kept blocked in XREAD;
-        # `writer` is the process's shared pool, used to wake the reader.
+    def __init__(self, reader: Any, writer: Any, keys: Keys, *, block_ms: int, queue_size: int,
+                 catch_up_s: float, timeout_s: float = 5.0) -> None:
+        # `reader`: the client the pub/sub connections are made from (never pooled);
+        # `writer`: the process's shared pool, for the XRANGE pipelines.
         self.reader = reader
         self.writer = writer
-        self.block_ms = block_ms
+        self.keys = keys
         self.queue_size = queue_size
-        self.wake_key = keys.hub_wake(uuid.uuid4().hex)
-        self._wake_cursor = "0-0"
-        self._cursors: dict[str, str] = {}
-        self._decoders: dict[str, Decoder] = {}
-        self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
+        self.catch_up_s = catch_up_s
+        self.wakes = Wakes(reader, self._woken, self._lost, keepalive_s=block_ms / 1000, timeout_s=timeout_s)
+        self._streams: dict[str, _Watched] = {}
+        self._by_channel: dict[str, _Watched] = {}
+        self._dirty: dict[str, None] = {}  # insertion-ordered set
+        self._wakeup = asyncio.Event()
+        self._sweep: list[str] = []
+        self._next_sweep = 0.0
         self._task: asyncio.Task[None] | None = None
-        self._redis_ok = True
+        self._recoveries: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._draining: str | None = None
+        self.reads = 0  # XRANGEs issued, for tests and the bench
 
     @property
     def running(self) -> bool:
@@ -121,18 +160,18 @@ class Hub:
         # The flag too, not only cancel(): redis-py can lose a cancellation that lands
         # while it reconnects, and the loop would then read on forever.
         self._stopping = True
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        for subs in self._subscribers.values():
-            for sub in subs:
+        tasks = [t for t in (self._task, *self._recoveries) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
+        for watched in self._streams.values():
+            for sub in watched.subscribers:
                 sub.close(SHUTTING_DOWN)
-        self._subscribers.clear()
-        self._cursors.clear()
-        self._decoders.clear()
-        with contextlib.suppress(RedisError):
-            await self.writer.delete(self.wake_key)
+        self._streams.clear()
+        self._by_channel.clear()
+        self._dirty.clear()
+        await self.wakes.aclose()
         await self.reader.aclose()
 
     def drain(self, reason: str = SHUTTING_DOWN) -> None:
@@ -142,102 +181,198 @@ class Hub:
         their clients reconnect (to another process) and resume from their last id.
         """
         self._draining = reason
-        for subs in self._subscribers.values():
-            for sub in subs:
+        for watched in self._streams.values():
+            for sub in watched.subscribers:
                 sub.close(reason)
 
     async def subscribe(self, stream: str, after: str, decode: Decoder = decode_events) -> Subscription:
-        """Deliver every entry of `stream` that the hub reads after `after` (one round trip to wake it).
+        """Deliver every entry of `stream` that the hub reads after `after`, once Redis confirmed the wake channel.
 
         Entries at or before `after`, or read before this call, are the caller's to
         fetch with XRANGE; the caller drops anything it already has by id. `decode`
         turns entries into items (job events by default); one stream has one decoder.
+        RedisError when the wake channel cannot be subscribed.
         """
         sub = Subscription(stream, self.queue_size)
         if self._draining:
             # Still worth returning: the caller replays what it can, then ends.
             sub.close(self._draining)
             return sub
-        known = stream in self._cursors
-        self._subscribers[stream].add(sub)
-        if not known:
-            self._cursors[stream] = after
-            self._decoders[stream] = decode
-            try:
-                async with self.writer.pipeline(transaction=False) as pipe:
-                    pipe.xadd(self.wake_key, {"s": stream}, maxlen=16, approximate=True)
-                    pipe.expire(self.wake_key, 3600)
-                    await pipe.execute()
-            except BaseException:
-                self.unsubscribe(sub)
-                raise
+        watched = self._streams.get(stream)
+        if watched is None:
+            watched = _Watched(stream, self.keys.wake(stream), after, decode)
+            self._streams[stream] = watched
+            self._by_channel[watched.channel] = watched
+            watched.ready = asyncio.ensure_future(self.wakes.subscribe([watched.channel]))
+            watched.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        watched.subscribers.add(sub)
+        assert watched.ready is not None
+        try:
+            await asyncio.shield(watched.ready)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.unsubscribe(sub)
+            if self._streams.get(stream) is watched:
+                self._forget(watched, REDIS_LOST)
+            raise RedisError(f"cannot subscribe to {stream}'s wake-ups: {exc}") from exc
+        except BaseException:
+            self.unsubscribe(sub)
+            raise
+        self._mark(stream)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
-        subs = self._subscribers.get(sub.stream)
-        if subs is None:
+        watched = self._streams.get(sub.stream)
+        if watched is None:
             return
-        subs.discard(sub)
-        if not subs:
-            del self._subscribers[sub.stream]
-            self._cursors.pop(sub.stream, None)
-            self._decoders.pop(sub.stream, None)
+        watched.subscribers.discard(sub)
+        if not watched.subscribers:
+            self._drop(watched)
+
+    def _drop(self, watched: _Watched) -> None:
+        del self._streams[watched.stream]
+        self._by_channel.pop(watched.channel, None)
+        self._dirty.pop(watched.stream, None)
+        self.wakes.unsubscribe(watched.channel)
+
+    def _forget(self, watched: _Watched, reason: str) -> None:
+        for sub in list(watched.subscribers):
+            sub.close(reason)
+        watched.subscribers.clear()
+        if self._streams.get(watched.stream) is watched:
+            self._drop(watched)
 
     @property
     def subscriber_count(self) -> int:
-        return sum(len(s) for s in self._subscribers.values())
+        return sum(len(w.subscribers) for w in self._streams.values())
+
+    @property
+    def watched_count(self) -> int:
+        return len(self._streams)
+
+    # --- wake-ups ---
+
+    def _mark(self, stream: str) -> None:
+        self._dirty[stream] = None
+        self._wakeup.set()
+
+    def _woken(self, channel: str, last_id: str) -> None:
+        watched = self._by_channel.get(channel)
+        if watched is None:
+            return
+        # The payload is the new entry's id (the feeds send none): one already read needs no read.
+        if last_id and not is_after(last_id, watched.cursor):
+            return
+        self._mark(watched.stream)
+
+    def _lost(self, channels: set[str]) -> None:
+        if self._stopping:
+            return
+        task = asyncio.get_running_loop().create_task(self._recover(channels), name="jobtrail-hub-recover")
+        self._recoveries.add(task)
+        task.add_done_callback(self._recoveries.discard)
+
+    async def _recover(self, channels: set[str]) -> None:
+        """Subscribe a lost connection's channels again, then read their streams once (for the wakes lost)."""
+        watched = [self._by_channel[c] for c in channels if c in self._by_channel]
+        if not watched:
+            return
+        try:
+            await self.wakes.refresh()
+            await self.wakes.subscribe([w.channel for w in watched])
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("hub cannot subscribe again (%s); closing %d streams' subscriptions", exc, len(watched))
+            for w in watched:
+                self._forget(w, REDIS_LOST)
+            return
+        for w in watched:
+            if self._streams.get(w.stream) is w:
+                self._mark(w.stream)
+
+    # --- reads ---
 
     async def _run(self) -> None:
         backoff = 0.1
         while not self._stopping:
             try:
-                await self._read_once()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), _SWEEP_TICK_S)
+                self._wakeup.clear()
+                self._sweep_slice()
+                if self._dirty:
+                    await self._read_dirty()
+                if self._dirty:
+                    self._wakeup.set()
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
-            except RedisError as exc:
-                # Subscribers end their streams with a retry hint; clients resume by id.
-                log.warning("hub lost Redis (%s); closing %d subscriptions", exc, self.subscriber_count)
-                for subs in list(self._subscribers.values()):
-                    for sub in list(subs):
-                        sub.close(REDIS_LOST)
-                        self.unsubscribe(sub)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
             except Exception:
                 log.exception("hub read failed")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    async def _read_once(self) -> None:
-        streams = {self.wake_key: self._wake_cursor, **self._cursors}
-        reply = await self.reader.xread(streams, block=self.block_ms, count=500)
-        for stream, entries in reply or ():
-            if not entries:
+    def _sweep_slice(self) -> None:
+        """Mark the next slice of watched streams, so that each is read once per `catch_up_s`."""
+        now = time.monotonic()
+        if now < self._next_sweep or not self._streams:
+            return
+        self._next_sweep = now + _SWEEP_TICK_S
+        if not self._sweep:
+            self._sweep = list(self._streams)
+        per_tick = math.ceil(len(self._streams) * _SWEEP_TICK_S / self.catch_up_s)
+        for _ in range(min(per_tick, len(self._sweep))):
+            stream = self._sweep.pop()
+            if stream in self._streams:
+                self._dirty[stream] = None
+
+    async def _read_dirty(self) -> None:
+        batch: list[tuple[_Watched, str]] = []
+        for stream in list(self._dirty)[:BATCH]:
+            del self._dirty[stream]
+            watched = self._streams.get(stream)
+            if watched is not None:
+                batch.append((watched, watched.cursor))
+        if not batch:
+            return
+        try:
+            async with self.writer.pipeline(transaction=False) as pipe:
+                for watched, cursor in batch:
+                    pipe.xrange(watched.stream, min=f"({cursor}", max="+", count=READ_COUNT)
+                replies = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            # Subscribers end their streams with a retry hint; clients resume by id.
+            log.warning("hub lost Redis (%s); closing %d streams' subscriptions", exc, len(batch))
+            for watched, _ in batch:
+                self._forget(watched, REDIS_LOST)
+            return
+        self.reads += len(batch)
+        for (watched, cursor), entries in zip(batch, replies, strict=True):
+            if self._streams.get(watched.stream) is not watched:
+                continue  # unsubscribed while we were reading
+            if isinstance(entries, Exception):
+                log.warning("hub cannot read %s: %s", watched.stream, entries)
+                self._forget(watched, REDIS_LOST)
                 continue
-            if stream == self.wake_key:
-                self._wake_cursor = entries[-1][0]
-                continue
-            cursor = self._cursors.get(stream)
-            if cursor is None:  # unsubscribed while we were reading
-                continue
-            decode = self._decoders.get(stream, decode_events)
-            try:
-                events = decode(entry for entry in entries if is_after(entry[0], cursor))
-            except Exception:
-                # A corrupt entry must not stall every other stream: skip past it and
-                # end this stream's subscriptions (`jobtrail repair --check` finds it).
-                log.exception("hub cannot decode an entry of %s; closing its subscriptions", stream)
-                self._cursors[stream] = entries[-1][0]
-                for sub in list(self._subscribers.get(stream, ())):
-                    sub.close(UNREADABLE)
+            self._deliver(watched, cursor, entries)
+
+    def _deliver(self, watched: _Watched, cursor: str, entries: list[tuple[str, dict[str, str]]]) -> None:
+        if not entries:
+            return
+        if len(entries) >= READ_COUNT:
+            self._mark(watched.stream)
+        try:
+            items = watched.decode(entry for entry in entries if is_after(entry[0], cursor))
+        except Exception:
+            # A corrupt entry must not stall every other stream: skip past it and
+            # end this stream's subscriptions (`jobtrail repair --check` finds it).
+            log.exception("hub cannot decode an entry of %s; closing its subscriptions", watched.stream)
+            watched.cursor = entries[-1][0]
+            self._forget(watched, UNREADABLE)
+            return
+        if not items:
+            return
+        watched.cursor = items[-1].id
+        for sub in list(watched.subscribers):
+            for item in items:
+                if not sub.offer(item):
                     self.unsubscribe(sub)
-                continue
-            if not events:
-                continue
-            self._cursors[stream] = events[-1].id
-            for sub in list(self._subscribers.get(stream, ())):
-                for event in events:
-                    if not sub.offer(event):
-                        self.unsubscribe(sub)
-                        break
+                    break

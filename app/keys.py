@@ -112,9 +112,17 @@ class Keys:
         """
         return f"{self.prefix}:auth:secret"
 
-    def hub_wake(self, hub_id: str) -> str:
-        """Stream: written to wake one API process's hub when it gains a stream."""
-        return f"{self.prefix}:hub:{hub_id}:wake"
+    def wake(self, stream: str) -> str:
+        """Shard channel: SPUBLISHed after every entry added to `stream` (the new id, or empty), in `stream`'s slot.
+
+        A stream with a hash tag keeps it; one without (the global feed) becomes the tag,
+        so the channel hashes exactly as the key does and the publish lands on its node.
+        """
+        return f"{stream}:wake" if "{" in stream else f"{{{stream}}}:wake"
+
+    def append_keys(self, job_id: str) -> tuple[str, str, str, str]:
+        """What the append script is given: `job_keys`, then the events stream's wake channel."""
+        return (*self.job_keys(job_id), self.wake(self.events(job_id)))
 
     def job_id_of(self, job_key: str) -> str:
         """The job id inside a per-job key (inverse of `job`, `events`, `dedupe`)."""

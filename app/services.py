@@ -74,7 +74,7 @@ def open_services(settings: Settings, role: str) -> Services:
 
 
 def build_services(settings: Settings, redis: Redis, hub_reader: Redis) -> Services:
-    """Every service, from `settings`, on `redis` (pooled) and `hub_reader` (the hub's own connection)."""
+    """Every service, from `settings`, on `redis` (pooled) and `hub_reader` (the hub's pub/sub template)."""
     keys = Keys(settings.prefix)
     metrics = Metrics(tenant_label=settings.metrics_tenant_label == "on")
     # Embedded there are no replicas to wait for (and fakeredis has no WAIT).
@@ -102,6 +102,7 @@ def build_services(settings: Settings, redis: Redis, hub_reader: Redis) -> Servi
         signer=signer,
         submit_rate=SubmitRate(redis, keys, settings.submissions_per_minute),
         sse_slots=SseSlots(redis, keys, settings.sse_connections_per_tenant, settings.sse_slot_ttl_s),
-        hub=Hub(hub_reader, redis, keys, block_ms=settings.hub_block_ms, queue_size=settings.sse_queue_size),
+        hub=Hub(hub_reader, redis, keys, block_ms=settings.hub_block_ms, queue_size=settings.sse_queue_size,
+                catch_up_s=settings.hub_catch_up_s, timeout_s=settings.redis_timeout_s),
         metrics=metrics,
     )

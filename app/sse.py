@@ -14,6 +14,7 @@ from jobtrail.activity import FeedPosition, FeedReader, Transition
 from jobtrail.eventlog import EventLog
 from jobtrail.events import Event
 from jobtrail.follow import End, EndReason, FeedGap, Gap, Idle, Skipped, feed_filter, follow_feed, follow_job
+from jobtrail.frames import FRAMES
 from jobtrail.hub import Hub
 from jobtrail.jobstate import JobState
 
@@ -71,7 +72,7 @@ async def job_event_stream(
     yield b"retry: %d\n\n" % retry_ms
     async for item in follow_job(events, hub, job, offset, gap=gap, ping_s=ping_s):
         if isinstance(item, Event):
-            yield sse_event(item)
+            yield FRAMES.frame(item, "sse", sse_event)
             events.metrics.delivered(item.id, live_after=job.last_event_id)
         elif isinstance(item, Gap):
             yield sse_gap(item.state)
@@ -105,7 +106,7 @@ async def activity_event_stream(
     wanted = feed_filter(kind, state, sees)
     async for item in follow_feed(feed, hub, position, offset, gap=gap, ping_s=ping_s, wanted=wanted):
         if isinstance(item, Transition):
-            yield sse_transition(item)
+            yield FRAMES.frame(item, "sse", sse_transition)
         elif isinstance(item, FeedGap):
             # No `id:` line, as for a job's gap: Last-Event-ID stays at the last real entry.
             yield b"event: gap\ndata: %s\n\n" % _encode({"first_available": item.first_available})

@@ -54,6 +54,7 @@ from jobtrail.errors import JobNotFound
 from jobtrail.eventlog import EventLog
 from jobtrail.events import Event
 from jobtrail.follow import End, EndReason, FeedGap, Gap, Idle, Skipped, feed_filter, follow_feed, follow_job
+from jobtrail.frames import FRAMES
 from jobtrail.hub import Hub
 from jobtrail.offsets import BEGINNING, is_after
 
@@ -315,9 +316,8 @@ class Session:
 def _job_frame(job_id: str, item: Event | Gap | Skipped | Idle) -> bytes | None:
     """The frame of one item of a job's follow; None for an idle tick (the transport's pings keep it alive)."""
     if isinstance(item, Event):
-        out = item.out()
-        return encode(JobEventFrame(id=out.id, type=out.type, at=out.at, attempt=out.attempt, data=out.data,
-                                    job=job_id))
+        # The item is one job's (its stream's) alone, so its frame may be shared by id.
+        return FRAMES.frame(item, "ws", lambda event: _event_frame(job_id, event))
     if isinstance(item, Gap):
         return encode(JobGap(job=job_id, state=item.state))
     if isinstance(item, Skipped):
@@ -325,9 +325,14 @@ def _job_frame(job_id: str, item: Event | Gap | Skipped | Idle) -> bytes | None:
     return None
 
 
+def _event_frame(job_id: str, event: Event) -> bytes:
+    out = event.out()
+    return encode(JobEventFrame(id=out.id, type=out.type, at=out.at, attempt=out.attempt, data=out.data, job=job_id))
+
+
 def _feed_frame(item: Transition | FeedGap | Idle) -> bytes | None:
     if isinstance(item, Transition):
-        return encode(FeedEntryFrame(**msgspec.structs.asdict(item)))
+        return FRAMES.frame(item, "ws", lambda t: encode(FeedEntryFrame(**msgspec.structs.asdict(t))))
     if isinstance(item, FeedGap):
         return encode(FeedGapFrame(first_available=item.first_available))
     return None
