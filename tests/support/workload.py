@@ -77,8 +77,13 @@ class Workload:
         return time.monotonic() - self._began
 
     async def followers_done(self, timeout_s: float) -> None:
-        async with asyncio.timeout(timeout_s):
-            await asyncio.gather(*self._followers)
+        """Wait for every SSE client to receive its job's terminal event; fail naming those that did not."""
+        _, pending = await asyncio.wait(self._followers, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        stuck = [(job.job_id, job.connections, job.ids[-1:]) for job in self.followed.values() if not job.ended]
+        assert not stuck, f"SSE clients without their terminal event after {timeout_s:.0f} s " \
+                          f"(job, connections, last id): {stuck}"
 
     async def _follow(self, job: Followed) -> None:
         while not job.ended:
