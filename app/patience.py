@@ -39,6 +39,12 @@ REDIS_AWAY: tuple[type[Exception], ...] = (
     redis_errors.TryAgainError,
     redis_errors.SlotNotCoveredError,
     redis_errors.OutOfMemoryError,  # maxmemory reached under noeviction (ops/redis.conf)
+    # A Cluster between a primary's death and its replica's promotion: CLUSTERDOWN, TRYAGAIN
+    # (a slot migrating), a slot no node serves yet, redirections that did not settle.
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+    redis_errors.SlotNotCoveredError,
+    redis_errors.ClusterError,
 )
 
 

@@ -36,7 +36,12 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
 
     redis-py's SentinelConnectionPool is a plain ConnectionPool, which raises at once when
     full; the mix takes the master lookup from the first and the wait from the second.
+    Each pool has a Sentinel of its own (its connections to the sentinels), closed with it.
     """
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self.sentinel_manager.aclose()
 
 
 class ClusterLayoutUnavailable(RedisConnectionError):
@@ -145,6 +150,11 @@ class Store:
             "socket_connect_timeout": s.redis_timeout_s,
             "socket_timeout": s.redis_timeout_s,
             "decode_responses": True,
+            "client_name": self.client_name,
+            # redis-py's default would retry each sentinel three times with backoffs of
+            # seconds (an AuthenticationError is a ConnectionError too): 20 s before a
+            # wrong sentinel password, or a dead sentinel, says so.
+            "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
         }
         if s.sentinel_password:
             sentinel_options["password"] = s.sentinel_password

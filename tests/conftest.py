@@ -19,6 +19,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -36,6 +37,8 @@ from jobtrail.workers.kinds_loader import load_kinds
 from tests.support.env import ROOT, worker_env
 from tests.support.redis_server import RedisServer
 from tests.support.topologies import RedisCluster, SentinelGroup, TopologyUnderTest
+
+Group = TypeVar("Group", RedisCluster, SentinelGroup)
 
 # The `browser` fixture (Debian chromium through Playwright) for the dashboard and jobtrail.js tests.
 pytest_plugins = ["tests.support.browser"]
@@ -81,26 +84,26 @@ def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.kill()
 
 
+def session_group(start: Callable[[], Group], what: str) -> Iterator[Group]:
+    """A group started once for the session and always stopped; a failure to start fails the test."""
+    try:
+        group = start()
+    except RuntimeError as exc:
+        pytest.fail(f"no {what} could be started: {exc}", pytrace=False)
+    yield group
+    group.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     """Three primaries with a replica each, joined by `redis-cli --cluster create`; one per session."""
-    try:
-        cluster = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
-    except RuntimeError as exc:
-        pytest.fail(f"no Redis Cluster could be started: {exc}", pytrace=False)
-    yield cluster
-    cluster.stop()
+    yield from session_group(RedisCluster(tmp_path_factory.mktemp("cluster")).start, "Redis Cluster")
 
 
 @pytest.fixture(scope="session")
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
     """One master, two replicas and three sentinels watching it as `jobtrail`; one per session."""
-    try:
-        group = SentinelGroup(tmp_path_factory.mktemp("sentinel")).start()
-    except RuntimeError as exc:
-        pytest.fail(f"no Sentinel group could be started: {exc}", pytrace=False)
-    yield group
-    group.stop()
+    yield from session_group(SentinelGroup(tmp_path_factory.mktemp("sentinel")).start, "Sentinel group")
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from jobtrail.keys import Keys
 from tests.conftest import RunningApi
 from tests.support.redis_server import RedisServer
 from tests.support.sse import Message, open_stream
+from tests.support.topologies import over_hub_topologies, over_topologies
 
 # --- making jobs ---
 
@@ -62,6 +63,7 @@ def hub_of(api: RunningApi):
 # --- recording ---
 
 
+@over_topologies
 async def test_every_transition_and_cancel_request_is_recorded_with_its_job_and_event_id(events, redis_client, keys):
     await submitted(events, "j")
     await events.append("j", EventType.STARTED, StartedData(worker="w", attempt=1), attempt=1)
@@ -107,6 +109,7 @@ async def test_a_feed_capped_at_zero_records_nothing(redis_client, keys):
     assert not await redis_client.exists(keys.tenant_activity("acme"))
 
 
+@over_topologies
 async def test_a_tenants_transitions_go_to_the_global_feed_and_to_its_own(events, redis_client, keys):
     await short_job(events, "a", tenant="acme")
     await short_job(events, "g", tenant="globex")
@@ -122,6 +125,7 @@ async def test_a_tenants_transitions_go_to_the_global_feed_and_to_its_own(events
 # --- GET /events ---
 
 
+@over_hub_topologies
 async def test_feed_replays_then_follows_live_transitions_of_several_jobs(client, events, redis_client, keys, settings):
     await short_job(events, "before")
 
@@ -165,6 +169,7 @@ async def test_feed_stays_open_and_pings_while_idle(client, events, settings):
             pings += [c for c in message.comments if c == "ping"]
 
 
+@over_hub_topologies
 async def test_reconnecting_with_the_last_seen_id_yields_every_transition_exactly_once(
     client, events, redis_client, keys, api
 ):
@@ -246,6 +251,7 @@ async def test_offset_older_than_the_capped_feed_starts_with_a_gap(start_api, se
         assert [m.json["job_id"] for m in got] == ["live"] * 3
 
 
+@over_hub_topologies
 async def test_feed_filters_by_kind_and_state(client, events, redis_client, keys):
     await short_job(events, "a1", kind="alpha")
     await short_job(events, "b1", kind="beta")

@@ -11,6 +11,7 @@ from jobtrail.events import EventType
 from jobtrail.index import JobIndex
 from jobtrail.index_sweep import IndexSweep
 from jobtrail.offsets import id_key
+from tests.support.topologies import over_topologies
 
 SUBMITTED = {"kind": "demo", "params": {}, "max_attempts": 1}
 FAILED = {"error": {"type": "Boom", "message": "no"}}
@@ -39,6 +40,7 @@ async def wait_expired(redis_client, keys, job_id: str) -> None:
     raise AssertionError(f"{job_id} did not expire")
 
 
+@over_topologies
 async def test_a_sweep_pass_prunes_expired_jobs_within_its_bound_and_later_passes_finish(events, redis_client, keys):
     index = JobIndex(redis_client, keys)
     live = await make_jobs(events, index, 1500, live_every=50)
@@ -98,6 +100,7 @@ async def test_a_listing_stopped_by_its_scan_limit_with_entries_left_still_has_a
     assert [job.id for job in jobs] == sorted(live) and cursor is None
 
 
+@over_topologies
 async def test_the_api_process_sweeps_the_indexes_in_the_background(events, redis_client, keys, settings, start_api):
     index = JobIndex(redis_client, keys)
     live = await make_jobs(events, index, 300, live_every=10)

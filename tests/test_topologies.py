@@ -8,7 +8,12 @@ opens from each REDIS_URL reads and writes there.
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 import redis
+from redis.asyncio.sentinel import MasterNotFoundError
+from redis.exceptions import MaxConnectionsError
 
 from jobtrail.config import Settings
 from jobtrail.keys import Keys
@@ -82,3 +87,69 @@ def test_a_tests_keys_are_removed_from_every_node_afterwards(topology: TopologyU
             client.set(keys.job(f"j{n}"), "x")
         topology.delete_matching(f"{keys.prefix}:*")
         assert [client.exists(keys.job(f"j{n}")) for n in range(30)] == [0] * 30
+
+
+async def test_a_sentinel_group_with_passwords_is_reached_with_the_sentinel_password_setting(tmp_path, prefix):
+    group = SentinelGroup(tmp_path / "sentinel", password="data-secret", sentinel_password="sentinel-secret").start()
+    try:
+        assert ":data-secret@" in group.url
+        client = Store(Settings(redis_url=group.url, sentinel_password="sentinel-secret")).pooled()
+        try:
+            await client.set(f"{prefix}:x", "1", ex=60)
+            assert await client.get(f"{prefix}:x") == "1"
+        finally:
+            await client.aclose()
+        without = Store(Settings(redis_url=group.url)).pooled()
+        try:
+            # The sentinels refuse it, so no master is found: Redis is away, as far as jobtrail can tell.
+            with pytest.raises(MasterNotFoundError, match="uthentication"):
+                await without.get(f"{prefix}:x")
+        finally:
+            await without.aclose()
+    finally:
+        group.stop()
+
+
+async def test_closing_a_sentinel_client_closes_its_connections_to_the_sentinels_too(redis_sentinel: SentinelGroup):
+    store = Store(Settings(redis_url=redis_sentinel.url), role="closing")
+    client = store.pooled()
+    await client.ping()
+
+    def ours(node) -> int:
+        with node.client() as admin:
+            return sum(entry.get("name") == store.client_name for entry in admin.client_list())
+
+    assert sum(ours(node) for node in redis_sentinel.sentinels) >= 1
+    assert ours(redis_sentinel.master()) == 1
+    await client.aclose()
+    wait_until(lambda: sum(ours(node) for node in [*redis_sentinel.sentinels, redis_sentinel.master()]) == 0,
+               5, "a connection outlived its client")
+
+
+async def test_a_cluster_client_opens_at_most_its_bound_per_node_and_closes_them_all(
+    redis_cluster: RedisCluster, keys: Keys
+):
+    store = Store(Settings(redis_url=redis_cluster.url, redis_pool_size=2), role="bounded")
+    client = store.pooled()
+
+    def ours() -> dict[int, int]:
+        counts = {}
+        for node in redis_cluster.nodes:
+            with node.client() as admin:
+                counts[node.port] = sum(entry.get("name") == store.client_name for entry in admin.client_list())
+        return counts
+
+    try:
+        # Sixty at once over many slots: every primary is asked, none gets more than 2 connections.
+        results = await asyncio.gather(*(client.set(keys.job(f"j{n}"), n, ex=60) for n in range(60)),
+                                       return_exceptions=True)
+        # A full node pool does not queue: it refuses (a ConnectionError, so 503 / waited out).
+        assert all(result is True or isinstance(result, MaxConnectionsError) for result in results), results
+        opened = ours()
+        assert sum(1 for count in opened.values() if count) == 3, f"one pool per primary: {opened}"
+        # The bound, and on a startup node one more: the connection that read the slot map.
+        assert max(opened.values()) <= 2 + 1, opened
+        assert sorted(opened.values())[-2] <= 2, opened
+    finally:
+        await client.aclose()
+    wait_until(lambda: sum(ours().values()) == 0, 5, "a connection outlived its client")

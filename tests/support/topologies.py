@@ -44,14 +44,30 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
     raise RuntimeError(f"{what} within {timeout_s:.0f} s" + (f" (last error: {last_error})" if last_error else ""))
 
 
+def start_all(nodes: list[Node], ready: Callable[[], None], stop: Callable[[], None]) -> None:
+    """Start `nodes`, then wait for `ready()`; on a failure, `stop()` them all and raise with their last log lines."""
+    try:
+        for node in nodes:
+            node.start()
+        ready()
+    except BaseException as exc:
+        logs = "\n".join(f"--- {node.address}\n{node.tail()}" for node in nodes)
+        stop()
+        if isinstance(exc, RuntimeError):
+            raise RuntimeError(f"{exc}\n{logs}") from None
+        raise
+
+
 class Node:
     """One redis-server (or sentinel) process on its own port, directory and log file."""
 
-    def __init__(self, directory: Path, port: int, args: list[str], *, sentinel: bool = False) -> None:
+    def __init__(self, directory: Path, port: int, args: list[str], *, sentinel: bool = False,
+                 password: str | None = None) -> None:
         self.directory = directory
         self.port = port
         self.args = args
         self.sentinel = sentinel
+        self.password = password  # its requirepass, for the harness's own clients
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -80,7 +96,8 @@ class Node:
         return bool(self.client().ping())
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=2, socket_connect_timeout=2)
+        return redis.Redis(port=self.port, password=self.password, decode_responses=True, socket_timeout=2,
+                           socket_connect_timeout=2)
 
     def info(self, section: str) -> dict[str, object]:
         with self.client() as client:
@@ -148,17 +165,11 @@ class RedisCluster:
                 # a validity window meant for slow WANs.
                 "--cluster-replica-validity-factor", "0",
             ]))
-        try:
-            for node in self.nodes:
-                node.start()
+        def ready() -> None:
             self._create()
             wait_until(self.healthy, START_TIMEOUT_S, "the cluster did not serve every slot with every replica linked")
-        except BaseException as exc:
-            logs = "\n".join(f"--- {node.address}\n{node.tail()}" for node in self.nodes)
-            self.stop()
-            if isinstance(exc, RuntimeError):
-                raise RuntimeError(f"{exc}\n{logs}") from None
-            raise
+
+        start_all(self.nodes, ready, self.stop)
         return self
 
     def _create(self) -> None:
@@ -223,10 +234,13 @@ class RedisCluster:
 class SentinelGroup:
     """One master, `replicas` replicas and `sentinels` sentinels (quorum: a majority) watching it."""
 
-    def __init__(self, directory: Path, *, replicas: int = 2, sentinels: int = 3,
-                 service: str = SENTINEL_SERVICE) -> None:
+    def __init__(self, directory: Path, *, replicas: int = 2, sentinels: int = 3, service: str = SENTINEL_SERVICE,
+                 password: str | None = None, sentinel_password: str | None = None) -> None:
+        """`password`: the data nodes' requirepass; `sentinel_password`: the sentinels' own."""
         self.directory = directory
         self.service = service
+        self.password = password
+        self.sentinel_password = sentinel_password
         self.replica_count = replicas
         self.sentinel_count = sentinels
         self.servers: list[Node] = []
@@ -234,35 +248,40 @@ class SentinelGroup:
 
     @property
     def url(self) -> str:
-        return "redis+sentinel://" + ",".join(node.address for node in self.sentinels) + f"/{self.service}/0"
+        credentials = f":{self.password}@" if self.password else ""
+        return (f"redis+sentinel://{credentials}" + ",".join(node.address for node in self.sentinels)
+                + f"/{self.service}/0")
 
     def start(self) -> SentinelGroup:
         master_port = free_port()
-        self.servers.append(Node(self.directory / "server-0", master_port, []))
+        auth = ["--requirepass", self.password, "--masterauth", self.password] if self.password else []
+        self.servers.append(Node(self.directory / "server-0", master_port, auth, password=self.password))
         for index in range(1, 1 + self.replica_count):
             self.servers.append(Node(self.directory / f"server-{index}", free_port(),
-                                     ["--replicaof", "127.0.0.1", str(master_port)]))
+                                     ["--replicaof", "127.0.0.1", str(master_port), *auth], password=self.password))
         quorum = self.sentinel_count // 2 + 1
+        config = (
+            f"sentinel monitor {self.service} 127.0.0.1 {master_port} {quorum}\n"
+            f"sentinel down-after-milliseconds {self.service} {NODE_TIMEOUT_MS}\n"
+            f"sentinel failover-timeout {self.service} {NODE_TIMEOUT_MS * 5}\n"
+            f"sentinel parallel-syncs {self.service} 1\n"
+        )
+        if self.password:
+            config += f"sentinel auth-pass {self.service} {self.password}\n"
+        if self.sentinel_password:
+            # The sentinels' own password, and the one they give each other.
+            config += f"requirepass {self.sentinel_password}\nsentinel sentinel-pass {self.sentinel_password}\n"
         for index in range(self.sentinel_count):
-            node = Node(self.directory / f"sentinel-{index}", free_port(), [], sentinel=True)
+            node = Node(self.directory / f"sentinel-{index}", free_port(), [], sentinel=True,
+                        password=self.sentinel_password)
             node.directory.mkdir(parents=True, exist_ok=True)
-            (node.directory / "sentinel.conf").write_text(
-                f"sentinel monitor {self.service} 127.0.0.1 {master_port} {quorum}\n"
-                f"sentinel down-after-milliseconds {self.service} {NODE_TIMEOUT_MS}\n"
-                f"sentinel failover-timeout {self.service} {NODE_TIMEOUT_MS * 5}\n"
-                f"sentinel parallel-syncs {self.service} 1\n"
-            )
+            (node.directory / "sentinel.conf").write_text(config)
             self.sentinels.append(node)
-        try:
-            for node in [*self.servers, *self.sentinels]:
-                node.start()
-            wait_until(self.healthy, START_TIMEOUT_S, "the sentinels did not agree on a master, replicas linked")
-        except BaseException as exc:
-            logs = "\n".join(f"--- {node.address}\n{node.tail()}" for node in [*self.servers, *self.sentinels])
-            self.stop()
-            if isinstance(exc, RuntimeError):
-                raise RuntimeError(f"{exc}\n{logs}") from None
-            raise
+        start_all(
+            [*self.servers, *self.sentinels],
+            lambda: wait_until(self.healthy, START_TIMEOUT_S, "the sentinels did not agree on a master"),
+            self.stop,
+        )
         return self
 
     def master(self) -> Node:
