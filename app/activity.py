@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
@@ -106,7 +106,12 @@ class FeedReader:
         counts as lost (a client just before it may see a gap it did not need).
         """
         try:
-            info = await self.redis.xinfo_stream(self.key)
+            if isinstance(self.redis, RedisCluster):
+                # redis-py's Cluster cannot find the key of XINFO STREAM; its node is named here.
+                node = self.redis.get_node_from_key(self.key)
+                info = await self.redis.execute_command("XINFO STREAM", self.key, target_nodes=node)
+            else:
+                info = await self.redis.xinfo_stream(self.key)
         except ResponseError:  # no such key: nothing was ever recorded
             return FeedPosition(last_id=BEGINNING, first_id=None, lost_up_to=BEGINNING)
         last = info.get("last-generated-id") or BEGINNING

@@ -163,7 +163,8 @@ class Hub:
         tasks = [t for t in (self._task, *self._recoveries) if t is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
         self._task = None
         for watched in self._streams.values():
             for sub in watched.subscribers:

@@ -68,7 +68,9 @@ class NodeListener:
         self.channels: set[str] = set()
         self._conn: AbstractConnection | None = None
         self._connecting = asyncio.Lock()
-        self._outbox: asyncio.Queue[tuple[str, list[str], asyncio.Future[None]]] = asyncio.Queue()
+        # None: the sender's signal to stop (a cancellation alone can be lost inside redis-py's timeouts).
+        self._outbox: asyncio.Queue[tuple[str, list[str], asyncio.Future[None]] | None] = asyncio.Queue()
+        self._closing = False
         self._inflight: deque[_Pending] = deque()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -109,8 +111,11 @@ class NodeListener:
 
     async def _send(self, conn: AbstractConnection) -> None:
         try:
-            while True:
-                command, channels, done = await self._outbox.get()
+            while not self._closing:
+                queued = await self._outbox.get()
+                if queued is None:
+                    return
+                command, channels, done = queued
                 self._inflight.append(_Pending(command, channels, done))
                 await conn.send_command(command, *channels)
         except asyncio.CancelledError:
@@ -121,7 +126,7 @@ class NodeListener:
     async def _receive(self, conn: AbstractConnection) -> None:
         pinged = False
         try:
-            while True:
+            while not self._closing:
                 try:
                     reply = await conn.read_response(timeout=self.keepalive_s, disconnect_on_error=False,
                                                      push_request=True)
@@ -186,9 +191,9 @@ class NodeListener:
             if not pending.done.done():
                 pending.done.set_exception(error)
         while not self._outbox.empty():
-            _, _, done = self._outbox.get_nowait()
-            if not done.done():
-                done.set_exception(error)
+            queued = self._outbox.get_nowait()
+            if queued is not None and not queued[2].done():
+                queued[2].set_exception(error)
         tasks, self._tasks = self._tasks, []
         current = asyncio.current_task()
         for task in tasks:
@@ -200,15 +205,19 @@ class NodeListener:
             self._on_lost(lost)
 
     async def aclose(self) -> None:
+        self._closing = True
+        self._outbox.put_nowait(None)
         closing, self._conn = self._conn, None
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         if closing is not None:
             conn: AbstractConnection = closing
             with contextlib.suppress(Exception):
                 await conn.disconnect()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # Bounded: Python 3.11 can lose a cancellation that meets a timeout's own.
+            await asyncio.wait(tasks, timeout=self.timeout_s)
 
 
 class Wakes:
