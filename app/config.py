@@ -42,6 +42,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # How long a worker waits for an unreachable (or read-only, or full) Redis before a
     # job's write fails its attempt (app/patience.py).
     redis_outage_s: float = 60.0
+    # Replicas a submission or terminal event waits for (WAIT), and for how long at most
+    # (app/replicawait.py); 0 replicas: no wait, as with one server.
+    wait_replicas: Annotated[int, msgspec.Meta(ge=0)] = 0
+    wait_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 1000
     # Unless set, embedded `jobtrail serve` uses a temporary directory instead (app/cli.py).
     artifact_dir: str = "artifacts"
     artifact_sweep_s: float = 300.0

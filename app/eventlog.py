@@ -13,7 +13,7 @@ from importlib import resources
 from typing import Any, NamedTuple
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
@@ -25,6 +25,7 @@ from jobtrail.keys import Keys
 from jobtrail.metrics import Metrics
 from jobtrail.offsets import BEGINNING, previous_id
 from jobtrail.reducer import fields_for, fold
+from jobtrail.replicawait import ReplicaWait
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ class Appended(msgspec.Struct, frozen=True):
     """What an append did: the event's id and the job's state after it.
 
     A new write (not a duplicate) also says its `at` and `attempt`, and its activity-feed
-    entry in `feed` when the caller asked to write that itself (`defer_feed`).
+    entry in `feed` when the caller asked to write that itself (`defer_feed`). `replicas` is
+    how many replicas confirmed it when the log waits for them (app/replicawait.py), else None.
     """
 
     id: str
@@ -76,6 +78,7 @@ class Appended(msgspec.Struct, frozen=True):
     at: int = 0
     attempt: int = 0
     feed: FeedNote | None = None
+    replicas: int | None = None
 
 
 class Unreadable(NamedTuple):
@@ -89,9 +92,12 @@ class EventLog:
     """Appends and reads the events and state of jobs under one key prefix."""
 
     def __init__(
-        self, redis: Redis, keys: Keys, retention_s: int, *, activity_maxlen: int, metrics: Metrics | None = None
+        self, redis: Redis, keys: Keys, retention_s: int, *, activity_maxlen: int, metrics: Metrics | None = None,
+        replica_wait: ReplicaWait | None = None,
     ) -> None:
         self.redis = redis
+        # JOBTRAIL_WAIT_REPLICAS; None (or 0 replicas) appends without waiting for any.
+        self.replica_wait = replica_wait
         # The process's (app/services.py); without them, metrics of its own that nobody scrapes.
         self.metrics = metrics or Metrics(tenant_label=False)
         self.keys = keys
@@ -139,6 +145,11 @@ class EventLog:
         `slot` names where the job remembers `key`, for a writer whose appends go out one
         at a time (a job context): the slot keeps its latest key alone, which is the only
         one a retry can repeat, so a job's dedupe hash does not grow with its reports.
+
+        With a `replica_wait`, a submission or terminal event also waits (in the same round
+        trip) for that many replicas, up to its timeout; `Appended.replicas` says how many
+        confirmed it. A duplicate waits only for what its own connection wrote, not for the
+        original write, which an earlier connection made.
         """
         payload = check_data(event_type, data if data is not None else {})
         args: list[str | int] = [
@@ -153,8 +164,12 @@ class EventLog:
         ]
         for field, value in fields_for(event_type, payload).items():
             args += [field, value]
+        wait = self.replica_wait if self.replica_wait and self.replica_wait.applies_to(event_type) else None
         began = time.perf_counter()
-        reply = await self._run_append(list(self.keys.append_keys(job_id)), args, before)
+        reply, wait_reply = await self._run_append(list(self.keys.append_keys(job_id)), args, before, wait)
+        replicas = None
+        if wait is not None and reply[0] in ("ok", "duplicate"):
+            replicas = wait.confirmed(wait_reply, job_id, event_type)
         self.metrics.append_took(time.perf_counter() - began)
         status = reply[0]
         if status == "replaced":
@@ -169,7 +184,8 @@ class EventLog:
                 raise JobExists(job_id)
             raise TransitionRefused(job_id, event_type, state)
         if status == "duplicate":
-            return Appended(id=reply[1], state=reply[2], cancel_requested=reply[3] == "1", duplicate=True)
+            return Appended(id=reply[1], state=reply[2], cancel_requested=reply[3] == "1", duplicate=True,
+                            replicas=replicas)
         _, event_id, state, cancel_requested, at, attempt_now, kind, tenant = reply
         self.metrics.appended(kind, event_type.value, tenant or None)
         feed = None
@@ -179,28 +195,46 @@ class EventLog:
                 await self._record_activity(feed)
                 feed = None
         return Appended(id=event_id, state=state, cancel_requested=cancel_requested == "1", at=int(at),
-                        attempt=int(attempt_now), feed=feed)
+                        attempt=int(attempt_now), feed=feed, replicas=replicas)
 
-    async def _run_append(self, keys: list[str], args: list[str | int], before: Callable[[Pipeline], object] | None
-                          ) -> list[str]:
-        if before is None:
-            return await self._append(keys=keys, args=args)
+    async def _run_append(
+        self, keys: list[str], args: list[str | int], before: Callable[[Pipeline], object] | None,
+        wait: ReplicaWait | None,
+    ) -> tuple[list[str], object]:
+        """The script's reply, and WAIT's when `wait` is given (else None); one round trip.
+
+        WAIT counts the replicas that hold what its own connection wrote, so it must follow
+        the append on that connection: a pipeline gives that. On a Cluster the pipeline
+        sends the two to the node serving the job's slot; a WAIT error (that node was
+        demoted under us) comes back as the reply, for ReplicaWait to count as none.
+        """
+        if before is None and wait is None:
+            return await self._append(keys=keys, args=args), None
+        target: dict[str, Any] = {}
+        if wait is not None and isinstance(self.redis, RedisCluster):
+            await self.redis.initialize()  # a no-op once the slots are known
+            target["target_nodes"] = self.redis.get_node_from_key(keys[0])
         # EVALSHA by hand: a registered script in a pipeline costs a SCRIPT EXISTS round trip
         # on every execute; a NOSCRIPT (a Redis that restarted) loads it and sends both again.
         for _ in range(2):
             async with self.redis.pipeline(transaction=False) as pipe:
-                before(pipe)
+                if before is not None:
+                    before(pipe)
                 # execute_command, not pipe.evalsha: redis-py's Cluster pipeline refuses the
                 # method by name, yet routes the command by its keys (one job's: one slot).
                 pipe.execute_command("EVALSHA", self._append.sha, len(keys), *keys, *args)
-                *queued, reply = await pipe.execute(raise_on_error=False)
+                if wait is not None:
+                    pipe.execute_command(*wait.command(), **target)
+                results = await pipe.execute(raise_on_error=False)
+            wait_reply = results.pop() if wait is not None else None
+            *queued, reply = results
             if isinstance(reply, NoScriptError):
                 await self.redis.script_load(self._append.script)
                 continue
             for result in (*queued, reply):
                 if isinstance(result, Exception):
                     raise result
-            return reply
+            return reply, wait_reply
         raise NoScriptError("the append script vanished again right after it was loaded")
 
     async def _record_activity(self, note: FeedNote) -> None:

@@ -33,6 +33,11 @@ REDIS_AWAY: tuple[type[Exception], ...] = (
     redis_errors.TimeoutError,
     redis_errors.ReadOnlyError,  # a failover left us on a replica
     redis_errors.MasterDownError,  # a replica that lost its primary and serves no stale data
+    # A Cluster failing over: CLUSTERDOWN while a dead primary's slots are uncovered,
+    # TRYAGAIN while a slot moves, and no node known for a slot in the client's map.
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+    redis_errors.SlotNotCoveredError,
     redis_errors.OutOfMemoryError,  # maxmemory reached under noeviction (ops/redis.conf)
     # A Cluster between a primary's death and its replica's promotion: CLUSTERDOWN, TRYAGAIN
     # (a slot migrating), a slot no node serves yet, redirections that did not settle.

@@ -28,6 +28,7 @@ from jobtrail.index_sweep import IndexSweep
 from jobtrail.keys import Keys
 from jobtrail.limits import SseSlots, SubmitRate
 from jobtrail.metrics import Metrics
+from jobtrail.replicawait import ReplicaWait
 from jobtrail.service import JobService
 from jobtrail.store import Store
 from jobtrail.tokens import TokenSigner
@@ -76,7 +77,10 @@ def build_services(settings: Settings, redis: Redis, hub_reader: Redis) -> Servi
     """Every service, from `settings`, on `redis` (pooled) and `hub_reader` (the hub's pub/sub template)."""
     keys = Keys(settings.prefix)
     metrics = Metrics(tenant_label=settings.metrics_tenant_label == "on")
-    events = EventLog(redis, keys, settings.retention_s, activity_maxlen=settings.activity_maxlen, metrics=metrics)
+    # Embedded there are no replicas to wait for (and fakeredis has no WAIT).
+    replica_wait = None if settings.embedded else ReplicaWait(settings.wait_replicas, settings.wait_timeout_ms)
+    events = EventLog(redis, keys, settings.retention_s, activity_maxlen=settings.activity_maxlen, metrics=metrics,
+                      replica_wait=replica_wait)
     index = JobIndex(redis, keys)
     artifacts = ArtifactStore(settings.artifact_dir)
     broker = build_broker(settings, keys)

@@ -24,6 +24,8 @@ from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
 
 from jobtrail.config import Settings
 from jobtrail.topology import Topology, parse_topology
@@ -40,6 +42,27 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
     async def aclose(self) -> None:
         await super().aclose()
         await self.sentinel_manager.aclose()
+
+
+class ClusterLayoutUnavailable(RedisConnectionError):
+    """No node gave a usable slot map: all asked are down, or a dead primary's slots are not taken over yet."""
+
+
+class FailoverAwareCluster(RedisCluster):
+    """RedisCluster whose failure to (re)load the slot map is a ConnectionError, as a down server's is.
+
+    redis-py reloads the map after a connection error, e.g. when a primary died; until its
+    replica has taken over, that fails with a bare RedisClusterException ("cannot be
+    connected", "All slots are not covered"), which is neither a RedisError nor a
+    ConnectionError. As one, it is what it means: Redis away for now (503 from the API,
+    waited out by workers, app/patience.py), not a bug.
+    """
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        try:
+            return await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise ClusterLayoutUnavailable(f"the cluster's slot map could not be loaded: {exc}") from exc
 
 
 class Store:
@@ -105,7 +128,7 @@ class Store:
         if self.topology.kind == "sentinel":
             return self._sentinel_master(max_connections, socket_timeout, **extra)
         if self.topology.kind == "cluster":
-            return RedisCluster(
+            return FailoverAwareCluster(
                 startup_nodes=[ClusterNode(host, port) for host, port in self.topology.hosts],
                 max_connections=max_connections,
                 **self._options(socket_timeout, **extra),

@@ -30,7 +30,9 @@ from typing import Any
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
+
+from jobtrail.store import ClusterLayoutUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -243,8 +245,10 @@ class Wakes:
     async def subscribe(self, channels: list[str]) -> None:
         """Subscribe `channels` on their nodes; returns once every one is confirmed.
 
-        On a Cluster a node that cannot be reached may be one a failover replaced: the slot
-        map is looked up again and the subscribe tried once more.
+        On a Cluster a failure may be a stale slot map (a primary died, or came back as a
+        replica and answers MOVED): the map is loaded again and the channels sent once more
+        to the nodes it names now. Nothing else reloads it, since the hub's own client
+        sends no command that would fail on the old node.
         """
         try:
             await self._subscribe_once(channels)
@@ -264,9 +268,17 @@ class Wakes:
             listener.unsubscribe(channel)
 
     async def refresh(self) -> None:
-        """Look the Cluster's slots up again (after a connection to a node was lost)."""
+        """Look the Cluster's slots up again (after a connection to a node was lost).
+
+        Until a dead primary's replica has taken over, that fails with redis-py's bare
+        RedisClusterException; raised as the ConnectionError it means (app/store.py), the
+        hub ends the streams it could not subscribe again, and their clients resume.
+        """
         if self.cluster:
-            await self.client.nodes_manager.initialize()
+            try:
+                await self.client.nodes_manager.initialize()
+            except RedisClusterException as exc:
+                raise ClusterLayoutUnavailable(f"the cluster's slot map could not be loaded: {exc}") from exc
 
     async def _group(self, channels: list[str]) -> list[tuple[NodeListener, list[str]]]:
         by_command: dict[tuple[str, int], list[str]] = {}

@@ -34,6 +34,7 @@ CORE = (
     "jobtrail.patience",
     "jobtrail.reducer",
     "jobtrail.registry",
+    "jobtrail.replicawait",
     "jobtrail.store",
     "jobtrail.topology",
 )

@@ -63,6 +63,7 @@ from jobtrail.events import (
 )
 from jobtrail.index import JobIndex
 from jobtrail.keys import JOB_ID_RE, Keys
+from jobtrail.replicawait import ReplicaWait
 from jobtrail.store import Store
 from jobtrail.submission import record_submitted
 from jobtrail.workers.context import AttemptLost, JobCancelled, JobContext, PermanentFailure
@@ -163,6 +164,7 @@ class JobtrailMiddleware(TaskiqMiddleware):
             events = EventLog(
                 Store(settings, role="taskiq").pooled(), Keys(settings.prefix), settings.retention_s,
                 activity_maxlen=settings.activity_maxlen,
+                replica_wait=ReplicaWait(settings.wait_replicas, settings.wait_timeout_ms),
             )
         elif redis_url is not None or prefix is not None:
             raise ValueError("pass either events or redis_url/prefix, not both")
