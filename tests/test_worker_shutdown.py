@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import time
 from datetime import datetime
 
@@ -14,6 +16,7 @@ from jobtrail.events import EventType, SubmittedData
 from jobtrail.registry import validate_params
 from jobtrail.workers.runner import Runner
 from tests.support.api import history, status, submit, wait_for_state
+from tests.support.env import ROOT, worker_env
 from tests.support.worker_procs import Workers
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -191,3 +194,26 @@ async def test_messages_read_but_not_started_go_back_on_the_queue_at_shutdown(cl
         assert at_s(starts[-1]) - signalled < 0.5 + 2, f"job {job_id} waited for the reaper or the idle timeout"
         never_started_on_the_first += non_progress(events) == ["submitted", "started", "succeeded"]
     assert never_started_on_the_first == 2
+
+
+@pytest.mark.e2e
+async def test_sigterm_while_the_worker_starts_is_a_clean_stop(settings, tmp_path):
+    """An orchestrator may stop a worker that is still importing its kinds: exit 0, not death by SIGTERM."""
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "jobtrail.cli", "worker"], cwd=ROOT,
+            env=worker_env(settings) | {"JOBTRAIL_KINDS": "tests.user_kinds.slow_import"}, stdout=out, stderr=out,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while b"slow_import: importing" not in log.read_bytes():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            await asyncio.sleep(0.05)
+
+        process.send_signal(signal.SIGTERM)
+
+        assert await asyncio.to_thread(process.wait, 20) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -36,6 +36,17 @@ async def run_worker(settings: Settings) -> None:
     """Consume jobs until SIGTERM or SIGINT, then drain."""
     if settings.embedded:
         raise SystemExit("jobtrail worker needs REDIS_URL: the embedded mode runs its worker inside `jobtrail serve`")
+    # First of all: a SIGTERM while the worker starts (an orchestrator scaling down, a
+    # deploy) must be a clean stop, not death by the default handler. Once started, a
+    # stop already asked for drains at once: there is nothing to drain.
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        (hurry if stop.is_set() else stop).set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
     load_kinds(settings)  # before Redis: a module that fails to import stops the worker at once
     services = open_services(settings, role="worker")
     redis, keys, events, broker = services.redis, services.keys, services.events, services.broker
@@ -61,14 +72,6 @@ async def run_worker(settings: Settings) -> None:
             ) from None
         log.info("worker %s: metrics on http://%s:%d/metrics", runner.name, settings.host, listener.port)
     await broker.startup()
-    stop, hurry = asyncio.Event(), asyncio.Event()
-
-    def on_signal() -> None:
-        (hurry if stop.is_set() else stop).set()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
     receiver = asyncio.create_task(
         run_receiver_task(broker, max_async_tasks=settings.worker_concurrency, run_startup=False)
     )
