@@ -20,12 +20,14 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server on its own port and directory; start, kill and restart it at will."""
 
-    def __init__(self, directory: Path, port: int | None = None, *extra: str) -> None:
+    def __init__(self, directory: Path, port: int | None = None, *extra: str, own_session: bool = False) -> None:
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.directory = directory
         self.port = port or free_port()
         self.extra = extra
+        # The bench's: a Ctrl-C in its terminal reaches the bench, which stops the server itself.
+        self.own_session = own_session
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -39,6 +41,7 @@ class RedisServer:
              "--dir", str(self.directory), *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=self.own_session,
         )
         client = redis.Redis(port=self.port)
         deadline = time.monotonic() + 10
