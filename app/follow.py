@@ -17,6 +17,11 @@ yielded twice.
 Every follow ends with one `End` saying why; the items before it carry ids (events,
 transitions, `Skipped`), and a client that resumes after the last id it got misses
 nothing whatever the reason was.
+
+Items come in batches (`Batch`): a replay page, or everything the hub queued while the
+follower was busy writing. A transport writes a batch as one unit, so a client that fell
+a little behind (or 1,000 clients on one job, served in turn) catches up in one write,
+and a replay of 100,000 events is a hundred writes, not 100,000.
 """
 
 from __future__ import annotations

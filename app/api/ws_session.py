@@ -19,7 +19,8 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
+from typing import Any
 
 import msgspec
 from litestar import WebSocket
@@ -53,7 +54,19 @@ from jobtrail.config import Settings
 from jobtrail.errors import JobNotFound
 from jobtrail.eventlog import EventLog
 from jobtrail.events import Event
-from jobtrail.follow import End, EndReason, FeedGap, Gap, Idle, Skipped, feed_filter, follow_feed, follow_job
+from jobtrail.follow import (
+    Batch,
+    End,
+    EndReason,
+    FeedGap,
+    Gap,
+    Idle,
+    JobItem,
+    Skipped,
+    feed_filter,
+    follow_feed,
+    follow_job,
+)
 from jobtrail.frames import FRAMES
 from jobtrail.hub import Hub
 from jobtrail.offsets import BEGINNING, is_after
@@ -274,18 +287,12 @@ class Session:
             self._ended(job_id, EndReason.TOO_SLOW.value)
             return
         items = follow_job(self.events, self.hub, job, offset, gap=gap, ping_s=self.settings.sse_ping_s)
-        async with contextlib.aclosing(items) as batches:
-            async for batch in batches:
-                for item in batch.items:
-                    if isinstance(item, End):
-                        self._ended(job_id, item.reason.value)
-                        return
-                    frame = _job_frame(job_id, item, batch.shared)
-                    if frame is not None and not self.outbox.offer(frame):
-                        self._ended(job_id, EndReason.TOO_SLOW.value)
-                        return
-                    if isinstance(item, Event):
-                        self.events.metrics.delivered(item.id, live_after=job.last_event_id)
+
+        def queued(item: JobItem) -> None:
+            if isinstance(item, Event):
+                self.events.metrics.delivered(item.id, live_after=job.last_event_id)
+
+        await self._forward(job_id, items, lambda item, shared: _job_frame(job_id, item, shared), queued)
 
     async def _follow_feed(self, after: str | None, kind: str | None, state: str | None) -> None:
         feed = self.events.activity.reader(None if self.principal.admin else self.principal.tenant)
@@ -303,16 +310,27 @@ class Session:
             return
         wanted = feed_filter(kind, state, self.principal.sees)
         items = follow_feed(feed, self.hub, position, offset, gap=gap, ping_s=self.settings.sse_ping_s, wanted=wanted)
-        async with contextlib.aclosing(items) as batches:
+        await self._forward(FEED, items, _feed_frame, lambda item: None)
+
+    async def _forward(
+        self,
+        target: str,
+        follow: AsyncGenerator[Batch[Any]],
+        frame_of: Callable[[Any, bool], bytes | None],
+        queued: Callable[[Any], None],
+    ) -> None:
+        """Queue the frame of each item of `follow` for `target` until its `End`, or until the outbox overflows."""
+        async with contextlib.aclosing(follow) as batches:
             async for batch in batches:
                 for item in batch.items:
                     if isinstance(item, End):
-                        self._ended(FEED, item.reason.value)
+                        self._ended(target, item.reason.value)
                         return
-                    frame = _feed_frame(item, batch.shared)
+                    frame = frame_of(item, batch.shared)
                     if frame is not None and not self.outbox.offer(frame):
-                        self._ended(FEED, EndReason.TOO_SLOW.value)
+                        self._ended(target, EndReason.TOO_SLOW.value)
                         return
+                    queued(item)
 
 
 def _job_frame(job_id: str, item: Event | Gap | Skipped | Idle, shared: bool) -> bytes | None:
