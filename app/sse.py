@@ -136,14 +136,17 @@ async def job_event_stream(
     """
     yield b"retry: %d\n\n" % retry_ms
     live_after = job.last_event_id
+    live = False  # once a batch reaches past `live_after`, every later one is past it too
     async with contextlib.aclosing(follow_job(events, hub, job, offset, gap=gap, ping_s=ping_s)) as batches:
         async for items, shared in batches:
             if chunk := b"".join([_job_block(item, shared, retry_ms) for item in items]):
                 yield chunk
             # Replayed events (at or before the job's last event when the follow began) are
             # history, not lag: only a batch that ends after it has any to observe.
-            newest = next((item for item in reversed(items) if isinstance(item, Event)), None)
-            if newest is not None and is_after(newest.id, live_after):
+            if not live:
+                newest = next((item for item in reversed(items) if isinstance(item, Event)), None)
+                live = newest is not None and is_after(newest.id, live_after)
+            if live:
                 for item in items:
                     if isinstance(item, Event):
                         events.metrics.delivered(item.id, live_after=live_after)
