@@ -323,13 +323,17 @@ class EventLog:
         self, job_id: str, after: str = BEGINNING, page_size: int = 500
     ) -> AsyncIterator[Event | Unreadable]:
         """Like `events`, but an entry that is no event comes as Unreadable and the walk goes on."""
+        async for page in self.readable_pages(job_id, after, page_size):
+            for item in page:
+                yield item
+
+    async def readable_pages(
+        self, job_id: str, after: str = BEGINNING, page_size: int = 500
+    ) -> AsyncIterator[list[Event | Unreadable]]:
+        """`readable` a page at a time (one XRANGE each), for a reader that writes a page as one unit."""
         while True:
             entries = await self.redis.xrange(self.keys.events(job_id), min=f"({after}", max="+", count=page_size)
-            for entry_id, fields in entries:
-                try:
-                    yield Event.from_entry(entry_id, fields)
-                except CorruptEvent as exc:
-                    yield Unreadable(entry_id, exc)
+            yield [_readable(entry_id, fields) for entry_id, fields in entries]
             if len(entries) < page_size:
                 return
             after = entries[-1][0]
@@ -376,6 +380,13 @@ class EventLog:
                     pipe.pexpire(job_key, ttl_ms)
             await pipe.execute()
         return before, rebuilt
+
+
+def _readable(entry_id: str, fields: dict[str, str]) -> Event | Unreadable:
+    try:
+        return Event.from_entry(entry_id, fields)
+    except CorruptEvent as exc:
+        return Unreadable(entry_id, exc)
 
 
 def decode_events(entries: Iterable[tuple[str, dict[str, str]]]) -> list[Event]:

@@ -27,6 +27,7 @@ returns) reads it. The hub also reads a newly watched stream once, at once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -75,54 +76,109 @@ class SubscriptionClosed(Exception):
 
 
 class Subscription:
-    """A bounded queue of one stream's new entries, filled by the hub.
+    """A bounded queue of one stream's new entries, filled by the hub, read by one follow.
 
     Its items are what the stream's decoder makes: job events by default, the activity
     feed's transitions for the feed; so they are typed as the decoder's, `Any`.
+
+    Built for one job with 1,000 followers: `offer` is a deque append, and it wakes the
+    reader only when it waits and only once however many entries come before it runs, so
+    a follow that was busy takes everything queued in one `get_all` (one write to its
+    client, not one per event). And no timer per wait: the idle timeout is one timer that
+    is moved forward lazily, so a busy follow pays for one per idle timeout, not per event.
     """
+
+    __slots__ = ("_deadline", "_items", "_timer", "_waiter", "closed", "maxsize", "stream")
 
     def __init__(self, stream: str, maxsize: int) -> None:
         self.stream = stream
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
+        self.maxsize = maxsize
+        self._items: collections.deque[Any] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self.closed: SubscriptionClosed | None = None
 
     def offer(self, event: Any) -> bool:
-        """Queue an event; False (and the subscription closed) when the queue is full."""
-        try:
-            self._queue.put_nowait(event)
-            return True
-        except asyncio.QueueFull:
+        """Queue an event; False (and the subscription closed) when the queue is full or already closed."""
+        if self.closed is not None:
+            return False
+        if len(self._items) >= self.maxsize:
             self.close(FELL_BEHIND)
             return False
+        self._items.append(event)
+        self._wake()
+        return True
 
     def close(self, reason: str) -> None:
         if self.closed is None:
             self.closed = SubscriptionClosed(reason)
-            # Drop everything queued, so the marker always fits and the reader stops at
-            # the last event it really sent; dropping only the oldest would leave a hole
-            # that resuming by Last-Event-ID cannot see.
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self._queue.put_nowait(self.closed)
+            # Drop everything queued, so the reader stops at the last event it really
+            # sent; dropping only the oldest would leave a hole that resuming by
+            # Last-Event-ID cannot see.
+            self._items.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._wake()
 
     async def get(self, timeout: float) -> Any:
         """The next entry, None after `timeout` seconds idle; SubscriptionClosed when closed."""
+        if not self._items:
+            await self._wait(timeout)
+        if self.closed is not None:
+            raise self.closed
+        return self._items.popleft() if self._items else None
+
+    async def get_all(self, timeout: float) -> list[Any]:
+        """Every entry queued (waiting for one), [] after `timeout` seconds idle; SubscriptionClosed when closed."""
+        if not self._items:
+            await self._wait(timeout)
+        if self.closed is not None:
+            raise self.closed
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self, timeout: float) -> None:
+        """Until an entry comes, the subscription closes, or `timeout` seconds pass."""
+        if self.closed is not None:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._waiter = waiter
+        self._deadline = deadline = loop.time() + timeout
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._expire)
         try:
-            # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that meets an
-            # entry arriving in the same turn of the loop (cpython gh-86296), so a follow
-            # told to stop (a /ws token's expiry, an unsubscribe) went on to its job's end.
-            # And no timer at all when something is queued: a busy subscriber (1,000
-            # clients on one job) would pay one for every event.
-            if not self._queue.empty():
-                item = self._queue.get_nowait()
-            else:
-                async with asyncio.timeout(timeout):
-                    item = await self._queue.get()
-        except TimeoutError:
-            return None
-        if isinstance(item, SubscriptionClosed):
-            raise item
-        return item
+            # A bare future, not asyncio.wait_for: on Python 3.11 that swallows a
+            # cancellation that meets an entry arriving in the same turn of the loop
+            # (cpython gh-86296), so a follow told to stop (a /ws token's expiry, an
+            # unsubscribe) went on to its job's end. A cancelled task whose waiter already
+            # has its result is still cancelled at its next step, and keeps the entries.
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _expire(self) -> None:
+        """The idle timer: time out a wait that has reached its deadline, or move on to the current wait's."""
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # the reader is busy: its next wait arms the timer again
+        loop = waiter.get_loop()
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._expire)
+        else:
+            waiter.set_result(None)
 
 
 class _Watched:

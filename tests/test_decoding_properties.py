@@ -273,6 +273,18 @@ def test_a_corrupt_entry_decodes_to_an_event_or_corrupt_event(entry):
     sse_event(event)
 
 
+# SSE writes an event's `at` through a cache of seconds (app/sse.py, event_time): the bytes
+# must be those of the event's own wire form, EventOut with its datetime, for every `at`
+# an entry can hold, around the edges of the fast range too.
+@stable
+@given(at=st.integers(-62135596800000, 253402300799999) | st.integers(0, 2**32 * 1000 + 1000)
+       | st.sampled_from([0, 999, 1000, 2**32 * 1000 - 1, 2**32 * 1000, -1]))
+def test_an_sse_frame_is_the_event_out_encoded_whatever_its_time(at):
+    event = Event(id="1-0", type=EventType.LOG, at=at, attempt=1, data={"message": "é\n", "n": [1.5, None]})
+    out = msgspec.json.encode(event.out())
+    assert sse_event(event) == b"id: 1-0\nevent: log\ndata: %s\n\n" % out
+
+
 def test_corrupt_event_is_the_value_error_from_entry_documents():
     assert issubclass(CorruptEvent, ValueError)
 
