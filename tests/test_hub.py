@@ -109,6 +109,42 @@ async def test_an_entry_that_publishes_no_wake_is_read_by_the_catch_up_sweep(set
         await close(services)
 
 
+async def test_contiguous_wakes_deliver_their_entries_without_a_read(settings, keys):
+    # The sweep off: a read counted below could only be a wake's.
+    services = await hub_services(msgspec.structs.replace(settings, hub_catch_up_s=3600.0))
+    try:
+        await running_job(services.events, "w")
+        stream = keys.events("w")
+        sub = await services.hub.subscribe(stream, after=(await stream_ids(services.redis, keys, "w"))[-1])
+        await asyncio.sleep(0.3)  # the subscribe-time read is done
+        reads = services.hub.reads
+        for step in range(1, 6):
+            await progress(services.events, "w", step, 5)
+        assert await next_ids(sub, 5) == (await stream_ids(services.redis, keys, "w"))[-5:]
+        assert services.hub.reads == reads
+        assert services.hub.wake_deliveries >= 5
+    finally:
+        await close(services)
+
+
+async def test_an_entry_between_the_cursor_and_a_wake_is_read_before_the_wake_is_delivered(settings, events,
+                                                                                          redis_client, keys):
+    # The sweep off: only the wake's previous id can tell the hub that it missed an entry.
+    services = await hub_services(msgspec.structs.replace(settings, hub_catch_up_s=3600.0))
+    try:
+        await running_job(events, "gap")
+        stream = keys.events("gap")
+        sub = await services.hub.subscribe(stream, after=(await stream_ids(redis_client, keys, "gap"))[-1])
+        await asyncio.sleep(0.3)
+        unpublished = await redis_client.xadd(stream, raw_progress(1))  # as repair or a migration writes
+        await progress(events, "gap", 2, 10)
+        ids = await stream_ids(redis_client, keys, "gap")
+        assert ids[-2] == unpublished
+        assert await next_ids(sub, 2) == ids[-2:]
+    finally:
+        await close(services)
+
+
 async def test_a_redis_that_stays_down_ends_the_subscriptions_for_their_clients_to_resume(own_server, settings):
     s = msgspec.structs.replace(settings, redis_url=own_server.url, redis_timeout_s=1.0)
     services = await hub_services(s)
