@@ -27,6 +27,7 @@ import uuid
 import hiredis
 
 from bench.redis_server import BenchRedis
+from jobtrail import gcpolicy
 from jobtrail.config import Settings
 from jobtrail.eventlog import render_append_script
 from jobtrail.events import EventType, StartedData, SubmittedData
@@ -126,6 +127,7 @@ async def _row(url: str, jobs_count: int, subscribers_per_job: int, rate: float,
     jobs = [f"j{n}" for n in range(jobs_count)]
     await _create(url, prefix, jobs)
     services = open_services(_settings(url, prefix), role="api")
+    gcpolicy.settle()  # as `jobtrail serve` does before it serves
     hub = services.hub
     hub.start()
     latencies: list[float] = []
