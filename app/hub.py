@@ -2,13 +2,19 @@
 
 Each SSE client and each /ws subscription subscribes to one stream: a job's, or an activity
 feed. The hub SSUBSCRIBEs to the stream's wake channel (app/wakes.py) when the stream gets
-its first subscriber and SUNSUBSCRIBEs when it loses its last. A wake marks the stream
-dirty; each tick reads every dirty stream after its cursor with one XRANGE each, all in one
-pipeline (one per node on a Cluster), decodes each entry once and offers the same item to
-every subscriber. So a read names only streams that changed, and the cost of an event does
-not grow with the number of watched streams; no command spans two slots.
+its first subscriber and SUNSUBSCRIBEs when it loses its last. A job's wake carries the new
+entry and the id of the entry before it in the stream (app/append.lua): when that is the
+hub's cursor, the entry is the very next one, and the hub decodes it (through the stream's
+decoder, as a read would) and offers it with no read at all. Any other wake (a gap: an
+entry that published nothing, or wakes lost; a feed's empty one; an older script's bare
+id) marks the stream dirty, and each tick reads every dirty stream after its cursor with
+one XRANGE each, all in one pipeline (one per node on a Cluster). Each entry is decoded
+once and the same item offered to every subscriber. So the cost of an event does not grow
+with the number of watched streams; no command spans two slots.
 
-The stream stays the truth. A lost wake delays an event, never loses it: after a pub/sub
+The stream stays the truth. A wake is delivered only when it names the hub's cursor as its
+predecessor, which the script read from the stream itself; a lost wake delays an event,
+never loses it: the next wake's predecessor is not the cursor, so the stream is read; after a pub/sub
 connection is lost (restart, failover, CLIENT KILL) every stream it carried is subscribed
 again and read once; and a slow sweep reads every watched stream once per `catch_up_s`
 (a fixed cost per watched stream, not per event) for writes that publish nothing.

@@ -2,9 +2,13 @@
 
 Every writer of a watched stream SPUBLISHes on the stream's wake channel (keys.wake) right
 after its XADD, in the same script or pipeline, on the same node (the channel is in the
-stream's slot). A wake says only "read this stream": the stream stays the truth, so a lost
-wake delays an event and never loses one (the hub reads every stream again after a
-reconnect, and slowly all of them anyway).
+stream's slot). A wake is a hint (app/hub.py decides whether its payload can be delivered
+or the stream must be read): the stream stays the truth, so a lost wake delays an event and
+never loses one (the hub reads every stream again after a reconnect, and slowly all of them
+anyway).
+
+Each connection's socket is read in chunks and every message in a chunk parsed at once
+(`_receive_raw`); a connection with no socket of its own (fakeredis) is read by redis-py.
 
 One server or a Sentinel master: one connection. A Cluster: one per primary that serves a
 watched stream, found by the channel's slot. Connections are plain redis-py connections
