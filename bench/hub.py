@@ -2,14 +2,17 @@
 
     .venv/bin/python -m bench.hub                      # 100 and 10,000 watched jobs, 1 event/s each
     .venv/bin/python -m bench.hub --jobs 100,10000 --seconds 20 --rate 1
+    .venv/bin/python -m bench.hub --topology cluster   # or sentinel
 
-Starts its own redis-server on a free port. In this process: the hub (app/hub.py) with one
-subscriber per job, as an SSE client has; in a second process: a writer appending one
-progress event per job per 1/rate seconds through the append script (so each publishes its
-wake), spread evenly over the second. Each event carries its emit time; the hub's side notes
-when the subscriber got it. Reported per row: events emitted and delivered, p50/p99
-emit→observe, and CPU of the hub's process per delivered event (the stable figure on a
-shared machine). `--fanout` adds a row of 1,000 subscribers on one job at 20 events/s.
+Starts its own Redis on free ports (one server by default). In this process: the hub
+(app/hub.py) with one subscriber per job, as an SSE client has, under the garbage-collector
+policy `jobtrail serve` applies; in a second process: a writer appending one progress event
+per job per 1/rate seconds through the append script (so each publishes its wake), spread
+evenly over the second, packed by hand on one socket per primary so that the writer keeps
+up. Each event carries the time its append was sent; the hub's side notes when the
+subscriber got it. Reported per row: events emitted and delivered, p50/p99 send→observe, CPU
+of the hub's process per delivered event (the stable figure on a shared machine) and of the
+Redis primaries. `--fanout` adds a row of 1,000 subscribers on one job at 20 events/s.
 """
 
 from __future__ import annotations
@@ -19,12 +22,16 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import hiredis
+from redis.asyncio import RedisCluster
 
 from bench.redis_server import BenchRedis
 from jobtrail import gcpolicy
@@ -33,6 +40,8 @@ from jobtrail.eventlog import render_append_script
 from jobtrail.events import EventType, StartedData, SubmittedData
 from jobtrail.reducer import fields_for
 from jobtrail.services import open_services
+from tests.support.topologies import RedisCluster as ClusterOfNodes
+from tests.support.topologies import SentinelGroup
 
 
 def _settings(url: str, prefix: str) -> Settings:
@@ -41,8 +50,10 @@ def _settings(url: str, prefix: str) -> Settings:
 
 async def _create(url: str, prefix: str, jobs: list[str]) -> None:
     services = open_services(_settings(url, prefix), role="bench")
-    for start in range(0, len(jobs), 200):
-        chunk = jobs[start : start + 200]
+    # A Cluster client's pool refuses what it cannot take at once, rather than wait.
+    size = 8 if isinstance(services.redis, RedisCluster) else 200
+    for start in range(0, len(jobs), size):
+        chunk = jobs[start : start + size]
         await asyncio.gather(*(services.events.append(j, EventType.SUBMITTED,
                                                       SubmittedData(kind="demo", params={}, max_attempts=1))
                                for j in chunk))
@@ -67,11 +78,10 @@ def _writer(url: str, prefix: str, jobs: list[str], rate: float, seconds: float,
     async def run() -> None:
         services = open_services(_settings(url, prefix), role="bench-writer")
         sha = (await services.redis.script_load(render_append_script())).encode()
-        kwargs = services.redis.connection_pool.connection_kwargs
+        homes = await _primaries_of(services.redis, [services.keys.job(j) for j in jobs])
         await services.redis.aclose()
-        reader, writer = await asyncio.open_connection(kwargs.get("host", "127.0.0.1"), kwargs.get("port", 6379))
-        if kwargs.get("db"):
-            writer.write(b"*2\r\n" + _resp(b"SELECT", str(kwargs["db"]).encode()))
+        # One connection per primary (one on a single server or a Sentinel master).
+        links = {address: await asyncio.open_connection(*address) for address in set(homes)}
         # Everything but the data (the one argument that changes) packed once per job.
         fields = [part.encode() for pair in fields_for(EventType.PROGRESS, {"progress": 0.5}).items() for part in pair]
         count = 3 + 4 + 8 + len(fields)  # EVALSHA, sha, numkeys; the keys; the append arguments
@@ -79,9 +89,12 @@ def _writer(url: str, prefix: str, jobs: list[str], rate: float, seconds: float,
                                              b"progress", b"") for j in jobs]
         tail = _resp(b"", str(services.events.retention_s).encode(), b"", b"", b"", *fields)
         period = 1.0 / rate
-        total = int(seconds * rate) * len(jobs)
+        rounds = int(seconds * rate)
+        total = rounds * len(jobs)
         slice_s = period / len(jobs)
-        replies = asyncio.create_task(_check_replies(reader, total + (1 if kwargs.get("db") else 0)))
+        per_link = {address: homes.count(address) * rounds for address in links}
+        replies = [asyncio.create_task(_check_replies(reader, per_link[address]))
+                   for address, (reader, _) in links.items()]
         sent = 0
         await asyncio.sleep(max(0.0, start_at - time.time()))
         while sent < total:
@@ -91,15 +104,35 @@ def _writer(url: str, prefix: str, jobs: list[str], rate: float, seconds: float,
                 await asyncio.sleep(max(0.0, start_at + sent * slice_s - now))
                 continue
             emitted = b'{"progress":0.5,"current":%d,"total":' % int(now * 1_000_000)
-            writer.write(b"".join(heads[n % len(jobs)] + _resp(emitted + b"%d}" % (n // len(jobs) + 1)) + tail
-                                  for n in range(sent, due)))
+            batches: dict[tuple[str, int], list[bytes]] = {address: [] for address in links}
+            for n in range(sent, due):
+                job = n % len(jobs)
+                batches[homes[job]].append(heads[job] + _resp(emitted + b"%d}" % (n // len(jobs) + 1)) + tail)
+            for address, batch in batches.items():
+                if batch:
+                    links[address][1].write(b"".join(batch))
             sent = due
-            await writer.drain()
+            for _, writer in links.values():
+                await writer.drain()
             await asyncio.sleep(0)
-        await replies
-        writer.close()
+        await asyncio.gather(*replies)
+        for _, writer in links.values():
+            writer.close()
 
     asyncio.run(run())
+
+
+async def _primaries_of(redis, keys: list[str]) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
+    """The (host, port) of the primary that holds each key: a Cluster's by slot, a Sentinel's master, or the server."""
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()
+        return [(node.host, node.port) for node in map(redis.get_node_from_key, keys)]
+    pool = redis.connection_pool
+    if hasattr(pool, "get_master_address"):
+        host, port = await pool.get_master_address()
+    else:
+        host, port = pool.connection_kwargs.get("host", "127.0.0.1"), pool.connection_kwargs.get("port", 6379)
+    return [(host, int(port))] * len(keys)
 
 
 async def _check_replies(reader: asyncio.StreamReader, expected: int) -> None:
@@ -117,9 +150,12 @@ async def _check_replies(reader: asyncio.StreamReader, expected: int) -> None:
 
 
 async def _redis_cpu(redis) -> float:  # type: ignore[no-untyped-def]
-    """Seconds of CPU the Redis server used so far (its appends, publishes and the hub's reads)."""
-    info = await redis.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    """Seconds of CPU the Redis primaries used so far (their appends, publishes and the hub's reads)."""
+    if isinstance(redis, RedisCluster):
+        infos = list((await redis.info("cpu", target_nodes=RedisCluster.PRIMARIES)).values())
+    else:
+        infos = [await redis.info("cpu")]
+    return sum(float(info["used_cpu_user"]) + float(info["used_cpu_sys"]) for info in infos)
 
 
 async def _row(url: str, jobs_count: int, subscribers_per_job: int, rate: float, seconds: float) -> dict[str, object]:
@@ -190,18 +226,33 @@ def _run(url: str, args: argparse.Namespace) -> list[dict[str, object]]:
     return rows
 
 
+def _start(stack: contextlib.ExitStack, topology: str) -> str:
+    if topology == "single":
+        return stack.enter_context(BenchRedis()).url
+    directory = Path(tempfile.mkdtemp(prefix=f"jobtrail-bench-hub-{topology}-"))
+    stack.callback(shutil.rmtree, directory, ignore_errors=True)
+    group = (SentinelGroup(directory, replicas=1, sentinels=1) if topology == "sentinel"
+             else ClusterOfNodes(directory, replicas=0))
+    stack.callback(group.stop)
+    return group.start().url
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", default="100,10000", help="watched-job counts, comma-separated")
     parser.add_argument("--rate", type=float, default=1.0, help="events per second per job")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--fanout", action="store_true", help="also 1,000 subscribers on one job at 20 ev/s")
+    parser.add_argument("--topology", choices=["single", "sentinel", "cluster"], default="single",
+                        help="the Redis to start: one server, a Sentinel master (one replica, one sentinel), "
+                             "or a cluster of three primaries (no replicas: the hub reads primaries only)")
     parser.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:
-        url = args.redis_url or stack.enter_context(BenchRedis()).url
+        url = args.redis_url or _start(stack, args.topology)
         rows = _run(url, args)
-    print(f"hub bench: one process, {args.seconds:.0f} s per row, {os.cpu_count()} CPUs (shared machine)")
+    print(f"hub bench: one process, {args.seconds:.0f} s per row, {os.cpu_count()} CPUs (shared machine), "
+          f"{args.topology if not args.redis_url else 'given'} Redis")
     print("| watched jobs | subscribers/job | events/s/job | emitted | delivered | p50 ms | p99 ms "
           "| hub CPU µs/event | Redis CPU µs/event | pub/sub conns |")
     print("|---|---|---|---|---|---|---|---|---|---|")
