@@ -279,6 +279,11 @@ class Hub:
     def watched_count(self) -> int:
         return len(self._streams)
 
+    @property
+    def dirty_count(self) -> int:
+        """Streams waiting for a read (woken, newly watched, or in the sweep's slice)."""
+        return len(self._dirty)
+
     # --- wake-ups ---
 
     def _mark(self, stream: str) -> None:
@@ -310,7 +315,8 @@ class Hub:
                 self._mark(watched.stream)
             return
         # The entry right after the cursor, as the stream holds it: no read needed.
-        fields = dict(zip(flat[::2], flat[1::2], strict=False))
+        pairs = iter(flat)
+        fields = dict(zip(pairs, pairs, strict=False))
         try:
             items = watched.decode([(entry_id, fields)])
         except Exception:
