@@ -145,6 +145,22 @@ async def test_an_entry_between_the_cursor_and_a_wake_is_read_before_the_wake_is
         await close(services)
 
 
+async def test_a_wake_of_an_older_append_script_a_bare_id_still_has_the_stream_read(settings, events, redis_client,
+                                                                                   keys):
+    # During a rolling upgrade a worker of the release before publishes the new id alone.
+    services = await hub_services(msgspec.structs.replace(settings, hub_catch_up_s=3600.0))
+    try:
+        await running_job(events, "old")
+        stream = keys.events("old")
+        sub = await services.hub.subscribe(stream, after=(await stream_ids(redis_client, keys, "old"))[-1])
+        await asyncio.sleep(0.3)
+        added = await redis_client.xadd(stream, raw_progress(1))
+        await redis_client.spublish(keys.wake(stream), added)
+        assert await next_ids(sub, 1) == [added]
+    finally:
+        await close(services)
+
+
 async def test_a_redis_that_stays_down_ends_the_subscriptions_for_their_clients_to_resume(own_server, settings):
     s = msgspec.structs.replace(settings, redis_url=own_server.url, redis_timeout_s=1.0)
     services = await hub_services(s)
