@@ -133,5 +133,6 @@ if IS_TERMINAL(state) then
 end
 -- After the writes: a hub that reads on this wake finds the entry. The channel is in
 -- the job's slot, so on a Cluster the publish stays on this node (and its replicas).
-redis.call('SPUBLISH', wake, id)
+-- [id, the stream's entry before it ('' if none), the entry's fields]: a hub whose cursor is that previous entry delivers this one without reading (app/hub.py).
+redis.call('SPUBLISH', wake, cjson.encode({id, (redis.call('XREVRANGE', stream, '(' .. id, '-', 'COUNT', 1)[1] or {''})[1], entry}))
 return {'ok', id, state, cancel_requested, at, attempt, kind, tenant}

@@ -2,13 +2,19 @@
 
 Each SSE client and each /ws subscription subscribes to one stream: a job's, or an activity
 feed. The hub SSUBSCRIBEs to the stream's wake channel (app/wakes.py) when the stream gets
-its first subscriber and SUNSUBSCRIBEs when it loses its last. A wake marks the stream
-dirty; each tick reads every dirty stream after its cursor with one XRANGE each, all in one
-pipeline (one per node on a Cluster), decodes each entry once and offers the same item to
-every subscriber. So a read names only streams that changed, and the cost of an event does
-not grow with the number of watched streams; no command spans two slots.
+its first subscriber and SUNSUBSCRIBEs when it loses its last. A job's wake carries the new
+entry and the id of the entry before it in the stream (app/append.lua): when that is the
+hub's cursor, the entry is the very next one, and the hub decodes it (through the stream's
+decoder, as a read would) and offers it with no read at all. Any other wake (a gap: an
+entry that published nothing, or wakes lost; a feed's empty one; an older script's bare
+id) marks the stream dirty, and each tick reads every dirty stream after its cursor with
+one XRANGE each, all in one pipeline (one per node on a Cluster). Each entry is decoded
+once and the same item offered to every subscriber. So the cost of an event does not grow
+with the number of watched streams; no command spans two slots.
 
-The stream stays the truth. A lost wake delays an event, never loses it: after a pub/sub
+The stream stays the truth. A wake is delivered only when it names the hub's cursor as its
+predecessor, which the script read from the stream itself; a lost wake delays an event,
+never loses it: the next wake's predecessor is not the cursor, so the stream is read; after a pub/sub
 connection is lost (restart, failover, CLIENT KILL) every stream it carried is subscribed
 again and read once; and a slow sweep reads every watched stream once per `catch_up_s`
 (a fixed cost per watched stream, not per event) for writes that publish nothing.
@@ -35,6 +41,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import msgspec
 from redis.exceptions import RedisClusterException, RedisError
 
 from jobtrail.eventlog import decode_events
@@ -63,6 +70,12 @@ BATCH = 2000
 # How long a tick lets wakes gather before it reads: a pipeline's own cost (a connection, a
 # send, a reply) is then shared by every stream woken meanwhile, at 2 ms of latency.
 GATHER_S = 0.002
+# What append.lua publishes: [new id, the entry before it in the stream, the new entry's fields].
+_decode_wake = msgspec.json.Decoder(tuple[str, str, list[str]]).decode
+# A payload that starts with a digit is an id alone (bytes from app/wakes.py's reader, str from redis-py's).
+_ID_START = frozenset([*b"0123456789", *"0123456789"])
+# What a wake's payload may fail with: not JSON, or not the shape above.
+_UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError)
 # How often the catch-up sweep takes its next slice.
 _SWEEP_TICK_S = 1.0
 
@@ -219,6 +232,7 @@ class Hub:
         self._stopping = False
         self._draining: str | None = None
         self.reads = 0  # XRANGEs issued, for tests and the bench
+        self.wake_deliveries = 0  # entries delivered from their wake without a read
 
     @property
     def running(self) -> bool:
@@ -321,20 +335,51 @@ class Hub:
     def watched_count(self) -> int:
         return len(self._streams)
 
+    @property
+    def dirty_count(self) -> int:
+        """Streams waiting for a read (woken, newly watched, or in the sweep's slice)."""
+        return len(self._dirty)
+
     # --- wake-ups ---
 
     def _mark(self, stream: str) -> None:
         self._dirty[stream] = None
         self._wakeup.set()
 
-    def _woken(self, channel: str, last_id: str) -> None:
+    def _woken(self, channel: str, payload: bytes | str) -> None:
         watched = self._by_channel.get(channel)
         if watched is None:
             return
-        # The payload is the new entry's id (the feeds send none): one already read needs no read.
-        if last_id and not is_after(last_id, watched.cursor):
+        if not payload:  # the feeds' wakes say nothing: read
+            self._mark(watched.stream)
             return
-        self._mark(watched.stream)
+        if payload[0] in _ID_START:
+            # An id alone (an append script of an older release): one already read needs no read.
+            last_id = payload.decode() if isinstance(payload, bytes) else payload
+            if is_after(last_id, watched.cursor):
+                self._mark(watched.stream)
+            return
+        try:
+            entry_id, previous, flat = _decode_wake(payload)
+        except _UNDECODABLE:
+            self._mark(watched.stream)
+            return
+        if previous != watched.cursor:
+            # Something between the cursor and this entry (or this one already read): the
+            # stream says what; a read from the cursor also takes this entry.
+            if is_after(entry_id, watched.cursor):
+                self._mark(watched.stream)
+            return
+        # The entry right after the cursor, as the stream holds it: no read needed.
+        pairs = iter(flat)
+        fields = dict(zip(pairs, pairs, strict=False))
+        try:
+            items = watched.decode([(entry_id, fields)])
+        except Exception:
+            self._mark(watched.stream)  # the read's path handles an unreadable entry
+            return
+        self.wake_deliveries += 1
+        self._offer(watched, items)
 
     def _lost(self, channels: set[str]) -> None:
         if self._stopping:
@@ -418,20 +463,23 @@ class Hub:
                 self._forget(watched, REDIS_LOST)
             return
         self.reads += len(batch)
-        for (watched, cursor), entries in zip(batch, replies, strict=True):
+        for (watched, _), entries in zip(batch, replies, strict=True):
             if self._streams.get(watched.stream) is not watched:
                 continue  # unsubscribed while we were reading
             if isinstance(entries, Exception):
                 log.warning("hub cannot read %s: %s", watched.stream, entries)
                 self._forget(watched, REDIS_LOST)
                 continue
-            self._deliver(watched, cursor, entries)
+            self._deliver(watched, entries)
 
-    def _deliver(self, watched: _Watched, cursor: str, entries: list[tuple[str, dict[str, str]]]) -> None:
+    def _deliver(self, watched: _Watched, entries: list[tuple[str, dict[str, str]]]) -> None:
         if not entries:
             return
         if len(entries) >= READ_COUNT:
             self._mark(watched.stream)
+        # The cursor now, not the one the read started from: a wake may have delivered
+        # entries meanwhile, and they must not come twice.
+        cursor = watched.cursor
         try:
             items = watched.decode(entry for entry in entries if is_after(entry[0], cursor))
         except Exception:
@@ -441,6 +489,9 @@ class Hub:
             watched.cursor = entries[-1][0]
             self._forget(watched, UNREADABLE)
             return
+        self._offer(watched, items)
+
+    def _offer(self, watched: _Watched, items: list[Any]) -> None:
         if not items:
             return
         watched.cursor = items[-1].id

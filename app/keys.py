@@ -114,7 +114,9 @@ class Keys:
         return f"{self.prefix}:auth:secret"
 
     def wake(self, stream: str) -> str:
-        """Shard channel: SPUBLISHed after every entry added to `stream` (the new id, or empty), in `stream`'s slot.
+        """Shard channel: SPUBLISHed after every entry added to `stream`, in `stream`'s slot.
+
+        A job's carries [new id, previous id, the entry's fields] (app/append.lua), a feed's is empty.
 
         A stream with a hash tag keeps it; one without (the global feed) becomes the tag,
         so the channel hashes exactly as the key does and the publish lands on its node.
