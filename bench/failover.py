@@ -77,11 +77,13 @@ class Writers:
         self.run = run
         self.load = Load()
         self._ids = itertools.count()
+        # time.monotonic() of each writer's last acknowledged append: a writer stuck shows.
+        self.last_acked = [time.monotonic()] * concurrency
 
     async def until(self, stop: asyncio.Event) -> None:
-        await asyncio.gather(*(self._writer(stop) for _ in range(self.concurrency)))
+        await asyncio.gather(*(self._writer(stop, number) for number in range(self.concurrency)))
 
-    async def _writer(self, stop: asyncio.Event) -> None:
+    async def _writer(self, stop: asyncio.Event, writer: int) -> None:
         while not stop.is_set():
             job_id = f"{self.run}-{next(self._ids)}"
             steps: list[tuple[EventType, dict[str, object], int | None]] = [
@@ -97,6 +99,7 @@ class Writers:
                     self.load.refused += 1
                     break
                 self.load.acked.append(Acked(job_id, event_type, appended.id, time.monotonic(), appended.replicas))
+                self.last_acked[writer] = time.monotonic()
                 if event_type is EventType.SUCCEEDED:
                     self.load.jobs_done += 1
                     self.load.terminal_latency_s.append(time.monotonic() - began)
