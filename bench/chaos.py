@@ -2,6 +2,8 @@
 
     REDIS_URL=redis://127.0.0.1:6379/0 .venv/bin/python -m bench.chaos --jobs 100 --workers 3 --seed 1
 
+(any REDIS_URL: `redis+sentinel://…` and `redis+cluster://…` too, see the README's "Scaling out")
+
 (from the repository's root: bench/ and tests/ are packages, and their imports need no path edits.)
 
 Starts `jobtrail serve` and W `jobtrail worker` processes under a fresh key prefix, submits
@@ -50,9 +52,11 @@ import httpx
 import msgspec
 import redis.asyncio as aioredis
 
+from jobtrail.config import Settings
 from jobtrail.events import Event, EventOut, EventType
 from jobtrail.keys import Keys
 from jobtrail.reducer import IllegalHistory, fold
+from jobtrail.store import Store
 from tests.support.sse import Message, messages
 
 ROOT = Path(__file__).resolve().parent.parent  # where the processes it starts run
@@ -487,7 +491,11 @@ class Chaos:
         """Job id -> name of the worker holding its lease (the token is `<name>:<random>`)."""
         if not job_ids:
             return {}
-        tokens = await self.redis.mget([self.keys.lease(job_id) for job_id in job_ids])
+        # One GET per key, pipelined: an MGET over many jobs' slots is cross-slot on a Cluster.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.get(self.keys.lease(job_id))
+            tokens = await pipe.execute()
         return {job_id: token.rpartition(":")[0] for job_id, token in zip(job_ids, tokens, strict=True) if token}
 
     async def _signal_workers(self) -> None:
@@ -689,7 +697,7 @@ def judge(chaos: Chaos, streams: dict[str, list[Event]], states: dict[str, dict[
 
 
 async def delete_prefix(redis: aioredis.Redis, prefix: str) -> None:
-    async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
+    async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):  # every primary's, on a Cluster
         await redis.delete(key)
 
 
@@ -701,7 +709,8 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
     run_dir.mkdir(parents=True, exist_ok=True)
     keys = Keys(prefix)
     procs = Processes(child_env(config, prefix, run_dir), run_dir)
-    redis = aioredis.Redis.from_url(config.redis_url, decode_responses=True)
+    # The Store's client: REDIS_URL may name one server, a Sentinel group or a Cluster.
+    redis = Store(Settings(redis_url=config.redis_url), role="chaos").pooled()
     try:
         try:
             url = await procs.start_api()
