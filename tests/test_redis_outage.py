@@ -15,7 +15,7 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -27,22 +27,15 @@ from jobtrail.config import Settings
 from tests.support.env import ROOT, worker_env
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.sse import Message, collect, messages
-from tests.support.topologies import TopologyUnderTest, WholeGroupDown, over_topologies
+from tests.support.topologies import WholeGroupDown, over_topologies
 
 RECOVER_S = 15.0  # the hub backs off up to 5 s between reconnects
 DEMO = {"kind": "demo", "params": {"steps": 2, "delay_ms": 10}}
 
 
 @pytest.fixture
-def server(topology: TopologyUnderTest, request: pytest.FixtureRequest) -> Iterator[RedisServer | WholeGroupDown]:
-    """The Redis a test takes down: a throwaway server, or the whole Sentinel group or Cluster."""
-    if topology.group is None:
-        yield request.getfixturevalue("durable_redis")
-        return
-    group = WholeGroupDown(topology.group)
-    yield group
-    if group.down:  # a test that failed while it was down
-        group.start()
+def server(redis_to_take_down: RedisServer | WholeGroupDown) -> RedisServer | WholeGroupDown:
+    return redis_to_take_down
 
 
 @pytest.fixture

@@ -336,7 +336,9 @@ class SentinelGroup:
         for sentinel in running_sentinels:
             with sentinel.client() as client:
                 state = client.sentinel_master(self.service)
-            if int(state["port"]) != master.port or "master" not in str(state["flags"]).split(","):
+            flags = str(state["flags"]).split(",")
+            # A master they still flag down, though back, is one redis-py's Sentinel client refuses.
+            if int(state["port"]) != master.port or "master" not in flags or {"s_down", "o_down"} & set(flags):
                 return False
             if int(state["num-slaves"]) < len(running_servers) - 1:
                 return False
