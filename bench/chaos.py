@@ -208,6 +208,7 @@ class Processes:
         self.workers: list[subprocess.Popen[bytes]] = []  # running and not signalled
         self.stopping: list[tuple[subprocess.Popen[bytes], float]] = []  # SIGTERMed, and when
         self.started = 0
+        self._log_names: dict[int, str] = {}  # a worker's pid -> its log's name
 
     def log_path(self, name: str) -> Path:
         return self.run_dir / f"{name}.log"
@@ -239,9 +240,15 @@ class Processes:
     def start_worker(self) -> str:
         """Start one more worker; the name of its log."""
         name = f"worker-{self.started}"
-        self.workers.append(self._spawn(name, "worker"))
+        process = self._spawn(name, "worker")
+        self.workers.append(process)
+        self._log_names[process.pid] = name
         self.started += 1
         return name
+
+    def listening(self, process: subprocess.Popen[bytes]) -> bool:
+        """The worker consumes the queue (taskiq logged "Listening started"): it is past its start-up."""
+        return b"Listening started" in self.log_path(self._log_names[process.pid]).read_bytes()
 
     async def start_workers(self, count: int, timeout: float = 30.0) -> None:
         """Start workers and wait until each consumes the queue (taskiq logs "Listening started")."""
@@ -509,7 +516,10 @@ class Chaos:
             if self.over:
                 return
             busy = set((await self._lease_holders(await self._live_jobs())).values())
-            candidates = [p for p in self.procs.workers if worker_name(p) in busy] or self.procs.workers
+            # With no busy worker, one that listens: a replacement still importing has no
+            # handler for SIGTERM yet, and Python's default ends it with -15 before it did anything.
+            candidates = ([p for p in self.procs.workers if worker_name(p) in busy]
+                          or [p for p in self.procs.workers if self.procs.listening(p)] or self.procs.workers)
             if not candidates:  # every worker is paused
                 continue
             victim = rng.choice(candidates)
