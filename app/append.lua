@@ -7,10 +7,10 @@
 -- KEYS[4]  wake shard channel    (jt:job:{ID}:events:wake)  told the new id (app/wakes.py); not a key
 -- ARGV[1]  event type
 -- ARGV[2]  attempt, or '' for the job's current attempt
--- ARGV[3]  data, a JSON object (stored as is)
+-- ARGV[3]  data, as app/events.py packs it (stored as is)
 -- ARGV[4]  idempotency key, or '' for none
 -- ARGV[5]  retention in seconds, applied to every key at a terminal event
--- ARGV[6]  `at` in epoch ms, or '' for the server's clock
+-- ARGV[6]  `at` in epoch ms, or '' for the server's clock: the new entry id's milliseconds
 -- ARGV[7]  incarnation the writer works for (the id of the job's `submitted`), or '' for any
 -- ARGV[8]  dedupe slot, or '' to remember the key under itself. A writer whose writes go
 --          out one at a time (a job context) names one slot for all of them: a retry can
@@ -26,11 +26,16 @@
 --      or {'replaced', state}                         (ARGV[7] is not the job's incarnation: the
 --                                                      job was deleted and submitted again; nothing written)
 --
+-- The entry is {e = attempt * 100 + type code, t = ARGV[6], d = data, k = key or ''}: always
+-- the same fields in the same order (app/events.py: ENTRY_FIELDS), so a stream node stores
+-- their names once.
+--
 -- RULE_OF, IS_TERMINAL and ABSENT are rendered above this line from app/events.py (RULES).
 
 local job, stream, dedupe, wake = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local etype, attempt, data, key, retention, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local incarnation, slot = ARGV[7], ARGV[8]
+local COMPACT_MAX_ENTRIES = 1000
 
 local rule = RULE_OF(etype)
 if not rule then
@@ -76,38 +81,37 @@ elseif rule.attempt then
     return {'stale', state, current}
   end
 end
+local id = redis.call('XADD', stream, '*', 'e', tostring(tonumber(attempt) * 100 + rule.code), 't', at, 'd', data,
+                      'k', key)
 if at == '' then
-  local now = redis.call('TIME')
-  at = tostring(tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+  at = string.sub(id, 1, string.find(id, '-', 1, true) - 1)
 end
-
-local entry = {'type', etype, 'at', at, 'v', '1', 'attempt', attempt, 'data', data}
-if key ~= '' then
-  table.insert(entry, 'key')
-  table.insert(entry, key)
-end
-local id = redis.call('XADD', stream, '*', unpack(entry))
 
 local count = tostring((tonumber(own[5]) or 0) + 1)
-local fields = {'updated_at', at, 'last_event_id', id, 'attempt', attempt, 'event_count', count}
+local fields = {'updated_at', at, 'last_event_id', id, 'event_count', count}
+-- Most events leave the attempt as it is: one field fewer to write.
+if attempt ~= own[4] then
+  fields[#fields + 1] = 'attempt'
+  fields[#fields + 1] = attempt
+end
 if rule.next then
   state = rule.next
-  table.insert(fields, 'state')
-  table.insert(fields, state)
+  fields[#fields + 1] = 'state'
+  fields[#fields + 1] = state
 end
 if rule.stamp then
-  table.insert(fields, rule.stamp)
-  table.insert(fields, at)
+  fields[#fields + 1] = rule.stamp
+  fields[#fields + 1] = at
 end
 if rule.opens then
-  table.insert(fields, 'incarnation')
-  table.insert(fields, id)
+  fields[#fields + 1] = 'incarnation'
+  fields[#fields + 1] = id
 end
 local kind, tenant = own[6] or '', own[7] or ''
 for i = 9, #ARGV, 2 do
   local field, value = ARGV[i], ARGV[i + 1]
-  table.insert(fields, field)
-  table.insert(fields, value)
+  fields[#fields + 1] = field
+  fields[#fields + 1] = value
   -- What the reply reports is the hash after this write, which these fields may set.
   if field == 'cancel_requested' then
     cancel_requested = value
@@ -127,8 +131,15 @@ if key ~= '' then
 end
 
 if IS_TERMINAL(state) then
-  for _, k in ipairs({job, stream, dedupe}) do
-    redis.call('EXPIRE', k, retention)
+  redis.call('EXPIRE', job, retention)
+  redis.call('EXPIRE', dedupe, retention)
+  -- A finished stream rarely grows again, yet its last node keeps the 4 KB Redis gives a
+  -- new node ahead: written back from its own dump, each node takes only what it holds.
+  -- Not for a long stream, whose dump would hold up the server, for a gain it hardly sees.
+  if tonumber(retention) > 0 and redis.call('XLEN', stream) <= COMPACT_MAX_ENTRIES then
+    redis.call('RESTORE', stream, retention * 1000, redis.call('DUMP', stream), 'REPLACE')
+  else
+    redis.call('EXPIRE', stream, retention)
   end
 end
 -- After the writes: a hub that reads on this wake finds the entry. The channel is in

@@ -19,7 +19,18 @@ from redis.exceptions import NoScriptError
 
 from jobtrail.activity import ActivityFeed, FeedNote
 from jobtrail.errors import AttemptSuperseded, JobExists, JobNotFound, JobReplaced, TransitionRefused
-from jobtrail.events import ABSENT, RULES, TERMINAL_STATES, CorruptEvent, Event, EventType, check_data
+from jobtrail.events import (
+    ABSENT,
+    RULES,
+    TERMINAL_STATES,
+    TYPE_CODES,
+    CorruptEvent,
+    Event,
+    EventType,
+    check_data,
+    entry_type,
+    pack_data,
+)
 from jobtrail.jobstate import JobState
 from jobtrail.keys import Keys
 from jobtrail.metrics import Metrics
@@ -52,7 +63,8 @@ def render_append_script() -> str:
         opens = "true" if rule.opens else "false"
         lines.append(
             f"  {'if' if n == 0 else 'elseif'} etype == {_lua_string(event_type)} then return "
-            f"{{allowed = {{{allowed}}}, next = {nxt}, stamp = {stamp}, attempt = {attempt}, opens = {opens}}}"
+            f"{{allowed = {{{allowed}}}, next = {nxt}, stamp = {stamp}, attempt = {attempt}, opens = {opens}, "
+            f"code = {TYPE_CODES[event_type]}}}"
         )
     lines.append("  end")
     lines.append("end")
@@ -155,7 +167,7 @@ class EventLog:
         args: list[str | int] = [
             event_type.value,
             "" if attempt is None else attempt,
-            msgspec.json.encode(payload).decode(),
+            pack_data(event_type, payload),
             key or "",
             self.retention_s if retention_s is None else retention_s,
             "" if at_ms is None else at_ms,
@@ -348,7 +360,7 @@ class EventLog:
         first = info.get("first-entry")
         if not first:
             return info.get("last-generated-id") or BEGINNING
-        if first[1].get("type") != EventType.SUBMITTED:
+        if entry_type(first[1]) != EventType.SUBMITTED:
             return previous_id(first[0])
         return BEGINNING
 

@@ -173,6 +173,78 @@ class CorruptEvent(ValueError):
 
 
 _decode_data = msgspec.json.Decoder(dict[str, Any]).decode
+_decode_json = msgspec.json.Decoder().decode
+_encode_json = msgspec.json.encode
+
+# The stream entry layout since the compact encoding (app/append.lua writes it):
+#   e  attempt * 100 + the type's code (TYPE_CODES)
+#   t  `at` in epoch ms, or '' when it is the entry id's milliseconds (the server's clock)
+#   d  data: a JSON array of the values in the type's Struct order (pack_data), or an object
+#   k  idempotency key, '' for none
+# Every entry has these four fields in this order, so that each entry of a stream node has
+# its node's first field set, which Redis then does not store again per entry. Entries
+# written before (type, at, v, attempt, data[, key]) stay readable: `type` tells them apart.
+ENTRY_FIELDS = ("e", "t", "d", "k")
+
+# Never renumbered: stored entries hold these.
+TYPE_CODES: dict[EventType, int] = {
+    EventType.SUBMITTED: 1,
+    EventType.STARTED: 2,
+    EventType.PROGRESS: 3,
+    EventType.PHASE: 4,
+    EventType.LOG: 5,
+    EventType.CANCEL_REQUESTED: 6,
+    EventType.RETRYING: 7,
+    EventType.SUCCEEDED: 8,
+    EventType.FAILED: 9,
+    EventType.CANCELLED: 10,
+}
+_TYPE_OF_CODE = {code: event_type for event_type, code in TYPE_CODES.items()}
+# Per type: its Struct's field names, and whether a field at its default is left out, which
+# for these Structs (every default None) is what a null in the array stands for.
+_LAYOUTS: dict[EventType, tuple[tuple[str, ...], bool]] = {
+    event_type: (struct.__struct_fields__, struct.__struct_config__.omit_defaults)
+    for event_type, struct in DATA_TYPES.items()
+}
+
+
+def pack_data(event_type: EventType, data: dict[str, Any]) -> str:
+    """`data` (from check_data) as the compact JSON array of its values; a JSON object if it has other keys."""
+    names, omits = _LAYOUTS[event_type]
+    if omits:
+        values = [data.get(name) for name in names]
+        while values and values[-1] is None:
+            values.pop()
+        packs = len(data) == sum(value is not None for value in values) and all(name in names for name in data)
+    else:
+        values = [data.get(name) for name in names]
+        packs = len(data) == len(names) and all(name in data for name in names)
+    return _encode_json(values if packs else data).decode()
+
+
+def unpack_data(event_type: EventType, text: str) -> dict[str, Any]:
+    """The data dict `pack_data` packed (or an object stored as is); ValueError when it is neither."""
+    if not text.startswith("["):
+        return _decode_data(text)
+    values = _decode_json(text)
+    names, omits = _LAYOUTS[event_type]
+    if not isinstance(values, list) or len(values) > len(names) or (not omits and len(values) != len(names)):
+        raise ValueError(f"{len(values) if isinstance(values, list) else 'no'} values for the {len(names)} fields "
+                         f"of {event_type.value}")
+    if omits:
+        return {name: value for name, value in zip(names, values, strict=False) if value is not None}
+    return dict(zip(names, values, strict=True))
+
+
+def entry_type(fields: dict[str, str]) -> str | None:
+    """The event type an entry holds, in either layout, without decoding the rest; None if it names none."""
+    if "type" in fields:
+        return fields["type"]
+    try:
+        event_type = _TYPE_OF_CODE.get(int(fields["e"]) % 100)
+    except (KeyError, ValueError):
+        return None
+    return event_type.value if event_type else None
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
@@ -190,20 +262,43 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     def from_entry(cls, entry_id: str, fields: dict[str, str]) -> Event:
         """Decode one XRANGE/XREAD entry; CorruptEvent (a ValueError) when it is not a valid event."""
         try:
-            event = cls(
-                id=entry_id,
-                type=EventType(fields["type"]),
-                at=int(fields["at"]),
-                attempt=int(fields["attempt"]),
-                data=_decode_data(fields["data"]),
-                v=int(fields.get("v", SCHEMA_VERSION)),
-                key=fields.get("key"),
-            )
+            event = cls._compact(entry_id, fields) if "e" in fields else cls._verbose(entry_id, fields)
             # Refused here, not later: every reader turns `at` into a datetime.
             ms_to_datetime(event.at)
         except (KeyError, TypeError, ValueError, OverflowError, OSError, RecursionError) as exc:
             raise CorruptEvent(f"stream entry {entry_id} is not a valid event: {exc!r:.200}") from exc
         return event
+
+    @classmethod
+    def _compact(cls, entry_id: str, fields: dict[str, str]) -> Event:
+        if "type" in fields or len(fields) != len(ENTRY_FIELDS):
+            raise ValueError(f"fields {sorted(fields)!r:.100} are neither layout's")
+        meta = int(fields["e"])
+        if meta < 0 or not fields["e"].isascii():
+            raise ValueError(f"e={fields['e']!r:.40} is no attempt and type")
+        attempt, code = divmod(meta, 100)
+        event_type = _TYPE_OF_CODE[code]
+        at = fields["t"]
+        return cls(
+            id=entry_id,
+            type=event_type,
+            at=int(at) if at else int(entry_id.partition("-")[0]),
+            attempt=attempt,
+            data=unpack_data(event_type, fields["d"]),
+            key=fields["k"] or None,
+        )
+
+    @classmethod
+    def _verbose(cls, entry_id: str, fields: dict[str, str]) -> Event:
+        return cls(
+            id=entry_id,
+            type=EventType(fields["type"]),
+            at=int(fields["at"]),
+            attempt=int(fields["attempt"]),
+            data=_decode_data(fields["data"]),
+            v=int(fields.get("v", SCHEMA_VERSION)),
+            key=fields.get("key"),
+        )
 
     def out(self) -> EventOut:
         return EventOut(id=self.id, type=self.type, at=ms_to_datetime(self.at), attempt=self.attempt, data=self.data)
