@@ -5,6 +5,7 @@
 -- KEYS[3]  job dedupe hash       (jt:job:{ID}:dedupe)  idempotency key -> event id,
 --                                                     or slot -> 'key id'
 -- KEYS[4]  wake shard channel    (jt:job:{ID}:events:wake)  told the new id (app/wakes.py); not a key
+-- KEYS[5]  enqueue claim         (jt:job:{ID}:enqueued)  app/service.py's; of no use once the job ended
 -- ARGV[1]  event type
 -- ARGV[2]  attempt, or '' for the job's current attempt
 -- ARGV[3]  data, as app/events.py packs it (stored as is)
@@ -26,13 +27,13 @@
 --      or {'replaced', state}                         (ARGV[7] is not the job's incarnation: the
 --                                                      job was deleted and submitted again; nothing written)
 --
--- The entry is {e = attempt * 100 + type code, t = ARGV[6], d = data, k = key or ''}: always
--- the same fields in the same order (app/events.py: ENTRY_FIELDS), so a stream node stores
--- their names once.
+-- The entry is {e = attempt * 100 + type code (then ' ' .. ARGV[6] if given), d = data,
+-- k = key or ''}: always the same fields in the same order (app/events.py: ENTRY_FIELDS), so
+-- a stream node stores their names once.
 --
 -- RULE_OF, IS_TERMINAL and ABSENT are rendered above this line from app/events.py (RULES).
 
-local job, stream, dedupe, wake = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local job, stream, dedupe, wake, claim = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local etype, attempt, data, key, retention, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local incarnation, slot = ARGV[7], ARGV[8]
 local COMPACT_MAX_ENTRIES = 1000
@@ -81,10 +82,13 @@ elseif rule.attempt then
     return {'stale', state, current}
   end
 end
-local id = redis.call('XADD', stream, '*', 'e', tostring(tonumber(attempt) * 100 + rule.code), 't', at, 'd', data,
-                      'k', key)
+local meta = tostring(tonumber(attempt) * 100 + rule.code)
+local id
 if at == '' then
+  id = redis.call('XADD', stream, '*', 'e', meta, 'd', data, 'k', key)
   at = string.sub(id, 1, string.find(id, '-', 1, true) - 1)
+else
+  id = redis.call('XADD', stream, '*', 'e', meta .. ' ' .. at, 'd', data, 'k', key)
 end
 
 local count = tostring((tonumber(own[5]) or 0) + 1)
@@ -133,6 +137,7 @@ end
 if IS_TERMINAL(state) then
   redis.call('EXPIRE', job, retention)
   redis.call('EXPIRE', dedupe, retention)
+  redis.call('DEL', claim)
   -- A finished stream rarely grows again, yet its last node keeps the 4 KB Redis gives a
   -- new node ahead: written back from its own dump, each node takes only what it holds.
   -- Not for a long stream, whose dump would hold up the server, for a gain it hardly sees.

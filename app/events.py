@@ -173,18 +173,18 @@ class CorruptEvent(ValueError):
 
 
 _decode_data = msgspec.json.Decoder(dict[str, Any]).decode
-_decode_json = msgspec.json.Decoder().decode
+_decode_values = msgspec.json.Decoder(list[Any]).decode
 _encode_json = msgspec.json.encode
 
 # The stream entry layout since the compact encoding (app/append.lua writes it):
-#   e  attempt * 100 + the type's code (TYPE_CODES)
-#   t  `at` in epoch ms, or '' when it is the entry id's milliseconds (the server's clock)
-#   d  data: a JSON array of the values in the type's Struct order (pack_data), or an object
+#   e  attempt * 100 + the type's code (TYPE_CODES); then a space and `at` in epoch ms when
+#      that is not the entry id's milliseconds (an `at` given, not the server's clock)
+#   d  data: its values in the type's Struct order, a JSON array without its brackets (pack_data)
 #   k  idempotency key, '' for none
-# Every entry has these four fields in this order, so that each entry of a stream node has
+# Every entry has these three fields in this order, so that each entry of a stream node has
 # its node's first field set, which Redis then does not store again per entry. Entries
 # written before (type, at, v, attempt, data[, key]) stay readable: `type` tells them apart.
-ENTRY_FIELDS = ("e", "t", "d", "k")
+ENTRY_FIELDS = ("e", "d", "k")
 
 # Never renumbered: stored entries hold these.
 TYPE_CODES: dict[EventType, int] = {
@@ -209,28 +209,30 @@ _LAYOUTS: dict[EventType, tuple[tuple[str, ...], bool]] = {
 
 
 def pack_data(event_type: EventType, data: dict[str, Any]) -> str:
-    """`data` (from check_data) as the compact JSON array of its values; a JSON object if it has other keys."""
+    """`data` (as check_data makes it) as its values in the type's Struct order, JSON without the brackets.
+
+    A field left out (at its default, None) is a null, and trailing ones are dropped.
+    ValueError for a dict check_data could not have made.
+    """
     names, omits = _LAYOUTS[event_type]
+    values = [data.get(name) for name in names]
     if omits:
-        values = [data.get(name) for name in names]
         while values and values[-1] is None:
             values.pop()
-        packs = len(data) == sum(value is not None for value in values) and all(name in names for name in data)
+        fits = len(data) == sum(value is not None for value in values)
     else:
-        values = [data.get(name) for name in names]
-        packs = len(data) == len(names) and all(name in data for name in names)
-    return _encode_json(values if packs else data).decode()
+        fits = len(data) == len(names) and all(name in data for name in names)
+    if not fits or not all(name in names for name in data):
+        raise ValueError(f"{event_type.value} data {sorted(data)!r:.100} is not its Struct's")
+    return _encode_json(values)[1:-1].decode()
 
 
 def unpack_data(event_type: EventType, text: str) -> dict[str, Any]:
-    """The data dict `pack_data` packed (or an object stored as is); ValueError when it is neither."""
-    if not text.startswith("["):
-        return _decode_data(text)
-    values = _decode_json(text)
+    """The data dict `pack_data` packed; ValueError when `text` is not such values."""
+    values = _decode_values("[" + text + "]")
     names, omits = _LAYOUTS[event_type]
-    if not isinstance(values, list) or len(values) > len(names) or (not omits and len(values) != len(names)):
-        raise ValueError(f"{len(values) if isinstance(values, list) else 'no'} values for the {len(names)} fields "
-                         f"of {event_type.value}")
+    if len(values) > len(names) or (not omits and len(values) != len(names)):
+        raise ValueError(f"{len(values)} values for the {len(names)} fields of {event_type.value}")
     if omits:
         return {name: value for name, value in zip(names, values, strict=False) if value is not None}
     return dict(zip(names, values, strict=True))
@@ -241,7 +243,7 @@ def entry_type(fields: dict[str, str]) -> str | None:
     if "type" in fields:
         return fields["type"]
     try:
-        event_type = _TYPE_OF_CODE.get(int(fields["e"]) % 100)
+        event_type = _TYPE_OF_CODE.get(int(fields["e"].partition(" ")[0]) % 100)
     except (KeyError, ValueError):
         return None
     return event_type.value if event_type else None
@@ -273,12 +275,11 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     def _compact(cls, entry_id: str, fields: dict[str, str]) -> Event:
         if "type" in fields or len(fields) != len(ENTRY_FIELDS):
             raise ValueError(f"fields {sorted(fields)!r:.100} are neither layout's")
-        meta = int(fields["e"])
-        if meta < 0 or not fields["e"].isascii():
+        meta, _, at = fields["e"].partition(" ")
+        if not meta.isdigit() or not meta.isascii():
             raise ValueError(f"e={fields['e']!r:.40} is no attempt and type")
-        attempt, code = divmod(meta, 100)
+        attempt, code = divmod(int(meta), 100)
         event_type = _TYPE_OF_CODE[code]
-        at = fields["t"]
         return cls(
             id=entry_id,
             type=event_type,

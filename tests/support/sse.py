@@ -142,7 +142,8 @@ def entry_at_ms(entry_id: str, fields: dict[str, str]) -> int:
     """A raw entry's `at`: its own field, or in the compact layout when left empty, its id's milliseconds."""
     if "type" in fields:
         return int(fields["at"])
-    return int(fields["t"] or entry_id.partition("-")[0])
+    _, _, at = fields["e"].partition(" ")
+    return int(at or entry_id.partition("-")[0])
 
 
 def expected_event(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
@@ -155,11 +156,11 @@ def expected_event(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
             "attempt": int(fields["attempt"]),
             "data": json.loads(fields["data"]),
         }
-    attempt, code = divmod(int(fields["e"]), 100)
+    attempt, code = divmod(int(fields["e"].split(" ")[0]), 100)
     event_type, names = ENTRY_TYPES[code]
-    data = json.loads(fields["d"])
-    if isinstance(data, list):  # the values in field order, a null for a field left out
-        data = {name: value for name, value in zip(names, data, strict=False) if value is not None}
+    # The values in field order, a JSON array without its brackets; a null for a field left out.
+    values = json.loads("[" + fields["d"] + "]")
+    data = {name: value for name, value in zip(names, values, strict=False) if value is not None}
     return {
         "id": entry_id,
         "type": event_type,
