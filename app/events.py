@@ -229,13 +229,13 @@ def pack_data(event_type: EventType, data: dict[str, Any]) -> str:
 
 def unpack_data(event_type: EventType, text: str) -> dict[str, Any]:
     """The data dict `pack_data` packed; ValueError when `text` is not such values."""
-    values = _decode_values("[" + text + "]")
+    values = _decode_values(f"[{text}]")
     names, omits = _LAYOUTS[event_type]
     if len(values) > len(names) or (not omits and len(values) != len(names)):
         raise ValueError(f"{len(values)} values for the {len(names)} fields of {event_type.value}")
     if omits:
-        return {name: value for name, value in zip(names, values, strict=False) if value is not None}
-    return dict(zip(names, values, strict=True))
+        return {name: value for name, value in zip(names, values) if value is not None}  # noqa: B905 - fewer values
+    return dict(zip(names, values))  # noqa: B905 - counted above
 
 
 def entry_type(fields: dict[str, str]) -> str | None:
@@ -276,14 +276,14 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
         if "type" in fields or len(fields) != len(ENTRY_FIELDS):
             raise ValueError(f"fields {sorted(fields)!r:.100} are neither layout's")
         meta, _, at = fields["e"].partition(" ")
-        if not meta.isdigit() or not meta.isascii():
+        if not (meta.isascii() and meta.isdigit()):
             raise ValueError(f"e={fields['e']!r:.40} is no attempt and type")
         attempt, code = divmod(int(meta), 100)
         event_type = _TYPE_OF_CODE[code]
         return cls(
             id=entry_id,
             type=event_type,
-            at=int(at) if at else int(entry_id.partition("-")[0]),
+            at=int(at) if at else int(entry_id[: entry_id.find("-")] if "-" in entry_id else entry_id),
             attempt=attempt,
             data=unpack_data(event_type, fields["d"]),
             key=fields["k"] or None,
