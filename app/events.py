@@ -201,7 +201,9 @@ TYPE_CODES: dict[EventType, int] = {
 }
 _TYPE_OF_CODE = {code: event_type for event_type, code in TYPE_CODES.items()}
 # Per type: its Struct's field names, and whether a field at its default is left out, which
-# for these Structs (every default None) is what a null in the array stands for.
+# for these Structs (every default None) is what a null in the array stands for. Stored
+# entries hold values by position: a field may only be added to one of DATA_TYPES at its
+# end, and never removed or moved.
 _LAYOUTS: dict[EventType, tuple[tuple[str, ...], bool]] = {
     event_type: (struct.__struct_fields__, struct.__struct_config__.omit_defaults)
     for event_type, struct in DATA_TYPES.items()
@@ -231,11 +233,13 @@ def unpack_data(event_type: EventType, text: str) -> dict[str, Any]:
     """The data dict `pack_data` packed; ValueError when `text` is not such values."""
     values = _decode_values(f"[{text}]")
     names, omits = _LAYOUTS[event_type]
-    if len(values) > len(names) or (not omits and len(values) != len(names)):
+    if len(values) > len(names):
         raise ValueError(f"{len(values)} values for the {len(names)} fields of {event_type.value}")
+    # Fewer values than fields: those after them are left out, or were added to the Struct
+    # after the entry was written.
     if omits:
-        return {name: value for name, value in zip(names, values) if value is not None}  # noqa: B905 - fewer values
-    return dict(zip(names, values))  # noqa: B905 - counted above
+        return {name: value for name, value in zip(names, values) if value is not None}  # noqa: B905
+    return dict(zip(names, values))  # noqa: B905
 
 
 def entry_type(fields: dict[str, str]) -> str | None:

@@ -287,7 +287,7 @@ def test_every_entry_the_append_script_writes_decodes_to_its_event(entry):
 @example(entry=("1-0", {"type": "log", "at": str(10**30), "attempt": "0", "data": "{}"}))  # OverflowError in out()
 @example(entry=("1-0", {"type": "log", "at": str(-(10**15)), "attempt": "0", "data": "{}"}))  # ValueError in out()
 @example(entry=("1-0", {"e": "105", "d": '"info","a",3', "k": ""}))  # more values than a log has fields
-@example(entry=("1-0", {"e": "105", "d": '"info"', "k": ""}))  # fewer than it always has
+@example(entry=("1-0", {"e": "105", "d": '"info"', "k": ""}))  # fewer: as if a field were added since
 @example(entry=("1-0", {"e": "199", "d": "", "k": ""}))  # no such type
 @example(entry=("1-0", {"e": "-97", "d": "", "k": ""}))  # no attempt is negative
 @example(entry=("1-0", {"e": "105 x", "d": '"info","a"', "k": ""}))  # an `at` that is no number
