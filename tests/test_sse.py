@@ -57,7 +57,7 @@ async def test_finished_job_replays_every_event_in_order_then_closes(client, eve
     assert hint.data == "" and hint.id is None
     entries = await redis_client.xrange(keys.events("done"))
     assert ids(got) == [entry_id for entry_id, _ in entries]
-    assert [m.event for m in got] == [fields["type"] for _, fields in entries]
+    assert [m.event for m in got] == [expected_event(*entry)["type"] for entry in entries]
     for message, (entry_id, fields) in zip(got, entries, strict=True):
         assert set(message.json) == {"id", "type", "at", "attempt", "data"}
         assert ISO_UTC.match(message.json["at"]), message.json["at"]
