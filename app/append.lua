@@ -47,7 +47,7 @@ end
 
 -- Every field the script reads, in one command: the script's cost is its command count.
 local own = redis.call('HMGET', job, 'incarnation', 'state', 'cancel_requested', 'attempt', 'event_count', 'kind',
-                       'tenant', 'last_event_id')
+                       'tenant')
 local state = own[2] or ABSENT
 local cancel_requested = own[3] or '0'
 
@@ -160,10 +160,12 @@ if IS_TERMINAL(state) then
 end
 -- After the writes: a hub that reads on this wake finds the entry. The channel is in
 -- the job's slot, so on a Cluster the publish stays on this node (and its replicas).
--- [id, the job's entry before it ('' if none), the entry's fields]: a hub whose cursor is
--- that previous entry delivers this one without reading (app/hub.py). The previous id is the
--- hash's last_event_id: this script is the only writer of a job's stream, and it moves both.
-redis.call('SPUBLISH', wake, cjson.encode({id, own[8] or '', entry}))
+-- [id, the stream's entry before it ('' if none), the entry's fields]: a hub whose cursor is
+-- that previous entry delivers this one without reading (app/hub.py). The previous id is
+-- the stream's own, not the hash's last_event_id: the stream is the truth, and an entry
+-- that something else wrote must be read, never skipped.
+local before = redis.call('XREVRANGE', stream, '(' .. id, '-', 'COUNT', 1)[1]
+redis.call('SPUBLISH', wake, cjson.encode({id, before and before[1] or '', entry}))
 -- One string, not a list: a reply's elements are what a script pays most for after its
 -- commands. The kind comes last, so that nothing it holds can shift the others.
 return 'ok ' .. id .. ' ' .. state .. ' ' .. cancel_requested .. ' ' .. attempt .. ' ' .. tenant .. ' ' .. kind

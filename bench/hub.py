@@ -105,11 +105,12 @@ def _writer(url: str, prefix: str, jobs: list[str], rate: float, seconds: float,
             if due <= sent:
                 await asyncio.sleep(max(0.0, start_at + sent * slice_s - now))
                 continue
-            emitted = b'{"progress":0.5,"current":%d,"total":' % int(now * 1_000_000)
+            # The data as app/events.py packs a ProgressData: progress, current, total.
+            emitted = b"0.5,%d," % int(now * 1_000_000)
             batches: dict[tuple[str, int], list[bytes]] = {address: [] for address in links}
             for n in range(sent, due):
                 job = n % len(jobs)
-                batches[homes[job]].append(heads[job] + _resp(emitted + b"%d}" % (n // len(jobs) + 1)) + tail)
+                batches[homes[job]].append(heads[job] + _resp(emitted + b"%d" % (n // len(jobs) + 1)) + tail)
             for address, batch in batches.items():
                 if batch:
                     links[address][1].write(b"".join(batch))
@@ -147,7 +148,7 @@ async def _check_replies(reader: asyncio.StreamReader, expected: int) -> None:
         parser.feed(data)
         while (reply := parser.gets()) is not False:
             got += 1
-            if reply != b"OK" and not (isinstance(reply, list) and reply[0] == b"ok"):
+            if reply != b"OK" and not (isinstance(reply, bytes) and reply.startswith(b"ok ")):
                 raise RuntimeError(f"bench append failed: {reply!r}")
 
 
