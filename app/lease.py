@@ -17,11 +17,14 @@ import asyncio
 import contextlib
 import logging
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from importlib import resources
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
 from jobtrail.patience import REDIS_AWAY
@@ -29,6 +32,18 @@ from jobtrail.patience import REDIS_AWAY
 log = logging.getLogger(__name__)
 
 _SCRIPT = resources.files("jobtrail").joinpath("lease.lua").read_text()
+
+
+# One registered script per client: registering hashes the script, and a worker makes a
+# Lease per delivery.
+_SCRIPTS: weakref.WeakKeyDictionary[Any, AsyncScript] = weakref.WeakKeyDictionary()
+
+
+def _script_of(redis: Redis) -> AsyncScript:
+    script = _SCRIPTS.get(redis)
+    if script is None:
+        script = _SCRIPTS[redis] = redis.register_script(_SCRIPT)
+    return script
 
 
 class Lease:
@@ -45,7 +60,7 @@ class Lease:
         # Where the holder is, so a lapsed lease is taken back only for that (see `hold`).
         self.attempt: int | None = None
         self.incarnation: str | None = None
-        self._script = redis.register_script(_SCRIPT)
+        self._script = _script_of(redis)
 
     def hold(self, attempt: int, incarnation: str | None) -> None:
         """Record the attempt (and incarnation) the holder runs now."""

@@ -67,6 +67,9 @@ SHUT_DOWN = ErrorInfo(type="Stalled", message="the worker running this attempt w
 
 Requeue = Callable[[str], Awaitable[None]]
 
+# The longest a delivery's feed entry waits for its next round trip to ride along (see _hold_feed).
+FEED_HOLD_S = 0.1
+
 _OUTCOMES: dict[EventType, Outcome] = {
     EventType.SUCCEEDED: "succeeded", EventType.FAILED: "failed", EventType.CANCELLED: "cancelled"
 }
@@ -309,8 +312,10 @@ class Runner:
     def _hold_feed(self, delivery: Delivery, note: FeedNote | None) -> None:
         """Keep a feed entry for the delivery's next round trip; written alone if none comes soon.
 
-        Soon is `progress_interval_s`, the delay a report may wait anyway: a trivial job's
-        outcome comes first and takes it along, a long job's feed is not held back.
+        Soon is `progress_interval_s`, the delay a report may wait anyway, and never less
+        than FEED_HOLD_S (a deployment that turns coalescing off still wants a trivial job's
+        entries in one round trip): a trivial job's outcome comes first and takes it along,
+        a long job's feed is not held back.
         """
         if note is None:
             return
@@ -320,7 +325,7 @@ class Runner:
             delivery.feed_flush = asyncio.create_task(self._write_held_feed(delivery))
 
     async def _write_held_feed(self, delivery: Delivery) -> None:
-        await asyncio.sleep(self.settings.progress_interval_s)
+        await asyncio.sleep(max(self.settings.progress_interval_s, FEED_HOLD_S))
         delivery.feed_sleeping = False
         await self._write_after(delivery, None)
         delivery.feed_flush = None
