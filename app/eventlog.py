@@ -79,6 +79,7 @@ class Appended(msgspec.Struct, frozen=True):
     attempt: int = 0
     feed: FeedNote | None = None
     replicas: int | None = None
+    after: tuple[Any, ...] = ()  # the replies of the append's `after` commands, errors included
 
 
 class Unreadable(NamedTuple):
@@ -121,6 +122,7 @@ class EventLog:
         incarnation: str | None = None,
         slot: str | None = None,
         before: Callable[[Pipeline], object] | None = None,
+        after: Callable[[Pipeline], object] | None = None,
         defer_feed: bool = False,
     ) -> Appended:
         """Append one event (one round trip). Raises JobNotFound, JobExists or TransitionRefused.
@@ -141,6 +143,10 @@ class EventLog:
         round trip (a pipeline, not a transaction: they may be in other slots). They are
         sent again with it if the script has to be loaded first; an error of theirs raises
         after the append was attempted, so the caller's retry must be safe (`key`).
+        `after` queues commands behind it in that round trip; they run whatever the append
+        answered (and again if the script had to be loaded), so they must check what they
+        depend on themselves. Their replies, errors included, come back in `Appended.after`
+        of an append that returns.
 
         `slot` names where the job remembers `key`, for a writer whose appends go out one
         at a time (a job context): the slot keeps its latest key alone, which is the only
@@ -166,7 +172,9 @@ class EventLog:
             args += [field, value]
         wait = self.replica_wait if self.replica_wait and self.replica_wait.applies_to(event_type) else None
         began = time.perf_counter()
-        reply, wait_reply = await self._run_append(list(self.keys.append_keys(job_id)), args, before, wait)
+        reply, wait_reply, after_replies = await self._run_append(
+            list(self.keys.append_keys(job_id)), args, before, after, wait
+        )
         replicas = None
         if wait is not None and reply[0] in ("ok", "duplicate"):
             replicas = wait.confirmed(wait_reply, job_id, event_type)
@@ -185,7 +193,7 @@ class EventLog:
             raise TransitionRefused(job_id, event_type, state)
         if status == "duplicate":
             return Appended(id=reply[1], state=reply[2], cancel_requested=reply[3] == "1", duplicate=True,
-                            replicas=replicas)
+                            replicas=replicas, after=after_replies)
         _, event_id, state, cancel_requested, at, attempt_now, kind, tenant = reply
         self.metrics.appended(kind, event_type.value, tenant or None)
         feed = None
@@ -195,21 +203,21 @@ class EventLog:
                 await self._record_activity(feed)
                 feed = None
         return Appended(id=event_id, state=state, cancel_requested=cancel_requested == "1", at=int(at),
-                        attempt=int(attempt_now), feed=feed, replicas=replicas)
+                        attempt=int(attempt_now), feed=feed, replicas=replicas, after=after_replies)
 
     async def _run_append(
         self, keys: list[str], args: list[str | int], before: Callable[[Pipeline], object] | None,
-        wait: ReplicaWait | None,
-    ) -> tuple[list[str], object]:
-        """The script's reply, and WAIT's when `wait` is given (else None); one round trip.
+        after: Callable[[Pipeline], object] | None, wait: ReplicaWait | None,
+    ) -> tuple[list[str], object, tuple[Any, ...]]:
+        """The script's reply, WAIT's when `wait` is given (else None), and `after`'s; one round trip.
 
         WAIT counts the replicas that hold what its own connection wrote, so it must follow
         the append on that connection: a pipeline gives that. On a Cluster the pipeline
         sends the two to the node serving the job's slot; a WAIT error (that node was
         demoted under us) comes back as the reply, for ReplicaWait to count as none.
         """
-        if before is None and wait is None:
-            return await self._append(keys=keys, args=args), None
+        if before is None and after is None and wait is None:
+            return await self._append(keys=keys, args=args), None, ()
         target: dict[str, Any] = {}
         if wait is not None and isinstance(self.redis, RedisCluster):
             await self.redis.initialize()  # a no-op once the slots are known
@@ -223,10 +231,15 @@ class EventLog:
                 # execute_command, not pipe.evalsha: redis-py's Cluster pipeline refuses the
                 # method by name, yet routes the command by its keys (one job's: one slot).
                 pipe.execute_command("EVALSHA", self._append.sha, len(keys), *keys, *args)
+                ahead = len(pipe)
+                if after is not None:
+                    after(pipe)
                 if wait is not None:
                     pipe.execute_command(*wait.command(), **target)
                 results = await pipe.execute(raise_on_error=False)
             wait_reply = results.pop() if wait is not None else None
+            after_replies = tuple(results[ahead:])
+            del results[ahead:]
             *queued, reply = results
             if isinstance(reply, NoScriptError):
                 await self.redis.script_load(self._append.script)
@@ -234,7 +247,7 @@ class EventLog:
             for result in (*queued, reply):
                 if isinstance(result, Exception):
                     raise result
-            return reply, wait_reply
+            return reply, wait_reply, after_replies
         raise NoScriptError("the append script vanished again right after it was loaded")
 
     async def _record_activity(self, note: FeedNote) -> None:

@@ -13,10 +13,12 @@ event) and names it in every append: a job deleted and submitted again under the
 id is another job, which this delivery leaves alone; its own message runs it.
 
 Round trips of a trivial job here: one takes the lease and loads the job, one appends
-`started` (behind the live set's ZADD), one appends the outcome, and one pipeline writes
-what follows from it: the activity feed's entries (`started`'s rides along, unless the
-handler runs longer than `progress_interval_s`), the live set's ZREM and the lease's
-release. Four, where they were nine.
+`started` (behind the live set's ZADD), one appends the outcome with the lease's release
+behind it (lease.lua's `finish`: only once the job is finished). What follows from the
+outcome goes to the trailer (workers/trailer.py), which sends it for every delivery of
+the worker within a few ms in one pipeline, and which the delivery does not wait for:
+the activity feed's entries (`started`'s rides along, unless the handler runs longer
+than `progress_interval_s`) and the live set's ZREM. Three and a share, where they were nine.
 
 Redis away (down, frozen, read-only, full) costs no attempt: every load and append here,
 and every report of the handler, waits it out for up to `redis_outage_s`
@@ -59,6 +61,7 @@ from jobtrail.metrics import Outcome, id_ms
 from jobtrail.patience import Patience
 from jobtrail.registry import find_kind, get_kind, parse_params
 from jobtrail.workers.context import AttemptLost, JobCancelled, JobContext, PermanentFailure
+from jobtrail.workers.trailer import Trailer
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +115,7 @@ class Runner:
         self.artifacts = ArtifactStore(settings.artifact_dir)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.live = LiveJobs(events.redis, events.keys, settings.pending_stale_s)
+        self.trailer = Trailer(events, self.live)
         self.patience = Patience(settings.redis_outage_s)
         self.metrics = events.metrics
         # Queues a job handed off by `interrupt` for the next worker; without it the reaper does.
@@ -297,7 +301,9 @@ class Runner:
     async def _final(self, delivery: Delivery, event_type: EventType, data: Any, attempt: int) -> None:
         job_id = delivery.job_id
         try:
-            appended = await self._durable_append(delivery, event_type, data, attempt, key=event_type.value)
+            appended = await self._durable_append(
+                delivery, event_type, data, attempt, key=event_type.value, after=delivery.lease.queue_finish
+            )
         except (TransitionRefused, JobNotFound) as exc:
             log.info("job %s: %s not written: %s", job_id, event_type, exc)
             if isinstance(exc, JobReplaced):
@@ -307,6 +313,7 @@ class Runner:
             await self._write_after(delivery, None, finished=True)
         else:
             self._measure_attempt(delivery, _OUTCOMES[event_type], appended)
+            delivery.lease.settle_finish(appended.after[0] if appended.after else None)
             await self._write_after(delivery, appended.feed, finished=True)
 
     def _hold_feed(self, delivery: Delivery, note: FeedNote | None) -> None:
@@ -338,37 +345,23 @@ class Runner:
             await self._write_after(delivery, None)
 
     async def _write_after(self, delivery: Delivery, note: FeedNote | None, *, finished: bool = False) -> None:
-        """One pipeline of what follows an append: the held feed entries and `note`'s, then, when the
-        job `finished`, the live set's ZREM and the lease's release. Best-effort, like all derived writes.
+        """What follows an append: the held feed entries and `note`'s, and when the job `finished`,
+        the lease's release unless the outcome's round trip did it, and the live set's ZREM.
+        The feed and the live set are queued on the trailer. Best-effort, like all derived writes.
         """
         if delivery.feed_flush is not None and delivery.feed_sleeping:
             delivery.feed_flush.cancel()
             delivery.feed_flush, delivery.feed_sleeping = None, False
         notes, delivery.feed = [*delivery.feed, *([note] if note is not None else [])], []
-        if not notes and not finished:
-            return
         lease = delivery.lease
-        try:
-            async with self.events.redis.pipeline(transaction=False) as pipe:
-                for held in notes:
-                    self.events.activity.queue_record(pipe, held)
-                feed_writes = len(pipe)
-                if finished:
-                    self.live.queue_forget(pipe, delivery.job_id)
-                    lease.queue_release(pipe)
-                replies = await pipe.execute(raise_on_error=False)
-        except RedisError as exc:
-            log.warning("job %s: feed, live set or lease not updated (%s)", delivery.job_id, exc)
-            if finished:
+        if finished and not lease.released:
+            try:
+                await lease.release()
+                lease.released = True
+            except RedisError as exc:
                 lease.release_failed(exc)
-            return
-        failed = [reply for reply in replies[:feed_writes] if isinstance(reply, Exception)]
-        if failed:
-            self.events.feed_failed(notes[0], failed[0])
-        if finished:
-            if isinstance(replies[-2], Exception):
-                log.warning("job %s: live set not updated (%s)", delivery.job_id, replies[-2])
-            await lease.settle_release(replies[-1])
+        if notes or finished:
+            self.trailer.write(notes, delivery.job_id if finished else None)
 
     def _measure_attempt(self, delivery: Delivery, outcome: Outcome, ended: Appended) -> None:
         """Observe the running attempt's duration, once.
@@ -388,7 +381,8 @@ class Runner:
             log.warning("job %s: live set not updated (%s)", job_id, exc)
 
     async def _durable_append(
-        self, delivery: Delivery, event_type: EventType, data: Any, attempt: int, key: str
+        self, delivery: Delivery, event_type: EventType, data: Any, attempt: int, key: str,
+        after: Callable[[Pipeline], object] | None = None,
     ) -> Appended:
         """Append, waiting Redis out (up to `redis_outage_s`); the key makes a retried append land once.
 
@@ -398,7 +392,8 @@ class Runner:
         """
         job_id = delivery.job_id
         return await self.patience.run(f"job {job_id}: {event_type.value} append", lambda: self.events.append(
-            job_id, event_type, data, attempt=attempt, key=key, incarnation=delivery.incarnation, defer_feed=True
+            job_id, event_type, data, attempt=attempt, key=key, incarnation=delivery.incarnation, after=after,
+            defer_feed=True,
         ))
 
     async def _load(self, delivery: Delivery) -> JobState | None:

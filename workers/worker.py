@@ -97,7 +97,14 @@ async def run_worker(settings: Settings) -> None:
 
 
 async def drain(runner: Runner, settings: Settings, hurry: asyncio.Event) -> bool:
-    """Let running jobs finish, then hand off the rest; False if some delivery did not end."""
+    """Let running jobs finish, then hand off the rest, then send their derived writes; False if some did not end."""
+    try:
+        return await _drain(runner, settings, hurry)
+    finally:
+        await runner.trailer.flush()
+
+
+async def _drain(runner: Runner, settings: Settings, hurry: asyncio.Event) -> bool:
     if await finished(runner.deliveries, settings.shutdown_timeout_s, hurry):
         return True
     log.warning("worker %s: %d job(s) still running; handing them to other workers", runner.name,
