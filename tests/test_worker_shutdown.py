@@ -77,6 +77,7 @@ async def test_interrupted_job_on_its_last_attempt_fails_as_stalled(events, sett
     job = await events.state("j")
     assert job.state == "failed" and job.error["type"] == "Stalled"
     assert handed_off.calls == []
+    await runner.trailer.flush()  # as a stopping worker does once its deliveries ended
     assert await redis_client.zscore(keys.live(), "j") is None
 
 
