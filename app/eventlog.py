@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import msgspec
 from redis.asyncio import Redis, RedisCluster
@@ -36,8 +36,8 @@ def _lua_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render_append_script() -> str:
-    """append.lua with the transition table rendered into its header.
+def render_append_script(name: str = "append.lua") -> str:
+    """append.lua (or `name`, append_many.lua) with the transition table rendered into its header.
 
     As a chain of `if`s that builds only the rule of the event at hand: a script's locals
     are built again on every call, and the whole table (twenty-odd Lua tables) cost more
@@ -59,7 +59,7 @@ def render_append_script() -> str:
     terminal = " or ".join(f"state == {_lua_string(s)}" for s in sorted(TERMINAL_STATES))
     lines.append(f"local IS_TERMINAL = function(state) return {terminal} end")
     lines.append(f"local ABSENT = {_lua_string(ABSENT)}")
-    body = resources.files("jobtrail").joinpath("append.lua").read_text()
+    body = resources.files("jobtrail").joinpath(name).read_text()
     return "\n".join(lines) + "\n" + body
 
 
@@ -105,6 +105,7 @@ class EventLog:
         self.retention_s = retention_s
         self.activity = ActivityFeed(redis, keys, activity_maxlen)
         self._append = redis.register_script(render_append_script())
+        self._append_many = redis.register_script(render_append_script("append_many.lua"))
         self._visible = redis.register_script(_VISIBLE_SCRIPT)
 
     # --- writing ---
@@ -180,17 +181,8 @@ class EventLog:
             replicas = wait.confirmed(wait_reply, job_id, event_type)
         self.metrics.append_took(time.perf_counter() - began)
         status = reply[0]
-        if status == "replaced":
-            raise JobReplaced(job_id, event_type, reply[1])
-        if status == "stale":
-            raise AttemptSuperseded(job_id, event_type, reply[1], attempt or 0, int(reply[2]))
-        if status == "refused":
-            state = reply[1]
-            if state == ABSENT:
-                raise JobNotFound(job_id)
-            if event_type is EventType.SUBMITTED:
-                raise JobExists(job_id)
-            raise TransitionRefused(job_id, event_type, state)
+        if status in ("replaced", "stale", "refused"):
+            self._raise_refused(job_id, event_type, reply, attempt)
         if status == "duplicate":
             return Appended(id=reply[1], state=reply[2], cancel_requested=reply[3] == "1", duplicate=True,
                             replicas=replicas, after=after_replies)
@@ -204,6 +196,59 @@ class EventLog:
                 feed = None
         return Appended(id=event_id, state=state, cancel_requested=cancel_requested == "1", at=int(at),
                         attempt=int(attempt_now), feed=feed, replicas=replicas, after=after_replies)
+
+    async def append_many(
+        self,
+        job_id: str,
+        reports: list[tuple[EventType, msgspec.Struct | dict[str, Any]]],
+        *,
+        attempt: int,
+        keys: list[str],
+        slot: str,
+        incarnation: str | None = None,
+    ) -> Appended:
+        """Append several reports of one attempt, in order, in one round trip (append_many.lua).
+
+        Reports are events that change no state (progress, phase, log); each lands as its
+        own entry, exactly as `append` would write it with the same key, and the hash ends
+        as it would after appending them one by one. The batch lands whole or not at all,
+        and `slot` remembers its last key, so a batch sent again after a lost reply is a
+        duplicate. Raises as `append` does; the Appended is the last event's.
+        """
+        args: list[str | int] = [attempt, incarnation or "", slot, len(reports)]
+        for (event_type, data), key in zip(reports, keys, strict=True):
+            payload = check_data(event_type, data)
+            fields = fields_for(event_type, payload)
+            args += [event_type.value, msgspec.json.encode(payload).decode(), key, len(fields)]
+            for field, value in fields.items():
+                args += [field, value]
+        began = time.perf_counter()
+        reply = await self._append_many(keys=list(self.keys.append_keys(job_id)), args=args)
+        self.metrics.append_took(time.perf_counter() - began)
+        status = reply[0]
+        if status in ("replaced", "stale", "refused"):
+            self._raise_refused(job_id, reports[0][0], reply, attempt)
+        if status == "duplicate":
+            return Appended(id=reply[1], state=reply[2], cancel_requested=reply[3] == "1", duplicate=True)
+        _, event_id, state, cancel_requested, kind, tenant = reply
+        for event_type, _ in reports:
+            self.metrics.appended(kind, event_type.value, tenant or None)
+        return Appended(id=event_id, state=state, cancel_requested=cancel_requested == "1", attempt=attempt)
+
+    @staticmethod
+    def _raise_refused(job_id: str, event_type: EventType, reply: list[str], attempt: int | None) -> NoReturn:
+        """The error of a `replaced`, `stale` or `refused` reply of the append scripts."""
+        status = reply[0]
+        if status == "replaced":
+            raise JobReplaced(job_id, event_type, reply[1])
+        if status == "stale":
+            raise AttemptSuperseded(job_id, event_type, reply[1], attempt or 0, int(reply[2]))
+        state = reply[1]
+        if state == ABSENT:
+            raise JobNotFound(job_id)
+        if event_type is EventType.SUBMITTED:
+            raise JobExists(job_id)
+        raise TransitionRefused(job_id, event_type, state)
 
     async def _run_append(
         self, keys: list[str], args: list[str | int], before: Callable[[Pipeline], object] | None,
