@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, NoReturn
 import msgspec
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from jobtrail.activity import ActivityFeed, FeedNote
@@ -36,7 +37,7 @@ def _lua_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render_append_script(name: str = "append.lua") -> str:
+def render_append_script(name: str = "append.lua", prelude: str = "") -> str:
     """append.lua (or `name`, append_many.lua) with the transition table rendered into its header.
 
     As a chain of `if`s that builds only the rule of the event at hand: a script's locals
@@ -60,6 +61,8 @@ def render_append_script(name: str = "append.lua") -> str:
     lines.append(f"local IS_TERMINAL = function(state) return {terminal} end")
     lines.append(f"local ABSENT = {_lua_string(ABSENT)}")
     body = resources.files("jobtrail").joinpath(name).read_text()
+    if prelude:  # a script of its own that ends in `name`'s body (start.lua)
+        body = resources.files("jobtrail").joinpath(prelude).read_text() + "\n" + body
     return "\n".join(lines) + "\n" + body
 
 
@@ -106,6 +109,7 @@ class EventLog:
         self.activity = ActivityFeed(redis, keys, activity_maxlen)
         self._append = redis.register_script(render_append_script())
         self._append_many = redis.register_script(render_append_script("append_many.lua"))
+        self._start = redis.register_script(render_append_script(prelude="start.lua"))
         self._visible = redis.register_script(_VISIBLE_SCRIPT)
 
     # --- writing ---
@@ -158,6 +162,47 @@ class EventLog:
         confirmed it. A duplicate waits only for what its own connection wrote, not for the
         original write, which an earlier connection made.
         """
+        args = self._args(event_type, data, attempt, key, at_ms, retention_s, incarnation, slot)
+        wait = self.replica_wait if self.replica_wait and self.replica_wait.applies_to(event_type) else None
+        began = time.perf_counter()
+        reply, wait_reply, after_replies = await self._run_append(
+            list(self.keys.append_keys(job_id)), args, before, after, wait
+        )
+        replicas = None
+        if wait is not None and reply[0] in ("ok", "duplicate"):
+            replicas = wait.confirmed(wait_reply, job_id, event_type)
+        self.metrics.append_took(time.perf_counter() - began)
+        return await self._appended(job_id, event_type, reply, attempt, replicas, after_replies, defer_feed)
+
+    async def start(
+        self, job_id: str, data: msgspec.Struct, *, lease: tuple[str, str, int],
+        before: Callable[[Pipeline], object] | None = None, after: Callable[[Pipeline], object] | None = None,
+    ) -> tuple[Appended | None, bool, tuple[Any, ...]]:
+        """Take the job's lease (key, token, ttl ms) and start its next attempt, in one round trip (start.lua).
+
+        Returns the `started` append (None when nothing was appended), whether the lease
+        was taken, and the replies of `after`'s commands. The attempt is the one after
+        the job's, its key `started:<attempt>`; it is started only when the job waits
+        for it (pending, not asked to cancel), else the lease is taken all the same and
+        the caller reads what to do from the job's state (`after`). Its feed entry comes
+        back in `Appended.feed`. Raises as `append` does for what append.lua refuses.
+        """
+        key, token, ttl_ms = lease
+        args = [*self._args(EventType.STARTED, data, None, "", None, None, None, None), token, ttl_ms]
+        keys = [*self.keys.append_keys(job_id), key]
+        reply, _, after_replies = await self._run_append(keys, args, before, after, None, script=self._start)
+        if reply[0] == "held":
+            return None, False, after_replies
+        if reply[0] == "taken":
+            return None, True, after_replies
+        started = await self._appended(job_id, EventType.STARTED, reply, None, None, after_replies, True)
+        return started, True, after_replies
+
+    def _args(
+        self, event_type: EventType, data: msgspec.Struct | dict[str, Any] | None, attempt: int | None,
+        key: str | None, at_ms: int | None, retention_s: int | None, incarnation: str | None, slot: str | None,
+    ) -> list[str | int]:
+        """append.lua's ARGV for one event."""
         payload = check_data(event_type, data if data is not None else {})
         args: list[str | int] = [
             event_type.value,
@@ -171,15 +216,13 @@ class EventLog:
         ]
         for field, value in fields_for(event_type, payload).items():
             args += [field, value]
-        wait = self.replica_wait if self.replica_wait and self.replica_wait.applies_to(event_type) else None
-        began = time.perf_counter()
-        reply, wait_reply, after_replies = await self._run_append(
-            list(self.keys.append_keys(job_id)), args, before, after, wait
-        )
-        replicas = None
-        if wait is not None and reply[0] in ("ok", "duplicate"):
-            replicas = wait.confirmed(wait_reply, job_id, event_type)
-        self.metrics.append_took(time.perf_counter() - began)
+        return args
+
+    async def _appended(
+        self, job_id: str, event_type: EventType, reply: list[str], attempt: int | None, replicas: int | None,
+        after_replies: tuple[Any, ...], defer_feed: bool,
+    ) -> Appended:
+        """What append.lua's reply says, as an Appended; raises for a refusal."""
         status = reply[0]
         if status in ("replaced", "stale", "refused"):
             self._raise_refused(job_id, event_type, reply, attempt)
@@ -252,7 +295,7 @@ class EventLog:
 
     async def _run_append(
         self, keys: list[str], args: list[str | int], before: Callable[[Pipeline], object] | None,
-        after: Callable[[Pipeline], object] | None, wait: ReplicaWait | None,
+        after: Callable[[Pipeline], object] | None, wait: ReplicaWait | None, script: AsyncScript | None = None,
     ) -> tuple[list[str], object, tuple[Any, ...]]:
         """The script's reply, WAIT's when `wait` is given (else None), and `after`'s; one round trip.
 
@@ -261,8 +304,9 @@ class EventLog:
         sends the two to the node serving the job's slot; a WAIT error (that node was
         demoted under us) comes back as the reply, for ReplicaWait to count as none.
         """
+        script = script or self._append
         if before is None and after is None and wait is None:
-            return await self._append(keys=keys, args=args), None, ()
+            return await script(keys=keys, args=args), None, ()
         target: dict[str, Any] = {}
         if wait is not None and isinstance(self.redis, RedisCluster):
             await self.redis.initialize()  # a no-op once the slots are known
@@ -275,7 +319,7 @@ class EventLog:
                     before(pipe)
                 # execute_command, not pipe.evalsha: redis-py's Cluster pipeline refuses the
                 # method by name, yet routes the command by its keys (one job's: one slot).
-                pipe.execute_command("EVALSHA", self._append.sha, len(keys), *keys, *args)
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 ahead = len(pipe)
                 if after is not None:
                     after(pipe)
@@ -287,7 +331,7 @@ class EventLog:
             del results[ahead:]
             *queued, reply = results
             if isinstance(reply, NoScriptError):
-                await self.redis.script_load(self._append.script)
+                await self.redis.script_load(script.script)
                 continue
             for result in (*queued, reply):
                 if isinstance(result, Exception):

@@ -12,13 +12,16 @@ A delivery runs the incarnation of the job it first loads (the id of its `submit
 event) and names it in every append: a job deleted and submitted again under the same
 id is another job, which this delivery leaves alone; its own message runs it.
 
-Round trips of a trivial job here: one takes the lease and loads the job, one appends
-`started` (behind the live set's ZADD), one appends the outcome with the lease's release
-behind it (lease.lua's `finish`: only once the job is finished). What follows from the
-outcome goes to the trailer (workers/trailer.py), which sends it for every delivery of
-the worker within a few ms in one pipeline, and which the delivery does not wait for:
-the activity feed's entries (`started`'s rides along, unless the handler runs longer
-than `progress_interval_s`) and the live set's ZREM. Three and a share, where they were nine.
+Round trips of a trivial job here: one takes the lease, starts the attempt and reads the
+job (start.lua: append.lua's `started` behind the lease's SET NX, in one call, after the
+live set's ZADD), and one appends the outcome with the lease's release behind it
+(lease.lua's `finish`: only once the job is finished). What follows from the outcome goes
+to the trailer (workers/trailer.py), which sends it for every delivery of the worker
+within a few ms in one pipeline, and which the delivery does not wait for: the activity
+feed's entries (`started`'s rides along, unless the handler runs longer than
+`progress_interval_s`) and the live set's ZREM. Two and a share, where they were nine.
+A job that is running (its worker died) or asked to cancel is only leased by the first
+round trip, and goes on as before: stalled, or cancelled, then a `started` of its own.
 
 Redis away (down, frozen, read-only, full) costs no attempt: every load and append here,
 and every report of the handler, waits it out for up to `redis_outage_s`
@@ -151,14 +154,16 @@ class Runner:
             self.events.redis, keys.lease(job_id), self.name, self.settings.lease_ttl_s, job_key=keys.job(job_id)
         )
         delivery = Delivery(job_id, lease)
-        taken, loaded = await self.patience.run(f"job {job_id}: taking its lease", lambda: self._take(delivery))
+        taken, loaded, started = await self.patience.run(
+            f"job {job_id}: taking its lease", lambda: self._take(delivery)
+        )
         if not taken:
             log.info("job %s is being run by another worker; dropping this delivery", job_id)
             return
         handed_off = False
         async with lease.kept_alive():
             # A task of its own, so `interrupt` can stop the job and still let this delivery end cleanly.
-            body = asyncio.create_task(self._run_leased(delivery, loaded))
+            body = asyncio.create_task(self._run_leased(delivery, loaded, started))
             self._running[lease.token] = body
             try:
                 await body
@@ -177,29 +182,43 @@ class Runner:
             except RedisError as exc:
                 log.warning("job %s: could not queue it again (%s); the reaper will", job_id, exc)
 
-    async def _take(self, delivery: Delivery) -> tuple[bool, list[Any]]:
-        """Take the job's lease and read the job, in one round trip; the read is for `_accept`.
+    async def _take(self, delivery: Delivery) -> tuple[bool, list[Any] | None, Appended | None]:
+        """Take the lease, start the job's next attempt if it waits for one, and read the job: one round trip.
 
-        Read even when the lease is held elsewhere: a wasted read is cheaper than a round trip.
+        Whether the lease was taken, the job as read after it (for `_accept`; None if it
+        must be read again), and the `started` appended, if any (EventLog.start). The
+        live set's ZADD goes first: the reaper's first look at the job comes when this
+        lease could first expire. Read even when the lease is held elsewhere: a wasted
+        read is cheaper than a round trip.
         """
-        async with self.events.redis.pipeline(transaction=False) as pipe:
-            delivery.lease.queue_acquire(pipe)
-            self.events.queue_state(pipe, delivery.job_id)
-            taken, *state = await pipe.execute()
-        return bool(taken), state
-
-    async def _run_leased(self, delivery: Delivery, loaded: list[Any]) -> None:
         job_id, lease = delivery.job_id, delivery.lease
-        job = self._accept(delivery, loaded)
+
+        def postpone(pipe: Pipeline) -> None:
+            self.live.queue_postpone(pipe, {job_id: now_ms() + lease.ttl_ms})
+
+        def read(pipe: Pipeline) -> None:
+            self.events.queue_state(pipe, job_id)
+
+        try:
+            started, taken, loaded = await self.events.start(
+                job_id, StartedData(worker=self.name, attempt=1), lease=(lease.key, lease.token, lease.ttl_ms),
+                before=postpone, after=read,
+            )
+        except (TransitionRefused, JobNotFound):  # taken, and changed under the script: read it again
+            return True, None, None
+        return taken, list(loaded), started
+
+    async def _run_leased(self, delivery: Delivery, loaded: list[Any] | None, started: Appended | None) -> None:
+        lease = delivery.lease
+        job = self._accept(delivery, loaded) if loaded is not None else await self._load(delivery)
         if job is None:
             return
         lease.hold(job.attempt, delivery.incarnation)
         delivery.kind, delivery.tenant = job.kind, job.tenant
-        if job.state is State.RUNNING:
-            # The reaper's first look at the job comes when this lease could first expire
-            # (for a pending job, `started` takes this along).
-            await self._update_live(self.live.postpone({job_id: now_ms() + lease.ttl_ms}), job_id)
-            # Running, yet nobody holds its lease: the worker that ran it died.
+        if started is not None:
+            job = await self._begun(delivery, job, job.attempt, started)
+        elif job.state is State.RUNNING:
+            # Running, yet nobody held its lease: the worker that ran it died.
             if job.started_at is not None:
                 delivery.started_ms = round(job.started_at.timestamp() * 1000)
             job = await self._end_attempt(delivery, job, job.attempt, STALLED)
@@ -241,6 +260,10 @@ class Runner:
         except JobReplaced as exc:
             log.info("%s; dropping this delivery", exc)
             return None
+        return await self._begun(delivery, job, attempt, started)
+
+    async def _begun(self, delivery: Delivery, job: JobState, attempt: int, started: Appended) -> JobState | None:
+        """The attempt that `started` began: its handler, then its outcome; the job's state when another follows."""
         if started.duplicate:
             log.info("job %s attempt %d was already started elsewhere; dropping this delivery", job.id, attempt)
             return None
@@ -372,13 +395,6 @@ class Runner:
         started_ms, delivery.started_ms = delivery.started_ms, None
         if started_ms is not None:
             self.metrics.attempt_ended(delivery.kind, delivery.tenant, outcome, started_ms, ended.id)
-
-    async def _update_live(self, update: Awaitable[None], job_id: str) -> None:
-        """Best-effort: the live set is derived, and the reaper drops a finished job's id itself."""
-        try:
-            await update
-        except RedisError as exc:
-            log.warning("job %s: live set not updated (%s)", job_id, exc)
 
     async def _durable_append(
         self, delivery: Delivery, event_type: EventType, data: Any, attempt: int, key: str,
