@@ -190,7 +190,9 @@ class EventLog:
         key, token, ttl_ms = lease
         args = [*self._args(EventType.STARTED, data, None, "", None, None, None, None), token, ttl_ms]
         keys = [*self.keys.append_keys(job_id), key]
+        began = time.perf_counter()
         reply, _, after_replies = await self._run_append(keys, args, before, after, None, script=self._start)
+        self.metrics.append_took(time.perf_counter() - began)
         if reply[0] == "held":
             return None, False, after_replies
         if reply[0] == "taken":

@@ -16,10 +16,18 @@ from jobtrail.eventlog import EventLog
 from jobtrail.events import EventType
 from jobtrail.keys import Keys
 from jobtrail.reducer import fold
-from tests.test_fold_matches_script import DATA, DATA_EXAMPLE
 
-REPORTS = [EventType.PROGRESS, EventType.PHASE, EventType.LOG]
-report = st.sampled_from(REPORTS).flatmap(lambda t: st.tuples(st.just(t), DATA[t]))
+text = st.text(max_size=20)
+DATA = {
+    EventType.PROGRESS: st.fixed_dictionaries(
+        {"progress": st.floats(0, 1)},
+        optional={"message": text, "phase": text, "current": st.integers(0, 100), "total": st.integers(0, 100)},
+    ),
+    EventType.PHASE: st.fixed_dictionaries({"phase": text}, optional={"message": text}),
+    EventType.LOG: st.fixed_dictionaries({"level": st.sampled_from(["info", "error"]), "message": text}),
+}
+DATA_EXAMPLE = {"kind": "demo", "params": {}, "max_attempts": 3}
+report = st.sampled_from(list(DATA)).flatmap(lambda t: st.tuples(st.just(t), DATA[t]))
 batches = st.lists(st.lists(report, min_size=1, max_size=8), min_size=1, max_size=6)
 # Written by each append, so they differ between two jobs however alike their events.
 OWN_FIELDS = ("updated_at", "last_event_id", "incarnation", "started_at", "created_at")
