@@ -10,11 +10,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import msgspec
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from jobtrail.activity import ActivityFeed, FeedNote
@@ -47,8 +48,8 @@ def _lua_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render_append_script() -> str:
-    """append.lua with the transition table rendered into its header.
+def render_append_script(name: str = "append.lua", prelude: str = "") -> str:
+    """append.lua (or `name`, append_many.lua) with the transition table rendered into its header.
 
     As a chain of `if`s that returns the rule of the event at hand as plain values, its
     allowed states one string: a script's locals are built again on every call, and
@@ -70,7 +71,9 @@ def render_append_script() -> str:
     terminal = " or ".join(f"state == {_lua_string(s)}" for s in sorted(TERMINAL_STATES))
     lines.append(f"local IS_TERMINAL = function(state) return {terminal} end")
     lines.append(f"local ABSENT = {_lua_string(ABSENT)}")
-    body = resources.files("jobtrail").joinpath("append.lua").read_text()
+    body = resources.files("jobtrail").joinpath(name).read_text()
+    if prelude:  # a script of its own that ends in `name`'s body (start.lua)
+        body = resources.files("jobtrail").joinpath(prelude).read_text() + "\n" + body
     return "\n".join(lines) + "\n" + body
 
 
@@ -90,6 +93,7 @@ class Appended(msgspec.Struct, frozen=True):
     attempt: int = 0
     feed: FeedNote | None = None
     replicas: int | None = None
+    after: tuple[Any, ...] = ()  # the replies of the append's `after` commands, errors included
 
 
 class Unreadable(NamedTuple):
@@ -115,6 +119,8 @@ class EventLog:
         self.retention_s = retention_s
         self.activity = ActivityFeed(redis, keys, activity_maxlen)
         self._append = redis.register_script(render_append_script())
+        self._append_many = redis.register_script(render_append_script("append_many.lua"))
+        self._start = redis.register_script(render_append_script(prelude="start.lua"))
         self._visible = redis.register_script(_VISIBLE_SCRIPT)
 
     # --- writing ---
@@ -132,6 +138,7 @@ class EventLog:
         incarnation: str | None = None,
         slot: str | None = None,
         before: Callable[[Pipeline], object] | None = None,
+        after: Callable[[Pipeline], object] | None = None,
         defer_feed: bool = False,
     ) -> Appended:
         """Append one event (one round trip). Raises JobNotFound, JobExists or TransitionRefused.
@@ -152,6 +159,10 @@ class EventLog:
         round trip (a pipeline, not a transaction: they may be in other slots). They are
         sent again with it if the script has to be loaded first; an error of theirs raises
         after the append was attempted, so the caller's retry must be safe (`key`).
+        `after` queues commands behind it in that round trip; they run whatever the append
+        answered (and again if the script had to be loaded), so they must check what they
+        depend on themselves. Their replies, errors included, come back in `Appended.after`
+        of an append that returns.
 
         `slot` names where the job remembers `key`, for a writer whose appends go out one
         at a time (a job context): the slot keeps its latest key alone, which is the only
@@ -162,6 +173,49 @@ class EventLog:
         confirmed it. A duplicate waits only for what its own connection wrote, not for the
         original write, which an earlier connection made.
         """
+        args = self._args(event_type, data, attempt, key, at_ms, retention_s, incarnation, slot)
+        wait = self.replica_wait if self.replica_wait and self.replica_wait.applies_to(event_type) else None
+        began = time.perf_counter()
+        terminal = RULES[event_type].next_state in TERMINAL_STATES
+        keys = list(self.keys.append_keys(job_id, terminal=terminal))
+        reply, wait_reply, after_replies = await self._run_append(keys, args, before, after, wait)
+        replicas = None
+        if wait is not None and (isinstance(reply, str) or reply[0] == "duplicate"):
+            replicas = wait.confirmed(wait_reply, job_id, event_type)
+        self.metrics.append_took(time.perf_counter() - began)
+        return await self._appended(job_id, event_type, reply, attempt, at_ms, replicas, after_replies, defer_feed)
+
+    async def start(
+        self, job_id: str, data: msgspec.Struct, *, lease: tuple[str, str, int],
+        before: Callable[[Pipeline], object] | None = None, after: Callable[[Pipeline], object] | None = None,
+    ) -> tuple[Appended | None, bool, tuple[Any, ...]]:
+        """Take the job's lease (key, token, ttl ms) and start its next attempt, in one round trip (start.lua).
+
+        Returns the `started` append (None when nothing was appended), whether the lease
+        was taken, and the replies of `after`'s commands. The attempt is the one after
+        the job's, its key `started:<attempt>`; it is started only when the job waits
+        for it (pending, not asked to cancel), else the lease is taken all the same and
+        the caller reads what to do from the job's state (`after`). Its feed entry comes
+        back in `Appended.feed`. Raises as `append` does for what append.lua refuses.
+        """
+        key, token, ttl_ms = lease
+        args = [*self._args(EventType.STARTED, data, None, "", None, None, None, None), token, ttl_ms]
+        keys = [*self.keys.append_keys(job_id), key]
+        began = time.perf_counter()
+        reply, _, after_replies = await self._run_append(keys, args, before, after, None, script=self._start)
+        self.metrics.append_took(time.perf_counter() - began)
+        if reply[0] == "held":
+            return None, False, after_replies
+        if reply[0] == "taken":
+            return None, True, after_replies
+        started = await self._appended(job_id, EventType.STARTED, reply, None, None, None, after_replies, True)
+        return started, True, after_replies
+
+    def _args(
+        self, event_type: EventType, data: msgspec.Struct | dict[str, Any] | None, attempt: int | None,
+        key: str | None, at_ms: int | None, retention_s: int | None, incarnation: str | None, slot: str | None,
+    ) -> list[str | int]:
+        """append.lua's ARGV for one event."""
         payload = check_data(event_type, data if data is not None else {})
         args: list[str | int] = [
             event_type.value,
@@ -175,38 +229,22 @@ class EventLog:
         ]
         for field, value in fields_for(event_type, payload).items():
             args += [field, value]
-        wait = self.replica_wait if self.replica_wait and self.replica_wait.applies_to(event_type) else None
-        began = time.perf_counter()
-        terminal = RULES[event_type].next_state in TERMINAL_STATES
-        keys = list(self.keys.append_keys(job_id, terminal=terminal))
-        reply, wait_reply = await self._run_append(keys, args, before, wait)
-        replicas = None
-        if wait is not None and (isinstance(reply, str) or reply[0] == "duplicate"):
-            replicas = wait.confirmed(wait_reply, job_id, event_type)
-        self.metrics.append_took(time.perf_counter() - began)
-        if isinstance(reply, str):  # 'ok ...', one string (append.lua)
-            return await self._written(job_id, event_type, reply, at_ms, replicas, defer_feed)
-        status = reply[0]
-        if status == "replaced":
-            raise JobReplaced(job_id, event_type, reply[1])
-        if status == "stale":
-            raise AttemptSuperseded(job_id, event_type, reply[1], attempt or 0, int(reply[2]))
-        if status == "refused":
-            state = reply[1]
-            if state == ABSENT:
-                raise JobNotFound(job_id)
-            if event_type is EventType.SUBMITTED:
-                raise JobExists(job_id)
-            raise TransitionRefused(job_id, event_type, state)
-        if status == "duplicate":
-            return Appended(id=reply[1], state=reply[2], cancel_requested=reply[3] == "1", duplicate=True,
-                            replicas=replicas)
-        raise ValueError(f"the append script answered {reply!r:.200}")
+        return args
 
-    async def _written(
-        self, job_id: str, event_type: EventType, reply: str, at_ms: int | None, replicas: int | None,
-        defer_feed: bool,
+    async def _appended(
+        self, job_id: str, event_type: EventType, reply: Any, attempt: int | None, at_ms: int | None,
+        replicas: int | None, after_replies: tuple[Any, ...], defer_feed: bool,
     ) -> Appended:
+        """What append.lua's reply says, as an Appended; raises for a refusal."""
+        if not isinstance(reply, str):  # a list: nothing was written
+            status = reply[0]
+            if status in ("replaced", "stale", "refused"):
+                self._raise_refused(job_id, event_type, reply, attempt)
+            if status == "duplicate":
+                return Appended(id=reply[1], state=reply[2], cancel_requested=reply[3] == "1", duplicate=True,
+                                replicas=replicas, after=after_replies)
+            raise ValueError(f"the append script answered {reply!r:.200}")
+        # 'ok <id> <state> <cancel> <attempt> <tenant> <kind>', one string (append.lua)
         _, event_id, state, cancel_requested, attempt_now, tenant, kind = reply.split(" ", 6)
         # The script stamps an event without an `at` with its entry id's milliseconds.
         at = at_ms if at_ms is not None else int(event_id.partition("-")[0])
@@ -218,21 +256,75 @@ class EventLog:
                 await self._record_activity(feed)
                 feed = None
         return Appended(id=event_id, state=state, cancel_requested=cancel_requested == "1", at=at,
-                        attempt=int(attempt_now), feed=feed, replicas=replicas)
+                        attempt=int(attempt_now), feed=feed, replicas=replicas, after=after_replies)
+
+    async def append_many(
+        self,
+        job_id: str,
+        reports: list[tuple[EventType, msgspec.Struct | dict[str, Any]]],
+        *,
+        attempt: int,
+        keys: list[str],
+        slot: str,
+        incarnation: str | None = None,
+    ) -> Appended:
+        """Append several reports of one attempt, in order, in one round trip (append_many.lua).
+
+        Reports are events that change no state (progress, phase, log); each lands as its
+        own entry, exactly as `append` would write it with the same key, and the hash ends
+        as it would after appending them one by one. The batch lands whole or not at all,
+        and `slot` remembers its last key, so a batch sent again after a lost reply is a
+        duplicate. Raises as `append` does; the Appended is the last event's.
+        """
+        args: list[str | int] = [attempt, incarnation or "", slot, len(reports)]
+        for (event_type, data), key in zip(reports, keys, strict=True):
+            payload = check_data(event_type, data)
+            fields = fields_for(event_type, payload)
+            args += [event_type.value, pack_data(event_type, payload), key, len(fields)]
+            for field, value in fields.items():
+                args += [field, value]
+        began = time.perf_counter()
+        reply = await self._append_many(keys=list(self.keys.append_keys(job_id)), args=args)
+        self.metrics.append_took(time.perf_counter() - began)
+        status = reply[0]
+        if status in ("replaced", "stale", "refused"):
+            self._raise_refused(job_id, reports[0][0], reply, attempt)
+        if status == "duplicate":
+            return Appended(id=reply[1], state=reply[2], cancel_requested=reply[3] == "1", duplicate=True)
+        _, event_id, state, cancel_requested, kind, tenant = reply
+        for event_type, _ in reports:
+            self.metrics.appended(kind, event_type.value, tenant or None)
+        return Appended(id=event_id, state=state, cancel_requested=cancel_requested == "1", attempt=attempt)
+
+    @staticmethod
+    def _raise_refused(job_id: str, event_type: EventType, reply: list[str], attempt: int | None) -> NoReturn:
+        """The error of a `replaced`, `stale` or `refused` reply of the append scripts."""
+        status = reply[0]
+        if status == "replaced":
+            raise JobReplaced(job_id, event_type, reply[1])
+        if status == "stale":
+            raise AttemptSuperseded(job_id, event_type, reply[1], attempt or 0, int(reply[2]))
+        state = reply[1]
+        if state == ABSENT:
+            raise JobNotFound(job_id)
+        if event_type is EventType.SUBMITTED:
+            raise JobExists(job_id)
+        raise TransitionRefused(job_id, event_type, state)
 
     async def _run_append(
         self, keys: list[str], args: list[str | int], before: Callable[[Pipeline], object] | None,
-        wait: ReplicaWait | None,
-    ) -> tuple[Any, object]:
-        """The script's reply, and WAIT's when `wait` is given (else None); one round trip.
+        after: Callable[[Pipeline], object] | None, wait: ReplicaWait | None, script: AsyncScript | None = None,
+    ) -> tuple[Any, object, tuple[Any, ...]]:
+        """The script's reply, WAIT's when `wait` is given (else None), and `after`'s; one round trip.
 
         WAIT counts the replicas that hold what its own connection wrote, so it must follow
         the append on that connection: a pipeline gives that. On a Cluster the pipeline
         sends the two to the node serving the job's slot; a WAIT error (that node was
         demoted under us) comes back as the reply, for ReplicaWait to count as none.
         """
-        if before is None and wait is None:
-            return await self._append(keys=keys, args=args), None
+        script = script or self._append
+        if before is None and after is None and wait is None:
+            return await script(keys=keys, args=args), None, ()
         target: dict[str, Any] = {}
         if wait is not None and isinstance(self.redis, RedisCluster):
             await self.redis.initialize()  # a no-op once the slots are known
@@ -245,19 +337,24 @@ class EventLog:
                     before(pipe)
                 # execute_command, not pipe.evalsha: redis-py's Cluster pipeline refuses the
                 # method by name, yet routes the command by its keys (one job's: one slot).
-                pipe.execute_command("EVALSHA", self._append.sha, len(keys), *keys, *args)
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                ahead = len(pipe)
+                if after is not None:
+                    after(pipe)
                 if wait is not None:
                     pipe.execute_command(*wait.command(), **target)
                 results = await pipe.execute(raise_on_error=False)
             wait_reply = results.pop() if wait is not None else None
+            after_replies = tuple(results[ahead:])
+            del results[ahead:]
             *queued, reply = results
             if isinstance(reply, NoScriptError):
-                await self.redis.script_load(self._append.script)
+                await self.redis.script_load(script.script)
                 continue
             for result in (*queued, reply):
                 if isinstance(result, Exception):
                     raise result
-            return reply, wait_reply
+            return reply, wait_reply, after_replies
         raise NoScriptError("the append script vanished again right after it was loaded")
 
     async def _record_activity(self, note: FeedNote) -> None:
@@ -403,6 +500,10 @@ class EventLog:
                     pipe.pexpire(job_key, ttl_ms)
             await pipe.execute()
         return before, rebuilt
+
+
+def decode_events(entries: Iterable[tuple[str, dict[str, str]]]) -> list[Event]:
+    return [Event.from_entry(entry_id, fields) for entry_id, fields in entries]
 
 
 def _readable(entry_id: str, fields: dict[str, str]) -> Event | Unreadable:

@@ -2,7 +2,7 @@
 --
 -- KEYS[1]  the lease key (jt:job:{ID}:lease), its value the holder's token
 -- KEYS[2]  the job's state hash (jt:job:{ID})
--- ARGV[1]  'renew' or 'release'
+-- ARGV[1]  'renew', 'release', or 'finish': release only if the job is finished (or gone)
 -- ARGV[2]  the holder's token
 -- ARGV[3]  new time to live in ms (renew only)
 -- ARGV[4]  the attempt the holder runs, or '' before it has loaded the job (renew only)
@@ -18,6 +18,14 @@ local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[2] then
   if ARGV[1] == 'renew' then
     return redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  end
+  -- Sent behind the outcome's append in one round trip: an append that did not land
+  -- (an error reply, a script Redis lost) leaves the lease held.
+  if ARGV[1] == 'finish' then
+    local state = redis.call('HGET', KEYS[2], 'state')
+    if state == 'running' or state == 'pending' then
+      return 0
+    end
   end
   return redis.call('DEL', KEYS[1])
 end

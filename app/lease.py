@@ -17,18 +17,33 @@ import asyncio
 import contextlib
 import logging
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from importlib import resources
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import NoScriptError, RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
 
 from jobtrail.patience import REDIS_AWAY
 
 log = logging.getLogger(__name__)
 
 _SCRIPT = resources.files("jobtrail").joinpath("lease.lua").read_text()
+
+
+# One registered script per client: registering hashes the script, and a worker makes a
+# Lease per delivery.
+_SCRIPTS: weakref.WeakKeyDictionary[Any, AsyncScript] = weakref.WeakKeyDictionary()
+
+
+def _script_of(redis: Redis) -> AsyncScript:
+    script = _SCRIPTS.get(redis)
+    if script is None:
+        script = _SCRIPTS[redis] = redis.register_script(_SCRIPT)
+    return script
 
 
 class Lease:
@@ -41,11 +56,11 @@ class Lease:
         self.token = f"{owner}:{uuid.uuid4().hex[:8]}"
         self.ttl_ms = max(int(ttl_s * 1000), 100)
         self.lost = False
-        self.released = False  # by `queue_release`, in a round trip of the holder's
+        self.released = False  # by `queue_finish`, in a round trip of the holder's
         # Where the holder is, so a lapsed lease is taken back only for that (see `hold`).
         self.attempt: int | None = None
         self.incarnation: str | None = None
-        self._script = redis.register_script(_SCRIPT)
+        self._script = _script_of(redis)
 
     def hold(self, attempt: int, incarnation: str | None) -> None:
         """Record the attempt (and incarnation) the holder runs now."""
@@ -59,26 +74,24 @@ class Lease:
         """`acquire` queued on a pipeline of the caller's; its reply is truthy when the lease was taken."""
         pipe.set(self.key, self.token, nx=True, px=self.ttl_ms)
 
-    def queue_release(self, pipe: Pipeline) -> None:
-        """`release` queued on a pipeline of the caller's: from now on the lease is given up.
+    def queue_finish(self, pipe: Pipeline) -> None:
+        """Queue, behind a job's outcome, the release of its lease if the job is finished by then.
 
-        The heartbeat stops and the block of `kept_alive` releases nothing more. Hand its
-        reply to `settle_release`.
+        For a pipeline of the caller's that appends the outcome first: an append that did
+        not land leaves the lease held. Hand its reply to `settle_finish`.
         """
-        self.released = True
         # execute_command, not pipe.evalsha: redis-py's Cluster pipeline refuses the method by
         # name, yet routes the command by its keys (one job's: one slot).
-        pipe.execute_command("EVALSHA", self._script.sha, 2, self.key, self.job_key, "release", self.token, 0, "", "")
+        pipe.execute_command("EVALSHA", self._script.sha, 2, self.key, self.job_key, "finish", self.token, 0, "", "")
 
-    async def settle_release(self, reply: object) -> None:
-        """Finish a queued release from its reply: again, loading the script, if Redis had lost it."""
-        if isinstance(reply, NoScriptError):  # a Redis that restarted: one more round trip
-            try:
-                await self.release()
-            except RedisError as exc:
-                self.release_failed(exc)
-        elif isinstance(reply, Exception):
-            self.release_failed(reply)
+    def settle_finish(self, reply: object) -> None:
+        """From `queue_finish`'s reply: released now (the heartbeat stops, `kept_alive` releases nothing more).
+
+        Anything else (the job not finished, the script not loaded, an error) leaves the
+        lease to `kept_alive`, which releases it as the block ends.
+        """
+        if reply == 1:
+            self.released = True
 
     def release_failed(self, error: BaseException) -> None:
         log.warning("could not release lease %s (%s); it expires by itself", self.key, error)

@@ -488,11 +488,12 @@ class Chaos:
             await asyncio.sleep(0.5)
 
     async def _live_jobs(self) -> list[str]:
+        job_ids = list(self.job_ids)  # submissions go on meanwhile, adding to the list
         async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in self.job_ids:
+            for job_id in job_ids:
                 pipe.hget(self.keys.job(job_id), "state")
             states = await pipe.execute()
-        return [job_id for job_id, state in zip(self.job_ids, states, strict=True) if state not in TERMINAL]
+        return [job_id for job_id, state in zip(job_ids, states, strict=True) if state not in TERMINAL]
 
     async def _lease_holders(self, job_ids: list[str]) -> dict[str, str]:
         """Job id -> name of the worker holding its lease (the token is `<name>:<random>`)."""

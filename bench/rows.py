@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from bench import fanout, http_rows, workloads
+from bench import fanout, floor, http_rows, workloads
 from bench.measure import Bench, Metrics
 
 Experiment = Callable[[Bench], Awaitable[dict[str, list[Metrics]]]]
@@ -20,6 +20,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "w1": workloads.run_w1,
     "w3": workloads.run_w3,
     "round-trips": workloads.run_round_trips,
+    "floor": floor.run_floor,
     "post": http_rows.run_post,
     "sse-20": fanout.run_fanout_fast,
     "sse-2": fanout.run_fanout_slow,
@@ -61,6 +62,11 @@ ROWS: tuple[Row, ...] = (
     Row(id="round-trips", label="client commands per trivial job, submit to ack (>= its round trips)",
         experiment="round-trips", metric="client_commands_per_job", unit="", goal="<= 8 round trips",
         met=lambda j, r: j <= 8, note_metric="commands_per_job"),
+    Row(id="round-trips-reads", label="client round trips per trivial job, submit to ack (Redis socket reads)",
+        experiment="round-trips", metric="round_trips_per_job", unit="", goal="<= 8 round trips",
+        met=lambda j, r: j <= 8),
+    Row(id="floor", label="worker alone: 1,000 queued trivial jobs drained, jobs/s", experiment="floor",
+        metric="jobs_per_s", unit="/s", goal="reported", met=lambda j, r: True, cpu_metric="cpu_ms_per_job"),
     Row(id="post", label="POST /jobs per second, one API process", experiment="post", metric="per_s", unit="/s",
         goal=">= 5x today's (350-820)", met=lambda j, r: j >= 5 * 820, cpu_metric="cpu_ms_per_request"),
     Row(id="sse1000-p50", label="1,000 SSE clients on one job at 20 events/s: latency p50", experiment="sse-20",

@@ -12,7 +12,9 @@
   its activity feed, `GET /events`; BullMQ: QueueEvents). Jobs/s and CPU per job.
 - Commands per trivial job, submit to acknowledgement: MONITOR on the bench's Redis while
   100 trivial jobs run; commands sent by clients (an upper bound on round trips: a pipeline
-  sends several in one) and all commands, those run inside scripts included.
+  sends several in one) and all commands, those run inside scripts included. And the round
+  trips themselves: Redis's reads from client sockets over the same run (INFO stats,
+  total_reads_processed), one per command or pipeline a client sends and waits for.
 """
 
 from __future__ import annotations
@@ -261,11 +263,20 @@ class Monitor:
             self.sock.close()
 
 
+def socket_reads(bench: Bench) -> int:
+    """Redis's count of reads from client sockets (INFO stats): one per round trip, a pipeline's included."""
+    with bench.redis.client() as client:
+        return int(client.info("stats")["total_reads_processed"])
+
+
 async def commands_per_job(bench: Bench, work: Callable[[], Awaitable[object]], jobs: int) -> Metrics:
     monitor = Monitor(bench.redis.port)
+    reads = socket_reads(bench)
     await monitor.during(work())
+    reads = socket_reads(bench) - reads - 1  # the second INFO's own read
     total = monitor.client_commands + monitor.script_commands
-    return {"client_commands_per_job": monitor.client_commands / jobs, "commands_per_job": total / jobs}
+    return {"client_commands_per_job": monitor.client_commands / jobs, "commands_per_job": total / jobs,
+            "round_trips_per_job": reads / jobs}
 
 
 async def run_round_trips(bench: Bench) -> dict[str, list[Metrics]]:

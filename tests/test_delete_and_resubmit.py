@@ -61,7 +61,7 @@ def gates():
 
 
 async def test_the_deleted_jobs_worker_and_sse_client_never_reach_the_job_submitted_again_under_its_id(
-    client, events, settings, gates
+    client, events, settings, gates, caplog
 ):
     body = {"kind": KIND, "params": {}, "max_attempts": 1}
     first = await client.post("/jobs", json=body, headers=KEY)
@@ -86,7 +86,11 @@ async def test_the_deleted_jobs_worker_and_sse_client_never_reach_the_job_submit
 
     gates.gates[0].set()  # the old handler goes on, as if nothing had happened
     await asyncio.wait_for(old_run, 10)
-    assert type(gates.stopped[0]).__name__ == "AttemptLost", "the old handler is stopped at its next report"
+    # Its reports are queued (a runner's context batches them): the write fails behind it,
+    # and its attempt is abandoned as it ends, with no outcome written.
+    assert any("abandoned" in r.getMessage() and job_id in r.getMessage() for r in caplog.records), (
+        "the old attempt is abandoned"
+    )
     new_job = await events.state(job_id)
     assert (new_job.state, new_job.progress, new_job.message) == (State.RUNNING, 0.5, "new: half way")
 

@@ -99,5 +99,22 @@ async def test_the_broker_delivers_each_message_once_and_acknowledges_it(broker,
     assert job_of({"data": message.data}) == "job-1"
     assert (await redis_client.xpending(keys.queue(), group_name(keys)))["pending"] == 1
     await message.ack()
+    await broker.flush_acks()
     assert (await redis_client.xpending(keys.queue(), group_name(keys)))["pending"] == 0
+    await received.aclose()
+
+
+async def test_an_ack_rides_on_the_next_read_which_takes_a_message_per_free_slot(broker, redis_client, keys):
+    broker.concurrency = 2
+    await enqueue(broker, "job-1")
+    received = aiter(broker.listen())
+    first = await asyncio.wait_for(anext(received), 10)
+    for job_id in ("job-2", "job-3", "job-4"):
+        await enqueue(broker, job_id)
+    await first.ack()
+
+    second = await asyncio.wait_for(anext(received), 10)
+    pending = await redis_client.xpending(keys.queue(), group_name(keys))
+    assert pending["pending"] == 2, "job-1 acknowledged by the read that took job-2 and job-3, both slots free"
+    assert [job_of({"data": second.data}), job_of({"data": (await anext(received)).data})] == ["job-2", "job-3"]
     await received.aclose()

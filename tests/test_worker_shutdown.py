@@ -77,6 +77,7 @@ async def test_interrupted_job_on_its_last_attempt_fails_as_stalled(events, sett
     job = await events.state("j")
     assert job.state == "failed" and job.error["type"] == "Stalled"
     assert handed_off.calls == []
+    await runner.trailer.flush()  # as a stopping worker does once its deliveries ended
     assert await redis_client.zscore(keys.live(), "j") is None
 
 
@@ -172,7 +173,7 @@ async def test_second_signal_hands_running_jobs_off_without_waiting(client, work
 @pytest.mark.e2e
 async def test_messages_read_but_not_started_go_back_on_the_queue_at_shutdown(client, workers):
     job_ids = [await submit(client, {"steps": 30, "delay_ms": 100}) for _ in range(3)]
-    # One read takes all three; with room for one job, the other two wait inside this worker.
+    # With room for one job, the worker reads one message at a time: the other two wait on the queue.
     stopping = await workers.start(
         JOBTRAIL_WORKER_CONCURRENCY="1", JOBTRAIL_SHUTDOWN_TIMEOUT_S="0.5", JOBTRAIL_PENDING_STALE_S="60"
     )

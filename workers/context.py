@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 from jobtrail.artifacts import ArtifactStore
 from jobtrail.errors import JobNotFound, JobReplaced, TransitionRefused
 from jobtrail.eventlog import Appended, EventLog
-from jobtrail.events import TERMINAL_STATES, Artifact, Event, EventType, LogData, PhaseData, ProgressData
+from jobtrail.events import TERMINAL_STATES, Artifact, Event, EventType, LogData, PhaseData, ProgressData, State
 from jobtrail.jobstate import JobState
 from jobtrail.lease import Lease
 from jobtrail.patience import Patience
@@ -49,6 +49,12 @@ class UnknownPhase(PermanentFailure):
         self.phases = phases
 
 
+# The reports a batched context sends together (append_many.lua): those that change no state.
+BATCHED_TYPES = frozenset({EventType.PROGRESS, EventType.PHASE, EventType.LOG})
+MAX_BATCH = 50  # reports per round trip
+MAX_QUEUED = 500  # reports waiting before a report waits for them
+
+
 class JobContext:
     """Handed to a handler for one attempt of one job.
 
@@ -71,6 +77,12 @@ class JobContext:
     raising into the handler, which would fail the attempt; each write carries an
     idempotency key of its own (`c<attempt>.<writer>.<n>`), so one retried after a timeout that
     hid its success lands once.
+
+    `batched` (the runner's contexts) lets a handler report faster than one round trip:
+    a report is queued and the call returns; one write is in flight at a time, and the
+    reports queued meanwhile go out together in the next one (EventLog.append_many: each
+    its own event, in order). A failure of a write (cancelled, attempt lost) raises at the
+    handler's next report, or from `close`, which waits for every queued report to land.
     """
 
     def __init__(
@@ -86,6 +98,7 @@ class JobContext:
         kind: Kind | None = None,
         incarnation: str | None = None,
         patience: Patience | None = None,
+        batched: bool = False,
     ) -> None:
         self.events = events
         self.tenant = tenant
@@ -109,6 +122,10 @@ class JobContext:
         self._flusher: asyncio.Task[None] | None = None
         # Writes in order: a held report must not land after a newer one.
         self._writing = asyncio.Lock()
+        self.batched = batched
+        self._queued: list[tuple[EventType, Any]] = []
+        self._sender: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None  # of a batched write, raised at the next report
 
     def sees(self, tenant: str | None) -> bool:
         """Whether this job's submitter may see a job of `tenant`."""
@@ -168,12 +185,22 @@ class JobContext:
             pass
 
     async def close(self) -> None:
-        """End the attempt's reporting: a held report is dropped (the outcome event follows)."""
+        """End the attempt's reporting: a held report is dropped (the outcome event follows).
+
+        Reports already queued (`batched`) are written first; a failure of theirs raises here.
+        """
         self._held = None
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
+        if self._sender is not None:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():  # interrupted: nothing more to wait for
+                self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
+            self._sender = None
+        self._raise_failure()
 
     async def phase(self, name: str, message: str | None = None) -> None:
         """Enter a named phase (always written); UnknownPhase if the kind does not declare it."""
@@ -223,20 +250,60 @@ class JobContext:
             raise JobCancelled(f"job {self.job_id} was asked to cancel")
 
     async def _write(self, event_type: EventType, data: Any) -> Appended:
+        if self.batched and event_type in BATCHED_TYPES:
+            return await self._queue(event_type, data)
+        async with self._writing:
+            return await self._send([(event_type, data)])
+
+    async def _queue(self, event_type: EventType, data: Any) -> Appended:
+        """Queue a report for the sender; waits only when MAX_QUEUED are queued already."""
+        self._raise_failure()
+        self._queued.append((event_type, data))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_queued())
+        if len(self._queued) >= MAX_QUEUED:
+            await asyncio.gather(self._sender, return_exceptions=True)
+        else:
+            await asyncio.sleep(0)  # a handler reporting in a tight loop still lets the sender run
+        self._raise_failure()
+        self._raise_if_cancelled()
+        return Appended(id="", state=State.RUNNING, cancel_requested=self.cancel_requested)
+
+    async def _send_queued(self) -> None:
+        while self._queued and self._failure is None:
+            batch, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
+            try:
+                await self._send(batch)
+            except Exception as exc:  # the handler's next report (or `close`) raises it
+                self._failure = exc
+                self._queued.clear()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def _send(self, reports: list[tuple[EventType, Any]]) -> Appended:
+        """Write `reports` in one round trip (one append, or append_many for several), waiting Redis out."""
+        first = self._writes + 1
+        self._writes += len(reports)
+        # The slot names the writer; within it a write's number alone tells a retry of the
+        # latest write from a new one, and every stream entry stores its key.
+        keys = [str(n) for n in range(first, self._writes + 1)]
+        slot = f"c{self.attempt}.{self._writer}"
+        event_type, data = reports[-1]
+
+        def append() -> Awaitable[Appended]:
+            if len(reports) > 1:
+                return self.events.append_many(
+                    self.job_id, reports, attempt=self.attempt, keys=keys, slot=slot, incarnation=self.incarnation
+                )
+            return self.events.append(
+                self.job_id, event_type, data, attempt=self.attempt, key=keys[0], incarnation=self.incarnation,
+                slot=slot,
+            )
+
         try:
-            async with self._writing:
-                self._writes += 1
-                # The slot names the writer; within it the write's number alone tells a retry
-                # of the latest write from a new one, and every stream entry stores its key.
-                key = str(self._writes)
-
-                def append() -> Awaitable[Appended]:
-                    return self.events.append(
-                        self.job_id, event_type, data, attempt=self.attempt, key=key, incarnation=self.incarnation,
-                        slot=f"c{self.attempt}.{self._writer}",
-                    )
-
-                appended = await self._patiently(f"{event_type.value} report", append)
+            appended = await self._patiently(f"{event_type.value} report", append)
         except JobNotFound as exc:
             raise JobCancelled(f"job {self.job_id} was deleted") from exc
         except JobReplaced as exc:

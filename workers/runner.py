@@ -12,11 +12,16 @@ A delivery runs the incarnation of the job it first loads (the id of its `submit
 event) and names it in every append: a job deleted and submitted again under the same
 id is another job, which this delivery leaves alone; its own message runs it.
 
-Round trips of a trivial job here: one takes the lease and loads the job, one appends
-`started` (behind the live set's ZADD), one appends the outcome, and one pipeline writes
-what follows from it: the activity feed's entries (`started`'s rides along, unless the
-handler runs longer than `progress_interval_s`), the live set's ZREM and the lease's
-release. Four, where they were nine.
+Round trips of a trivial job here: one takes the lease, starts the attempt and reads the
+job (start.lua: append.lua's `started` behind the lease's SET NX, in one call, after the
+live set's ZADD), and one appends the outcome with the lease's release behind it
+(lease.lua's `finish`: only once the job is finished). What follows from the outcome goes
+to the trailer (workers/trailer.py), which sends it for every delivery of the worker
+within a few ms in one pipeline, and which the delivery does not wait for: the activity
+feed's entries (`started`'s rides along, unless the handler runs longer than
+`progress_interval_s`) and the live set's ZREM. Two and a share, where they were nine.
+A job that is running (its worker died) or asked to cancel is only leased by the first
+round trip, and goes on as before: stalled, or cancelled, then a `started` of its own.
 
 Redis away (down, frozen, read-only, full) costs no attempt: every load and append here,
 and every report of the handler, waits it out for up to `redis_outage_s`
@@ -59,6 +64,7 @@ from jobtrail.metrics import Outcome, id_ms
 from jobtrail.patience import Patience
 from jobtrail.registry import find_kind, get_kind, parse_params
 from jobtrail.workers.context import AttemptLost, JobCancelled, JobContext, PermanentFailure
+from jobtrail.workers.trailer import Trailer
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,9 @@ STALLED = ErrorInfo(type="Stalled", message="the worker running this attempt sto
 SHUT_DOWN = ErrorInfo(type="Stalled", message="the worker running this attempt was shut down before it finished")
 
 Requeue = Callable[[str], Awaitable[None]]
+
+# The longest a delivery's feed entry waits for its next round trip to ride along (see _hold_feed).
+FEED_HOLD_S = 0.1
 
 _OUTCOMES: dict[EventType, Outcome] = {
     EventType.SUCCEEDED: "succeeded", EventType.FAILED: "failed", EventType.CANCELLED: "cancelled"
@@ -109,6 +118,7 @@ class Runner:
         self.artifacts = ArtifactStore(settings.artifact_dir)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.live = LiveJobs(events.redis, events.keys, settings.pending_stale_s)
+        self.trailer = Trailer(events, self.live)
         self.patience = Patience(settings.redis_outage_s)
         self.metrics = events.metrics
         # Queues a job handed off by `interrupt` for the next worker; without it the reaper does.
@@ -144,14 +154,16 @@ class Runner:
             self.events.redis, keys.lease(job_id), self.name, self.settings.lease_ttl_s, job_key=keys.job(job_id)
         )
         delivery = Delivery(job_id, lease)
-        taken, loaded = await self.patience.run(f"job {job_id}: taking its lease", lambda: self._take(delivery))
+        taken, loaded, started = await self.patience.run(
+            f"job {job_id}: taking its lease", lambda: self._take(delivery)
+        )
         if not taken:
             log.info("job %s is being run by another worker; dropping this delivery", job_id)
             return
         handed_off = False
         async with lease.kept_alive():
             # A task of its own, so `interrupt` can stop the job and still let this delivery end cleanly.
-            body = asyncio.create_task(self._run_leased(delivery, loaded))
+            body = asyncio.create_task(self._run_leased(delivery, loaded, started))
             self._running[lease.token] = body
             try:
                 await body
@@ -170,29 +182,43 @@ class Runner:
             except RedisError as exc:
                 log.warning("job %s: could not queue it again (%s); the reaper will", job_id, exc)
 
-    async def _take(self, delivery: Delivery) -> tuple[bool, list[Any]]:
-        """Take the job's lease and read the job, in one round trip; the read is for `_accept`.
+    async def _take(self, delivery: Delivery) -> tuple[bool, list[Any] | None, Appended | None]:
+        """Take the lease, start the job's next attempt if it waits for one, and read the job: one round trip.
 
-        Read even when the lease is held elsewhere: a wasted read is cheaper than a round trip.
+        Whether the lease was taken, the job as read after it (for `_accept`; None if it
+        must be read again), and the `started` appended, if any (EventLog.start). The
+        live set's ZADD goes first: the reaper's first look at the job comes when this
+        lease could first expire. Read even when the lease is held elsewhere: a wasted
+        read is cheaper than a round trip.
         """
-        async with self.events.redis.pipeline(transaction=False) as pipe:
-            delivery.lease.queue_acquire(pipe)
-            self.events.queue_state(pipe, delivery.job_id)
-            taken, *state = await pipe.execute()
-        return bool(taken), state
-
-    async def _run_leased(self, delivery: Delivery, loaded: list[Any]) -> None:
         job_id, lease = delivery.job_id, delivery.lease
-        job = self._accept(delivery, loaded)
+
+        def postpone(pipe: Pipeline) -> None:
+            self.live.queue_postpone(pipe, {job_id: now_ms() + lease.ttl_ms})
+
+        def read(pipe: Pipeline) -> None:
+            self.events.queue_state(pipe, job_id)
+
+        try:
+            started, taken, loaded = await self.events.start(
+                job_id, StartedData(worker=self.name, attempt=1), lease=(lease.key, lease.token, lease.ttl_ms),
+                before=postpone, after=read,
+            )
+        except (TransitionRefused, JobNotFound):  # taken, and changed under the script: read it again
+            return True, None, None
+        return taken, list(loaded), started
+
+    async def _run_leased(self, delivery: Delivery, loaded: list[Any] | None, started: Appended | None) -> None:
+        lease = delivery.lease
+        job = self._accept(delivery, loaded) if loaded is not None else await self._load(delivery)
         if job is None:
             return
         lease.hold(job.attempt, delivery.incarnation)
         delivery.kind, delivery.tenant = job.kind, job.tenant
-        if job.state is State.RUNNING:
-            # The reaper's first look at the job comes when this lease could first expire
-            # (for a pending job, `started` takes this along).
-            await self._update_live(self.live.postpone({job_id: now_ms() + lease.ttl_ms}), job_id)
-            # Running, yet nobody holds its lease: the worker that ran it died.
+        if started is not None:
+            job = await self._begun(delivery, job, job.attempt, started)
+        elif job.state is State.RUNNING:
+            # Running, yet nobody held its lease: the worker that ran it died.
             if job.started_at is not None:
                 delivery.started_ms = round(job.started_at.timestamp() * 1000)
             job = await self._end_attempt(delivery, job, job.attempt, STALLED)
@@ -234,6 +260,10 @@ class Runner:
         except JobReplaced as exc:
             log.info("%s; dropping this delivery", exc)
             return None
+        return await self._begun(delivery, job, attempt, started)
+
+    async def _begun(self, delivery: Delivery, job: JobState, attempt: int, started: Appended) -> JobState | None:
+        """The attempt that `started` began: its handler, then its outcome; the job's state when another follows."""
         if started.duplicate:
             log.info("job %s attempt %d was already started elsewhere; dropping this delivery", job.id, attempt)
             return None
@@ -245,7 +275,7 @@ class Runner:
         ctx = JobContext(
             self.events, job.id, attempt, min_interval_s=self.settings.progress_interval_s, lease=delivery.lease,
             artifacts=self.artifacts, tenant=job.tenant, kind=find_kind(job.kind), incarnation=delivery.incarnation,
-            patience=self.patience,
+            patience=self.patience, batched=True,
         )
         try:
             spec = get_kind(job.kind)
@@ -294,7 +324,9 @@ class Runner:
     async def _final(self, delivery: Delivery, event_type: EventType, data: Any, attempt: int) -> None:
         job_id = delivery.job_id
         try:
-            appended = await self._durable_append(delivery, event_type, data, attempt, key=event_type.value)
+            appended = await self._durable_append(
+                delivery, event_type, data, attempt, key=event_type.value, after=delivery.lease.queue_finish
+            )
         except (TransitionRefused, JobNotFound) as exc:
             log.info("job %s: %s not written: %s", job_id, event_type, exc)
             if isinstance(exc, JobReplaced):
@@ -304,13 +336,16 @@ class Runner:
             await self._write_after(delivery, None, finished=True)
         else:
             self._measure_attempt(delivery, _OUTCOMES[event_type], appended)
+            delivery.lease.settle_finish(appended.after[0] if appended.after else None)
             await self._write_after(delivery, appended.feed, finished=True)
 
     def _hold_feed(self, delivery: Delivery, note: FeedNote | None) -> None:
         """Keep a feed entry for the delivery's next round trip; written alone if none comes soon.
 
-        Soon is `progress_interval_s`, the delay a report may wait anyway: a trivial job's
-        outcome comes first and takes it along, a long job's feed is not held back.
+        Soon is `progress_interval_s`, the delay a report may wait anyway, and never less
+        than FEED_HOLD_S (a deployment that turns coalescing off still wants a trivial job's
+        entries in one round trip): a trivial job's outcome comes first and takes it along,
+        a long job's feed is not held back.
         """
         if note is None:
             return
@@ -320,7 +355,7 @@ class Runner:
             delivery.feed_flush = asyncio.create_task(self._write_held_feed(delivery))
 
     async def _write_held_feed(self, delivery: Delivery) -> None:
-        await asyncio.sleep(self.settings.progress_interval_s)
+        await asyncio.sleep(max(self.settings.progress_interval_s, FEED_HOLD_S))
         delivery.feed_sleeping = False
         await self._write_after(delivery, None)
         delivery.feed_flush = None
@@ -333,37 +368,23 @@ class Runner:
             await self._write_after(delivery, None)
 
     async def _write_after(self, delivery: Delivery, note: FeedNote | None, *, finished: bool = False) -> None:
-        """One pipeline of what follows an append: the held feed entries and `note`'s, then, when the
-        job `finished`, the live set's ZREM and the lease's release. Best-effort, like all derived writes.
+        """What follows an append: the held feed entries and `note`'s, and when the job `finished`,
+        the lease's release unless the outcome's round trip did it, and the live set's ZREM.
+        The feed and the live set are queued on the trailer. Best-effort, like all derived writes.
         """
         if delivery.feed_flush is not None and delivery.feed_sleeping:
             delivery.feed_flush.cancel()
             delivery.feed_flush, delivery.feed_sleeping = None, False
         notes, delivery.feed = [*delivery.feed, *([note] if note is not None else [])], []
-        if not notes and not finished:
-            return
         lease = delivery.lease
-        try:
-            async with self.events.redis.pipeline(transaction=False) as pipe:
-                for held in notes:
-                    self.events.activity.queue_record(pipe, held)
-                feed_writes = len(pipe)
-                if finished:
-                    self.live.queue_forget(pipe, delivery.job_id)
-                    lease.queue_release(pipe)
-                replies = await pipe.execute(raise_on_error=False)
-        except RedisError as exc:
-            log.warning("job %s: feed, live set or lease not updated (%s)", delivery.job_id, exc)
-            if finished:
+        if finished and not lease.released:
+            try:
+                await lease.release()
+                lease.released = True
+            except RedisError as exc:
                 lease.release_failed(exc)
-            return
-        failed = [reply for reply in replies[:feed_writes] if isinstance(reply, Exception)]
-        if failed:
-            self.events.feed_failed(notes[0], failed[0])
-        if finished:
-            if isinstance(replies[-2], Exception):
-                log.warning("job %s: live set not updated (%s)", delivery.job_id, replies[-2])
-            await lease.settle_release(replies[-1])
+        if notes or finished:
+            self.trailer.write(notes, delivery.job_id if finished else None)
 
     def _measure_attempt(self, delivery: Delivery, outcome: Outcome, ended: Appended) -> None:
         """Observe the running attempt's duration, once.
@@ -375,15 +396,9 @@ class Runner:
         if started_ms is not None:
             self.metrics.attempt_ended(delivery.kind, delivery.tenant, outcome, started_ms, ended.id)
 
-    async def _update_live(self, update: Awaitable[None], job_id: str) -> None:
-        """Best-effort: the live set is derived, and the reaper drops a finished job's id itself."""
-        try:
-            await update
-        except RedisError as exc:
-            log.warning("job %s: live set not updated (%s)", job_id, exc)
-
     async def _durable_append(
-        self, delivery: Delivery, event_type: EventType, data: Any, attempt: int, key: str
+        self, delivery: Delivery, event_type: EventType, data: Any, attempt: int, key: str,
+        after: Callable[[Pipeline], object] | None = None,
     ) -> Appended:
         """Append, waiting Redis out (up to `redis_outage_s`); the key makes a retried append land once.
 
@@ -393,7 +408,8 @@ class Runner:
         """
         job_id = delivery.job_id
         return await self.patience.run(f"job {job_id}: {event_type.value} append", lambda: self.events.append(
-            job_id, event_type, data, attempt=attempt, key=key, incarnation=delivery.incarnation, defer_feed=True
+            job_id, event_type, data, attempt=attempt, key=key, incarnation=delivery.incarnation, after=after,
+            defer_feed=True,
         ))
 
     async def _load(self, delivery: Delivery) -> JobState | None:

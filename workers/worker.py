@@ -28,7 +28,7 @@ from jobtrail.workers.runner import Runner
 
 log = logging.getLogger(__name__)
 
-# More than one worker can hold unacknowledged: a read of up to 100 messages plus its running jobs.
+# More than one worker can hold unacknowledged: its running jobs and a read's messages not started.
 HAND_BACK_MAX = 1000
 
 
@@ -97,7 +97,14 @@ async def run_worker(settings: Settings) -> None:
 
 
 async def drain(runner: Runner, settings: Settings, hurry: asyncio.Event) -> bool:
-    """Let running jobs finish, then hand off the rest; False if some delivery did not end."""
+    """Let running jobs finish, then hand off the rest, then send their derived writes; False if some did not end."""
+    try:
+        return await _drain(runner, settings, hurry)
+    finally:
+        await runner.trailer.flush()
+
+
+async def _drain(runner: Runner, settings: Settings, hurry: asyncio.Event) -> bool:
     if await finished(runner.deliveries, settings.shutdown_timeout_s, hurry):
         return True
     log.warning("worker %s: %d job(s) still running; handing them to other workers", runner.name,
@@ -129,12 +136,14 @@ async def finished(tasks: set[asyncio.Task[Any]], timeout_s: float, hurry: async
 async def hand_back_unstarted(broker: JobBroker, redis: Redis) -> None:
     """Put back on the queue the messages this worker read but never ran, and acknowledge them.
 
-    One read takes up to 100 messages while a busy worker starts them one by one, and a
-    read cut short by the drain may have taken one too. taskiq-redis would leave them
-    with this consumer until another worker claims them after JOBTRAIL_BROKER_IDLE_MS.
+    A read cut short by the drain may have taken some (a read takes one per free slot).
+    taskiq-redis would leave them with this consumer until another worker claims them
+    after JOBTRAIL_BROKER_IDLE_MS. The acks still queued go first: a message whose job
+    finished is not handed back.
     """
     queue = JobQueue(redis, broker.queue_name, broker.consumer_group_name)
     try:
+        await broker.flush_acks()
         handed_back = await queue.hand_back(broker.consumer_name, HAND_BACK_MAX)
     except RedisError as exc:
         log.warning("could not put unstarted messages back on the queue (%s); the reaper will", exc)

@@ -1,0 +1,87 @@
+"""The derived writes that follow the appends of a worker's deliveries, for all of them at once.
+
+An outcome is followed by its activity-feed entries (app/activity.py) and by the live
+set's ZREM (app/livejobs.py); a retry and a long job's `started` by feed entries alone.
+These keys are in other Redis Cluster slots than the job's, so they cannot ride in its
+append, and each delivery sending them alone cost a round trip per job. Here every
+delivery that has some in one turn of the event loop shares one pipeline: a busy worker
+sends one round trip for several jobs, an idle one what it sent before. A write is
+queued and sent within DELAY_S, so a delivery (and its message's ack) does not wait for
+it; a stopping worker flushes what is left.
+
+Best-effort, like every derived write: a failure is logged, the jobs' own streams stay
+the truth, and the reaper forgets a finished job the live set still names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.exceptions import RedisError
+
+from jobtrail.activity import FeedNote
+from jobtrail.eventlog import EventLog
+from jobtrail.livejobs import LiveJobs
+
+log = logging.getLogger(__name__)
+
+
+class Trailer:
+    """Queues derived writes and sends every one queued within DELAY_S in one pipeline, in order."""
+
+    DELAY_S = 0.002
+
+    def __init__(self, events: EventLog, live: LiveJobs) -> None:
+        self.events = events
+        self.live = live
+        self._notes: list[FeedNote] = []
+        self._finished: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+        self._order = asyncio.Lock()  # one pipeline at a time: a job's entries land in the order written
+
+    def write(self, notes: list[FeedNote], finished: str | None = None) -> None:
+        """Queue `notes` for the feed, and the `finished` job's ZREM from the live set."""
+        self._notes += notes
+        if finished is not None:
+            self._finished.append(finished)
+        if self._timer is None and (self._notes or self._finished):
+            self._timer = asyncio.get_running_loop().call_later(self.DELAY_S, self._send_soon)
+
+    def _send_soon(self) -> None:
+        self._timer = None
+        task = asyncio.create_task(self.flush())
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def flush(self) -> None:
+        """Send what is queued now, after what is being sent already (a stopping worker's last call)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        notes, finished = self._notes, self._finished
+        self._notes, self._finished = [], []
+        async with self._order:
+            await self._send(notes, finished)
+
+    async def _send(self, notes: list[FeedNote], finished: list[str]) -> None:
+        """One pipeline: the feed's XADDs in order, then one ZREM of every finished job."""
+        if not notes and not finished:
+            return
+        try:
+            async with self.events.redis.pipeline(transaction=False) as pipe:
+                for note in notes:
+                    self.events.activity.queue_record(pipe, note)
+                feed_writes = len(pipe)
+                self.live.queue_forget(pipe, *finished)
+                replies = await pipe.execute(raise_on_error=False)
+        except RedisError as exc:
+            log.warning("feed or live set not updated for %d job(s) (%s)", len({n.job_id for n in notes} | {*finished}),
+                        exc)
+            return
+        failed = [reply for reply in replies[:feed_writes] if isinstance(reply, Exception)]
+        if failed:
+            self.events.feed_failed(notes[0], failed[0])
+        if finished and isinstance(replies[-1], Exception):
+            log.warning("live set not updated for %d finished job(s) (%s)", len(finished), replies[-1])
