@@ -511,7 +511,3 @@ def _readable(entry_id: str, fields: dict[str, str]) -> Event | Unreadable:
         return Event.from_entry(entry_id, fields)
     except CorruptEvent as exc:
         return Unreadable(entry_id, exc)
-
-
-def decode_events(entries: Iterable[tuple[str, dict[str, str]]]) -> list[Event]:
-    return [Event.from_entry(entry_id, fields) for entry_id, fields in entries]

@@ -354,7 +354,7 @@ class Hub:
             self._mark(watched.stream)
             return
         if payload[0] in _ID_START:
-            # An id alone (a batch of reports, append_many.lua, or an older append script): one already read needs no read.
+            # An id alone (a batch of reports, append_many.lua; an older append script): read if new.
             last_id = payload.decode() if isinstance(payload, bytes) else payload
             if is_after(last_id, watched.cursor):
                 self._mark(watched.stream)
