@@ -6,7 +6,7 @@ is followed by reconnecting (redis-py's `Sentinel.master_for`). Cluster: redis-p
 `RedisCluster`, from the startup nodes given; it discovers the rest and follows MOVED/ASK.
 
 The bounds are the same everywhere: connect and command timeouts of `redis_timeout_s`, one
-quick retry, at most `redis_pool_size` connections, counted per node on a Cluster. One
+quick retry, at most `pool_size` connections, counted per node on a Cluster. One
 difference: a Cluster node's pool does not queue a caller when it is full, it raises
 MaxConnectionsError (a ConnectionError, so a request answers 503 rather than wait).
 
@@ -68,6 +68,13 @@ class FailoverAwareCluster(RedisCluster):
 class Store:
     """Opens the Redis clients one process needs, on the topology REDIS_URL names."""
 
+    # The pool sizes JOBTRAIL_REDIS_POOL_SIZE=0 (the default) stands for. One server's (or a
+    # Sentinel master's) pool queues a caller until a connection is free, so a handful keeps
+    # an API process's connections constant under any load; a Cluster node's pool refuses a
+    # caller when full (a 503), so it keeps room for a request's burst.
+    POOL_SIZE = 6
+    CLUSTER_POOL_SIZE = 32
+
     def __init__(self, settings: Settings, *, role: str = "api") -> None:
         self.settings = settings
         self.client_name = f"jobtrail-{role}-{os.getpid()}"
@@ -87,7 +94,7 @@ class Store:
         return self.topology.kind if self.topology else "single"
 
     def pooled(self, max_connections: int | None = None, block_ms: int = 0) -> Any:
-        """A client whose pool never holds more than `redis_pool_size` connections (per node on a Cluster).
+        """A client whose pool never holds more than `pool_size` connections (per node on a Cluster).
 
         `max_connections` bounds it otherwise; `block_ms` lengthens the command timeout for
         a pool that also serves blocking reads of up to that long (the broker's).
@@ -99,8 +106,15 @@ class Store:
         """
         s = self.settings
         return self._client(
-            max_connections or s.redis_pool_size, block_ms / 1000 + s.redis_timeout_s, health_check_interval=30
+            max_connections or self.pool_size, block_ms / 1000 + s.redis_timeout_s, health_check_interval=30
         )
+
+    @property
+    def pool_size(self) -> int:
+        """JOBTRAIL_REDIS_POOL_SIZE, or the topology's default when it is 0."""
+        if self.settings.redis_pool_size:
+            return self.settings.redis_pool_size
+        return self.CLUSTER_POOL_SIZE if self.kind == "cluster" else self.POOL_SIZE
 
     def dedicated(self, block_ms: int) -> Any:
         """A single-connection client for a blocking read of up to `block_ms`.

@@ -23,7 +23,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
-from taskiq import AckableMessage, AsyncBroker, BrokerMessage, InMemoryBroker
+from taskiq import AckableMessage, AsyncBroker, BrokerMessage, InMemoryBroker, TaskiqMiddleware
 from taskiq.exceptions import SendTaskError
 from taskiq.kicker import AsyncKicker
 
@@ -47,9 +47,13 @@ class JobBroker(AsyncBroker):
     is declared again, from "0".
     """
 
-    def __init__(self, redis: Any, *, queue_name: str, consumer_group_name: str, xread_block_ms: int) -> None:
+    def __init__(
+        self, redis: Any, *, queue_name: str, consumer_group_name: str, xread_block_ms: int, owns_client: bool = True
+    ) -> None:
         super().__init__()
         self.redis = redis
+        # False when `redis` is the process's shared pool (an API's), which its owner closes.
+        self.owns_client = owns_client
         self.queue_name = queue_name
         self.consumer_group_name = consumer_group_name
         self.consumer_name = str(uuid.uuid4())
@@ -61,7 +65,8 @@ class JobBroker(AsyncBroker):
 
     async def shutdown(self) -> None:
         await super().shutdown()
-        await self.redis.aclose()
+        if self.owns_client:
+            await self.redis.aclose()
 
     async def _declare_consumer_group(self) -> None:
         """XGROUP CREATE … MKSTREAM from GROUP_START; a group that exists already is left as it is."""
@@ -108,9 +113,17 @@ class JobBroker(AsyncBroker):
         return ack
 
 
-def build_broker(settings: Settings, keys: Keys) -> AsyncBroker:
+def build_broker(settings: Settings, keys: Keys, shared: Any = None) -> AsyncBroker:
+    """The process's broker; on `shared` (the process's pooled client) when it only sends, never listens.
+
+    A process that only queues (the API) needs no pool of its own for one XADD per job:
+    sharing keeps its Redis connections at its pool size, however busy it is.
+    """
     if settings.embedded:
         return InMemoryBroker(max_async_tasks=settings.worker_concurrency)
+    if shared is not None:
+        return JobBroker(shared, queue_name=keys.queue(), consumer_group_name=group_name(keys),
+                         xread_block_ms=XREAD_BLOCK_MS, owns_client=False)
     # Its own pool: every running job acknowledges through it, and its read blocks one connection.
     client = Store(settings, role="broker").pooled(
         max_connections=settings.worker_concurrency + 4, block_ms=XREAD_BLOCK_MS
@@ -127,6 +140,23 @@ def register_runner(broker: AsyncBroker, runner: Runner) -> None:
         await runner.run(job_id)
 
     broker.register_task(run_job, task_name=RUN_JOB)
+
+
+def queue_enqueue(broker: AsyncBroker, pipe: Any, job_id: str) -> bool:
+    """`enqueue`'s XADD, queued on a pipeline of the caller's; False (nothing queued) when it cannot be.
+
+    The message is the one `enqueue` sends (taskiq's kicker builds it), so a worker reads
+    both alike. Only the Redis broker, and only without a middleware that acts on sending:
+    such a middleware (or the embedded broker) needs `enqueue` itself, after the round trip.
+    """
+    if not isinstance(broker, JobBroker) or any(
+        type(m).pre_send is not TaskiqMiddleware.pre_send or type(m).post_send is not TaskiqMiddleware.post_send
+        for m in broker.middlewares
+    ):
+        return False
+    message = AsyncKicker[[str], None](RUN_JOB, broker, labels={})._prepare_message(job_id)
+    pipe.xadd(broker.queue_name, {"data": broker.formatter.dumps(message).message})
+    return True
 
 
 async def enqueue(broker: AsyncBroker, job_id: str) -> None:

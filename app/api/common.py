@@ -9,7 +9,9 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any, Literal, cast
 from urllib.parse import quote
 
-from litestar import Request
+import msgspec
+from litestar import Request, Response
+from litestar.enums import MediaType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Stream
@@ -53,6 +55,19 @@ _ERROR_DESCRIPTIONS = {
     429: "Over a per-tenant limit; retry after `Retry-After` seconds",
     503: "Redis is not answering; retry after `Retry-After` seconds",
 }
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def json_response(value: msgspec.Struct, *, status_code: int = 200, headers: dict[str, str]) -> Response[Any]:
+    """`value` as a JSON response, encoded here once by msgspec: litestar's own rendering looks
+    its serializer up for every response, and the hot routes answer thousands a second.
+
+    The handler's annotation stays the documented type (OpenAPI reads it); the body is the same
+    JSON litestar would write, from the same msgspec encoder.
+    """
+    return Response(_encode(value), status_code=status_code, headers=headers, media_type=MediaType.JSON)
 
 
 def error_responses(*codes: int) -> dict[int, ResponseSpec]:
