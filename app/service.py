@@ -102,18 +102,19 @@ class JobService:
         def claim_it(pipe: Pipeline) -> None:
             nonlocal queued
             pipe.set(claim, token, nx=True, ex=self.settings.retention_s)
-            pipe.get(claim)
             # A fresh random id has no repeat that could race for the claim: it is this
             # request's, so the enqueue rides in the same round trip. With a key, the
             # claim's reply decides (below).
             if idempotency_key is None and self.queue is not None:
                 queued = self.queue(pipe, job_id)
+            if not queued:
+                pipe.get(claim)
 
         try:
             # Watched before it exists, in the append's round trip: whatever happens after
             # the append (a crash, a failed enqueue), the reaper (workers/reaper.py) queues
             # the job; an id that never became a job, it drops.
-            job, (_, claimed_by, *_) = await record_submitted(
+            job, (_, *replies) = await record_submitted(
                 self.events, self.index, job_id, data,
                 before=lambda pipe: self.live.queue_track(pipe, job_id), also=claim_it,
             )
@@ -128,7 +129,7 @@ class JobService:
             if existing.state is State.PENDING and existing.attempt == 0 and await self._holds_claim(claim, token):
                 await self.enqueue(job_id)
             return existing, False
-        if claimed_by == token and not queued:
+        if not queued and replies[0] == token:
             await self.enqueue(job_id)
         return job, True
 
