@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
@@ -29,6 +30,40 @@ from redis.exceptions import RedisClusterException
 
 from jobtrail.config import Settings
 from jobtrail.topology import Topology, parse_topology
+
+
+class HiredisPacking:
+    """Packs commands with hiredis's C packer, as redis-py's sync client does; its asyncio one packs in Python.
+
+    On this kind of machine that was ~30 µs for an append's EVALSHA against ~4 µs. The bytes
+    are the same; a first argument of several words (`CLIENT SETNAME`), which redis-py
+    splits, and any argument hiredis refuses (a bool, None, a lone surrogate) go to redis-py's
+    packer, which splits or raises its own errors as before.
+    """
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        first = args[0] if args else None
+        if isinstance(first, str | bytes) and (" " in first if isinstance(first, str) else b" " in first):
+            return super().pack_command(*args)  # type: ignore[misc]
+        try:
+            return [hiredis.pack_command(args)]
+        except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
+            return super().pack_command(*args)  # type: ignore[misc]
+
+
+_PACKING: dict[type, type] = {}
+
+
+def pack_with_hiredis(pool: Any) -> None:
+    """Make `pool`'s new connections pack with hiredis (its connection class, TLS or not, mixed with HiredisPacking)."""
+    base = pool.connection_class
+    if issubclass(base, HiredisPacking) or pool.connection_kwargs.get("encoding", "utf-8") != "utf-8":
+        return
+    if pool.connection_kwargs.get("encoding_errors", "strict") != "strict":
+        return
+    if base not in _PACKING:
+        _PACKING[base] = type(f"HiredisPacking{base.__name__}", (HiredisPacking, base), {})
+    pool.connection_class = _PACKING[base]
 
 
 class WaitingPool(BlockingConnectionPool):
@@ -178,6 +213,7 @@ class Store:
             timeout=self.settings.redis_timeout_s,
             **self._options(socket_timeout, with_credentials=False, **extra),
         )
+        pack_with_hiredis(pool)
         # from_pool: closing the client closes the pool; Redis(connection_pool=...) would
         # leave its connections open after shutdown.
         return Redis.from_pool(pool)
@@ -200,7 +236,7 @@ class Store:
         if self.topology.tls:
             sentinel_options["ssl"] = True
         sentinel = Sentinel(list(self.topology.hosts), sentinel_kwargs=sentinel_options)
-        return sentinel.master_for(
+        master: Redis = sentinel.master_for(
             self.topology.service,
             connection_pool_class=BlockingSentinelConnectionPool,
             max_connections=max_connections,
@@ -209,6 +245,8 @@ class Store:
             ssl=self.topology.tls,
             **self._options(socket_timeout, **extra),
         )
+        pack_with_hiredis(master.connection_pool)
+        return master
 
     def _options(self, socket_timeout: float, *, with_credentials: bool = True, **extra: Any) -> dict[str, Any]:
         """What every connection gets: timeouts, one quick retry, the client name, decoded replies."""
