@@ -14,6 +14,7 @@ import msgspec
 from redis.asyncio.client import Pipeline
 
 from jobtrail.artifacts import ArtifactStore
+from jobtrail.batching import SharedPipeline
 from jobtrail.config import Settings
 from jobtrail.errors import IdempotencyConflict, InvalidParams, JobExists, TransitionRefused
 from jobtrail.eventlog import EventLog
@@ -52,6 +53,8 @@ class JobService:
         self.queue = queue
         self.settings = settings
         self.live = LiveJobs(events.redis, events.keys, settings.pending_stale_s)
+        # Concurrent submissions' last round trips (index, feed, claim, enqueue) go out as one.
+        self.shared = SharedPipeline(events.redis)
         # The process's one server secret (the token signer's, from the composition root), so
         # ids and tokens converge together after Redis lost it; a secret of its own otherwise.
         self.secret = secret or ServerSecret(events.redis, events.keys, settings.token_secret)
@@ -116,7 +119,7 @@ class JobService:
             # the job; an id that never became a job, it drops.
             job, (_, *replies) = await record_submitted(
                 self.events, self.index, job_id, data,
-                before=lambda pipe: self.live.queue_track(pipe, job_id), also=claim_it,
+                before=lambda pipe: self.live.queue_track(pipe, job_id), also=claim_it, shared=self.shared,
             )
         except JobExists:
             existing = await self.events.state(job_id)
