@@ -19,8 +19,9 @@ from importlib import resources
 
 import anyio
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
+from jobtrail.batching import SharedPipeline
 from jobtrail.errors import RateLimited
 from jobtrail.keys import Keys
 
@@ -45,19 +46,32 @@ class SubmitRate:
         self.keys = keys
         self.per_minute = per_minute  # 0: unlimited
         self._take = redis.register_script(_WINDOW_SCRIPT)
+        # Concurrent submissions take their places in one round trip.
+        self._shared = SharedPipeline(redis)
 
     async def take(self, scope: str) -> str | None:
         """A place for one job in the current window (its counter's key; None when unlimited).
 
         RateLimited once the window is full, with nothing counted. One EVALSHA
-        (app/submit_window.lua), refused or not.
+        (app/submit_window.lua), refused or not, in a round trip shared with other
+        submissions of the moment (app/batching.py); a Redis that lost the script gets it
+        loaded, one more.
         """
         if not self.per_minute:
             return None
         now = time.time()
         window = int(now // WINDOW_S)
         key = self.keys.submit_window(scope, window)
-        if not await self._take(keys=[key], args=[WINDOW_S * 2, self.per_minute]):
+        args = (WINDOW_S * 2, self.per_minute)
+        (taken,) = await self._shared.run(
+            # execute_command, not evalsha: a Cluster pipeline routes it by its key all the same.
+            lambda pipe: pipe.execute_command("EVALSHA", self._take.sha, 1, key, *args)
+        )
+        if isinstance(taken, NoScriptError):
+            taken = await self._take(keys=[key], args=list(args))
+        elif isinstance(taken, Exception):
+            raise taken
+        if not taken:
             retry_after = max(1, int((window + 1) * WINDOW_S - now + 0.999))
             raise RateLimited(
                 f"more than {self.per_minute} submissions this minute; retry after {retry_after} s", retry_after

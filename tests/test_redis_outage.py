@@ -270,3 +270,14 @@ async def test_worker_recreates_its_consumer_group_after_redis_loses_its_data(cl
     job_id = await submit(client)
 
     await eventually(lambda: succeeded(client, job_id), "a job submitted after the data loss succeeding")
+
+
+async def test_submit_loads_its_scripts_again_after_redis_forgot_them(client, server):
+    await submit(client)  # the submission limit's script and the append's are loaded now
+    admin = aioredis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        await admin.script_flush()  # as after a restart without persistence, or a failover to a fresh replica
+        job_id = await submit(client)
+        assert (await client.get(f"/jobs/{job_id}")).status_code == 200
+    finally:
+        await admin.aclose()
