@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from importlib import resources
 from typing import Any, NamedTuple
 
@@ -28,6 +28,9 @@ from jobtrail.reducer import fields_for, fold
 from jobtrail.replicawait import ReplicaWait
 
 log = logging.getLogger(__name__)
+
+# Runs what a function queues on a pipeline, in a round trip it may share; its replies, errors as values.
+SharedRun = Callable[[Callable[[Pipeline], object]], Awaitable[list[Any]]]
 
 _VISIBLE_SCRIPT = resources.files("jobtrail").joinpath("visible.lua").read_text()
 
@@ -122,6 +125,7 @@ class EventLog:
         slot: str | None = None,
         before: Callable[[Pipeline], object] | None = None,
         defer_feed: bool = False,
+        shared: SharedRun | None = None,
     ) -> Appended:
         """Append one event (one round trip). Raises JobNotFound, JobExists or TransitionRefused.
 
@@ -166,7 +170,7 @@ class EventLog:
             args += [field, value]
         wait = self.replica_wait if self.replica_wait and self.replica_wait.applies_to(event_type) else None
         began = time.perf_counter()
-        reply, wait_reply = await self._run_append(list(self.keys.append_keys(job_id)), args, before, wait)
+        reply, wait_reply = await self._run_append(list(self.keys.append_keys(job_id)), args, before, wait, shared)
         replicas = None
         if wait is not None and reply[0] in ("ok", "duplicate"):
             replicas = wait.confirmed(wait_reply, job_id, event_type)
@@ -199,7 +203,7 @@ class EventLog:
 
     async def _run_append(
         self, keys: list[str], args: list[str | int], before: Callable[[Pipeline], object] | None,
-        wait: ReplicaWait | None,
+        wait: ReplicaWait | None, shared: SharedRun | None = None,
     ) -> tuple[list[str], object]:
         """The script's reply, and WAIT's when `wait` is given (else None); one round trip.
 
@@ -216,16 +220,23 @@ class EventLog:
             target["target_nodes"] = self.redis.get_node_from_key(keys[0])
         # EVALSHA by hand: a registered script in a pipeline costs a SCRIPT EXISTS round trip
         # on every execute; a NOSCRIPT (a Redis that restarted) loads it and sends both again.
+        def queue(pipe: Pipeline) -> None:
+            if before is not None:
+                before(pipe)
+            # execute_command, not pipe.evalsha: redis-py's Cluster pipeline refuses the
+            # method by name, yet routes the command by its keys (one job's: one slot).
+            pipe.execute_command("EVALSHA", self._append.sha, len(keys), *keys, *args)
+            if wait is not None:
+                pipe.execute_command(*wait.command(), **target)
+
         for _ in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                if before is not None:
-                    before(pipe)
-                # execute_command, not pipe.evalsha: redis-py's Cluster pipeline refuses the
-                # method by name, yet routes the command by its keys (one job's: one slot).
-                pipe.execute_command("EVALSHA", self._append.sha, len(keys), *keys, *args)
-                if wait is not None:
-                    pipe.execute_command(*wait.command(), **target)
-                results = await pipe.execute(raise_on_error=False)
+            if shared is not None and wait is None:
+                # In a round trip with other callers' (app/batching.py); a WAIT needs its own.
+                results = await shared(queue)
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    queue(pipe)
+                    results = await pipe.execute(raise_on_error=False)
             wait_reply = results.pop() if wait is not None else None
             *queued, reply = results
             if isinstance(reply, NoScriptError):

@@ -35,8 +35,8 @@ async def record_submitted(
 
     Two round trips: the append (behind `before`'s commands, in one pipeline), then one
     pipeline of the activity feed, the index and `also`'s commands, whose replies come
-    back in order (on `shared`, in one round trip with other submissions' at the same
-    moment). The state is folded here from the one event the append wrote
+    back in order; on `shared`, each in a round trip with other submissions' of the same
+    moment. The state is folded here from the one event the append wrote
     (app/reducer.py mirrors append.lua), not read back. Raises JobExists, and then lists
     nothing, when another request made the job.
 
@@ -48,7 +48,8 @@ async def record_submitted(
     is only logged, as for every append.
     """
     key = f"submitted:{uuid.uuid4().hex}"
-    appended = await events.append(job_id, EventType.SUBMITTED, data, key=key, before=before, defer_feed=True)
+    appended = await events.append(job_id, EventType.SUBMITTED, data, key=key, before=before, defer_feed=True,
+                                   shared=shared.run if shared is not None else None)
     job = await events.state(job_id) if appended.duplicate else submitted_state(job_id, appended, data, key)
     events.metrics.submitted(job.kind, job.tenant)
     feed_writes = ours = 0
