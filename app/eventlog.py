@@ -295,7 +295,9 @@ class EventLog:
             raise JobNotFound(job_id)
         return JobState.from_hash(job_id, fields, expires_ms), fields.get("incarnation")
 
-    async def visible_state(self, job_id: str, tenant: str | None, *, sees_all: bool = False) -> JobState:
+    async def visible_state(
+        self, job_id: str, tenant: str | None, *, sees_all: bool = False, shared: SharedRun | None = None
+    ) -> JobState:
         """The job's state if a viewer of `tenant` may see it; else JobNotFound, as for a missing job.
 
         The rule of the API and of handlers reading other jobs alike: a viewer sees the
@@ -304,7 +306,14 @@ class EventLog:
         tenant's job comes back as the same empty reply as a missing one, and goes through
         the same code here, so not even the time taken tells them apart.
         """
-        reply = await self._visible(keys=[self.keys.job(job_id)], args=[tenant or "", "1" if sees_all else "0"])
+        keys, args = [self.keys.job(job_id)], [tenant or "", "1" if sees_all else "0"]
+        reply: Any = None
+        if shared is not None:  # in a round trip with other readers' (app/batching.py)
+            (reply,) = await shared(lambda pipe: pipe.execute_command("EVALSHA", self._visible.sha, 1, *keys, *args))
+            if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+                raise reply
+        if shared is None or isinstance(reply, NoScriptError):
+            reply = await self._visible(keys=keys, args=args)  # loads the script when Redis lost it
         fields = dict(zip(reply[1::2], reply[2::2], strict=True))
         if not fields.get("state"):
             raise JobNotFound(job_id)

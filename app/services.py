@@ -21,6 +21,7 @@ from redis.asyncio.client import Pipeline
 from taskiq import AsyncBroker
 
 from jobtrail.artifacts import ArtifactStore
+from jobtrail.batching import SharedPipeline
 from jobtrail.config import Settings
 from jobtrail.eventlog import EventLog
 from jobtrail.hub import Hub
@@ -57,6 +58,8 @@ class Services:
     sse_slots: SseSlots
     hub: Hub
     metrics: Metrics
+    # The round trip that concurrent reads of the hot routes share (app/batching.py).
+    reads: SharedPipeline
 
     async def enqueue(self, job_id: str) -> None:
         """Queue one run of a job (one XADD on the Redis broker)."""
@@ -117,4 +120,5 @@ def build_services(settings: Settings, redis: Redis, hub_reader: Redis, *, broke
         hub=Hub(hub_reader, redis, keys, block_ms=settings.hub_block_ms, queue_size=settings.sse_queue_size,
                 catch_up_s=settings.hub_catch_up_s, timeout_s=settings.redis_timeout_s),
         metrics=metrics,
+        reads=SharedPipeline(redis),
     )

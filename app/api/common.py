@@ -23,7 +23,7 @@ from jobtrail.api.schemas import ErrorBody, TokenRequest
 from jobtrail.auth import Principal
 from jobtrail.config import Settings
 from jobtrail.errors import InvalidRequest, JobNotFound, NotAuthenticated
-from jobtrail.eventlog import EventLog
+from jobtrail.eventlog import EventLog, SharedRun
 from jobtrail.jobstate import JobState
 from jobtrail.keys import JOB_ID_RE
 from jobtrail.limits import SseSlots, SubmitRate
@@ -85,7 +85,9 @@ def checked_job_id(job_id: str) -> str:
     return job_id
 
 
-async def visible_job(events: EventLog, principal: Principal, job_id: str) -> JobState:
+async def visible_job(
+    events: EventLog, principal: Principal, job_id: str, shared: SharedRun | None = None
+) -> JobState:
     """The job, if `principal` may see it; otherwise JobNotFound, exactly as if it did not exist.
 
     A token bound to another job is a 401, not a 404: its bearer already knows which
@@ -96,7 +98,7 @@ async def visible_job(events: EventLog, principal: Principal, job_id: str) -> Jo
         raise NotAuthenticated("this token is for another job")
     # The owner is checked inside Redis, before anything is decoded: another tenant's job
     # and a missing one take the same work and the same time (EventLog.visible_state).
-    return await events.visible_state(job_id, principal.tenant, sees_all=principal.admin)
+    return await events.visible_state(job_id, principal.tenant, sees_all=principal.admin, shared=shared)
 
 
 Hold = Callable[[], AbstractAsyncContextManager[None]]

@@ -188,7 +188,7 @@ class JobsController(Controller):
         # The hot read: one dependency (several cost a task group per request) and the
         # principal the guard found, not a dependency of its own.
         principal = request.user
-        job = await visible_job(services.events, principal, job_id)
+        job = await visible_job(services.events, principal, job_id, services.reads.run)
         etag = _etag(job)
         if download_token:
             # No 304 here: a cached body would hold a token that may have expired.
