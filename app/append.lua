@@ -5,12 +5,14 @@
 -- KEYS[3]  job dedupe hash       (jt:job:{ID}:dedupe)  idempotency key -> event id,
 --                                                     or slot -> 'key id'
 -- KEYS[4]  wake shard channel    (jt:job:{ID}:events:wake)  told the new id (app/wakes.py); not a key
+-- KEYS[5]  enqueue claim         (jt:job:{ID}:enqueued)  app/service.py's, deleted: of no use once the
+--                                job ended. Given with terminal events only (the others pay for a key).
 -- ARGV[1]  event type
 -- ARGV[2]  attempt, or '' for the job's current attempt
--- ARGV[3]  data, a JSON object (stored as is)
+-- ARGV[3]  data, as app/events.py packs it (stored as is)
 -- ARGV[4]  idempotency key, or '' for none
 -- ARGV[5]  retention in seconds, applied to every key at a terminal event
--- ARGV[6]  `at` in epoch ms, or '' for the server's clock
+-- ARGV[6]  `at` in epoch ms, or '' for the server's clock: the new entry id's milliseconds
 -- ARGV[7]  incarnation the writer works for (the id of the job's `submitted`), or '' for any
 -- ARGV[8]  dedupe slot, or '' to remember the key under itself. A writer whose writes go
 --          out one at a time (a job context) names one slot for all of them: a retry can
@@ -18,7 +20,8 @@
 --          job's dedupe hash stays a few fields long however many reports it took.
 -- ARGV[9..] field, value pairs derived from the data (app/reducer.py: fields_for)
 --
--- Returns {'ok', id, state, cancel_requested, at, attempt, kind, tenant}  (the last four feed app/activity.py)
+-- Returns 'ok <id> <state> <cancel_requested> <attempt> <tenant> <kind>'  (one string; `at` is the
+--      id's ms unless ARGV[6] gave it; attempt, tenant and kind feed app/activity.py)
 --      or {'duplicate', id, state, cancel_requested}  (key seen: nothing written)
 --      or {'refused', state}                          (state forbids it: nothing written)
 --      or {'stale', state, current attempt}            (ARGV[2] is not the attempt the rule
@@ -26,14 +29,19 @@
 --      or {'replaced', state}                         (ARGV[7] is not the job's incarnation: the
 --                                                      job was deleted and submitted again; nothing written)
 --
+-- The entry is {e = attempt * 100 + type code (then ' ' .. ARGV[6] if given), d = data,
+-- k = key or ''}: always the same fields in the same order (app/events.py: ENTRY_FIELDS), so
+-- a stream node stores their names once.
+--
 -- RULE_OF, IS_TERMINAL and ABSENT are rendered above this line from app/events.py (RULES).
 
-local job, stream, dedupe, wake = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local job, stream, dedupe, wake, claim = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local etype, attempt, data, key, retention, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local incarnation, slot = ARGV[7], ARGV[8]
+local COMPACT_MAX_ENTRIES = 1000
 
-local rule = RULE_OF(etype)
-if not rule then
+local allowed, next_state, stamp, attempt_rule, opens, code = RULE_OF(etype)
+if not allowed then
   return redis.error_reply('unknown event type ' .. etype)
 end
 
@@ -63,61 +71,70 @@ if key ~= '' then
   end
 end
 
-if not rule.allowed[state] then
+if not string.find(allowed, ' ' .. state .. ' ', 1, true) then
   return {'refused', state}
 end
 
 local current = own[4] or '0'
 if attempt == '' then
   attempt = current
-elseif rule.attempt then
-  local expected = tonumber(current) + (rule.attempt == 'next' and 1 or 0)
+elseif attempt_rule then
+  local expected = tonumber(current) + (attempt_rule == 'next' and 1 or 0)
   if tonumber(attempt) ~= expected then
     return {'stale', state, current}
   end
 end
-if at == '' then
-  local now = redis.call('TIME')
-  at = tostring(tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+local meta = tostring(tonumber(attempt) * 100 + code)
+if at ~= '' then
+  meta = meta .. ' ' .. at
 end
-
-local entry = {'type', etype, 'at', at, 'v', '1', 'attempt', attempt, 'data', data}
-if key ~= '' then
-  table.insert(entry, 'key')
-  table.insert(entry, key)
-end
+local entry = {'e', meta, 'd', data, 'k', key}
 local id = redis.call('XADD', stream, '*', unpack(entry))
+if at == '' then
+  at = string.sub(id, 1, string.find(id, '-', 1, true) - 1)
+end
 
 local count = tostring((tonumber(own[5]) or 0) + 1)
-local fields = {'updated_at', at, 'last_event_id', id, 'attempt', attempt, 'event_count', count}
-if rule.next then
-  state = rule.next
-  table.insert(fields, 'state')
-  table.insert(fields, state)
-end
-if rule.stamp then
-  table.insert(fields, rule.stamp)
-  table.insert(fields, at)
-end
-if rule.opens then
-  table.insert(fields, 'incarnation')
-  table.insert(fields, id)
-end
 local kind, tenant = own[6] or '', own[7] or ''
 for i = 9, #ARGV, 2 do
-  local field, value = ARGV[i], ARGV[i + 1]
-  table.insert(fields, field)
-  table.insert(fields, value)
   -- What the reply reports is the hash after this write, which these fields may set.
+  local field = ARGV[i]
   if field == 'cancel_requested' then
-    cancel_requested = value
+    cancel_requested = ARGV[i + 1]
   elseif field == 'kind' then
-    kind = value
+    kind = ARGV[i + 1]
   elseif field == 'tenant' then
-    tenant = value
+    tenant = ARGV[i + 1]
   end
 end
-redis.call('HSET', job, unpack(fields))
+-- Most events (every progress report) change no bookkeeping beyond these three, and
+-- leave the attempt as it is: one HSET of them and the data's fields, no table built.
+if attempt == own[4] and not (next_state or stamp or opens) then
+  redis.call('HSET', job, 'updated_at', at, 'last_event_id', id, 'event_count', count, unpack(ARGV, 9))
+else
+  local fields = {'updated_at', at, 'last_event_id', id, 'event_count', count}
+  if attempt ~= own[4] then
+    fields[#fields + 1] = 'attempt'
+    fields[#fields + 1] = attempt
+  end
+  if next_state then
+    state = next_state
+    fields[#fields + 1] = 'state'
+    fields[#fields + 1] = state
+  end
+  if stamp then
+    fields[#fields + 1] = stamp
+    fields[#fields + 1] = at
+  end
+  if opens then
+    fields[#fields + 1] = 'incarnation'
+    fields[#fields + 1] = id
+  end
+  for i = 9, #ARGV do
+    fields[#fields + 1] = ARGV[i]
+  end
+  redis.call('HSET', job, unpack(fields))
+end
 if key ~= '' then
   if slot == '' then
     redis.call('HSET', dedupe, key, id)
@@ -127,11 +144,28 @@ if key ~= '' then
 end
 
 if IS_TERMINAL(state) then
-  for _, k in ipairs({job, stream, dedupe}) do
-    redis.call('EXPIRE', k, retention)
+  redis.call('EXPIRE', job, retention)
+  redis.call('EXPIRE', dedupe, retention)
+  if claim then
+    redis.call('DEL', claim)
+  end
+  -- A finished stream rarely grows again, yet its last node keeps the 4 KB Redis gives a
+  -- new node ahead: written back from its own dump, each node takes only what it holds.
+  -- Not for a long stream, whose dump would hold up the server, for a gain it hardly sees.
+  if tonumber(retention) > 0 and redis.call('XLEN', stream) <= COMPACT_MAX_ENTRIES then
+    redis.call('RESTORE', stream, retention .. '000', redis.call('DUMP', stream), 'REPLACE')
+  else
+    redis.call('EXPIRE', stream, retention)
   end
 end
 -- After the writes: a hub that reads on this wake finds the entry. The channel is in
 -- the job's slot, so on a Cluster the publish stays on this node (and its replicas).
-redis.call('SPUBLISH', wake, id)
-return {'ok', id, state, cancel_requested, at, attempt, kind, tenant}
+-- [id, the stream's entry before it ('' if none), the entry's fields]: a hub whose cursor is
+-- that previous entry delivers this one without reading (app/hub.py). The previous id is
+-- the stream's own, not the hash's last_event_id: the stream is the truth, and an entry
+-- that something else wrote must be read, never skipped.
+local before = redis.call('XREVRANGE', stream, '(' .. id, '-', 'COUNT', 1)[1]
+redis.call('SPUBLISH', wake, cjson.encode({id, before and before[1] or '', entry}))
+-- One string, not a list: a reply's elements are what a script pays most for after its
+-- commands. The kind comes last, so that nothing it holds can shift the others.
+return 'ok ' .. id .. ' ' .. state .. ' ' .. cancel_requested .. ' ' .. attempt .. ' ' .. tenant .. ' ' .. kind

@@ -81,6 +81,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 def _run_server(settings: Settings, args: argparse.Namespace, artifacts_line: str) -> int:
     import uvicorn
 
+    from jobtrail import gcpolicy
     from jobtrail.api.app import create_app
     from jobtrail.api.protocol import JsonErrorH11Protocol
     from jobtrail.auth import ApiKeys, ConfigError, auth_enabled
@@ -125,6 +126,8 @@ def _run_server(settings: Settings, args: argparse.Namespace, artifacts_line: st
         # uvicorn drops the connection (1009) only for one far larger, before reading it whole.
         ws_max_size=max(1 << 20, 16 * settings.ws_max_message_bytes),
     )
+    # Everything imported and built: frozen out of the collector's full passes (app/gcpolicy.py).
+    gcpolicy.settle()
     Server(config).run()
     return 0
 

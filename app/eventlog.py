@@ -19,7 +19,18 @@ from redis.exceptions import NoScriptError
 
 from jobtrail.activity import ActivityFeed, FeedNote
 from jobtrail.errors import AttemptSuperseded, JobExists, JobNotFound, JobReplaced, TransitionRefused
-from jobtrail.events import ABSENT, RULES, TERMINAL_STATES, CorruptEvent, Event, EventType, check_data
+from jobtrail.events import (
+    ABSENT,
+    RULES,
+    TERMINAL_STATES,
+    TYPE_CODES,
+    CorruptEvent,
+    Event,
+    EventType,
+    check_data,
+    entry_type,
+    pack_data,
+)
 from jobtrail.jobstate import JobState
 from jobtrail.keys import Keys
 from jobtrail.metrics import Metrics
@@ -42,20 +53,20 @@ def _lua_string(value: str) -> str:
 def render_append_script() -> str:
     """append.lua with the transition table rendered into its header.
 
-    As a chain of `if`s that builds only the rule of the event at hand: a script's locals
-    are built again on every call, and the whole table (twenty-odd Lua tables) cost more
-    than the rest of a progress append.
+    As a chain of `if`s that returns the rule of the event at hand as plain values, its
+    allowed states one string: a script's locals are built again on every call, and
+    tables cost more than the rest of a progress append's Lua.
     """
     lines = ["local RULE_OF = function(etype)"]
     for n, (event_type, rule) in enumerate(RULES.items()):
-        allowed = ", ".join(f"[{_lua_string(s)}] = true" for s in sorted(rule.allowed))
+        allowed = _lua_string(" " + " ".join(sorted(rule.allowed)) + " ")
         nxt = _lua_string(rule.next_state) if rule.next_state else "nil"
         stamp = _lua_string(rule.stamp) if rule.stamp else "nil"
         attempt = _lua_string(rule.attempt) if rule.attempt else "nil"
         opens = "true" if rule.opens else "false"
         lines.append(
             f"  {'if' if n == 0 else 'elseif'} etype == {_lua_string(event_type)} then return "
-            f"{{allowed = {{{allowed}}}, next = {nxt}, stamp = {stamp}, attempt = {attempt}, opens = {opens}}}"
+            f"{allowed}, {nxt}, {stamp}, {attempt}, {opens}, {TYPE_CODES[event_type]}"
         )
     lines.append("  end")
     lines.append("end")
@@ -159,7 +170,7 @@ class EventLog:
         args: list[str | int] = [
             event_type.value,
             "" if attempt is None else attempt,
-            msgspec.json.encode(payload).decode(),
+            pack_data(event_type, payload),
             key or "",
             self.retention_s if retention_s is None else retention_s,
             "" if at_ms is None else at_ms,
@@ -170,11 +181,15 @@ class EventLog:
             args += [field, value]
         wait = self.replica_wait if self.replica_wait and self.replica_wait.applies_to(event_type) else None
         began = time.perf_counter()
-        reply, wait_reply = await self._run_append(list(self.keys.append_keys(job_id)), args, before, wait, shared)
+        terminal = RULES[event_type].next_state in TERMINAL_STATES
+        keys = list(self.keys.append_keys(job_id, terminal=terminal))
+        reply, wait_reply = await self._run_append(keys, args, before, wait, shared)
         replicas = None
-        if wait is not None and reply[0] in ("ok", "duplicate"):
+        if wait is not None and (isinstance(reply, str) or reply[0] == "duplicate"):
             replicas = wait.confirmed(wait_reply, job_id, event_type)
         self.metrics.append_took(time.perf_counter() - began)
+        if isinstance(reply, str):  # 'ok ...', one string (append.lua)
+            return await self._written(job_id, event_type, reply, at_ms, replicas, defer_feed)
         status = reply[0]
         if status == "replaced":
             raise JobReplaced(job_id, event_type, reply[1])
@@ -190,21 +205,29 @@ class EventLog:
         if status == "duplicate":
             return Appended(id=reply[1], state=reply[2], cancel_requested=reply[3] == "1", duplicate=True,
                             replicas=replicas)
-        _, event_id, state, cancel_requested, at, attempt_now, kind, tenant = reply
+        raise ValueError(f"the append script answered {reply!r:.200}")
+
+    async def _written(
+        self, job_id: str, event_type: EventType, reply: str, at_ms: int | None, replicas: int | None,
+        defer_feed: bool,
+    ) -> Appended:
+        _, event_id, state, cancel_requested, attempt_now, tenant, kind = reply.split(" ", 6)
+        # The script stamps an event without an `at` with its entry id's milliseconds.
+        at = at_ms if at_ms is not None else int(event_id.partition("-")[0])
         self.metrics.appended(kind, event_type.value, tenant or None)
         feed = None
         if self.activity.records(event_type):
-            feed = FeedNote(job_id, kind, event_type, state, int(at), event_id, int(attempt_now), tenant)
+            feed = FeedNote(job_id, kind, event_type, state, at, event_id, int(attempt_now), tenant)
             if not defer_feed:
                 await self._record_activity(feed)
                 feed = None
-        return Appended(id=event_id, state=state, cancel_requested=cancel_requested == "1", at=int(at),
+        return Appended(id=event_id, state=state, cancel_requested=cancel_requested == "1", at=at,
                         attempt=int(attempt_now), feed=feed, replicas=replicas)
 
     async def _run_append(
         self, keys: list[str], args: list[str | int], before: Callable[[Pipeline], object] | None,
         wait: ReplicaWait | None, shared: SharedRun | None = None,
-    ) -> tuple[list[str], object]:
+    ) -> tuple[Any, object]:
         """The script's reply, and WAIT's when `wait` is given (else None); one round trip.
 
         WAIT counts the replicas that hold what its own connection wrote, so it must follow
@@ -343,13 +366,17 @@ class EventLog:
         self, job_id: str, after: str = BEGINNING, page_size: int = 500
     ) -> AsyncIterator[Event | Unreadable]:
         """Like `events`, but an entry that is no event comes as Unreadable and the walk goes on."""
+        async for page in self.readable_pages(job_id, after, page_size):
+            for item in page:
+                yield item
+
+    async def readable_pages(
+        self, job_id: str, after: str = BEGINNING, page_size: int = 500
+    ) -> AsyncIterator[list[Event | Unreadable]]:
+        """`readable` a page at a time (one XRANGE each), for a reader that writes a page as one unit."""
         while True:
             entries = await self.redis.xrange(self.keys.events(job_id), min=f"({after}", max="+", count=page_size)
-            for entry_id, fields in entries:
-                try:
-                    yield Event.from_entry(entry_id, fields)
-                except CorruptEvent as exc:
-                    yield Unreadable(entry_id, exc)
+            yield [_readable(entry_id, fields) for entry_id, fields in entries]
             if len(entries) < page_size:
                 return
             after = entries[-1][0]
@@ -368,7 +395,7 @@ class EventLog:
         first = info.get("first-entry")
         if not first:
             return info.get("last-generated-id") or BEGINNING
-        if first[1].get("type") != EventType.SUBMITTED:
+        if entry_type(first[1]) != EventType.SUBMITTED:
             return previous_id(first[0])
         return BEGINNING
 
@@ -396,6 +423,13 @@ class EventLog:
                     pipe.pexpire(job_key, ttl_ms)
             await pipe.execute()
         return before, rebuilt
+
+
+def _readable(entry_id: str, fields: dict[str, str]) -> Event | Unreadable:
+    try:
+        return Event.from_entry(entry_id, fields)
+    except CorruptEvent as exc:
+        return Unreadable(entry_id, exc)
 
 
 def decode_events(entries: Iterable[tuple[str, dict[str, str]]]) -> list[Event]:

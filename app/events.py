@@ -173,6 +173,84 @@ class CorruptEvent(ValueError):
 
 
 _decode_data = msgspec.json.Decoder(dict[str, Any]).decode
+_decode_values = msgspec.json.Decoder(list[Any]).decode
+_encode_json = msgspec.json.encode
+
+# The stream entry layout since the compact encoding (app/append.lua writes it):
+#   e  attempt * 100 + the type's code (TYPE_CODES); then a space and `at` in epoch ms when
+#      that is not the entry id's milliseconds (an `at` given, not the server's clock)
+#   d  data: its values in the type's Struct order, a JSON array without its brackets (pack_data)
+#   k  idempotency key, '' for none
+# Every entry has these three fields in this order, so that each entry of a stream node has
+# its node's first field set, which Redis then does not store again per entry. Entries
+# written before (type, at, v, attempt, data[, key]) stay readable: `type` tells them apart.
+ENTRY_FIELDS = ("e", "d", "k")
+
+# Never renumbered: stored entries hold these.
+TYPE_CODES: dict[EventType, int] = {
+    EventType.SUBMITTED: 1,
+    EventType.STARTED: 2,
+    EventType.PROGRESS: 3,
+    EventType.PHASE: 4,
+    EventType.LOG: 5,
+    EventType.CANCEL_REQUESTED: 6,
+    EventType.RETRYING: 7,
+    EventType.SUCCEEDED: 8,
+    EventType.FAILED: 9,
+    EventType.CANCELLED: 10,
+}
+_TYPE_OF_CODE = {code: event_type for event_type, code in TYPE_CODES.items()}
+# Per type: its Struct's field names, and whether a field at its default is left out, which
+# for these Structs (every default None) is what a null in the array stands for. Stored
+# entries hold values by position: a field may only be added to one of DATA_TYPES at its
+# end, and never removed or moved.
+_LAYOUTS: dict[EventType, tuple[tuple[str, ...], bool]] = {
+    event_type: (struct.__struct_fields__, struct.__struct_config__.omit_defaults)
+    for event_type, struct in DATA_TYPES.items()
+}
+
+
+def pack_data(event_type: EventType, data: dict[str, Any]) -> str:
+    """`data` (as check_data makes it) as its values in the type's Struct order, JSON without the brackets.
+
+    A field left out (at its default, None) is a null, and trailing ones are dropped.
+    ValueError for a dict check_data could not have made.
+    """
+    names, omits = _LAYOUTS[event_type]
+    values = [data.get(name) for name in names]
+    if omits:
+        while values and values[-1] is None:
+            values.pop()
+        fits = len(data) == sum(value is not None for value in values)
+    else:
+        fits = len(data) == len(names) and all(name in data for name in names)
+    if not fits or not all(name in names for name in data):
+        raise ValueError(f"{event_type.value} data {sorted(data)!r:.100} is not its Struct's")
+    return _encode_json(values)[1:-1].decode()
+
+
+def unpack_data(event_type: EventType, text: str) -> dict[str, Any]:
+    """The data dict `pack_data` packed; ValueError when `text` is not such values."""
+    values = _decode_values(f"[{text}]")
+    names, omits = _LAYOUTS[event_type]
+    if len(values) > len(names):
+        raise ValueError(f"{len(values)} values for the {len(names)} fields of {event_type.value}")
+    # Fewer values than fields: those after them are left out, or were added to the Struct
+    # after the entry was written.
+    if omits:
+        return {name: value for name, value in zip(names, values) if value is not None}  # noqa: B905
+    return dict(zip(names, values))  # noqa: B905
+
+
+def entry_type(fields: dict[str, str]) -> str | None:
+    """The event type an entry holds, in either layout, without decoding the rest; None if it names none."""
+    if "type" in fields:
+        return fields["type"]
+    try:
+        event_type = _TYPE_OF_CODE.get(int(fields["e"].partition(" ")[0]) % 100)
+    except (KeyError, ValueError):
+        return None
+    return event_type.value if event_type else None
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
@@ -190,20 +268,42 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     def from_entry(cls, entry_id: str, fields: dict[str, str]) -> Event:
         """Decode one XRANGE/XREAD entry; CorruptEvent (a ValueError) when it is not a valid event."""
         try:
-            event = cls(
-                id=entry_id,
-                type=EventType(fields["type"]),
-                at=int(fields["at"]),
-                attempt=int(fields["attempt"]),
-                data=_decode_data(fields["data"]),
-                v=int(fields.get("v", SCHEMA_VERSION)),
-                key=fields.get("key"),
-            )
+            event = cls._compact(entry_id, fields) if "e" in fields else cls._verbose(entry_id, fields)
             # Refused here, not later: every reader turns `at` into a datetime.
             ms_to_datetime(event.at)
         except (KeyError, TypeError, ValueError, OverflowError, OSError, RecursionError) as exc:
             raise CorruptEvent(f"stream entry {entry_id} is not a valid event: {exc!r:.200}") from exc
         return event
+
+    @classmethod
+    def _compact(cls, entry_id: str, fields: dict[str, str]) -> Event:
+        if "type" in fields or len(fields) != len(ENTRY_FIELDS):
+            raise ValueError(f"fields {sorted(fields)!r:.100} are neither layout's")
+        meta, _, at = fields["e"].partition(" ")
+        if not (meta.isascii() and meta.isdigit()):
+            raise ValueError(f"e={fields['e']!r:.40} is no attempt and type")
+        attempt, code = divmod(int(meta), 100)
+        event_type = _TYPE_OF_CODE[code]
+        return cls(
+            id=entry_id,
+            type=event_type,
+            at=int(at) if at else int(entry_id[: entry_id.find("-")] if "-" in entry_id else entry_id),
+            attempt=attempt,
+            data=unpack_data(event_type, fields["d"]),
+            key=fields["k"] or None,
+        )
+
+    @classmethod
+    def _verbose(cls, entry_id: str, fields: dict[str, str]) -> Event:
+        return cls(
+            id=entry_id,
+            type=EventType(fields["type"]),
+            at=int(fields["at"]),
+            attempt=int(fields["attempt"]),
+            data=_decode_data(fields["data"]),
+            v=int(fields.get("v", SCHEMA_VERSION)),
+            key=fields.get("key"),
+        )
 
     def out(self) -> EventOut:
         return EventOut(id=self.id, type=self.type, at=ms_to_datetime(self.at), attempt=self.attempt, data=self.data)

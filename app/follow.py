@@ -17,6 +17,11 @@ yielded twice.
 Every follow ends with one `End` saying why; the items before it carry ids (events,
 transitions, `Skipped`), and a client that resumes after the last id it got misses
 nothing whatever the reason was.
+
+Items come in batches (`Batch`): a replay page, or everything the hub queued while the
+follower was busy writing. A transport writes a batch as one unit, so a client that fell
+a little behind (or 1,000 clients on one job, served in turn) catches up in one write,
+and a replay of 100,000 events is a hundred writes, not 100,000.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import AsyncGenerator, Callable
+from typing import Generic, NamedTuple, TypeVar
 
 import msgspec
 from redis.exceptions import RedisError
@@ -36,6 +42,8 @@ from jobtrail.jobstate import JobState
 from jobtrail.offsets import is_after
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class EndReason(enum.StrEnum):
@@ -101,6 +109,23 @@ FeedItem = Transition | FeedGap | Idle | End
 _DELETED = End(EndReason.DELETED, "job was deleted")
 _TERMINAL = End(EndReason.TERMINAL, "job finished")
 _UNAVAILABLE = End(EndReason.UNAVAILABLE, REDIS_LOST)
+_IDLE = Idle()
+
+# Events one replay XRANGE takes, and so the most one batch of a replay holds.
+REPLAY_PAGE = 1000
+
+
+class Batch(NamedTuple, Generic[T]):
+    """Items that were ready at once: a replay page, or all the hub queued while the follow was busy.
+
+    A transport writes a batch as one unit (one SSE chunk), so 1,000 events queued for a
+    slow client cost one write, not 1,000. `shared`: the items are the hub's, the very
+    objects every follower of the stream gets, so a frame built for one of them is worth
+    keeping for the others (app/frames.py); a replay's items are this follow's own.
+    """
+
+    items: list[T]
+    shared: bool = False
 
 
 def replaces(event: Event, job: JobState) -> bool:
@@ -108,10 +133,33 @@ def replaces(event: Event, job: JobState) -> bool:
     return event.type is EventType.SUBMITTED and is_after(event.id, job.last_event_id)
 
 
+def _job_items(
+    entries: list[Event] | list[Event | Unreadable], job: JobState, last: str, items: list[JobItem]
+) -> tuple[str, bool]:
+    """Add to `items` those of `entries` after `last`, up to an `End` if one is due; (new last id, ended)."""
+    after = False  # entries come in order: once one is after `last`, all that follow are
+    for event in entries:
+        if isinstance(event, Unreadable):
+            log.error("job %s: replay steps over an unreadable entry: %s", job.id, event.error)
+            items.append(Skipped(event.id))
+        elif not (after or (after := is_after(event.id, last))):
+            continue
+        elif replaces(event, job):
+            items.append(_DELETED)
+            return last, True
+        else:
+            items.append(event)
+            if event.terminal:
+                items.append(_TERMINAL)
+                return event.id, True
+        last = event.id
+    return last, False
+
+
 async def follow_job(
     events: EventLog, hub: Hub, job: JobState, offset: str, *, gap: bool, ping_s: float
-) -> AsyncGenerator[JobItem]:
-    """The items of one job after `offset`: a `Gap` first when `gap`, then its events, then one `End`.
+) -> AsyncGenerator[Batch[JobItem]]:
+    """The items of one job after `offset`, in batches: a `Gap` first when `gap`, then its events, then one `End`.
 
     Ends `terminal` after the terminal event (at once when the client already has it),
     `deleted` when the job's key is gone at an idle ping, or at once when the stream brings
@@ -119,58 +167,47 @@ async def follow_job(
     id (the same Idempotency-Key), whose events are not this follow's. Otherwise the hub's
     reason (server stopping, too slow, Redis gone), after which resuming is exact.
     """
-    if gap:
-        yield Gap(job)
+    items: list[JobItem] = [Gap(job)] if gap else []
     # An offset past the job's last event claims events that do not exist (a clock's
     # `now`, the largest id): it means "everything so far". Kept as is, it would make
     # the live tail drop every new event as already sent, the terminal one too, and
     # the follow would idle until the job expired.
     last = job.last_event_id if is_after(offset, job.last_event_id) else offset
     if job.terminal and not is_after(job.last_event_id, last):
-        yield _TERMINAL
+        yield Batch([*items, _TERMINAL])
         return
     try:
         sub = await hub.subscribe(events.keys.events(job.id), after=job.last_event_id)
     except RedisError:
-        yield _UNAVAILABLE
+        yield Batch([*items, _UNAVAILABLE])
         return
     try:
-        async for event in events.readable(job.id, after=last):
-            if isinstance(event, Unreadable):
-                log.error("job %s: replay steps over an unreadable entry: %s", job.id, event.error)
-                yield Skipped(event.id)
-            else:
-                if replaces(event, job):
-                    yield _DELETED
-                    return
-                yield event
-                if event.terminal:
-                    yield _TERMINAL
-                    return
-            last = event.id
-        while True:
-            event = await sub.get(timeout=ping_s)
-            if event is None:
-                if not await events.redis.exists(events.keys.job(job.id)):
-                    yield _DELETED
-                    return
-                yield Idle()
-                continue
-            if not is_after(event.id, last):
-                continue
-            if replaces(event, job):
-                yield _DELETED
+        async for page in events.readable_pages(job.id, after=last, page_size=REPLAY_PAGE):
+            last, ended = _job_items(page, job, last, items)
+            if items:
+                yield Batch(items)
+            if ended:
                 return
-            yield event
-            last = event.id
-            if event.terminal:
-                yield _TERMINAL
+            items = []
+        while True:
+            live = await sub.get_all(timeout=ping_s)
+            if not live:
+                if not await events.redis.exists(events.keys.job(job.id)):
+                    yield Batch([_DELETED])
+                    return
+                yield Batch([_IDLE])
+                continue
+            items = []
+            last, ended = _job_items(live, job, last, items)
+            if items:
+                yield Batch(items, shared=True)
+            if ended:
                 return
     except SubscriptionClosed as closed:
-        yield End.closed(closed)
+        yield Batch([End.closed(closed)])
     except RedisError as exc:
         log.warning("following job %s ended: %s", job.id, exc)
-        yield _UNAVAILABLE
+        yield Batch([_UNAVAILABLE])
     finally:
         hub.unsubscribe(sub)
 
@@ -198,45 +235,47 @@ async def follow_feed(
     gap: bool,
     ping_s: float,
     wanted: Callable[[Transition], bool],
-) -> AsyncGenerator[FeedItem]:
-    """The feed's transitions after `offset` that are `wanted`, replay then live; only an `End` stops it.
+) -> AsyncGenerator[Batch[FeedItem]]:
+    """The feed's transitions after `offset` that are `wanted`, replay then live, in batches; only an `End` stops it.
 
     Same order as `follow_job`: subscribe from the feed's newest id (read by the caller),
     replay with XRANGE, then the live tail, dropping ids already yielded. An `offset` at
     that newest id (a client that gave none) replays only what was added since the caller
     read it. `wanted` is a second fence too: a tenant's own feed holds no other tenant's jobs.
     """
-    if gap:
-        yield FeedGap(position.first_id)
+    items: list[FeedItem] = [FeedGap(position.first_id)] if gap else []
     last = offset
     try:
         sub = await hub.subscribe(feed.key, after=position.last_id, decode=decode_transitions)
     except RedisError:
-        yield _UNAVAILABLE
+        yield Batch([*items, _UNAVAILABLE])
         return
     try:
         while True:
             page = await feed.page(last, _FEED_PAGE)
-            for transition in page:
-                if wanted(transition):
-                    yield transition
-                last = transition.id
+            items += [transition for transition in page if wanted(transition)]
+            if page:
+                last = page[-1].id
+            if items:
+                yield Batch(items)
+            items = []
             if len(page) < _FEED_PAGE:
                 break
         while True:
-            transition = await sub.get(timeout=ping_s)
-            if transition is None:
-                yield Idle()
+            live = await sub.get_all(timeout=ping_s)
+            if not live:
+                yield Batch([_IDLE])
                 continue
-            if not is_after(transition.id, last):
-                continue
-            if wanted(transition):
-                yield transition
-            last = transition.id
+            fresh = [transition for transition in live if is_after(transition.id, last)]
+            if fresh:
+                last = fresh[-1].id
+                items = [transition for transition in fresh if wanted(transition)]
+                if items:
+                    yield Batch(items, shared=True)
     except SubscriptionClosed as closed:
-        yield End.closed(closed)
+        yield Batch([End.closed(closed)])
     except RedisError as exc:
         log.warning("following the activity feed ended: %s", exc)
-        yield _UNAVAILABLE
+        yield Batch([_UNAVAILABLE])
     finally:
         hub.unsubscribe(sub)

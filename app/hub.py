@@ -2,13 +2,19 @@
 
 Each SSE client and each /ws subscription subscribes to one stream: a job's, or an activity
 feed. The hub SSUBSCRIBEs to the stream's wake channel (app/wakes.py) when the stream gets
-its first subscriber and SUNSUBSCRIBEs when it loses its last. A wake marks the stream
-dirty; each tick reads every dirty stream after its cursor with one XRANGE each, all in one
-pipeline (one per node on a Cluster), decodes each entry once and offers the same item to
-every subscriber. So a read names only streams that changed, and the cost of an event does
-not grow with the number of watched streams; no command spans two slots.
+its first subscriber and SUNSUBSCRIBEs when it loses its last. A job's wake carries the new
+entry and the id of the entry before it in the stream (app/append.lua): when that is the
+hub's cursor, the entry is the very next one, and the hub decodes it (through the stream's
+decoder, as a read would) and offers it with no read at all. Any other wake (a gap: an
+entry that published nothing, or wakes lost; a feed's empty one; an older script's bare
+id) marks the stream dirty, and each tick reads every dirty stream after its cursor with
+one XRANGE each, all in one pipeline (one per node on a Cluster). Each entry is decoded
+once and the same item offered to every subscriber. So the cost of an event does not grow
+with the number of watched streams; no command spans two slots.
 
-The stream stays the truth. A lost wake delays an event, never loses it: after a pub/sub
+The stream stays the truth. A wake is delivered only when it names the hub's cursor as its
+predecessor, which the script read from the stream itself; a lost wake delays an event,
+never loses it: the next wake's predecessor is not the cursor, so the stream is read; after a pub/sub
 connection is lost (restart, failover, CLIENT KILL) every stream it carried is subscribed
 again and read once; and a slow sweep reads every watched stream once per `catch_up_s`
 (a fixed cost per watched stream, not per event) for writes that publish nothing.
@@ -27,6 +33,7 @@ returns) reads it. The hub also reads a newly watched stream once, at once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -34,6 +41,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import msgspec
 from redis.exceptions import RedisClusterException, RedisError
 
 from jobtrail.eventlog import decode_events
@@ -62,6 +70,12 @@ BATCH = 2000
 # How long a tick lets wakes gather before it reads: a pipeline's own cost (a connection, a
 # send, a reply) is then shared by every stream woken meanwhile, at 2 ms of latency.
 GATHER_S = 0.002
+# What append.lua publishes: [new id, the entry before it in the stream, the new entry's fields].
+_decode_wake = msgspec.json.Decoder(tuple[str, str, list[str]]).decode
+# A payload that starts with a digit is an id alone (bytes from app/wakes.py's reader, str from redis-py's).
+_ID_START = frozenset([*b"0123456789", *"0123456789"])
+# What a wake's payload may fail with: not JSON, or not the shape above.
+_UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError)
 # How often the catch-up sweep takes its next slice.
 _SWEEP_TICK_S = 1.0
 
@@ -75,54 +89,109 @@ class SubscriptionClosed(Exception):
 
 
 class Subscription:
-    """A bounded queue of one stream's new entries, filled by the hub.
+    """A bounded queue of one stream's new entries, filled by the hub, read by one follow.
 
     Its items are what the stream's decoder makes: job events by default, the activity
     feed's transitions for the feed; so they are typed as the decoder's, `Any`.
+
+    Built for one job with 1,000 followers: `offer` is a deque append, and it wakes the
+    reader only when it waits and only once however many entries come before it runs, so
+    a follow that was busy takes everything queued in one `get_all` (one write to its
+    client, not one per event). And no timer per wait: the idle timeout is one timer that
+    is moved forward lazily, so a busy follow pays for one per idle timeout, not per event.
     """
+
+    __slots__ = ("_deadline", "_items", "_timer", "_waiter", "closed", "maxsize", "stream")
 
     def __init__(self, stream: str, maxsize: int) -> None:
         self.stream = stream
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
+        self.maxsize = maxsize
+        self._items: collections.deque[Any] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self.closed: SubscriptionClosed | None = None
 
     def offer(self, event: Any) -> bool:
-        """Queue an event; False (and the subscription closed) when the queue is full."""
-        try:
-            self._queue.put_nowait(event)
-            return True
-        except asyncio.QueueFull:
+        """Queue an event; False (and the subscription closed) when the queue is full or already closed."""
+        if self.closed is not None:
+            return False
+        if len(self._items) >= self.maxsize:
             self.close(FELL_BEHIND)
             return False
+        self._items.append(event)
+        self._wake()
+        return True
 
     def close(self, reason: str) -> None:
         if self.closed is None:
             self.closed = SubscriptionClosed(reason)
-            # Drop everything queued, so the marker always fits and the reader stops at
-            # the last event it really sent; dropping only the oldest would leave a hole
-            # that resuming by Last-Event-ID cannot see.
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self._queue.put_nowait(self.closed)
+            # Drop everything queued, so the reader stops at the last event it really
+            # sent; dropping only the oldest would leave a hole that resuming by
+            # Last-Event-ID cannot see.
+            self._items.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._wake()
 
     async def get(self, timeout: float) -> Any:
         """The next entry, None after `timeout` seconds idle; SubscriptionClosed when closed."""
+        if not self._items:
+            await self._wait(timeout)
+        if self.closed is not None:
+            raise self.closed
+        return self._items.popleft() if self._items else None
+
+    async def get_all(self, timeout: float) -> list[Any]:
+        """Every entry queued (waiting for one), [] after `timeout` seconds idle; SubscriptionClosed when closed."""
+        if not self._items:
+            await self._wait(timeout)
+        if self.closed is not None:
+            raise self.closed
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self, timeout: float) -> None:
+        """Until an entry comes, the subscription closes, or `timeout` seconds pass."""
+        if self.closed is not None:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._waiter = waiter
+        self._deadline = deadline = loop.time() + timeout
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._expire)
         try:
-            # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that meets an
-            # entry arriving in the same turn of the loop (cpython gh-86296), so a follow
-            # told to stop (a /ws token's expiry, an unsubscribe) went on to its job's end.
-            # And no timer at all when something is queued: a busy subscriber (1,000
-            # clients on one job) would pay one for every event.
-            if not self._queue.empty():
-                item = self._queue.get_nowait()
-            else:
-                async with asyncio.timeout(timeout):
-                    item = await self._queue.get()
-        except TimeoutError:
-            return None
-        if isinstance(item, SubscriptionClosed):
-            raise item
-        return item
+            # A bare future, not asyncio.wait_for: on Python 3.11 that swallows a
+            # cancellation that meets an entry arriving in the same turn of the loop
+            # (cpython gh-86296), so a follow told to stop (a /ws token's expiry, an
+            # unsubscribe) went on to its job's end. A cancelled task whose waiter already
+            # has its result is still cancelled at its next step, and keeps the entries.
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _expire(self) -> None:
+        """The idle timer: time out a wait that has reached its deadline, or move on to the current wait's."""
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # the reader is busy: its next wait arms the timer again
+        loop = waiter.get_loop()
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._expire)
+        else:
+            waiter.set_result(None)
 
 
 class _Watched:
@@ -163,6 +232,7 @@ class Hub:
         self._stopping = False
         self._draining: str | None = None
         self.reads = 0  # XRANGEs issued, for tests and the bench
+        self.wake_deliveries = 0  # entries delivered from their wake without a read
 
     @property
     def running(self) -> bool:
@@ -265,20 +335,51 @@ class Hub:
     def watched_count(self) -> int:
         return len(self._streams)
 
+    @property
+    def dirty_count(self) -> int:
+        """Streams waiting for a read (woken, newly watched, or in the sweep's slice)."""
+        return len(self._dirty)
+
     # --- wake-ups ---
 
     def _mark(self, stream: str) -> None:
         self._dirty[stream] = None
         self._wakeup.set()
 
-    def _woken(self, channel: str, last_id: str) -> None:
+    def _woken(self, channel: str, payload: bytes | str) -> None:
         watched = self._by_channel.get(channel)
         if watched is None:
             return
-        # The payload is the new entry's id (the feeds send none): one already read needs no read.
-        if last_id and not is_after(last_id, watched.cursor):
+        if not payload:  # the feeds' wakes say nothing: read
+            self._mark(watched.stream)
             return
-        self._mark(watched.stream)
+        if payload[0] in _ID_START:
+            # An id alone (an append script of an older release): one already read needs no read.
+            last_id = payload.decode() if isinstance(payload, bytes) else payload
+            if is_after(last_id, watched.cursor):
+                self._mark(watched.stream)
+            return
+        try:
+            entry_id, previous, flat = _decode_wake(payload)
+        except _UNDECODABLE:
+            self._mark(watched.stream)
+            return
+        if previous != watched.cursor:
+            # Something between the cursor and this entry (or this one already read): the
+            # stream says what; a read from the cursor also takes this entry.
+            if is_after(entry_id, watched.cursor):
+                self._mark(watched.stream)
+            return
+        # The entry right after the cursor, as the stream holds it: no read needed.
+        pairs = iter(flat)
+        fields = dict(zip(pairs, pairs, strict=False))
+        try:
+            items = watched.decode([(entry_id, fields)])
+        except Exception:
+            self._mark(watched.stream)  # the read's path handles an unreadable entry
+            return
+        self.wake_deliveries += 1
+        self._offer(watched, items)
 
     def _lost(self, channels: set[str]) -> None:
         if self._stopping:
@@ -362,20 +463,23 @@ class Hub:
                 self._forget(watched, REDIS_LOST)
             return
         self.reads += len(batch)
-        for (watched, cursor), entries in zip(batch, replies, strict=True):
+        for (watched, _), entries in zip(batch, replies, strict=True):
             if self._streams.get(watched.stream) is not watched:
                 continue  # unsubscribed while we were reading
             if isinstance(entries, Exception):
                 log.warning("hub cannot read %s: %s", watched.stream, entries)
                 self._forget(watched, REDIS_LOST)
                 continue
-            self._deliver(watched, cursor, entries)
+            self._deliver(watched, entries)
 
-    def _deliver(self, watched: _Watched, cursor: str, entries: list[tuple[str, dict[str, str]]]) -> None:
+    def _deliver(self, watched: _Watched, entries: list[tuple[str, dict[str, str]]]) -> None:
         if not entries:
             return
         if len(entries) >= READ_COUNT:
             self._mark(watched.stream)
+        # The cursor now, not the one the read started from: a wake may have delivered
+        # entries meanwhile, and they must not come twice.
+        cursor = watched.cursor
         try:
             items = watched.decode(entry for entry in entries if is_after(entry[0], cursor))
         except Exception:
@@ -385,6 +489,9 @@ class Hub:
             watched.cursor = entries[-1][0]
             self._forget(watched, UNREADABLE)
             return
+        self._offer(watched, items)
+
+    def _offer(self, watched: _Watched, items: list[Any]) -> None:
         if not items:
             return
         watched.cursor = items[-1].id

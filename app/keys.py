@@ -114,16 +114,20 @@ class Keys:
         return f"{self.prefix}:auth:secret"
 
     def wake(self, stream: str) -> str:
-        """Shard channel: SPUBLISHed after every entry added to `stream` (the new id, or empty), in `stream`'s slot.
+        """Shard channel: SPUBLISHed after every entry added to `stream`, in `stream`'s slot.
+
+        A job's carries [new id, previous id, the entry's fields] (app/append.lua), a feed's is empty.
 
         A stream with a hash tag keeps it; one without (the global feed) becomes the tag,
         so the channel hashes exactly as the key does and the publish lands on its node.
         """
         return f"{stream}:wake" if "{" in stream else f"{{{stream}}}:wake"
 
-    def append_keys(self, job_id: str) -> tuple[str, str, str, str]:
-        """What the append script is given: `job_keys`, then the events stream's wake channel."""
-        return (*self.job_keys(job_id), self.wake(self.events(job_id)))
+    def append_keys(self, job_id: str, *, terminal: bool = False) -> tuple[str, ...]:
+        """What the append script is given: `job_keys`, the events stream's wake channel, and for a
+        terminal event the enqueue claim, which it deletes."""
+        keys = (*self.job_keys(job_id), self.wake(self.events(job_id)))
+        return (*keys, self.enqueue_claim(job_id)) if terminal else keys
 
     def job_id_of(self, job_key: str) -> str:
         """The job id inside a per-job key (inverse of `job`, `events`, `dedupe`)."""

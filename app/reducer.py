@@ -9,6 +9,7 @@ stream; the property test in tests/test_fold_matches_script.py holds them to tha
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,8 +21,13 @@ _json = msgspec.json.encode
 
 
 def _num(value: Any) -> str:
-    # repr of a float round-trips exactly, so both paths produce the same text.
-    return repr(float(value))
+    # repr of a float round-trips exactly, so both paths produce the same text. A job's
+    # progress at its start and end, 0 and 1, without the ".0": Redis stores those as small
+    # integers, and every finished job's hash holds one.
+    number = float(value)
+    if number == 1.0 or (number == 0.0 and math.copysign(1.0, number) > 0):
+        return str(int(number))
+    return repr(number)
 
 
 def fields_for(event_type: EventType, data: dict[str, Any]) -> dict[str, str]:

@@ -6,23 +6,74 @@ Last-Event-ID is exact); this module only writes each item as SSE blocks.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
 from jobtrail.activity import FeedPosition, FeedReader, Transition
 from jobtrail.eventlog import EventLog
-from jobtrail.events import Event
-from jobtrail.follow import End, EndReason, FeedGap, Gap, Idle, Skipped, feed_filter, follow_feed, follow_job
+from jobtrail.events import Event, ms_to_datetime
+from jobtrail.follow import (
+    End,
+    EndReason,
+    FeedGap,
+    FeedItem,
+    Gap,
+    Idle,
+    JobItem,
+    Skipped,
+    feed_filter,
+    follow_feed,
+    follow_job,
+)
 from jobtrail.frames import FRAMES
 from jobtrail.hub import Hub
 from jobtrail.jobstate import JobState
+from jobtrail.offsets import is_after
 
 _encode = msgspec.json.Encoder().encode
 
 
+class _EventData(msgspec.Struct, frozen=True):
+    """EventOut's fields in its order, `at` already as the text msgspec writes for its datetime."""
+
+    id: str
+    type: str
+    at: str | datetime
+    attempt: int
+    data: dict[str, Any]
+
+
+# Where `ms / 1000` (what ms_to_datetime divides) still rounds to the exact millisecond: below
+# 2**32 s a double resolves well under half a microsecond; later (and before 1970) the slow way.
+_EXACT_UNTIL_MS = 2**32 * 1000
+_SECONDS: dict[int, str] = {}
+_SECONDS_KEPT = 4096
+
+
+def event_time(ms: int) -> str | datetime:
+    """An event's `at` as SSE writes it: the same text as msgspec's for ms_to_datetime(ms), built cheaply.
+
+    A replay of 100,000 events makes as many datetimes otherwise; their seconds repeat, so
+    the text of each second is kept and only the milliseconds are formatted.
+    """
+    if not 0 <= ms < _EXACT_UNTIL_MS:
+        return ms_to_datetime(ms)
+    second, milli = divmod(ms, 1000)
+    head = _SECONDS.get(second)
+    if head is None:
+        if len(_SECONDS) >= _SECONDS_KEPT:
+            _SECONDS.clear()
+        head = _SECONDS[second] = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{head}.{milli:03d}000Z" if milli else f"{head}Z"
+
+
 def sse_event(event: Event) -> bytes:
-    return b"id: %s\nevent: %s\ndata: %s\n\n" % (event.id.encode(), event.type.encode(), _encode(event.out()))
+    data = _EventData(event.id, event.type, event_time(event.at), event.attempt, event.data)
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (event.id.encode(), event.type.encode(), _encode(data))
 
 
 def sse_gap(state: JobState) -> bytes:
@@ -53,6 +104,20 @@ def _sse_end(end: End, retry_ms: int) -> bytes:
     return sse_goodbye(end.detail, retry_ms)
 
 
+def _job_block(item: JobItem, shared: bool, retry_ms: int) -> bytes:
+    if isinstance(item, Event):
+        return FRAMES.frame(item, "sse", sse_event) if shared else sse_event(item)
+    if isinstance(item, Gap):
+        return sse_gap(item.state)
+    if isinstance(item, Skipped):
+        # An `id:` without data moves the client's Last-Event-ID past the entry
+        # (nothing is dispatched), so a reconnect does not meet it again.
+        return b"id: %s\n: unreadable entry skipped\n\n" % item.id.encode()
+    if isinstance(item, Idle):
+        return sse_comment("ping")
+    return _sse_end(item, retry_ms)
+
+
 async def job_event_stream(
     events: EventLog,
     hub: Hub,
@@ -67,25 +132,35 @@ async def job_event_stream(
 
     After the terminal event it just ends; a deleted job's stream ends with `: job was
     deleted` (the client reconnects and meets a new job under the id from its beginning);
-    any other end with a `retry:` hint and why.
+    any other end with a `retry:` hint and why. Each batch of the follow is one chunk.
     """
     yield b"retry: %d\n\n" % retry_ms
-    async for item in follow_job(events, hub, job, offset, gap=gap, ping_s=ping_s):
-        if isinstance(item, Event):
-            yield FRAMES.frame(item, "sse", sse_event)
-            events.metrics.delivered(item.id, live_after=job.last_event_id)
-        elif isinstance(item, Gap):
-            yield sse_gap(item.state)
-        elif isinstance(item, Skipped):
-            # An `id:` without data moves the client's Last-Event-ID past the entry
-            # (nothing is dispatched), so a reconnect does not meet it again.
-            yield b"id: %s\n: unreadable entry skipped\n\n" % item.id.encode()
-        elif isinstance(item, Idle):
-            yield sse_comment("ping")
-        else:
-            if block := _sse_end(item, retry_ms):
-                yield block
-            return
+    live_after = job.last_event_id
+    live = False  # once a batch reaches past `live_after`, every later one is past it too
+    async with contextlib.aclosing(follow_job(events, hub, job, offset, gap=gap, ping_s=ping_s)) as batches:
+        async for items, shared in batches:
+            if chunk := b"".join([_job_block(item, shared, retry_ms) for item in items]):
+                yield chunk
+            # Replayed events (at or before the job's last event when the follow began) are
+            # history, not lag: only a batch that ends after it has any to observe.
+            if not live:
+                newest = next((item for item in reversed(items) if isinstance(item, Event)), None)
+                live = newest is not None and is_after(newest.id, live_after)
+            if live:
+                for item in items:
+                    if isinstance(item, Event):
+                        events.metrics.delivered(item.id, live_after=live_after)
+
+
+def _feed_block(item: FeedItem, shared: bool, retry_ms: int) -> bytes:
+    if isinstance(item, Transition):
+        return FRAMES.frame(item, "sse", sse_transition) if shared else sse_transition(item)
+    if isinstance(item, FeedGap):
+        # No `id:` line, as for a job's gap: Last-Event-ID stays at the last real entry.
+        return b"event: gap\ndata: %s\n\n" % _encode({"first_available": item.first_available})
+    if isinstance(item, Idle):
+        return sse_comment("ping")
+    return _sse_end(item, retry_ms)
 
 
 async def activity_event_stream(
@@ -104,14 +179,8 @@ async def activity_event_stream(
     """The SSE byte stream of one feed from `offset` (app/follow.py, follow_feed), open until the client leaves."""
     yield b"retry: %d\n\n" % retry_ms
     wanted = feed_filter(kind, state, sees)
-    async for item in follow_feed(feed, hub, position, offset, gap=gap, ping_s=ping_s, wanted=wanted):
-        if isinstance(item, Transition):
-            yield FRAMES.frame(item, "sse", sse_transition)
-        elif isinstance(item, FeedGap):
-            # No `id:` line, as for a job's gap: Last-Event-ID stays at the last real entry.
-            yield b"event: gap\ndata: %s\n\n" % _encode({"first_available": item.first_available})
-        elif isinstance(item, Idle):
-            yield sse_comment("ping")
-        else:
-            yield _sse_end(item, retry_ms)
-            return
+    follow = follow_feed(feed, hub, position, offset, gap=gap, ping_s=ping_s, wanted=wanted)
+    async with contextlib.aclosing(follow) as batches:
+        async for items, shared in batches:
+            if chunk := b"".join([_feed_block(item, shared, retry_ms) for item in items]):
+                yield chunk

@@ -3,7 +3,8 @@
 REDIS_URL (app/topology.py) says what they talk to. One server: redis-py's own URL. Sentinel:
 the master the sentinels name, looked up again whenever a connection is made, so a failover
 is followed by reconnecting (redis-py's `Sentinel.master_for`). Cluster: redis-py's
-`RedisCluster`, from the startup nodes given; it discovers the rest and follows MOVED/ASK.
+`RedisCluster`, from the startup nodes given; it discovers the rest and follows MOVED/ASK
+(app/cluster.py makes it recover from a failover under concurrent load).
 
 The bounds are the same everywhere: connect and command timeouts of `redis_timeout_s`, one
 quick retry, at most `pool_size` connections, counted per node on a Cluster. One
@@ -20,16 +21,18 @@ import os
 from typing import Any
 
 import hiredis
-from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException
 
+from jobtrail.cluster import ClusterLayoutUnavailable, FailoverAwareCluster
 from jobtrail.config import Settings
 from jobtrail.topology import Topology, parse_topology
+
+# ClusterLayoutUnavailable is the hub's too (app/wakes.py imports it from here).
+__all__ = ["ClusterLayoutUnavailable", "FailoverAwareCluster", "Store"]
 
 
 class HiredisPacking:
@@ -102,27 +105,6 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, WaitingPool):
     async def aclose(self) -> None:
         await super().aclose()
         await self.sentinel_manager.aclose()
-
-
-class ClusterLayoutUnavailable(RedisConnectionError):
-    """No node gave a usable slot map: all asked are down, or a dead primary's slots are not taken over yet."""
-
-
-class FailoverAwareCluster(RedisCluster):
-    """RedisCluster whose failure to (re)load the slot map is a ConnectionError, as a down server's is.
-
-    redis-py reloads the map after a connection error, e.g. when a primary died; until its
-    replica has taken over, that fails with a bare RedisClusterException ("cannot be
-    connected", "All slots are not covered"), which is neither a RedisError nor a
-    ConnectionError. As one, it is what it means: Redis away for now (503 from the API,
-    waited out by workers, app/patience.py), not a bug.
-    """
-
-    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
-        try:
-            return await super().initialize(*args, **kwargs)
-        except RedisClusterException as exc:
-            raise ClusterLayoutUnavailable(f"the cluster's slot map could not be loaded: {exc}") from exc
 
 
 class Store:

@@ -7,7 +7,7 @@ a job is listed the same way whoever created it.
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from collections.abc import Callable
 
 import msgspec
@@ -47,7 +47,8 @@ async def record_submitted(
     the job exists, and the caller decides whether that matters; a failure of the feed
     is only logged, as for every append.
     """
-    key = f"submitted:{uuid.uuid4().hex}"
+    # 128 random bits in 22 characters: the entry and the dedupe hash keep it for the job's life.
+    key = f"submitted:{secrets.token_urlsafe(16)}"
     appended = await events.append(job_id, EventType.SUBMITTED, data, key=key, before=before, defer_feed=True,
                                    shared=shared.run if shared is not None else None)
     job = await events.state(job_id) if appended.duplicate else submitted_state(job_id, appended, data, key)

@@ -2,9 +2,13 @@
 
 Every writer of a watched stream SPUBLISHes on the stream's wake channel (keys.wake) right
 after its XADD, in the same script or pipeline, on the same node (the channel is in the
-stream's slot). A wake says only "read this stream": the stream stays the truth, so a lost
-wake delays an event and never loses one (the hub reads every stream again after a
-reconnect, and slowly all of them anyway).
+stream's slot). A wake is a hint (app/hub.py decides whether its payload can be delivered
+or the stream must be read): the stream stays the truth, so a lost wake delays an event and
+never loses one (the hub reads every stream again after a reconnect, and slowly all of them
+anyway).
+
+Each connection's socket is read in chunks and every message in a chunk parsed at once
+(`_receive_raw`); a connection with no socket of its own (fakeredis) is read by redis-py.
 
 One server or a Sentinel master: one connection. A Cluster: one per primary that serves a
 watched stream, found by the channel's slot. Connections are plain redis-py connections
@@ -23,10 +27,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import hiredis
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -39,7 +45,11 @@ log = logging.getLogger(__name__)
 # Channels per SSUBSCRIBE when many are (re)subscribed at once: keeps one command's size sane.
 _CHUNK = 1000
 
-OnWake = Callable[[str, str], None]
+# How much one read of a pub/sub socket takes: every wake that arrived meanwhile, parsed at once.
+_READ_SIZE = 1 << 16
+
+# (channel, payload): the payload as bytes from the socket reader, str from redis-py's.
+OnWake = Callable[[str, Any], None]
 OnLost = Callable[[set[str]], None]
 
 
@@ -73,6 +83,7 @@ class NodeListener:
         self._closing = False
         self._inflight: deque[_Pending] = deque()
         self._tasks: list[asyncio.Task[None]] = []
+        self._heard = 0.0  # when the socket reader last got anything
 
     @property
     def connected(self) -> bool:
@@ -124,6 +135,11 @@ class NodeListener:
             await self._lose(conn, exc)
 
     async def _receive(self, conn: AbstractConnection) -> None:
+        stream = getattr(conn, "_reader", None)
+        if isinstance(stream, asyncio.StreamReader):
+            await self._receive_raw(conn, stream)
+            return
+        # A connection without a socket of its own (fakeredis, embedded mode): redis-py reads.
         pinged = False
         try:
             while not self._closing:
@@ -145,6 +161,54 @@ class NodeListener:
         except asyncio.CancelledError:
             raise
         except (RedisError, OSError) as exc:
+            await self._lose(conn, exc)
+
+    async def _receive_raw(self, conn: AbstractConnection, stream: asyncio.StreamReader) -> None:
+        """Read the socket in chunks and parse every message in each at once.
+
+        redis-py's read_response costs a timeout, a parser round and an event per message:
+        at thousands of wakes a second that was most of the hub's CPU. The connection was
+        made (TLS, AUTH, HELLO, CLIENT SETNAME) and answered its handshake, so nothing of
+        ours is buffered in redis-py's parser; from here on only this reads it.
+        """
+        parser = hiredis.Reader(replyError=ResponseError)
+        self._heard = time.monotonic()
+        # One of the connection's tasks, so that whichever finds it dead (`_lose`) stops the others.
+        self._tasks.append(asyncio.create_task(self._keepalive(conn), name=f"jobtrail-wakes-keepalive-{self.name}"))
+        try:
+            while not self._closing:
+                data = await stream.read(_READ_SIZE)
+                if not data:
+                    raise RedisConnectionError("the server closed the pub/sub connection")
+                self._heard = time.monotonic()
+                parser.feed(data)
+                while (reply := parser.gets()) is not False:
+                    if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"smessage":
+                        self._on_wake(reply[1].decode(), reply[2])
+                    elif isinstance(reply, ResponseError):
+                        self._answered(reply)
+                    else:
+                        self._dispatch(_text(reply))
+        except asyncio.CancelledError:
+            raise
+        except (RedisError, OSError, hiredis.ProtocolError) as exc:
+            await self._lose(conn, exc)
+
+    async def _keepalive(self, conn: AbstractConnection) -> None:
+        """Silent for a keep-alive interval: a PING tells a dead peer from a quiet one."""
+        try:
+            while not self._closing:
+                await asyncio.sleep(self._heard + self.keepalive_s - time.monotonic())
+                if time.monotonic() - self._heard < self.keepalive_s:
+                    continue
+                pinged = time.monotonic()
+                self._outbox.put_nowait(("PING", [], asyncio.get_running_loop().create_future()))
+                await asyncio.sleep(self.keepalive_s)
+                if self._heard < pinged:
+                    raise RedisConnectionError(f"no reply to PING within {self.keepalive_s}s")
+        except asyncio.CancelledError:
+            raise
+        except RedisError as exc:
             await self._lose(conn, exc)
 
     def _dispatch(self, reply: Any) -> None:
@@ -218,6 +282,15 @@ class NodeListener:
         if tasks:
             # Bounded: Python 3.11 can lose a cancellation that meets a timeout's own.
             await asyncio.wait(tasks, timeout=self.timeout_s)
+
+
+def _text(reply: Any) -> Any:
+    """A reply as redis-py would decode it, for `_dispatch`: bytes as str, lists element by element."""
+    if isinstance(reply, bytes):
+        return reply.decode(errors="replace")
+    if isinstance(reply, list):
+        return [_text(item) for item in reply]
+    return reply
 
 
 class Wakes:

@@ -2,6 +2,8 @@
 
     REDIS_URL=redis://127.0.0.1:6379/0 .venv/bin/python -m bench.chaos --jobs 100 --workers 3 --seed 1
 
+(any REDIS_URL: `redis+sentinel://…` and `redis+cluster://…` too, see the README's "Scaling out")
+
 (from the repository's root: bench/ and tests/ are packages, and their imports need no path edits.)
 
 Starts `jobtrail serve` and W `jobtrail worker` processes under a fresh key prefix, submits
@@ -50,9 +52,11 @@ import httpx
 import msgspec
 import redis.asyncio as aioredis
 
+from jobtrail.config import Settings
 from jobtrail.events import Event, EventOut, EventType
 from jobtrail.keys import Keys
 from jobtrail.reducer import IllegalHistory, fold
+from jobtrail.store import Store
 from tests.support.sse import Message, messages
 
 ROOT = Path(__file__).resolve().parent.parent  # where the processes it starts run
@@ -204,6 +208,7 @@ class Processes:
         self.workers: list[subprocess.Popen[bytes]] = []  # running and not signalled
         self.stopping: list[tuple[subprocess.Popen[bytes], float]] = []  # SIGTERMed, and when
         self.started = 0
+        self._log_names: dict[int, str] = {}  # a worker's pid -> its log's name
 
     def log_path(self, name: str) -> Path:
         return self.run_dir / f"{name}.log"
@@ -235,9 +240,15 @@ class Processes:
     def start_worker(self) -> str:
         """Start one more worker; the name of its log."""
         name = f"worker-{self.started}"
-        self.workers.append(self._spawn(name, "worker"))
+        process = self._spawn(name, "worker")
+        self.workers.append(process)
+        self._log_names[process.pid] = name
         self.started += 1
         return name
+
+    def listening(self, process: subprocess.Popen[bytes]) -> bool:
+        """The worker consumes the queue (taskiq logged "Listening started"): it is past its start-up."""
+        return b"Listening started" in self.log_path(self._log_names[process.pid]).read_bytes()
 
     async def start_workers(self, count: int, timeout: float = 30.0) -> None:
         """Start workers and wait until each consumes the queue (taskiq logs "Listening started")."""
@@ -487,7 +498,11 @@ class Chaos:
         """Job id -> name of the worker holding its lease (the token is `<name>:<random>`)."""
         if not job_ids:
             return {}
-        tokens = await self.redis.mget([self.keys.lease(job_id) for job_id in job_ids])
+        # One GET per key, pipelined: an MGET over many jobs' slots is cross-slot on a Cluster.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.get(self.keys.lease(job_id))
+            tokens = await pipe.execute()
         return {job_id: token.rpartition(":")[0] for job_id, token in zip(job_ids, tokens, strict=True) if token}
 
     async def _signal_workers(self) -> None:
@@ -501,7 +516,10 @@ class Chaos:
             if self.over:
                 return
             busy = set((await self._lease_holders(await self._live_jobs())).values())
-            candidates = [p for p in self.procs.workers if worker_name(p) in busy] or self.procs.workers
+            # With no busy worker, one that listens: a replacement still importing has no
+            # handler for SIGTERM yet, and Python's default ends it with -15 before it did anything.
+            candidates = ([p for p in self.procs.workers if worker_name(p) in busy]
+                          or [p for p in self.procs.workers if self.procs.listening(p)] or self.procs.workers)
             if not candidates:  # every worker is paused
                 continue
             victim = rng.choice(candidates)
@@ -689,7 +707,7 @@ def judge(chaos: Chaos, streams: dict[str, list[Event]], states: dict[str, dict[
 
 
 async def delete_prefix(redis: aioredis.Redis, prefix: str) -> None:
-    async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
+    async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):  # every primary's, on a Cluster
         await redis.delete(key)
 
 
@@ -701,7 +719,8 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
     run_dir.mkdir(parents=True, exist_ok=True)
     keys = Keys(prefix)
     procs = Processes(child_env(config, prefix, run_dir), run_dir)
-    redis = aioredis.Redis.from_url(config.redis_url, decode_responses=True)
+    # The Store's client: REDIS_URL may name one server, a Sentinel group or a Cluster.
+    redis = Store(Settings(redis_url=config.redis_url), role="chaos").pooled()
     try:
         try:
             url = await procs.start_api()

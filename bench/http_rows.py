@@ -27,6 +27,7 @@ from bench.procs import Processes, cpu_seconds
 from bench.seeding import event_log, long_job, progress_call, running_job
 from bench.systems import BareApp, Jobtrail
 from bench.workloads import TERMINAL
+from jobtrail.events import TYPE_CODES, EventType
 
 CONNECTIONS = 20
 SUBMIT = json.dumps({"kind": "bench.noop", "params": {}}).encode()
@@ -136,9 +137,9 @@ async def run_append(bench: Bench) -> dict[str, list[Metrics]]:
     finally:
         await redis.aclose()
     evalsha = ["EVALSHA", call.sha, str(len(call.keys)), *call.keys, *call.args]
-    data = call.args[2]
-    xadd = ["XADD", "bench:bare-stream", "*", "type", "progress", "at", str(int(time.time() * 1000)), "v", "1",
-            "attempt", "1", "data", data]
+    # The entry the script writes for this call (app/events.py: ENTRY_FIELDS), as a bare XADD.
+    meta = str(int(call.args[1]) * 100 + TYPE_CODES[EventType.PROGRESS])
+    xadd = ["XADD", "bench:bare-stream", "*", "e", meta, "d", str(call.args[2]), "k", str(call.args[3])]
     return await alternate(bench.reps, {
         "append.lua EVALSHA": lambda: asyncio.to_thread(redis_benchmark, bench, requests, evalsha),
         "bare XADD": lambda: asyncio.to_thread(redis_benchmark, bench, requests, xadd),

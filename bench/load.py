@@ -133,6 +133,27 @@ async def _raw(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
         yield chunk
 
 
+def _message(block: bytes, now: float) -> SseMessage | None:
+    """One SSE block as a message; None for one without data (a comment, a retry hint)."""
+    lines = block.split(b"\n")
+    if len(lines) == 3:
+        # The shape of (almost) every block, `id:`, `event:`, `data:`, read without a loop:
+        # a replay of 100,000 events is parsed faster than the server writes it.
+        id_line, event_line, data_line = lines
+        if id_line[:3] == b"id:" and event_line[:6] == b"event:" and data_line[:5] == b"data:":
+            return SseMessage(id_line[3:].strip().decode(), event_line[6:].strip().decode(),
+                              data_line[5:].lstrip(b" ").decode(), now)
+    event, data, event_id = "message", [], None
+    for line in block.decode().split("\n"):
+        if line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("id:"):
+            event_id = line[3:].strip()
+    return SseMessage(event_id, event, "\n".join(data), now) if data else None
+
+
 async def _read_events(chunks: AsyncIterator[bytes], on_message: Callable[[SseMessage], bool]) -> None:
     buffer = b""
     async for chunk in chunks:
@@ -140,13 +161,6 @@ async def _read_events(chunks: AsyncIterator[bytes], on_message: Callable[[SseMe
         *blocks, buffer = buffer.split(b"\n\n")
         now = time.time() * 1000
         for block in blocks:
-            event, data, event_id = "message", [], None
-            for line in block.decode().split("\n"):
-                if line.startswith("data:"):
-                    data.append(line[5:].lstrip(" "))
-                elif line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("id:"):
-                    event_id = line[3:].strip()
-            if data and on_message(SseMessage(event_id, event, "\n".join(data), now)):
+            message = _message(block, now)
+            if message is not None and on_message(message):
                 return

@@ -14,6 +14,7 @@ entry) for those without the field, one of HSETNX.
 
 from __future__ import annotations
 
+from jobtrail.events import entry_type
 from jobtrail.migrations import Context, Report, Skipped
 from jobtrail.scan import scan_batches
 
@@ -50,7 +51,7 @@ async def _backfill(ctx: Context, report: Report, hashes: list[str]) -> None:
         firsts = await pipe.execute()
     writes: list[tuple[str, str]] = []
     for job_id, first in zip(missing, firsts, strict=True):
-        if not first or first[0][1].get("type") != "submitted":
+        if not first or entry_type(first[0][1]) != "submitted":
             report.skipped.append(Skipped(ctx.keys.job(job_id), "its stream does not start with `submitted`"))
             continue
         writes.append((job_id, first[0][0]))

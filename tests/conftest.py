@@ -36,7 +36,7 @@ from jobtrail.store import Store
 from jobtrail.workers.kinds_loader import load_kinds
 from tests.support.env import ROOT, worker_env
 from tests.support.redis_server import RedisServer
-from tests.support.topologies import RedisCluster, SentinelGroup, TopologyUnderTest
+from tests.support.topologies import RedisCluster, SentinelGroup, TopologyUnderTest, WholeGroupDown
 
 Group = TypeVar("Group", RedisCluster, SentinelGroup)
 
@@ -82,6 +82,22 @@ def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis", None, "--appendonly", "yes", "--appendfsync", "always").start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def redis_to_take_down(topology: TopologyUnderTest, request: pytest.FixtureRequest
+                       ) -> Iterator[RedisServer | WholeGroupDown]:
+    """The Redis an outage test takes down: a durable throwaway server, or the whole Sentinel group or Cluster.
+
+    Both have `url`, `kill()` and `start()`; a group a failed test left down is started again.
+    """
+    if topology.group is None:
+        yield request.getfixturevalue("durable_redis")
+        return
+    group = WholeGroupDown(topology.group)
+    yield group
+    if group.down:
+        group.start()
 
 
 def session_group(start: Callable[[], Group], what: str) -> Iterator[Group]:

@@ -30,7 +30,7 @@ from jobtrail.events import (
 from jobtrail.keys import Keys
 from tests.conftest import RunningApi
 from tests.support.redis_server import RedisServer
-from tests.support.sse import Message, open_stream
+from tests.support.sse import Message, entry_at_ms, expected_event, open_stream
 from tests.support.topologies import over_hub_topologies, over_topologies
 
 # --- making jobs ---
@@ -77,8 +77,9 @@ async def test_every_transition_and_cancel_request_is_recorded_with_its_job_and_
     await events.append("j", EventType.STARTED, StartedData(worker="w", attempt=2), attempt=2)
     await events.append("j", EventType.CANCELLED, ReasonData(reason="stop"))
 
-    job_entries = {fields["type"] + ":" + fields["attempt"]: entry_id
-                   for entry_id, fields in await redis_client.xrange(keys.events("j"))}
+    job_entries = {f"{event['type']}:{event['attempt']}": entry_id
+                   for entry_id, fields in await redis_client.xrange(keys.events("j"))
+                   for event in [expected_event(entry_id, fields)]}
     recorded = [fields for _, fields in await feed(redis_client, keys)]
     assert [(f["type"], f["state"], f["attempt"]) for f in recorded] == [
         ("submitted", "pending", "0"),
@@ -90,7 +91,8 @@ async def test_every_transition_and_cancel_request_is_recorded_with_its_job_and_
     ]
     assert all(f["job_id"] == "j" and f["kind"] == "demo" for f in recorded)
     assert [f["event_id"] for f in recorded] == [job_entries[f"{f['type']}:{f['attempt']}"] for f in recorded]
-    job_at = {entry_id: fields["at"] for entry_id, fields in await redis_client.xrange(keys.events("j"))}
+    entries = await redis_client.xrange(keys.events("j"))
+    job_at = {entry_id: str(entry_at_ms(entry_id, fields)) for entry_id, fields in entries}
     assert all(f["at"] == job_at[f["event_id"]] for f in recorded)
 
 

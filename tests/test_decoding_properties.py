@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from jobtrail.api.common import requested_offset
 from jobtrail.errors import InvalidRequest
 from jobtrail.eventlog import decode_events
-from jobtrail.events import SCHEMA_VERSION, CorruptEvent, Event, EventType
+from jobtrail.events import DATA_TYPES, SCHEMA_VERSION, TYPE_CODES, CorruptEvent, Event, EventType, pack_data
 from jobtrail.index import Cursor
 from jobtrail.offsets import BEGINNING, id_key, is_after, parse_offset, previous_id
 from jobtrail.sse import sse_event
@@ -171,17 +171,44 @@ AT_RANGE = (-62_135_596_800_000, 253_402_300_799_999)
 
 
 @st.composite
+def laid_out_data(draw, event_type):
+    """Data with the keys of the type's Struct, as check_data makes it: all the compact layout stores."""
+    struct = DATA_TYPES[event_type]
+    names = struct.__struct_fields__
+    if not struct.__struct_config__.omit_defaults:
+        return {name: draw(json_values) for name in names}
+    present = draw(st.lists(st.sampled_from(names), unique=True)) if names else []
+    return {name: draw(json_values.filter(lambda v: v is not None)) for name in names if name in present}
+
+
+@st.composite
 def stored_entries(draw):
-    """(entry id, fields as XRANGE returns them, the event they hold), in append.lua's layout."""
+    """(entry id, fields as XRANGE returns them, the event they hold), in either layout append.lua wrote."""
+    event_type = draw(st.sampled_from(EventType))
+    compact = draw(st.booleans())
+    at = draw(st.integers(*AT_RANGE))
+    entry_id = "{}-{}".format(*draw(ids))
+    # The compact layout leaves `at` out when it is the id's milliseconds (the server's clock).
+    at_is_id = compact and at >= 0 and draw(st.booleans())
+    if at_is_id:
+        entry_id = f"{at}-{draw(id_parts)}"
     event = Event(
-        id="{}-{}".format(*draw(ids)),
-        type=draw(st.sampled_from(EventType)),
-        at=draw(st.integers(*AT_RANGE)),
+        id=entry_id,
+        type=event_type,
+        at=at,
         attempt=draw(st.integers(0, 2**32)),
-        data=draw(json_objects),
+        data=draw(laid_out_data(event_type)) if compact else draw(json_objects),
         key=draw(st.none() | st.text(min_size=1, max_size=20)),
     )
-    # local entry = {'type', etype, 'at', at, 'v', '1', 'attempt', attempt, 'data', data} (+ 'key', key)
+    if compact:
+        # redis.call('XADD', stream, '*', 'e', attempt * 100 + code [.. ' ' .. at], 'd', data, 'k', key)
+        meta = str(event.attempt * 100 + TYPE_CODES[event.type])
+        return event.id, {
+            "e": meta if at_is_id else f"{meta} {event.at}",
+            "d": pack_data(event.type, event.data),
+            "k": event.key or "",
+        }, event
+    # The layout before: {'type', etype, 'at', at, 'v', '1', 'attempt', attempt, 'data', data} (+ 'key', key)
     fields = {
         "type": event.type.value,
         "at": str(event.at),
@@ -217,6 +244,7 @@ ODD = {
     name: values | st.text(max_size=12)
     for name, values in {
         "type": type_names, "at": numbers, "v": numbers, "attempt": numbers, "data": json_texts, "key": text,
+        "e": numbers | st.tuples(numbers, numbers).map(" ".join), "d": json_texts, "k": text,
     }.items()
 }
 FIELD_NAMES = list(ODD)
@@ -258,6 +286,12 @@ def test_every_entry_the_append_script_writes_decodes_to_its_event(entry):
 @example(entry=("1-0", {"type": "log", "at": "1", "attempt": "0", "data": '{"a":' + DEEP + "}"}))  # RecursionError
 @example(entry=("1-0", {"type": "log", "at": str(10**30), "attempt": "0", "data": "{}"}))  # OverflowError in out()
 @example(entry=("1-0", {"type": "log", "at": str(-(10**15)), "attempt": "0", "data": "{}"}))  # ValueError in out()
+@example(entry=("1-0", {"e": "105", "d": '"info","a",3', "k": ""}))  # more values than a log has fields
+@example(entry=("1-0", {"e": "105", "d": '"info"', "k": ""}))  # fewer: as if a field were added since
+@example(entry=("1-0", {"e": "199", "d": "", "k": ""}))  # no such type
+@example(entry=("1-0", {"e": "-97", "d": "", "k": ""}))  # no attempt is negative
+@example(entry=("1-0", {"e": "105 x", "d": '"info","a"', "k": ""}))  # an `at` that is no number
+@example(entry=("1-0", {"e": "103", "d": "0.5]+[1", "k": ""}))  # brackets of its own
 def test_a_corrupt_entry_decodes_to_an_event_or_corrupt_event(entry):
     entry_id, fields = entry
     try:
@@ -271,6 +305,18 @@ def test_a_corrupt_entry_decodes_to_an_event_or_corrupt_event(entry):
     assert isinstance(event.at, int) and isinstance(event.attempt, int)
     assert isinstance(event.terminal, bool)
     sse_event(event)
+
+
+# SSE writes an event's `at` through a cache of seconds (app/sse.py, event_time): the bytes
+# must be those of the event's own wire form, EventOut with its datetime, for every `at`
+# an entry can hold, around the edges of the fast range too.
+@stable
+@given(at=st.integers(-62135596800000, 253402300799999) | st.integers(0, 2**32 * 1000 + 1000)
+       | st.sampled_from([0, 999, 1000, 2**32 * 1000 - 1, 2**32 * 1000, -1]))
+def test_an_sse_frame_is_the_event_out_encoded_whatever_its_time(at):
+    event = Event(id="1-0", type=EventType.LOG, at=at, attempt=1, data={"message": "é\n", "n": [1.5, None]})
+    out = msgspec.json.encode(event.out())
+    assert sse_event(event) == b"id: 1-0\nevent: log\ndata: %s\n\n" % out
 
 
 def test_corrupt_event_is_the_value_error_from_entry_documents():

@@ -113,6 +113,51 @@ async def test_terminal_event_sets_retention_ttl_on_every_key_of_the_job(redis_c
         assert 110 <= await redis_client.ttl(key) <= 120, key
 
 
+async def test_a_finished_stream_is_written_back_compactly_with_its_entries_ids_and_ttl(redis_client, keys, events):
+    short = EventLog(redis_client, keys, retention_s=120, activity_maxlen=100)
+    for event_type in PATH_TO[State.RUNNING]:
+        await short.append("job", event_type, SAMPLE_DATA[event_type])
+    for n in range(1, 11):
+        await short.append("job", EventType.PROGRESS, {"progress": n / 20, "message": f"step {n}"})
+    before = await redis_client.xrange(keys.events("job"))
+    live_bytes = await redis_client.memory_usage(keys.events("job"), samples=0)
+
+    done = await short.append("job", EventType.SUCCEEDED, SAMPLE_DATA[EventType.SUCCEEDED])
+
+    after = await redis_client.xrange(keys.events("job"))
+    assert after[:-1] == before and after[-1][0] == done.id
+    info = await redis_client.xinfo_stream(keys.events("job"))
+    assert info["last-generated-id"] == done.id and info["entries-added"] == len(before) + 1
+    assert 110 <= await redis_client.ttl(keys.events("job")) <= 120
+    # A live stream's node holds the 4 KB Redis gives it ahead; the finished one, its entries.
+    assert live_bytes > 4096 > await redis_client.memory_usage(keys.events("job"), samples=0)
+    # And it takes further entries as any stream does (a repair's, a migration's).
+    await redis_client.xadd(keys.events("job"), {"e": "5", "d": '"info","x"', "k": ""})
+    assert (await redis_client.xinfo_stream(keys.events("job")))["length"] == len(before) + 2
+
+
+async def test_the_enqueue_claim_goes_with_the_terminal_event_and_only_then(redis_client, keys, events):
+    claim = keys.enqueue_claim("job")
+    await redis_client.set(claim, "token")
+    for event_type in PATH_TO[State.RUNNING]:
+        await events.append("job", event_type, SAMPLE_DATA[event_type])
+    await events.append("job", EventType.PROGRESS, SAMPLE_DATA[EventType.PROGRESS])
+    assert await redis_client.get(claim) == "token"
+    await events.append("job", EventType.SUCCEEDED, SAMPLE_DATA[EventType.SUCCEEDED])
+    assert not await redis_client.exists(claim)
+
+
+async def test_an_event_without_an_at_is_stamped_with_its_entry_ids_milliseconds(events, redis_client, keys):
+    submitted = await events.append("job", EventType.SUBMITTED, SAMPLE_DATA[EventType.SUBMITTED])
+    given = await events.append("job", EventType.LOG, SAMPLE_DATA[EventType.LOG], at_ms=1_700_000_000_123)
+    assert submitted.at == int(submitted.id.split("-")[0])
+    assert given.at == 1_700_000_000_123
+    first, second = [e async for e in events.events("job")]
+    assert (first.at, second.at) == (submitted.at, given.at)
+    state = await redis_client.hgetall(keys.job("job"))
+    assert (state["created_at"], state["updated_at"]) == (str(submitted.at), str(given.at))
+
+
 async def test_state_hash_records_progress_timestamps_and_result(events):
     await events.append("job", EventType.SUBMITTED, SAMPLE_DATA[EventType.SUBMITTED], at_ms=1_700_000_000_000)
     await events.append("job", EventType.STARTED, SAMPLE_DATA[EventType.STARTED], attempt=1, at_ms=1_700_000_001_000)

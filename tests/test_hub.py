@@ -18,8 +18,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from jobtrail.config import Settings
+from jobtrail.eventlog import EventLog
 from jobtrail.events import EventType, SucceededData
 from jobtrail.hub import Hub, Subscription, SubscriptionClosed
+from jobtrail.keys import Keys
 from jobtrail.services import Services, open_services
 from tests.support.env import ROOT
 from tests.support.jobs import eventually, progress, running_job, stream_ids
@@ -104,6 +106,61 @@ async def test_an_entry_that_publishes_no_wake_is_read_by_the_catch_up_sweep(set
         stream = keys.events("quiet")
         sub = await services.hub.subscribe(stream, after=(await stream_ids(redis_client, keys, "quiet"))[-1])
         added = await redis_client.xadd(stream, raw_progress(1))  # no SPUBLISH: as repair or a migration writes
+        assert await next_ids(sub, 1) == [added]
+    finally:
+        await close(services)
+
+
+async def test_contiguous_wakes_deliver_their_entries_without_a_read(settings, keys):
+    # The sweep off: a read counted below could only be a wake's.
+    services = await hub_services(msgspec.structs.replace(settings, hub_catch_up_s=3600.0))
+    try:
+        await running_job(services.events, "w")
+        stream = keys.events("w")
+        sub = await services.hub.subscribe(stream, after=(await stream_ids(services.redis, keys, "w"))[-1])
+        await asyncio.sleep(0.3)  # the subscribe-time read is done
+        reads = services.hub.reads
+        for step in range(1, 6):
+            await progress(services.events, "w", step, 5)
+        assert await next_ids(sub, 5) == (await stream_ids(services.redis, keys, "w"))[-5:]
+        assert services.hub.reads == reads
+        assert services.hub.wake_deliveries >= 5
+    finally:
+        await close(services)
+
+
+async def quiet_follow(settings: Settings, events: EventLog, redis_client: aioredis.Redis, keys: Keys,
+                       job: str) -> tuple[Services, Subscription]:
+    """A hub with its sweep off (only wakes can make it read) following a running job from its last event."""
+    services = await hub_services(msgspec.structs.replace(settings, hub_catch_up_s=3600.0))
+    await running_job(events, job)
+    sub = await services.hub.subscribe(keys.events(job), after=(await stream_ids(redis_client, keys, job))[-1])
+    await asyncio.sleep(0.3)  # the subscribe-time read is done
+    return services, sub
+
+
+async def test_an_entry_between_the_cursor_and_a_wake_is_read_before_the_wake_is_delivered(settings, events,
+                                                                                          redis_client, keys):
+    # Only the wake's previous id can tell the hub that it missed an entry.
+    services, sub = await quiet_follow(settings, events, redis_client, keys, "gap")
+    try:
+        unpublished = await redis_client.xadd(keys.events("gap"), raw_progress(1))  # as repair or a migration writes
+        await progress(events, "gap", 2, 10)
+        ids = await stream_ids(redis_client, keys, "gap")
+        assert ids[-2] == unpublished
+        assert await next_ids(sub, 2) == ids[-2:]
+    finally:
+        await close(services)
+
+
+async def test_a_wake_of_an_older_append_script_a_bare_id_still_has_the_stream_read(settings, events, redis_client,
+                                                                                   keys):
+    # During a rolling upgrade a worker of the release before publishes the new id alone.
+    services, sub = await quiet_follow(settings, events, redis_client, keys, "old")
+    try:
+        stream = keys.events("old")
+        added = await redis_client.xadd(stream, raw_progress(1))
+        await redis_client.spublish(keys.wake(stream), added)
         assert await next_ids(sub, 1) == [added]
     finally:
         await close(services)

@@ -22,6 +22,7 @@ from tests.support.env import ROOT
 
 CORE = (
     "jobtrail.activity",
+    "jobtrail.cluster",
     "jobtrail.config",
     "jobtrail.errors",
     "jobtrail.eventlog",

@@ -5,6 +5,10 @@ shared one), starts a job with `max_attempts` 1, and takes Redis away in one of 
 it goes away in production: restarted (on its append-only file), frozen, demoted to a
 read-only replica, over `maxmemory`. Each outage outlasts the worker's lease (2 s), so
 the reaper's takeover of a lapsed lease is tried too. The job must succeed at attempt 1.
+
+The restart runs on a Sentinel group and a Cluster too, as the whole group's data servers
+stopped (data saved) and started again (tests/support/topologies.py, WholeGroupDown); the
+other outages are one server's.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 import msgspec
@@ -21,11 +26,14 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from jobtrail.config import Settings
 from jobtrail.eventlog import EventLog
 from jobtrail.jobstate import JobState
 from jobtrail.keys import Keys
 from jobtrail.reducer import fold
+from jobtrail.store import Store
 from tests.support.redis_server import RedisServer, free_port
+from tests.support.topologies import WholeGroupDown
 from tests.support.worker_procs import Workers
 
 pytestmark = pytest.mark.e2e
@@ -34,8 +42,8 @@ JOB = {"kind": "demo", "params": {"steps": 30, "delay_ms": 200}, "max_attempts":
 
 
 @pytest.fixture
-def server(durable_redis: RedisServer) -> RedisServer:
-    return durable_redis
+def server(redis_to_take_down: RedisServer | WholeGroupDown) -> RedisServer | WholeGroupDown:
+    return redis_to_take_down
 
 
 @pytest.fixture
@@ -53,7 +61,7 @@ def workers(settings, tmp_path):
     started.close()
 
 
-async def restart(server: RedisServer, admin: aioredis.Redis) -> None:
+async def restart(server: RedisServer | WholeGroupDown, admin: aioredis.Redis) -> None:
     server.kill()
     await asyncio.sleep(4)
     server.start()  # the same port and directory: it loads its append-only file
@@ -101,9 +109,22 @@ async def state_after_outage(events: EventLog, job_id: str) -> JobState:
 async def test_a_job_with_one_attempt_rides_out_redis_going_away_and_succeeds_at_attempt_1(
     outage: Callable[[RedisServer, aioredis.Redis], Awaitable[None]], server, settings, start_api, workers
 ):
+    admin = aioredis.Redis.from_url(server.url, decode_responses=True, socket_timeout=2)
+    await rides_out(outage, server, admin, settings, start_api, workers)
+
+
+@pytest.mark.parametrize("topology", ["sentinel", "cluster"], indirect=True)
+async def test_a_job_with_one_attempt_rides_out_a_whole_group_restarting_and_succeeds_at_attempt_1(
+    topology, server, settings, start_api, workers
+):
+    await rides_out(restart, server, Store(settings, role="test").pooled(), settings, start_api, workers)
+
+
+async def rides_out(outage: Callable[[Any, Any], Awaitable[None]], server: RedisServer | WholeGroupDown,
+                    admin: aioredis.Redis, settings: Settings, start_api: Any, workers: Workers) -> None:
+    """Start the job, take Redis away with `outage`, and check what the job came to (`admin` closed at the end)."""
     api = await start_api(settings)
     worker = await workers.start(JOBTRAIL_REDIS_TIMEOUT_S="1.0", JOBTRAIL_REDIS_OUTAGE_S="30")
-    admin = aioredis.Redis.from_url(server.url, decode_responses=True, socket_timeout=2)
     events = EventLog(admin, Keys(settings.prefix), settings.retention_s, activity_maxlen=settings.activity_maxlen)
     try:
         async with httpx.AsyncClient(base_url=api.url, timeout=10) as http:

@@ -2,6 +2,11 @@
 
 The API answers 503 with Retry-After while Redis is down, never 500 and never a silent
 switch to memory; it serves again by itself once Redis is back.
+
+The tests marked `@over_topologies` run on a Sentinel group and a Cluster too, where
+"Redis down" is every data server of the group stopped (replicas first, so that none
+takes over; data saved, as the one server's append-only file keeps it) and then started
+again (tests/support/topologies.py, WholeGroupDown): the same behaviour is expected.
 """
 
 from __future__ import annotations
@@ -23,14 +28,15 @@ from jobtrail.keys import Keys
 from tests.support.env import ROOT, worker_env
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.sse import Message, collect, messages
+from tests.support.topologies import WholeGroupDown, over_topologies
 
 RECOVER_S = 15.0  # the hub backs off up to 5 s between reconnects
 DEMO = {"kind": "demo", "params": {"steps": 2, "delay_ms": 10}}
 
 
 @pytest.fixture
-def server(durable_redis: RedisServer) -> RedisServer:
-    return durable_redis
+def server(redis_to_take_down: RedisServer | WholeGroupDown) -> RedisServer | WholeGroupDown:
+    return redis_to_take_down
 
 
 @pytest.fixture
@@ -76,6 +82,7 @@ def assert_unavailable(response: httpx.Response) -> None:
     assert int(response.headers["Retry-After"]) > 0
 
 
+@over_topologies
 async def test_requests_answer_503_with_retry_after_while_redis_is_down(client, server):
     job_id = await submit(client)
     server.kill()
@@ -99,6 +106,7 @@ async def test_requests_answer_503_with_retry_after_while_redis_is_down(client, 
     assert "Retry-After" in ready.headers
 
 
+@over_topologies
 async def test_a_reconnect_while_redis_is_down_gets_a_retry_hint_instead_of_503(client, server):
     job_id = await submit(client)
     server.kill()
@@ -112,6 +120,7 @@ async def test_a_reconnect_while_redis_is_down_gets_a_retry_hint_instead_of_503(
         assert_unavailable(await client.get(path))  # a first connect still learns the status
 
 
+@over_topologies
 async def test_api_serves_again_by_itself_after_redis_restarts(client, server):
     before = await submit(client)
     server.kill()
@@ -138,6 +147,7 @@ async def test_api_serves_again_by_itself_after_redis_restarts(client, server):
     assert [m.event for m in got] == ["submitted", "cancelled"]
 
 
+@over_topologies
 async def test_sse_stream_ends_when_redis_dies_and_resumes_by_last_event_id_after_restart(client, server, settings):
     job_id = await submit(client)
     opened = asyncio.Event()
@@ -169,6 +179,7 @@ async def test_sse_stream_ends_when_redis_dies_and_resumes_by_last_event_id_afte
     assert [m.event for m in resumed] == ["cancelled"]
 
 
+@over_topologies
 async def test_api_started_without_redis_answers_503_and_never_falls_back_to_memory(server, start_api, settings):
     server.kill()
     api = await start_api(settings)
@@ -238,6 +249,7 @@ async def test_submit_queues_the_job_on_the_connection_it_holds_when_redis_takes
 
 
 @pytest.mark.e2e
+@over_topologies
 async def test_worker_waits_out_a_redis_restart_then_runs_new_jobs(client, server, start_worker, tmp_path):
     start_worker()
     first = await submit(client)

@@ -6,6 +6,10 @@ about the last second on a power loss, though not on a killed process). Real tra
 through it: the API taking submissions, real workers running them, and a writer
 appending straight to one job's stream. Redis is killed in the middle and started again.
 Every job must succeed at its first attempt: the workers wait the outage out.
+
+On a Sentinel group and a Cluster too (`@over_topologies`), where the whole group's data
+servers are stopped with their data saved and started again (tests/support/topologies.py,
+WholeGroupDown).
 """
 
 from __future__ import annotations
@@ -18,15 +22,16 @@ import time
 import httpx
 import msgspec
 import pytest
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from jobtrail.eventlog import EventLog
 from jobtrail.events import TERMINAL_STATES, EventType, State
 from jobtrail.keys import Keys
 from jobtrail.reducer import fold
+from jobtrail.store import Store
 from tests.support.env import ROOT, worker_env
 from tests.support.redis_server import RedisServer
+from tests.support.topologies import WholeGroupDown, over_topologies
 from tests.support.worker_procs import wait_until_listening
 
 pytestmark = pytest.mark.e2e
@@ -36,8 +41,8 @@ LEDGER = "ledger"  # the job the direct writer appends to
 
 
 @pytest.fixture
-def server(durable_redis: RedisServer) -> RedisServer:
-    return durable_redis
+def server(redis_to_take_down: RedisServer | WholeGroupDown) -> RedisServer | WholeGroupDown:
+    return redis_to_take_down
 
 
 @pytest.fixture
@@ -71,6 +76,7 @@ class Ledger:
             await asyncio.sleep(0.005)
 
 
+@over_topologies
 async def test_every_acknowledged_write_survives_a_killed_and_restarted_redis(
     settings, server, start_api, start_worker, tmp_path, capsys
 ):
@@ -80,7 +86,7 @@ async def test_every_acknowledged_write_survives_a_killed_and_restarted_redis(
         # Before the kill: a worker still starting finds no Redis and exits, and then
         # no worker is there to wait the outage out.
         await wait_until_listening(tmp_path / f"worker-{n}.log")
-    redis = aioredis.Redis.from_url(server.url, decode_responses=True, socket_timeout=1, socket_connect_timeout=1)
+    redis = Store(settings, role="test").pooled()  # one server, the Sentinel master or the Cluster
     events = EventLog(redis, Keys(settings.prefix), settings.retention_s, activity_maxlen=settings.activity_maxlen)
     await events.append(LEDGER, EventType.SUBMITTED, {"kind": "demo", "params": {}, "max_attempts": 1})
     await events.append(LEDGER, EventType.STARTED, {"worker": "ledger", "attempt": 1}, attempt=1)

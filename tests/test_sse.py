@@ -57,12 +57,40 @@ async def test_finished_job_replays_every_event_in_order_then_closes(client, eve
     assert hint.data == "" and hint.id is None
     entries = await redis_client.xrange(keys.events("done"))
     assert ids(got) == [entry_id for entry_id, _ in entries]
-    assert [m.event for m in got] == [fields["type"] for _, fields in entries]
+    assert [m.event for m in got] == [expected_event(*entry)["type"] for entry in entries]
     for message, (entry_id, fields) in zip(got, entries, strict=True):
         assert set(message.json) == {"id", "type", "at", "attempt", "data"}
         assert ISO_UTC.match(message.json["at"]), message.json["at"]
         assert as_expected(message) == expected_event(entry_id, fields)
     assert stream.received[-1].event == "succeeded", "nothing (not even a ping) follows the terminal event"
+
+
+async def chunks_of(url: str, path: str) -> list[bytes]:
+    """The HTTP/1.1 chunks of a response as the server wrote them, until it ends the body."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower(), head
+        chunks = []
+        async with asyncio.timeout(10):
+            while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                chunks.append((await reader.readexactly(size + 2))[:-2])
+        return chunks
+    finally:
+        writer.close()
+
+
+async def test_a_replay_is_written_a_page_at_a_time_not_an_event_at_a_time(api, events, redis_client, keys):
+    await finished_job(events, "done", steps=40)
+
+    hint, *replay = await chunks_of(api.url, "/jobs/done/events")
+
+    assert hint.startswith(b"retry: ")
+    assert len(replay) == 1, "the whole replay (under one page) is one chunk"
+    sent = [entry_id.decode() for entry_id in re.findall(rb"^id: (\S+)$", replay[0], re.M)]
+    assert sent == await stream_ids(redis_client, keys, "done")
 
 
 @over_hub_topologies

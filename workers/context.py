@@ -226,7 +226,9 @@ class JobContext:
         try:
             async with self._writing:
                 self._writes += 1
-                key = f"c{self.attempt}.{self._writer}.{self._writes}"
+                # The slot names the writer; within it the write's number alone tells a retry
+                # of the latest write from a new one, and every stream entry stores its key.
+                key = str(self._writes)
 
                 def append() -> Awaitable[Appended]:
                     return self.events.append(

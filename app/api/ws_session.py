@@ -19,7 +19,8 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
+from typing import Any
 
 import msgspec
 from litestar import WebSocket
@@ -53,7 +54,19 @@ from jobtrail.config import Settings
 from jobtrail.errors import JobNotFound
 from jobtrail.eventlog import EventLog
 from jobtrail.events import Event
-from jobtrail.follow import End, EndReason, FeedGap, Gap, Idle, Skipped, feed_filter, follow_feed, follow_job
+from jobtrail.follow import (
+    Batch,
+    End,
+    EndReason,
+    FeedGap,
+    Gap,
+    Idle,
+    JobItem,
+    Skipped,
+    feed_filter,
+    follow_feed,
+    follow_job,
+)
 from jobtrail.frames import FRAMES
 from jobtrail.hub import Hub
 from jobtrail.offsets import BEGINNING, is_after
@@ -274,17 +287,12 @@ class Session:
             self._ended(job_id, EndReason.TOO_SLOW.value)
             return
         items = follow_job(self.events, self.hub, job, offset, gap=gap, ping_s=self.settings.sse_ping_s)
-        async with contextlib.aclosing(items):
-            async for item in items:
-                if isinstance(item, End):
-                    self._ended(job_id, item.reason.value)
-                    return
-                frame = _job_frame(job_id, item)
-                if frame is not None and not self.outbox.offer(frame):
-                    self._ended(job_id, EndReason.TOO_SLOW.value)
-                    return
-                if isinstance(item, Event):
-                    self.events.metrics.delivered(item.id, live_after=job.last_event_id)
+
+        def queued(item: JobItem) -> None:
+            if isinstance(item, Event):
+                self.events.metrics.delivered(item.id, live_after=job.last_event_id)
+
+        await self._forward(job_id, items, lambda item, shared: _job_frame(job_id, item, shared), queued)
 
     async def _follow_feed(self, after: str | None, kind: str | None, state: str | None) -> None:
         feed = self.events.activity.reader(None if self.principal.admin else self.principal.tenant)
@@ -302,20 +310,37 @@ class Session:
             return
         wanted = feed_filter(kind, state, self.principal.sees)
         items = follow_feed(feed, self.hub, position, offset, gap=gap, ping_s=self.settings.sse_ping_s, wanted=wanted)
-        async with contextlib.aclosing(items):
-            async for item in items:
-                if isinstance(item, End):
-                    self._ended(FEED, item.reason.value)
-                    return
-                frame = _feed_frame(item)
-                if frame is not None and not self.outbox.offer(frame):
-                    self._ended(FEED, EndReason.TOO_SLOW.value)
-                    return
+        await self._forward(FEED, items, _feed_frame, lambda item: None)
+
+    async def _forward(
+        self,
+        target: str,
+        follow: AsyncGenerator[Batch[Any]],
+        frame_of: Callable[[Any, bool], bytes | None],
+        queued: Callable[[Any], None],
+    ) -> None:
+        """Queue the frame of each item of `follow` for `target` until its `End`, or until the outbox overflows."""
+        async with contextlib.aclosing(follow) as batches:
+            async for batch in batches:
+                for item in batch.items:
+                    if isinstance(item, End):
+                        self._ended(target, item.reason.value)
+                        return
+                    frame = frame_of(item, batch.shared)
+                    if frame is not None and not self.outbox.offer(frame):
+                        self._ended(target, EndReason.TOO_SLOW.value)
+                        return
+                    queued(item)
 
 
-def _job_frame(job_id: str, item: Event | Gap | Skipped | Idle) -> bytes | None:
-    """The frame of one item of a job's follow; None for an idle tick (the transport's pings keep it alive)."""
+def _job_frame(job_id: str, item: Event | Gap | Skipped | Idle, shared: bool) -> bytes | None:
+    """The frame of one item of a job's follow; None for an idle tick (the transport's pings keep it alive).
+
+    `shared`: the item is the hub's, offered to every follower (app/follow.py, Batch).
+    """
     if isinstance(item, Event):
+        if not shared:
+            return _event_frame(job_id, item)
         # The item is one job's (its stream's) alone, so its frame may be shared by id.
         return FRAMES.frame(item, "ws", lambda event: _event_frame(job_id, event))
     if isinstance(item, Gap):
@@ -330,9 +355,15 @@ def _event_frame(job_id: str, event: Event) -> bytes:
     return encode(JobEventFrame(id=out.id, type=out.type, at=out.at, attempt=out.attempt, data=out.data, job=job_id))
 
 
-def _feed_frame(item: Transition | FeedGap | Idle) -> bytes | None:
+def _feed_frame(item: Transition | FeedGap | Idle, shared: bool) -> bytes | None:
     if isinstance(item, Transition):
-        return FRAMES.frame(item, "ws", lambda t: encode(FeedEntryFrame(**msgspec.structs.asdict(t))))
+        if not shared:
+            return _transition_frame(item)
+        return FRAMES.frame(item, "ws", _transition_frame)
     if isinstance(item, FeedGap):
         return encode(FeedGapFrame(first_available=item.first_available))
     return None
+
+
+def _transition_frame(transition: Transition) -> bytes:
+    return encode(FeedEntryFrame(**msgspec.structs.asdict(transition)))

@@ -1,5 +1,7 @@
 """The short chaos run (bench/chaos.py runs the long one): killed and frozen workers lose
-no job and corrupt none, and SSE clients that drop and resume see every event exactly once."""
+no job and corrupt none, and SSE clients that drop and resume see every event exactly once.
+
+On one server, a Sentinel group and a Cluster: the same processes, on each topology's REDIS_URL."""
 
 from __future__ import annotations
 
@@ -8,15 +10,17 @@ from pathlib import Path
 import pytest
 
 from bench.chaos import ChaosConfig, render, run_chaos
+from tests.support.topologies import TopologyUnderTest, over_topologies
 
 pytestmark = pytest.mark.e2e
 
 
+@over_topologies
 async def test_killed_workers_lose_no_job_and_resuming_sse_clients_see_every_event_once(
-    redis_url: str, prefix: str, tmp_path: Path
+    topology: TopologyUnderTest, prefix: str, tmp_path: Path
 ) -> None:
     config = ChaosConfig(
-        redis_url=redis_url,
+        redis_url=topology.url,
         prefix=prefix,
         run_dir=str(tmp_path),
         jobs=16,

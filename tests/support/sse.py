@@ -123,14 +123,50 @@ async def open_stream(
         yield EventStream(response)
 
 
+# The compact entry layout written out here, not imported: (type, its data's fields) per code.
+ENTRY_TYPES = {
+    1: ("submitted", ("kind", "params", "max_attempts", "tenant")),
+    2: ("started", ("worker", "attempt")),
+    3: ("progress", ("progress", "current", "total", "message", "phase")),
+    4: ("phase", ("phase", "message")),
+    5: ("log", ("level", "message")),
+    6: ("cancel_requested", ("reason",)),
+    7: ("retrying", ("error", "delay_s", "next_attempt")),
+    8: ("succeeded", ("result", "artifact")),
+    9: ("failed", ("error",)),
+    10: ("cancelled", ("reason",)),
+}
+
+
+def entry_at_ms(entry_id: str, fields: dict[str, str]) -> int:
+    """A raw entry's `at`: its own field, or in the compact layout when left empty, its id's milliseconds."""
+    if "type" in fields:
+        return int(fields["at"])
+    _, _, at = fields["e"].partition(" ")
+    return int(at or entry_id.partition("-")[0])
+
+
 def expected_event(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
     """What an SSE `data:` line must hold for one raw stream entry, built without app code."""
+    if "type" in fields:
+        return {
+            "id": entry_id,
+            "type": fields["type"],
+            "at": datetime.fromtimestamp(int(fields["at"]) / 1000, tz=UTC),
+            "attempt": int(fields["attempt"]),
+            "data": json.loads(fields["data"]),
+        }
+    attempt, code = divmod(int(fields["e"].split(" ")[0]), 100)
+    event_type, names = ENTRY_TYPES[code]
+    # The values in field order, a JSON array without its brackets; a null for a field left out.
+    values = json.loads("[" + fields["d"] + "]")
+    data = {name: value for name, value in zip(names, values, strict=False) if value is not None}
     return {
         "id": entry_id,
-        "type": fields["type"],
-        "at": datetime.fromtimestamp(int(fields["at"]) / 1000, tz=UTC),
-        "attempt": int(fields["attempt"]),
-        "data": json.loads(fields["data"]),
+        "type": event_type,
+        "at": datetime.fromtimestamp(entry_at_ms(entry_id, fields) / 1000, tz=UTC),
+        "attempt": attempt,
+        "data": data,
     }
 
 

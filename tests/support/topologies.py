@@ -14,6 +14,7 @@ in seconds; every process is killed by `stop()`, which the session fixtures alwa
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -78,11 +79,12 @@ class Node:
     def log(self) -> Path:
         return self.directory / "redis.log"
 
-    def start(self) -> Node:
+    def start(self, *overrides: str) -> Node:
+        """Start it; `overrides` come after its own arguments, so they win (e.g. `--replicaof no one`)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [*server_command(self.sentinel, self.directory), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.directory), "--logfile", str(self.log), *self.args],
+             "--dir", str(self.directory), "--logfile", str(self.log), *self.args, *overrides],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -113,6 +115,20 @@ class Node:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+    def shut_down(self) -> None:
+        """SHUTDOWN SAVE: it writes its data to dump.rdb, which `start()` loads (see `forget_saved_data`)."""
+        assert not self.sentinel and self.process is not None
+        # A bare socket: redis-py's client retries the connection SHUTDOWN closes, seconds per node.
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            auth = f"AUTH {self.password}\r\n" if self.password else ""
+            sock.sendall(f"{auth}SHUTDOWN SAVE\r\n".encode())
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def forget_saved_data(self) -> None:
+        """Once loaded: a later restart (a killed node, restored) must not bring back this old data."""
+        (self.directory / "dump.rdb").unlink(missing_ok=True)
 
     def tail(self, lines: int = 15) -> str:
         try:
@@ -226,6 +242,21 @@ class RedisCluster:
                 node.start()
         wait_until(self.healthy, START_TIMEOUT_S, "the restored cluster did not serve every slot, replicas linked")
 
+    def stop_servers(self) -> None:
+        """Redis down: every node stopped with its data saved, replicas first, so that none takes over."""
+        primaries = self.primary_nodes()
+        for node in [*(node for node in self.nodes if node.running and node not in primaries), *primaries]:
+            node.shut_down()
+
+    def start_servers(self) -> None:
+        """Every node back on its saved data and its own nodes.conf (its role, its slots); wait until healthy."""
+        for node in self.nodes:
+            if not node.running:
+                node.start()
+        wait_until(self.healthy, START_TIMEOUT_S, "the restarted cluster did not serve every slot, replicas linked")
+        for node in self.nodes:
+            node.forget_saved_data()
+
     def stop(self) -> None:
         for node in self.nodes:
             node.kill()
@@ -245,6 +276,7 @@ class SentinelGroup:
         self.sentinel_count = sentinels
         self.servers: list[Node] = []
         self.sentinels: list[Node] = []
+        self._stopped_master: Node  # set by stop_servers()
 
     @property
     def url(self) -> str:
@@ -304,7 +336,9 @@ class SentinelGroup:
         for sentinel in running_sentinels:
             with sentinel.client() as client:
                 state = client.sentinel_master(self.service)
-            if int(state["port"]) != master.port or "master" not in str(state["flags"]).split(","):
+            flags = str(state["flags"]).split(",")
+            # A master they still flag down, though back, is one redis-py's Sentinel client refuses.
+            if int(state["port"]) != master.port or "master" not in flags or {"s_down", "o_down"} & set(flags):
                 return False
             if int(state["num-slaves"]) < len(running_servers) - 1:
                 return False
@@ -318,6 +352,29 @@ class SentinelGroup:
             if not node.running:
                 node.start()
         wait_until(self.healthy, START_TIMEOUT_S, "the restored Sentinel group did not agree on a master")
+
+    def stop_servers(self) -> None:
+        """Redis down: every data server stopped with its data saved, replicas first; the sentinels stay.
+
+        With no replica left to promote, the sentinels' failover aborts: the master comes back as master.
+        """
+        master = self.master()
+        for node in [*(node for node in self.servers if node is not master), master]:
+            if node.running:
+                node.shut_down()
+        self._stopped_master = master
+
+    def start_servers(self) -> None:
+        """The master back first (whichever server it is now, not always the first one), then the replicas."""
+        master = self._stopped_master
+        if not master.running:
+            master.start("--replicaof", "no", "one")
+        for node in self.servers:
+            if not node.running:
+                node.start("--replicaof", "127.0.0.1", str(master.port))
+        wait_until(self.healthy, START_TIMEOUT_S, "the restarted Sentinel group did not agree on a master")
+        for node in self.servers:
+            node.forget_saved_data()
 
     def stop(self) -> None:
         for node in [*self.sentinels, *self.servers]:
@@ -333,6 +390,32 @@ over_topologies = pytest.mark.parametrize("topology", TOPOLOGIES, indirect=True)
 # For tests that read a live SSE tail: the hub (sharded pub/sub wakes, single-key reads) runs on
 # all three; the name stays so that those tests say what they depend on.
 over_hub_topologies = over_topologies
+
+
+class WholeGroupDown:
+    """A group's servers as one Redis to take down and bring back: `kill()` stops them all, `start()` restarts them.
+
+    For the outage tests, beside a single RedisServer (tests/support/redis_server.py): the
+    same `url`, `kill()` and `start()`. Unlike a failover no replica takes over, and the data
+    is kept (saved at the stop), as one server's append-only file keeps it.
+    """
+
+    def __init__(self, group: RedisCluster | SentinelGroup) -> None:
+        self.group = group
+        self.down = False
+
+    @property
+    def url(self) -> str:
+        return self.group.url
+
+    def kill(self) -> None:
+        self.group.stop_servers()
+        self.down = True
+
+    def start(self) -> WholeGroupDown:
+        self.group.start_servers()
+        self.down = False
+        return self
 
 
 class TopologyUnderTest:
