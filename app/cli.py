@@ -219,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
 def _configure_logging() -> None:
     from jobtrail.api.requests import RedactingFilter, RequestIdFilter
 
+    # The format names none of the caller's file and line, thread or process: not looked up
+    # for every record (the logging HOWTO's "Optimization"), the access log writes one per request.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
     handler.addFilter(RedactingFilter())

@@ -23,7 +23,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 8000
     retention_s: int = 7 * 24 * 3600
     max_body_bytes: int = 64 * 1024
-    redis_pool_size: int = 32
+    # 0: Store.POOL_SIZE on one server or Sentinel, whose pool waits for a free connection
+    # (requests hold one only for their round trips, so a few serve any number of clients);
+    # Store.CLUSTER_POOL_SIZE per node on a Cluster, whose pool refuses when it is full.
+    redis_pool_size: Annotated[int, msgspec.Meta(ge=0)] = 0
     redis_timeout_s: float = 5.0
     sse_ping_s: float = 15.0
     sse_retry_ms: int = 2000

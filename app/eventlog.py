@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from importlib import resources
 from typing import Any, NamedTuple, NoReturn
 
@@ -40,6 +40,9 @@ from jobtrail.reducer import fields_for, fold
 from jobtrail.replicawait import ReplicaWait
 
 log = logging.getLogger(__name__)
+
+# Runs what a function queues on a pipeline, in a round trip it may share; its replies, errors as values.
+SharedRun = Callable[[Callable[[Pipeline], object]], Awaitable[list[Any]]]
 
 _VISIBLE_SCRIPT = resources.files("jobtrail").joinpath("visible.lua").read_text()
 
@@ -140,6 +143,7 @@ class EventLog:
         before: Callable[[Pipeline], object] | None = None,
         after: Callable[[Pipeline], object] | None = None,
         defer_feed: bool = False,
+        shared: SharedRun | None = None,
     ) -> Appended:
         """Append one event (one round trip). Raises JobNotFound, JobExists or TransitionRefused.
 
@@ -178,7 +182,7 @@ class EventLog:
         began = time.perf_counter()
         terminal = RULES[event_type].next_state in TERMINAL_STATES
         keys = list(self.keys.append_keys(job_id, terminal=terminal))
-        reply, wait_reply, after_replies = await self._run_append(keys, args, before, after, wait)
+        reply, wait_reply, after_replies = await self._run_append(keys, args, before, after, wait, shared=shared)
         replicas = None
         if wait is not None and (isinstance(reply, str) or reply[0] == "duplicate"):
             replicas = wait.confirmed(wait_reply, job_id, event_type)
@@ -314,6 +318,7 @@ class EventLog:
     async def _run_append(
         self, keys: list[str], args: list[str | int], before: Callable[[Pipeline], object] | None,
         after: Callable[[Pipeline], object] | None, wait: ReplicaWait | None, script: AsyncScript | None = None,
+        shared: SharedRun | None = None,
     ) -> tuple[Any, object, tuple[Any, ...]]:
         """The script's reply, WAIT's when `wait` is given (else None), and `after`'s; one round trip.
 
@@ -331,19 +336,30 @@ class EventLog:
             target["target_nodes"] = self.redis.get_node_from_key(keys[0])
         # EVALSHA by hand: a registered script in a pipeline costs a SCRIPT EXISTS round trip
         # on every execute; a NOSCRIPT (a Redis that restarted) loads it and sends both again.
+        ahead = 0  # commands of this caller's up to the script's, whose replies are not `after`'s
+
+        def queue(pipe: Pipeline) -> None:
+            nonlocal ahead
+            start = len(pipe)
+            if before is not None:
+                before(pipe)
+            # execute_command, not pipe.evalsha: redis-py's Cluster pipeline refuses the
+            # method by name, yet routes the command by its keys (one job's: one slot).
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            ahead = len(pipe) - start
+            if after is not None:
+                after(pipe)
+            if wait is not None:
+                pipe.execute_command(*wait.command(), **target)
+
         for _ in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                if before is not None:
-                    before(pipe)
-                # execute_command, not pipe.evalsha: redis-py's Cluster pipeline refuses the
-                # method by name, yet routes the command by its keys (one job's: one slot).
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                ahead = len(pipe)
-                if after is not None:
-                    after(pipe)
-                if wait is not None:
-                    pipe.execute_command(*wait.command(), **target)
-                results = await pipe.execute(raise_on_error=False)
+            if shared is not None and wait is None:
+                # In a round trip with other callers' (app/batching.py); a WAIT needs its own.
+                results = await shared(queue)
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    queue(pipe)
+                    results = await pipe.execute(raise_on_error=False)
             wait_reply = results.pop() if wait is not None else None
             after_replies = tuple(results[ahead:])
             del results[ahead:]
@@ -404,7 +420,9 @@ class EventLog:
             raise JobNotFound(job_id)
         return JobState.from_hash(job_id, fields, expires_ms), fields.get("incarnation")
 
-    async def visible_state(self, job_id: str, tenant: str | None, *, sees_all: bool = False) -> JobState:
+    async def visible_state(
+        self, job_id: str, tenant: str | None, *, sees_all: bool = False, shared: SharedRun | None = None
+    ) -> JobState:
         """The job's state if a viewer of `tenant` may see it; else JobNotFound, as for a missing job.
 
         The rule of the API and of handlers reading other jobs alike: a viewer sees the
@@ -413,7 +431,14 @@ class EventLog:
         tenant's job comes back as the same empty reply as a missing one, and goes through
         the same code here, so not even the time taken tells them apart.
         """
-        reply = await self._visible(keys=[self.keys.job(job_id)], args=[tenant or "", "1" if sees_all else "0"])
+        keys, args = [self.keys.job(job_id)], [tenant or "", "1" if sees_all else "0"]
+        reply: Any = None
+        if shared is not None:  # in a round trip with other readers' (app/batching.py)
+            (reply,) = await shared(lambda pipe: pipe.execute_command("EVALSHA", self._visible.sha, 1, *keys, *args))
+            if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+                raise reply
+        if shared is None or isinstance(reply, NoScriptError):
+            reply = await self._visible(keys=keys, args=args)  # loads the script when Redis lost it
         fields = dict(zip(reply[1::2], reply[2::2], strict=True))
         if not fields.get("state"):
             raise JobNotFound(job_id)

@@ -1,9 +1,9 @@
 """Per-tenant limits, counted in Redis so that every API process shares them.
 
-Submissions: a counter of jobs created per tenant and minute-long window (INCR, then
-EXPIRE; DECR for a request that created nothing). SSE connections: a sorted set of slots,
-each expiring unless its process renews it, so a killed API process does not hold its
-tenant's slots for long (app/sse_slots.lua).
+Submissions: a counter of jobs created per tenant and minute-long window (INCR and
+EXPIRE in one script, app/submit_window.lua; DECR for a request that created nothing).
+SSE connections: a sorted set of slots, each expiring unless its process renews it, so a
+killed API process does not hold its tenant's slots for long (app/sse_slots.lua).
 """
 
 from __future__ import annotations
@@ -19,14 +19,16 @@ from importlib import resources
 
 import anyio
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
+from jobtrail.batching import SharedPipeline
 from jobtrail.errors import RateLimited
 from jobtrail.keys import Keys
 
 log = logging.getLogger(__name__)
 
 _SLOT_SCRIPT = resources.files("jobtrail").joinpath("sse_slots.lua").read_text()
+_WINDOW_SCRIPT = resources.files("jobtrail").joinpath("submit_window.lua").read_text()
 WINDOW_S = 60
 
 
@@ -43,24 +45,33 @@ class SubmitRate:
         self.redis = redis
         self.keys = keys
         self.per_minute = per_minute  # 0: unlimited
+        self._take = redis.register_script(_WINDOW_SCRIPT)
+        # Concurrent submissions take their places in one round trip.
+        self._shared = SharedPipeline(redis)
 
     async def take(self, scope: str) -> str | None:
         """A place for one job in the current window (its counter's key; None when unlimited).
 
-        RateLimited once the window is full, with nothing counted. One round trip, two
-        when refused.
+        RateLimited once the window is full, with nothing counted. One EVALSHA
+        (app/submit_window.lua), refused or not, in a round trip shared with other
+        submissions of the moment (app/batching.py); a Redis that lost the script gets it
+        loaded, one more.
         """
         if not self.per_minute:
             return None
         now = time.time()
         window = int(now // WINDOW_S)
         key = self.keys.submit_window(scope, window)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, WINDOW_S * 2)
-            count, _ = await pipe.execute()
-        if count > self.per_minute:
-            await self.give_back(key)
+        args = (WINDOW_S * 2, self.per_minute)
+        (taken,) = await self._shared.run(
+            # execute_command, not evalsha: a Cluster pipeline routes it by its key all the same.
+            lambda pipe: pipe.execute_command("EVALSHA", self._take.sha, 1, key, *args)
+        )
+        if isinstance(taken, NoScriptError):
+            taken = await self._take(keys=[key], args=list(args))
+        elif isinstance(taken, Exception):
+            raise taken
+        if not taken:
             retry_after = max(1, int((window + 1) * WINDOW_S - now + 0.999))
             raise RateLimited(
                 f"more than {self.per_minute} submissions this minute; retry after {retry_after} s", retry_after

@@ -14,6 +14,7 @@ import msgspec
 from redis.asyncio.client import Pipeline
 
 from jobtrail.artifacts import ArtifactStore
+from jobtrail.batching import SharedPipeline
 from jobtrail.config import Settings
 from jobtrail.errors import IdempotencyConflict, InvalidParams, JobExists, TransitionRefused
 from jobtrail.eventlog import EventLog
@@ -29,6 +30,8 @@ from jobtrail.submission import index_job, record_submitted
 log = logging.getLogger(__name__)
 
 Enqueue = Callable[[str], Awaitable[None]]
+# Queues the enqueue's command on a pipeline instead; False when it cannot (then Enqueue runs).
+QueueEnqueue = Callable[[Pipeline, str], bool]
 
 
 class JobService:
@@ -41,13 +44,17 @@ class JobService:
         artifacts: ArtifactStore,
         *,
         secret: ServerSecret | None = None,
+        queue: QueueEnqueue | None = None,
     ) -> None:
         self.events = events
         self.index = index
         self.artifacts = artifacts
         self.enqueue = enqueue
+        self.queue = queue
         self.settings = settings
         self.live = LiveJobs(events.redis, events.keys, settings.pending_stale_s)
+        # Concurrent submissions' last round trips (index, feed, claim, enqueue) go out as one.
+        self.shared = SharedPipeline(events.redis)
         # The process's one server secret (the token signer's, from the composition root), so
         # ids and tokens converge together after Redis lost it; a secret of its own otherwise.
         self.secret = secret or ServerSecret(events.redis, events.keys, settings.token_secret)
@@ -93,18 +100,26 @@ class JobService:
         job_id = await self.job_id_for(idempotency_key, tenant)
         claim = self.events.keys.enqueue_claim(job_id)
         token = uuid.uuid4().hex
+        queued = False
 
         def claim_it(pipe: Pipeline) -> None:
+            nonlocal queued
             pipe.set(claim, token, nx=True, ex=self.settings.retention_s)
-            pipe.get(claim)
+            # A fresh random id has no repeat that could race for the claim: it is this
+            # request's, so the enqueue rides in the same round trip. With a key, the
+            # claim's reply decides (below).
+            if idempotency_key is None and self.queue is not None:
+                queued = self.queue(pipe, job_id)
+            if not queued:
+                pipe.get(claim)
 
         try:
             # Watched before it exists, in the append's round trip: whatever happens after
             # the append (a crash, a failed enqueue), the reaper (workers/reaper.py) queues
             # the job; an id that never became a job, it drops.
-            job, (_, claimed_by) = await record_submitted(
+            job, (_, *replies) = await record_submitted(
                 self.events, self.index, job_id, data,
-                before=lambda pipe: self.live.queue_track(pipe, job_id), also=claim_it,
+                before=lambda pipe: self.live.queue_track(pipe, job_id), also=claim_it, shared=self.shared,
             )
         except JobExists:
             existing = await self.events.state(job_id)
@@ -117,7 +132,7 @@ class JobService:
             if existing.state is State.PENDING and existing.attempt == 0 and await self._holds_claim(claim, token):
                 await self.enqueue(job_id)
             return existing, False
-        if claimed_by == token:
+        if not queued and replies[0] == token:
             await self.enqueue(job_id)
         return job, True
 

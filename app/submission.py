@@ -13,6 +13,7 @@ from collections.abc import Callable
 import msgspec
 from redis.asyncio.client import Pipeline
 
+from jobtrail.batching import SharedPipeline
 from jobtrail.eventlog import Appended, EventLog
 from jobtrail.events import Event, EventType, SubmittedData, check_data
 from jobtrail.index import JobIndex
@@ -28,12 +29,14 @@ async def record_submitted(
     *,
     before: Callable[[Pipeline], object] | None = None,
     also: Callable[[Pipeline], object] | None = None,
+    shared: SharedPipeline | None = None,
 ) -> tuple[JobState, list[object]]:
     """Append the job's `submitted` and list it: the new job's state, and what `also` answered.
 
     Two round trips: the append (behind `before`'s commands, in one pipeline), then one
     pipeline of the activity feed, the index and `also`'s commands, whose replies come
-    back in order. The state is folded here from the one event the append wrote
+    back in order; on `shared`, each in a round trip with other submissions' of the same
+    moment. The state is folded here from the one event the append wrote
     (app/reducer.py mirrors append.lua), not read back. Raises JobExists, and then lists
     nothing, when another request made the job.
 
@@ -46,18 +49,29 @@ async def record_submitted(
     """
     # 128 random bits in 22 characters: the entry and the dedupe hash keep it for the job's life.
     key = f"submitted:{secrets.token_urlsafe(16)}"
-    appended = await events.append(job_id, EventType.SUBMITTED, data, key=key, before=before, defer_feed=True)
+    appended = await events.append(job_id, EventType.SUBMITTED, data, key=key, before=before, defer_feed=True,
+                                   shared=shared.run if shared is not None else None)
     job = await events.state(job_id) if appended.duplicate else submitted_state(job_id, appended, data, key)
     events.metrics.submitted(job.kind, job.tenant)
-    async with events.redis.pipeline(transaction=False) as pipe:
+    feed_writes = ours = 0
+
+    def queue(pipe: Pipeline) -> None:
+        nonlocal feed_writes, ours
+        start = len(pipe)
         if appended.feed is not None:
             events.activity.queue_record(pipe, appended.feed)
-        feed_writes = len(pipe)
+        feed_writes = len(pipe) - start
         index.queue_add(pipe, job.id, created_ms(job), job.tenant)
-        ours = len(pipe)
+        ours = len(pipe) - start
         if also is not None:
             also(pipe)
-        replies = await pipe.execute(raise_on_error=False)
+
+    if shared is not None:
+        replies = await shared.run(queue)
+    else:
+        async with events.redis.pipeline(transaction=False) as pipe:
+            queue(pipe)
+            replies = await pipe.execute(raise_on_error=False)
     feed_errors = [reply for reply in replies[:feed_writes] if isinstance(reply, Exception)]
     if appended.feed is not None and feed_errors:
         events.feed_failed(appended.feed, feed_errors[0])

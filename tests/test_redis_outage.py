@@ -24,6 +24,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from jobtrail.config import Settings
+from jobtrail.keys import Keys
 from tests.support.env import ROOT, worker_env
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.sse import Message, collect, messages
@@ -227,20 +228,21 @@ def test_worker_with_unreachable_redis_exits_nonzero_with_a_clear_error(tmp_path
     assert "consuming" not in result.stderr + result.stdout
 
 
-async def test_submit_answers_503_when_redis_refuses_the_enqueue_after_the_append(client, server):
-    # Redis at maxclients: the API appends on a connection it already holds, while the
-    # broker, its connection dropped, cannot open a new one to queue the job.
+async def test_submit_queues_the_job_on_the_connection_it_holds_when_redis_takes_no_new_one(client, server, settings):
+    # Redis at maxclients: the API appends, indexes and queues on the connection its pool
+    # already holds. (Its broker once had a pool of its own, whose connection, dropped, could
+    # not be opened again: the job was written, its enqueue refused.)
     admin = aioredis.Redis.from_url(server.url, decode_responses=True, client_name="test-admin")
     try:
-        await submit(client)  # the API's pool and the broker's each hold an open connection now
-        for conn in await admin.client_list():
-            if conn["name"].startswith("jobtrail-broker-"):  # the broker's pool names its connections
-                await admin.client_kill_filter(_id=conn["id"])
-        await admin.config_set("maxclients", len(await admin.client_list()))
+        await submit(client)  # the API's pool holds an open connection now
+        names = [conn["name"] for conn in await admin.client_list()]
+        assert not [name for name in names if name.startswith("jobtrail-broker-")], names
+        await admin.config_set("maxclients", len(names))
 
-        response = await client.post("/jobs", json=DEMO)
+        job_id = await submit(client)
 
-        assert_unavailable(response)
+        queued = await admin.xrange(Keys(settings.prefix).queue())
+        assert any(job_id in fields["data"] for _, fields in queued), queued
     finally:
         await admin.config_set("maxclients", 10000)
         await admin.aclose()
@@ -280,3 +282,14 @@ async def test_worker_recreates_its_consumer_group_after_redis_loses_its_data(cl
     job_id = await submit(client)
 
     await eventually(lambda: succeeded(client, job_id), "a job submitted after the data loss succeeding")
+
+
+async def test_submit_loads_its_scripts_again_after_redis_forgot_them(client, server):
+    await submit(client)  # the submission limit's script and the append's are loaded now
+    admin = aioredis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        await admin.script_flush()  # as after a restart without persistence, or a failover to a fresh replica
+        job_id = await submit(client)
+        assert (await client.get(f"/jobs/{job_id}")).status_code == 200
+    finally:
+        await admin.aclose()

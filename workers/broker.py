@@ -22,10 +22,13 @@ import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
+import msgspec
 from redis.exceptions import RedisError, ResponseError
-from taskiq import AckableMessage, AsyncBroker, BrokerMessage, InMemoryBroker
+from taskiq import AckableMessage, AsyncBroker, BrokerMessage, InMemoryBroker, TaskiqMiddleware
 from taskiq.exceptions import SendTaskError
+from taskiq.formatters.proxy_formatter import ProxyFormatter
 from taskiq.kicker import AsyncKicker
+from taskiq.serializers.json_serializer import JSONSerializer
 
 from jobtrail.config import Settings
 from jobtrail.keys import Keys
@@ -36,6 +39,7 @@ from jobtrail.workers.runner import Runner
 log = logging.getLogger(__name__)
 
 XREAD_BLOCK_MS = 2000
+_encode = msgspec.json.Encoder().encode
 
 
 class JobBroker(AsyncBroker):
@@ -60,10 +64,13 @@ class JobBroker(AsyncBroker):
     ACK_DELAY_S = 0.005
 
     def __init__(
-        self, redis: Any, *, queue_name: str, consumer_group_name: str, xread_block_ms: int, concurrency: int = 1
+        self, redis: Any, *, queue_name: str, consumer_group_name: str, xread_block_ms: int, concurrency: int = 1,
+        owns_client: bool = True,
     ) -> None:
         super().__init__()
         self.redis = redis
+        # False when `redis` is the process's shared pool (an API's), which its owner closes.
+        self.owns_client = owns_client
         self.queue_name = queue_name
         self.consumer_group_name = consumer_group_name
         self.consumer_name = str(uuid.uuid4())
@@ -73,6 +80,7 @@ class JobBroker(AsyncBroker):
         self._acks: list[str] = []  # acknowledged by taskiq, XACK not sent yet
         self._ack_flush: asyncio.TimerHandle | None = None
         self._ack_tasks: set[asyncio.Task[None]] = set()
+        self._message_shape: dict[str, Any] | None = None
 
     async def startup(self) -> None:
         await super().startup()
@@ -82,7 +90,8 @@ class JobBroker(AsyncBroker):
         await super().shutdown()
         with contextlib.suppress(RedisError):  # unsent, they stay pending: the reaper reclaims them
             await self.flush_acks()
-        await self.redis.aclose()
+        if self.owns_client:
+            await self.redis.aclose()
 
     async def _declare_consumer_group(self) -> None:
         """XGROUP CREATE … MKSTREAM from GROUP_START; a group that exists already is left as it is."""
@@ -91,6 +100,24 @@ class JobBroker(AsyncBroker):
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    def run_job_message(self, job_id: str) -> bytes:
+        """The message `enqueue` sends for `job_id`, without building it through taskiq each time.
+
+        taskiq's kicker makes it with pydantic and the json module, which cost an API more
+        than the rest of a submission's writes. Its shape is taken once from the kicker
+        (so it stays taskiq's, for workers to read), then only the task id and the job id
+        change. With a formatter or serializer of someone else's, the kicker makes each.
+        """
+        if type(self.formatter) is not ProxyFormatter or type(self.serializer) is not JSONSerializer:
+            return self._kicked_message(job_id)
+        if self._message_shape is None:
+            self._message_shape = msgspec.json.decode(self._kicked_message(job_id))
+        return _encode({**self._message_shape, "task_id": uuid.uuid4().hex, "args": [job_id]})
+
+    def _kicked_message(self, job_id: str) -> bytes:
+        prepared = AsyncKicker[[str], None](RUN_JOB, self, labels={})._prepare_message(job_id)
+        return self.formatter.dumps(prepared).message
 
     async def kick(self, message: BrokerMessage) -> None:
         """Queue one message (one XADD)."""
@@ -175,9 +202,17 @@ class JobBroker(AsyncBroker):
             raise
 
 
-def build_broker(settings: Settings, keys: Keys) -> AsyncBroker:
+def build_broker(settings: Settings, keys: Keys, shared: Any = None) -> AsyncBroker:
+    """The process's broker; on `shared` (the process's pooled client) when it only sends, never listens.
+
+    A process that only queues (the API) needs no pool of its own for one XADD per job:
+    sharing keeps its Redis connections at its pool size, however busy it is.
+    """
     if settings.embedded:
         return InMemoryBroker(max_async_tasks=settings.worker_concurrency)
+    if shared is not None:
+        return JobBroker(shared, queue_name=keys.queue(), consumer_group_name=group_name(keys),
+                         xread_block_ms=XREAD_BLOCK_MS, owns_client=False)
     # Its own pool: every running job acknowledges through it, and its read blocks one connection.
     client = Store(settings, role="broker").pooled(
         max_connections=settings.worker_concurrency + 4, block_ms=XREAD_BLOCK_MS
@@ -195,6 +230,22 @@ def register_runner(broker: AsyncBroker, runner: Runner) -> None:
         await runner.run(job_id)
 
     broker.register_task(run_job, task_name=RUN_JOB)
+
+
+def queue_enqueue(broker: AsyncBroker, pipe: Any, job_id: str) -> bool:
+    """`enqueue`'s XADD, queued on a pipeline of the caller's; False (nothing queued) when it cannot be.
+
+    The message is the one `enqueue` sends (taskiq's kicker builds it), so a worker reads
+    both alike. Only the Redis broker, and only without a middleware that acts on sending:
+    such a middleware (or the embedded broker) needs `enqueue` itself, after the round trip.
+    """
+    if not isinstance(broker, JobBroker) or any(
+        type(m).pre_send is not TaskiqMiddleware.pre_send or type(m).post_send is not TaskiqMiddleware.post_send
+        for m in broker.middlewares
+    ):
+        return False
+    pipe.xadd(broker.queue_name, {"data": broker.run_job_message(job_id)})
+    return True
 
 
 async def enqueue(broker: AsyncBroker, job_id: str) -> None:

@@ -47,7 +47,8 @@ def access_guard(api_keys: ApiKeys, enabled: bool, signer: TokenSigner) -> Guard
         if enabled:
             connection.scope["user"] = await principal_of(connection, handler, api_keys, signer)
         else:
-            token = connection.query_params.get("token")
+            # No query string, no token: the common case skips parsing one.
+            token = connection.query_params.get("token") if connection.scope.get("query_string") else None
             connection.scope["user"] = (
                 OPEN if token is None else await token_principal(connection, handler, token, signer)
             )

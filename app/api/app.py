@@ -120,6 +120,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             "principal": Provide(principal, sync_to_thread=False),
             "socket_access": Provide(lambda: socket_access, sync_to_thread=False, use_cache=True),
             **{name: provided(name) for name in provided_names},
+            # All of them as one, for the hot routes: litestar resolves several dependencies
+            # of one handler in a task group of their own, per request.
+            "services": Provide(lambda: services, sync_to_thread=False, use_cache=True),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         # Logging is the process's business (app/cli.py), request ids included.

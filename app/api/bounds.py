@@ -41,22 +41,30 @@ MAX_QUERY_PARAMS = 64
 _DEADLINE: ContextVar[asyncio.Timeout | None] = ContextVar("request_deadline", default=None)
 
 
+def _pause(deadline: asyncio.Timeout | None) -> float | None:
+    """Stop `deadline` (if it is running); the seconds it had left, for `_resume`."""
+    when = deadline.when() if deadline else None
+    if deadline is None or when is None:
+        return None
+    remaining = when - asyncio.get_running_loop().time()
+    deadline.reschedule(None)
+    return remaining
+
+
+def _resume(deadline: asyncio.Timeout | None, remaining: float | None) -> None:
+    if deadline is not None and remaining is not None and not deadline.expired():
+        deadline.reschedule(asyncio.get_running_loop().time() + remaining)
+
+
 @asynccontextmanager
 async def deadline_paused() -> AsyncIterator[None]:
     """Inside, the request's deadline (if it has one still running) stands still."""
     deadline = _DEADLINE.get()
-    when = deadline.when() if deadline else None
-    if deadline is None or when is None:
-        yield
-        return
-    loop = asyncio.get_running_loop()
-    remaining = when - loop.time()
-    deadline.reschedule(None)
+    remaining = _pause(deadline)
     try:
         yield
     finally:
-        if not deadline.expired():
-            deadline.reschedule(loop.time() + remaining)
+        _resume(deadline, remaining)
 
 
 def query_param_count(query_string: bytes) -> int:
@@ -88,8 +96,12 @@ class RequestBounds:
             await send(message)
 
         async def receive_unbounded() -> ReceiveMessage:
-            async with deadline_paused():
+            # deadline_paused without its context manager: every chunk of a body passes here.
+            remaining = _pause(deadline)
+            try:
                 return await receive()
+            finally:
+                _resume(deadline, remaining)
 
         try:
             async with asyncio.timeout(self.deadline_s) as deadline:

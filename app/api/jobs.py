@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
@@ -24,6 +24,7 @@ from jobtrail.api.common import (
     JobId,
     content_disposition,
     error_responses,
+    json_response,
     requested_offset,
     sse_response,
     submit_counted,
@@ -49,9 +50,10 @@ from jobtrail.events import State, ms_to_datetime
 from jobtrail.hub import Hub
 from jobtrail.index import Cursor, JobIndex
 from jobtrail.jobstate import JobState
-from jobtrail.limits import SseSlots, SubmitRate
+from jobtrail.limits import SseSlots
 from jobtrail.offsets import BEGINNING, is_after, parse_offset
 from jobtrail.service import JobService
+from jobtrail.services import Services
 from jobtrail.sse import job_event_stream
 from jobtrail.tokens import TokenSigner
 
@@ -122,18 +124,19 @@ class JobsController(Controller):
     )
     async def submit(
         self,
+        request: Request[Principal, Any, Any],
         data: JSONBody[SubmitRequest],
-        service: NamedDependency[JobService],
-        principal: NamedDependency[Principal],
-        submit_rate: NamedDependency[SubmitRate],
+        services: NamedDependency[Services],
         idempotency_key: Annotated[
             str | None, HeaderParameter(name="Idempotency-Key", required=False, min_length=1, max_length=255)
         ] = None,
     ) -> Response[JobState]:
+        # One dependency, as `status`: several would cost a task group per request.
         job, created = await submit_counted(
-            service, submit_rate, principal, data.kind, data.params, data.max_attempts, idempotency_key
+            services.service, services.submit_rate, request.user, data.kind, data.params, data.max_attempts,
+            idempotency_key,
         )
-        return Response(job, status_code=202 if created else 200, headers={"Location": f"/jobs/{job.id}"})
+        return json_response(job, status_code=202 if created else 200, headers={"Location": f"/jobs/{job.id}"})
 
     @get(
         "/",
@@ -173,25 +176,27 @@ class JobsController(Controller):
     )
     async def status(
         self,
+        request: Request[Principal, Any, Any],
         job_id: JobId,
-        events: NamedDependency[EventLog],
-        principal: NamedDependency[Principal],
-        signer: NamedDependency[TokenSigner],
-        settings: NamedDependency[Settings],
+        services: NamedDependency[Services],
         if_none_match: Annotated[str | None, HeaderParameter(name="If-None-Match", required=False)] = None,
         download_token: Annotated[bool, Parameter(
             description="Put a read-only token (`JOBTRAIL_TOKEN_TTL_S`) in the artifact's `download_url`, for a "
             "client that downloads without an `Authorization` header",
         )] = False,
     ) -> Response[JobState]:
-        job = await visible_job(events, principal, job_id)
+        # The hot read: one dependency (several cost a task group per request) and the
+        # principal the guard found, not a dependency of its own.
+        principal = request.user
+        job = await visible_job(services.events, principal, job_id, services.reads.run)
         etag = _etag(job)
         if download_token:
             # No 304 here: a cached body would hold a token that may have expired.
-            return Response(await with_download_token(job, principal, signer, settings), headers={"ETag": etag})
+            tokened = await with_download_token(job, principal, services.signer, services.settings)
+            return json_response(tokened, headers={"ETag": etag})
         if _matches(if_none_match, etag):
             return Response(None, status_code=304, headers={"ETag": etag})  # type: ignore[arg-type]
-        return Response(job, headers={"ETag": etag})
+        return json_response(job, headers={"ETag": etag})
 
     @get(
         "/{job_id:str}/history",

@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextvars
 import logging
 import re
+import secrets
 import time
-import uuid
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -42,7 +42,8 @@ class RedactingFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
+        # The access log's line is redacted where it is written (one per request: not twice).
+        if isinstance(record.args, tuple) and record.name != log.name:
             record.args = tuple(_redacted_arg(arg) for arg in record.args)
         return True
 
@@ -64,7 +65,7 @@ class RequestIdMiddleware:
             return
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         # A key pasted as a request id would be printed on every log line of the request.
-        request_id = given if _SANE_ID.match(given) and redacted_text(given) == given else uuid.uuid4().hex
+        request_id = given if _SANE_ID.match(given) and redacted_text(given) == given else secrets.token_hex(16)
         token = REQUEST_ID.set(request_id)
         started = time.perf_counter()
         status = 0

@@ -1,0 +1,87 @@
+"""Pipelines shared by concurrent callers: what several requests queue in one loop turn goes out in one round trip.
+
+A submission's last round trip (its feed entry, index entries, claim and enqueue) depends
+on no other's, and a busy API has several of them ready at once. Each caller's commands
+still reach Redis in its own order, behind the ones queued before them, and each gets back
+its own replies; a round trip's cost (a connection from the pool, a write, a read, the
+pipeline's bookkeeping) is paid once for all of them. Like ioredis's auto-pipelining, but
+only where a caller asks for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio.client import Pipeline
+
+Queue = Callable[[Pipeline], object]
+
+
+class SharedPipeline:
+    """Batches the commands `run` is given during one turn of the event loop into one pipeline."""
+
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+        self._waiting: list[tuple[Queue, asyncio.Future[list[Any]]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def run(self, queue: Queue) -> list[Any]:
+        """The replies to what `queue` puts on the pipeline (errors as values, `raise_on_error=False`).
+
+        A failure of the round trip itself (the connection, the pool) raises for every
+        caller of the batch. A caller cancelled meanwhile does not stop the others'.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[Any]] = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self._send)
+        self._waiting.append((queue, done))
+        return await done
+
+    def _send(self) -> None:
+        batch, self._waiting = self._waiting, []
+        task = asyncio.ensure_future(self._execute(batch))
+        self._sending.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._sending.discard)
+
+    async def _execute(self, batch: list[tuple[Queue, asyncio.Future[list[Any]]]]) -> None:
+        try:
+            spans, replies = await self._round_trip(batch)
+        except BaseException as exc:  # the round trip failed (or was cancelled): every caller hears of it
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (start, end), (_, done) in zip(spans, batch, strict=True):
+            if not done.done():
+                done.set_result(replies[start:end])
+
+    async def _round_trip(
+        self, batch: list[tuple[Queue, asyncio.Future[list[Any]]]]
+    ) -> tuple[list[tuple[int, int]], list[Any]]:
+        """Send the batch's commands; a caller whose `queue` raises gets that error and sends nothing.
+
+        Its half-queued commands cannot be taken off a pipeline, so the pipeline is built
+        again without it (`batch` loses it, in place).
+        """
+        while True:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                spans: list[tuple[int, int]] = []
+                for position, (queue, done) in enumerate(batch):
+                    start = len(pipe)
+                    try:
+                        queue(pipe)
+                    except Exception as exc:
+                        if not done.done():
+                            done.set_exception(exc)
+                        del batch[position]
+                        break
+                    spans.append((start, len(pipe)))
+                else:
+                    if not batch:
+                        return [], []
+                    return spans, await pipe.execute(raise_on_error=False)

@@ -1,0 +1,64 @@
+"""SharedPipeline: concurrent callers' commands in one round trip, each caller with its own replies and errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError
+
+from jobtrail.batching import SharedPipeline
+
+
+async def test_callers_of_one_moment_share_a_round_trip_and_each_gets_its_own_replies(redis_client, keys):
+    shared = SharedPipeline(redis_client)
+    sent = []
+    execute = type(redis_client.pipeline()).execute
+
+    async def counting_execute(pipe, *args, **kwargs):
+        sent.append(len(pipe))
+        return await execute(pipe, *args, **kwargs)
+
+    def caller(n: int):
+        def queue(pipe) -> None:
+            pipe.set(keys.job(f"b{n}"), n)
+            pipe.incrby(keys.job(f"b{n}:count"), n)
+        return queue
+
+    type(redis_client.pipeline()).execute = counting_execute
+    try:
+        replies = await asyncio.gather(*(shared.run(caller(n)) for n in range(1, 21)))
+    finally:
+        type(redis_client.pipeline()).execute = execute
+
+    assert replies == [[True, n] for n in range(1, 21)]
+    assert sent == [40], "twenty callers, one round trip of their forty commands"
+
+
+async def test_a_caller_whose_commands_fail_to_queue_fails_alone(redis_client, keys):
+    shared = SharedPipeline(redis_client)
+
+    def good(n: int):
+        return lambda pipe: pipe.incrby(keys.job(f"g{n}"), n)
+
+    def broken(pipe) -> None:
+        pipe.set(keys.job("half"), "queued before the error")
+        raise RuntimeError("this caller's own bug")
+
+    results = await asyncio.gather(shared.run(good(1)), shared.run(broken), shared.run(good(2)),
+                                   return_exceptions=True)
+
+    assert results[0] == [1] and results[2] == [2]
+    assert isinstance(results[1], RuntimeError)
+    assert await redis_client.get(keys.job("half")) is None, "nothing of the failed caller was sent"
+
+
+async def test_a_failed_round_trip_raises_for_every_caller_of_its_batch(keys):
+    unreachable = Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    shared = SharedPipeline(unreachable)
+    try:
+        results = await asyncio.gather(*(shared.run(lambda pipe: pipe.get(keys.job("x"))) for _ in range(3)),
+                                       return_exceptions=True)
+    finally:
+        await unreachable.aclose()
+    assert all(isinstance(r, ConnectionError) for r in results), results
