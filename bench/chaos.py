@@ -570,15 +570,17 @@ def check_stream(job_id: str, stream: list[Event], state: dict[str, str]) -> Str
         check.problems.append(f"job {job_id}: stream does not start with `submitted` ({len(stream)} events)")
         return check
     dupes: set[str] = set()
-    keys: set[str] = set()
+    # A job context's key is its write number within its attempt's dedupe slot (app/events.py
+    # keeps entries short), so a key is unique per attempt, not per job.
+    keys: set[tuple[int, str]] = set()
     started: set[int] = set()
     ended = False
     attempt = 0
     for event in stream:
         if event.key is not None:
-            if event.key in keys:
+            if (event.attempt, event.key) in keys:
                 dupes.add(event.id)
-            keys.add(event.key)
+            keys.add((event.attempt, event.key))
         if event.type is EventType.STARTED:
             if event.attempt in started:
                 dupes.add(event.id)
