@@ -32,8 +32,11 @@ FAILOVERS = 2
 # backs off 0.1 s between tries, and the client reloads the slot map once.
 CARRY_ON_S = 10.0
 # Replication is asynchronous: an append acknowledged this shortly before the kill may
-# not have reached the replica that took over (README, "Failover and lost writes").
-LOSS_WINDOW_S = 1.0
+# not have reached the replica that took over (README, "Failover and lost writes"). A
+# 1 s held in a dozen runs on a quiet machine, but twice in some twenty runs on a busy
+# one (the whole suite on two cores) an append acknowledged earlier than that was lost:
+# a replica starved of CPU lags further behind, we think (not proven), hence 3 s.
+LOSS_WINDOW_S = 3.0
 
 
 def took_over(cluster: RedisCluster, gone) -> bool:
