@@ -72,9 +72,21 @@ BATCH = 2000
 GATHER_S = 0.002
 # What append.lua publishes: [new id, the entry before it in the stream, the new entry's fields].
 _decode_wake = msgspec.json.Decoder(tuple[str, str, list[str]]).decode
+
+
+class _BatchWake(msgspec.Struct, frozen=True):
+    """What append_many.lua publishes for a small batch: `p` the entry before the first new one, `e` (id, fields) each."""
+
+    p: str
+    e: list[tuple[str, list[str]]]
+
+
+_decode_batch_wake = msgspec.json.Decoder(_BatchWake).decode
 # A payload that starts with a digit is an id alone (bytes from app/wakes.py's reader, str from redis-py's).
 _ID_START = frozenset([*b"0123456789", *"0123456789"])
-# What a wake's payload may fail with: not JSON, or not the shape above.
+# A batch's carried wake is a JSON object (append_many.lua); append.lua's is an array.
+_OBJECT_START = frozenset([*b"{", "{"])
+# What a wake's payload may fail with: not JSON, or not the shapes above.
 _UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError)
 # How often the catch-up sweep takes its next slice.
 _SWEEP_TICK_S = 1.0
@@ -353,32 +365,43 @@ class Hub:
         if not payload:  # the feeds' wakes say nothing: read
             self._mark(watched.stream)
             return
-        if payload[0] in _ID_START:
-            # An id alone (a batch of reports, append_many.lua; an older append script): read if new.
+        first = payload[0]
+        if first in _ID_START:
+            # An id alone (a batch too big to carry, append_many.lua; an older append script): read if new.
             last_id = payload.decode() if isinstance(payload, bytes) else payload
             if is_after(last_id, watched.cursor):
                 self._mark(watched.stream)
             return
         try:
-            entry_id, previous, flat = _decode_wake(payload)
+            if first in _OBJECT_START:
+                batch = _decode_batch_wake(payload)
+                previous, carried = batch.p, batch.e
+            else:
+                entry_id, previous, flat = _decode_wake(payload)
+                carried = [(entry_id, flat)]
         except _UNDECODABLE:
             self._mark(watched.stream)
             return
+        if not carried:
+            self._mark(watched.stream)
+            return
         if previous != watched.cursor:
-            # Something between the cursor and this entry (or this one already read): the
-            # stream says what; a read from the cursor also takes this entry.
-            if is_after(entry_id, watched.cursor):
+            # Something between the cursor and these entries (or they were already read):
+            # the stream says what; a read from the cursor also takes them.
+            if is_after(carried[-1][0], watched.cursor):
                 self._mark(watched.stream)
             return
-        # The entry right after the cursor, as the stream holds it: no read needed.
-        pairs = iter(flat)
-        fields = dict(zip(pairs, pairs, strict=False))
+        # The entries right after the cursor, as the stream holds them: no read needed.
+        entries = []
+        for entry_id, flat in carried:
+            pairs = iter(flat)
+            entries.append((entry_id, dict(zip(pairs, pairs, strict=False))))
         try:
-            items = watched.decode([(entry_id, fields)])
+            items = watched.decode(entries)
         except Exception:
             self._mark(watched.stream)  # the read's path handles an unreadable entry
             return
-        self.wake_deliveries += 1
+        self.wake_deliveries += len(items)
         self._offer(watched, items)
 
     def _lost(self, channels: set[str]) -> None:
