@@ -75,7 +75,7 @@ _decode_wake = msgspec.json.Decoder(tuple[str, str, list[str]]).decode
 
 
 class _BatchWake(msgspec.Struct, frozen=True):
-    """What append_many.lua publishes for a small batch: `p` the entry before the first new one, `e` (id, fields) each."""
+    """append_many.lua's wake of a small batch: `p` the entry before its first, `e` each entry's (id, fields)."""
 
     p: str
     e: list[tuple[str, list[str]]]
