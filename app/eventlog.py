@@ -36,7 +36,7 @@ from jobtrail.events import (
 from jobtrail.jobstate import JobState
 from jobtrail.keys import Keys
 from jobtrail.metrics import Metrics
-from jobtrail.offsets import BEGINNING, previous_id
+from jobtrail.offsets import BEGINNING, is_after, previous_id
 from jobtrail.reducer import fields_for, fold
 from jobtrail.replicawait import ReplicaWait
 
@@ -483,6 +483,9 @@ class EventLog:
         waits for Redis about once instead of once a page.
         """
         stream = self.keys.events(job_id)
+        if until != "+" and not is_after(until, after):
+            yield []  # nothing between them to read
+            return
         entries = await self.redis.xrange(stream, min=f"({after}", max=until, count=page_size)
         ahead: asyncio.Future[Any] | None = None
         try:

@@ -113,11 +113,15 @@ class Subscription:
     is moved forward lazily, so a busy follow pays for one per idle timeout, not per event.
     """
 
-    __slots__ = ("_deadline", "_items", "_timer", "_waiter", "closed", "maxsize", "stream")
+    __slots__ = ("_deadline", "_items", "_timer", "_waiter", "closed", "maxsize", "start", "stream")
 
     def __init__(self, stream: str, maxsize: int) -> None:
         self.stream = stream
         self.maxsize = maxsize
+        # The hub's cursor when this joined its stream: every entry after it is offered here,
+        # so a follow's replay need read no further (Hub.subscribe). "+" (XRANGE's end) until
+        # then, and for a subscription that never joined (a draining hub's): read it all.
+        self.start = "+"
         self._items: collections.deque[Any] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._deadline = 0.0
@@ -161,6 +165,12 @@ class Subscription:
             await self._wait(timeout)
         if self.closed is not None:
             raise self.closed
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    def take(self) -> list[Any]:
+        """Every entry queued now, without waiting ([] when none, or closed: the next `get_all` says so)."""
         items = list(self._items)
         self._items.clear()
         return items
@@ -287,7 +297,9 @@ class Hub:
         """Deliver every entry of `stream` that the hub reads after `after`, once Redis confirmed the wake channel.
 
         Entries at or before `after`, or read before this call, are the caller's to
-        fetch with XRANGE; the caller drops anything it already has by id. `decode`
+        fetch with XRANGE, up to the subscription's `start` (the hub's cursor when it
+        joined: everything after it is offered); the caller drops anything it already has
+        by id. `decode`
         turns entries into items (job events by default); one stream has one decoder.
         RedisError when the wake channel cannot be subscribed.
         """
@@ -303,6 +315,8 @@ class Hub:
             self._by_channel[watched.channel] = watched
             watched.ready = asyncio.ensure_future(self.wakes.subscribe([watched.channel]))
             watched.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        # From here on every entry the hub takes after its cursor is offered to `sub` too.
+        sub.start = watched.cursor
         watched.subscribers.add(sub)
         assert watched.ready is not None
         try:

@@ -211,6 +211,25 @@ async def test_a_wake_of_an_older_append_script_a_bare_id_still_has_the_stream_r
         await close(services)
 
 
+async def test_a_second_follower_starts_at_the_hubs_cursor_and_is_offered_everything_after_it(settings, events,
+                                                                                              redis_client, keys):
+    # A follow replays only up to its subscription's start: the hub must offer all that follows.
+    services, first = await quiet_follow(settings, events, redis_client, keys, "two")
+    try:
+        for step in range(1, 4):
+            await progress(events, "two", step, 10)
+        assert len(await next_ids(first, 3)) == 3
+        second = await services.hub.subscribe(keys.events("two"), after="0-0")
+        assert second.start == (await stream_ids(redis_client, keys, "two"))[-1]
+        for step in range(4, 7):
+            await progress(events, "two", step, 10)
+        ids = await stream_ids(redis_client, keys, "two")
+        assert await next_ids(second, 3) == ids[-3:]
+        assert await next_ids(first, 3) == ids[-3:]
+    finally:
+        await close(services)
+
+
 async def test_a_redis_that_stays_down_ends_the_subscriptions_for_their_clients_to_resume(own_server, settings):
     s = msgspec.structs.replace(settings, redis_url=own_server.url, redis_timeout_s=1.0)
     services = await hub_services(s)
