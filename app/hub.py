@@ -3,13 +3,15 @@
 Each SSE client and each /ws subscription subscribes to one stream: a job's, or an activity
 feed. The hub SSUBSCRIBEs to the stream's wake channel (app/wakes.py) when the stream gets
 its first subscriber and SUNSUBSCRIBEs when it loses its last. A job's wake carries the new
-entry and the id of the entry before it in the stream (app/append.lua): when that is the
-hub's cursor, the entry is the very next one, and the hub decodes it (through the stream's
-decoder, as a read would) and offers it with no read at all. Any other wake (a gap: an
-entry that published nothing, or wakes lost; a feed's empty one; an older script's bare
-id) marks the stream dirty, and each tick reads every dirty stream after its cursor with
-one XRANGE each, all in one pipeline (one per node on a Cluster). Each entry is decoded
-once and the same item offered to every subscriber. So the cost of an event does not grow
+entry and the id of the entry before it in the stream (app/append.lua; a batch of reports,
+app/append_many.lua, carries its entries and the entry before its first): when that is the
+hub's cursor, the entries are the very next ones, and the hub decodes them (through the
+stream's decoder, as a read would) and offers them with no read at all. Any other wake (a
+gap: an entry that published nothing, or wakes lost; a feed's empty one; the bare id of a
+batch too big to carry, or of an older script) marks the stream dirty, and each tick
+reads every dirty stream after its cursor with one XRANGE each, all in one pipeline (one
+per node on a Cluster). Each entry is decoded once and the same item offered to every
+subscriber. So the cost of an event does not grow
 with the number of watched streams; no command spans two slots.
 
 The stream stays the truth. A wake is delivered only when it names the hub's cursor as its
