@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import redis.asyncio as aioredis
 
+from jobtrail.config import Settings
 from jobtrail.eventlog import EventLog
 from jobtrail.events import EventType
 from jobtrail.hub import parse_wake
 from jobtrail.keys import Keys
+from jobtrail.services import open_services
+from tests.support.jobs import running_job, stream_ids
 
 WAIT_S = 5.0
 
@@ -83,3 +87,26 @@ def test_a_wake_that_is_not_the_scripts_shape_is_a_value_error():
         except ValueError:
             continue
         raise AssertionError(f"{payload!r} parsed")
+
+
+async def test_a_json_wake_of_the_script_before_is_still_delivered_without_a_read(settings: Settings, keys: Keys):
+    # A rolling upgrade: a worker of the release before publishes [id, previous, fields] as JSON.
+    services = open_services(msgspec.structs.replace(settings, hub_catch_up_s=3600.0), role="api")
+    services.hub.start()
+    try:
+        await running_job(services.events, "old")
+        stream = keys.events("old")
+        cursor = (await stream_ids(services.redis, keys, "old"))[-1]
+        sub = await services.hub.subscribe(stream, after=cursor)
+        await asyncio.sleep(0.3)  # the subscribe-time read is done
+        reads, delivered = services.hub.reads, services.hub.wake_deliveries
+        fields = {"e": "103", "d": '0.5,null,null,"half"', "k": ""}
+        added = await services.redis.xadd(stream, fields)
+        flat = [part for pair in fields.items() for part in pair]
+        await services.redis.spublish(keys.wake(stream), msgspec.json.encode([added, cursor, flat]))
+        item = await sub.get(timeout=WAIT_S)
+        assert item is not None and item.id == added
+        assert services.hub.reads == reads and services.hub.wake_deliveries == delivered + 1
+    finally:
+        await services.hub.stop()
+        await services.redis.aclose()
