@@ -56,7 +56,9 @@ def render_append_script(name: str = "append.lua", prelude: str = "") -> str:
 
     As a chain of `if`s that returns the rule of the event at hand as plain values, its
     allowed states one string: a script's locals are built again on every call, and
-    tables cost more than the rest of a progress append's Lua.
+    tables cost more than the rest of a progress append's Lua. The type's code comes as a
+    number and as its two digits, for append.lua to write `attempt * 100 + code` by
+    concatenating strings (a number's tostring costs as much as a command's argument).
     """
     lines = ["local RULE_OF = function(etype)"]
     for n, (event_type, rule) in enumerate(RULES.items()):
@@ -67,7 +69,8 @@ def render_append_script(name: str = "append.lua", prelude: str = "") -> str:
         opens = "true" if rule.opens else "false"
         lines.append(
             f"  {'if' if n == 0 else 'elseif'} etype == {_lua_string(event_type)} then return "
-            f"{allowed}, {nxt}, {stamp}, {attempt}, {opens}, {TYPE_CODES[event_type]}"
+            f"{allowed}, {nxt}, {stamp}, {attempt}, {opens}, {TYPE_CODES[event_type]}, "
+            f"{_lua_string(f'{TYPE_CODES[event_type]:02d}')}"
         )
     lines.append("  end")
     lines.append("end")
