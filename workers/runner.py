@@ -20,6 +20,11 @@ to the trailer (workers/trailer.py), which sends it for every delivery of the wo
 within a few ms in one pipeline, and which the delivery does not wait for: the activity
 feed's entries (`started`'s rides along, unless the handler runs longer than
 `progress_interval_s`) and the live set's ZREM. Two and a share, where they were nine.
+And each is shared: the runner's round trips go through one SharedPipeline
+(app/batching.py) with one round trip in flight, so the starts, outcomes and trailer
+writes of a busy worker's deliveries (and, while jobs run, the broker's next read) that
+come while one is out go together in the next. An idle worker's lone job sends its
+own at once, as before; a busy one pays a fraction of a round trip per job.
 A job that is running (its worker died) or asked to cancel is only leased by the first
 round trip, and goes on as before: stalled, or cancelled, then a `started` of its own.
 
