@@ -195,6 +195,7 @@ class EventLog:
     async def start(
         self, job_id: str, data: msgspec.Struct, *, lease: tuple[str, str, int],
         before: Callable[[Pipeline], object] | None = None, after: Callable[[Pipeline], object] | None = None,
+        shared: SharedRun | None = None,
     ) -> tuple[Appended | None, bool, tuple[Any, ...]]:
         """Take the job's lease (key, token, ttl ms) and start its next attempt, in one round trip (start.lua).
 
@@ -204,12 +205,15 @@ class EventLog:
         for it (pending, not asked to cancel), else the lease is taken all the same and
         the caller reads what to do from the job's state (`after`). Its feed entry comes
         back in `Appended.feed`. Raises as `append` does for what append.lua refuses.
+        With `shared`, the round trip is one shared with other callers', as `append`'s.
         """
         key, token, ttl_ms = lease
         args = [*self._args(EventType.STARTED, data, None, "", None, None, None, None), token, ttl_ms]
         keys = [*self.keys.append_keys(job_id), key]
         began = time.perf_counter()
-        reply, _, after_replies = await self._run_append(keys, args, before, after, None, script=self._start)
+        reply, _, after_replies = await self._run_append(
+            keys, args, before, after, None, script=self._start, shared=shared
+        )
         self.metrics.append_took(time.perf_counter() - began)
         if reply[0] == "held":
             return None, False, after_replies
