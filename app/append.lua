@@ -40,14 +40,14 @@ local etype, attempt, data, key, retention, at = ARGV[1], ARGV[2], ARGV[3], ARGV
 local incarnation, slot = ARGV[7], ARGV[8]
 local COMPACT_MAX_ENTRIES = 1000
 
-local allowed, next_state, stamp, attempt_rule, opens, code = RULE_OF(etype)
+local allowed, next_state, stamp, attempt_rule, opens, code, digits = RULE_OF(etype)
 if not allowed then
   return redis.error_reply('unknown event type ' .. etype)
 end
 
 -- Every field the script reads, in one command: the script's cost is its command count.
 local own = redis.call('HMGET', job, 'incarnation', 'state', 'cancel_requested', 'attempt', 'event_count', 'kind',
-                       'tenant')
+                       'tenant', 'last_event_id')
 local state = own[2] or ABSENT
 local cancel_requested = own[3] or '0'
 
@@ -75,21 +75,32 @@ if not string.find(allowed, ' ' .. state .. ' ', 1, true) then
   return {'refused', state}
 end
 
+-- Attempts are integers as Python and tostring spell them, so strings compare as numbers do
+-- and the entry's `e` is a concatenation: a number's tostring costs more than a command's key.
 local current = own[4] or '0'
 if attempt == '' then
   attempt = current
-elseif attempt_rule then
-  local expected = tonumber(current) + (attempt_rule == 'next' and 1 or 0)
-  if tonumber(attempt) ~= expected then
+elseif attempt_rule == 'next' then
+  if tonumber(attempt) ~= tonumber(current) + 1 then
     return {'stale', state, current}
   end
+elseif attempt_rule and attempt ~= current then
+  return {'stale', state, current}
 end
-local meta = tostring(tonumber(attempt) * 100 + code)
+local meta = attempt == '0' and tostring(code) or attempt .. digits
 if at ~= '' then
   meta = meta .. ' ' .. at
 end
-local entry = {'e', meta, 'd', data, 'k', key}
-local id = redis.call('XADD', stream, '*', unpack(entry))
+-- The stream's entry before this one, for the wake: the hash's last event, when the stream
+-- holds exactly as many entries as the hash counted events. Every writer of a job's stream
+-- (this script, append_many.lua, start.lua through it) moves the three together, and the
+-- terminal RESTORE and repair (EventLog.rebuild) keep them equal; an entry written some other
+-- way changes the length, and the stream is read (XREVRANGE, below) as it always was.
+local before = own[8]
+if before and tonumber(own[5]) ~= redis.call('XLEN', stream) then
+  before = nil
+end
+local id = redis.call('XADD', stream, '*', 'e', meta, 'd', data, 'k', key)
 if at == '' then
   at = string.sub(id, 1, string.find(id, '-', 1, true) - 1)
 end
@@ -160,12 +171,15 @@ if IS_TERMINAL(state) then
 end
 -- After the writes: a hub that reads on this wake finds the entry. The channel is in
 -- the job's slot, so on a Cluster the publish stays on this node (and its replicas).
--- [id, the stream's entry before it ('' if none), the entry's fields]: a hub whose cursor is
--- that previous entry delivers this one without reading (app/hub.py). The previous id is
--- the stream's own, not the hash's last_event_id: the stream is the truth, and an entry
--- that something else wrote must be read, never skipped.
-local before = redis.call('XREVRANGE', stream, '(' .. id, '-', 'COUNT', 1)[1]
-redis.call('SPUBLISH', wake, cjson.encode({id, before and before[1] or '', entry}))
+-- '~<id> <the stream's entry before it, '' if none> <bytes of d> <e>\n<d><k>' (app/hub.py:
+-- parse_wake): a hub whose cursor is that previous entry delivers this one without reading.
+-- Concatenated, not cjson: encoding the entry cost more than the publish. The `~` makes an
+-- older hub, which knows JSON and bare ids only, read the stream instead.
+if not before then
+  before = redis.call('XREVRANGE', stream, '(' .. id, '-', 'COUNT', 1)[1]
+  before = before and before[1] or ''
+end
+redis.call('SPUBLISH', wake, '~' .. id .. ' ' .. before .. ' ' .. #data .. ' ' .. meta .. '\n' .. data .. key)
 -- One string, not a list: a reply's elements are what a script pays most for after its
 -- commands. The kind comes last, so that nothing it holds can shift the others.
 return 'ok ' .. id .. ' ' .. state .. ' ' .. cancel_requested .. ' ' .. attempt .. ' ' .. tenant .. ' ' .. kind

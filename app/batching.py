@@ -6,6 +6,13 @@ still reach Redis in its own order, behind the ones queued before them, and each
 its own replies; a round trip's cost (a connection from the pool, a write, a read, the
 pipeline's bookkeeping) is paid once for all of them. Like ioredis's auto-pipelining, but
 only where a caller asks for it.
+
+With `in_flight`, at most that many round trips are out at once, and callers arriving
+meanwhile wait for the next one, all together. That is for a worker, whose deliveries
+reach Redis a few loop turns apart (taskiq hands over a read's messages one by one):
+one turn's callers alone would mostly be one caller each, while a round trip in flight
+gathers every caller of the time it takes. An idle worker loses nothing (nothing is in
+flight, so a lone caller goes at once); a busy one pays one round trip for several jobs.
 """
 
 from __future__ import annotations
@@ -20,35 +27,56 @@ Queue = Callable[[Pipeline], object]
 
 
 class SharedPipeline:
-    """Batches the commands `run` is given during one turn of the event loop into one pipeline."""
+    """Batches the commands `run` is given during one turn of the event loop into one pipeline.
 
-    def __init__(self, redis: Any) -> None:
+    With `in_flight`, batches wait while that many round trips are out (see the module's docstring).
+    """
+
+    def __init__(self, redis: Any, *, in_flight: int | None = None) -> None:
         self.redis = redis
+        self.in_flight = in_flight
         self._waiting: list[tuple[Queue, asyncio.Future[list[Any]]]] = []
         self._sending: set[asyncio.Task[None]] = set()
+        self._scheduled = False
 
     async def run(self, queue: Queue) -> list[Any]:
         """The replies to what `queue` puts on the pipeline (errors as values, `raise_on_error=False`).
 
         A failure of the round trip itself (the connection, the pool) raises for every
-        caller of the batch. A caller cancelled meanwhile does not stop the others'.
+        caller of the batch. A caller cancelled meanwhile does not stop the others', and
+        one cancelled before its batch went out sends nothing.
         """
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[list[Any]] = loop.create_future()
-        if not self._waiting:
-            loop.call_soon(self._send)
+        done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._waiting.append((queue, done))
+        self._schedule()
         return await done
 
+    def _schedule(self) -> None:
+        if self._scheduled or not self._waiting:
+            return
+        if self.in_flight is not None and len(self._sending) >= self.in_flight:
+            return  # the round trip that comes back first sends this batch (`_sent`)
+        self._scheduled = True
+        asyncio.get_running_loop().call_soon(self._send)
+
     def _send(self) -> None:
-        batch, self._waiting = self._waiting, []
+        self._scheduled = False
+        batch, self._waiting = [entry for entry in self._waiting if not entry[1].done()], []
+        if not batch:
+            return
         task = asyncio.ensure_future(self._execute(batch))
         self._sending.add(task)  # held until done: the loop keeps only weak references
-        task.add_done_callback(self._sending.discard)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self._schedule()
 
     async def _execute(self, batch: list[tuple[Queue, asyncio.Future[list[Any]]]]) -> None:
         try:
             spans, replies = await self._round_trip(batch)
+        except GeneratorExit:  # a pending batch collected with its closed loop: nobody to tell
+            raise
         except BaseException as exc:  # the round trip failed (or was cancelled): every caller hears of it
             for _, done in batch:
                 if not done.done():

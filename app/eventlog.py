@@ -57,7 +57,9 @@ def render_append_script(name: str = "append.lua", prelude: str = "") -> str:
 
     As a chain of `if`s that returns the rule of the event at hand as plain values, its
     allowed states one string: a script's locals are built again on every call, and
-    tables cost more than the rest of a progress append's Lua.
+    tables cost more than the rest of a progress append's Lua. The type's code comes as a
+    number and as its two digits, for append.lua to write `attempt * 100 + code` by
+    concatenating strings (a number's tostring costs as much as a command's argument).
     """
     lines = ["local RULE_OF = function(etype)"]
     for n, (event_type, rule) in enumerate(RULES.items()):
@@ -68,7 +70,8 @@ def render_append_script(name: str = "append.lua", prelude: str = "") -> str:
         opens = "true" if rule.opens else "false"
         lines.append(
             f"  {'if' if n == 0 else 'elseif'} etype == {_lua_string(event_type)} then return "
-            f"{allowed}, {nxt}, {stamp}, {attempt}, {opens}, {TYPE_CODES[event_type]}"
+            f"{allowed}, {nxt}, {stamp}, {attempt}, {opens}, {TYPE_CODES[event_type]}, "
+            f"{_lua_string(f'{TYPE_CODES[event_type]:02d}')}"
         )
     lines.append("  end")
     lines.append("end")
@@ -193,6 +196,7 @@ class EventLog:
     async def start(
         self, job_id: str, data: msgspec.Struct, *, lease: tuple[str, str, int],
         before: Callable[[Pipeline], object] | None = None, after: Callable[[Pipeline], object] | None = None,
+        shared: SharedRun | None = None,
     ) -> tuple[Appended | None, bool, tuple[Any, ...]]:
         """Take the job's lease (key, token, ttl ms) and start its next attempt, in one round trip (start.lua).
 
@@ -202,12 +206,15 @@ class EventLog:
         for it (pending, not asked to cancel), else the lease is taken all the same and
         the caller reads what to do from the job's state (`after`). Its feed entry comes
         back in `Appended.feed`. Raises as `append` does for what append.lua refuses.
+        With `shared`, the round trip is one shared with other callers', as `append`'s.
         """
         key, token, ttl_ms = lease
         args = [*self._args(EventType.STARTED, data, None, "", None, None, None, None), token, ttl_ms]
         keys = [*self.keys.append_keys(job_id), key]
         began = time.perf_counter()
-        reply, _, after_replies = await self._run_append(keys, args, before, after, None, script=self._start)
+        reply, _, after_replies = await self._run_append(
+            keys, args, before, after, None, script=self._start, shared=shared
+        )
         self.metrics.append_took(time.perf_counter() - began)
         if reply[0] == "held":
             return None, False, after_replies

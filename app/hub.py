@@ -15,7 +15,8 @@ subscriber. So the cost of an event does not grow
 with the number of watched streams; no command spans two slots.
 
 The stream stays the truth. A wake is delivered only when it names the hub's cursor as its
-predecessor, which the script read from the stream itself; a lost wake delays an event,
+predecessor, which the script took from the stream (or from the hash's last event when the
+stream's length shows the two in step, app/append.lua); a lost wake delays an event,
 never loses it: the next wake's predecessor is not the cursor, so the stream is read; after a pub/sub
 connection is lost (restart, failover, CLIENT KILL) every stream it carried is subscribed
 again and read once; and a slow sweep reads every watched stream once per `catch_up_s`
@@ -72,8 +73,10 @@ BATCH = 2000
 # How long a tick lets wakes gather before it reads: a pipeline's own cost (a connection, a
 # send, a reply) is then shared by every stream woken meanwhile, at 2 ms of latency.
 GATHER_S = 0.002
-# What append.lua publishes: [new id, the entry before it in the stream, the new entry's fields].
+# What append.lua published before its wake was concatenated: [new id, the entry before it, its fields].
 _decode_wake = msgspec.json.Decoder(tuple[str, str, list[str]]).decode
+# What it publishes now starts with `~` (bytes from app/wakes.py's reader, str from redis-py's).
+_CONCATENATED = frozenset([ord("~"), "~"])
 
 
 class _BatchWake(msgspec.Struct, frozen=True):
@@ -86,12 +89,28 @@ class _BatchWake(msgspec.Struct, frozen=True):
 _decode_batch_wake = msgspec.json.Decoder(_BatchWake).decode
 # A payload that starts with a digit is an id alone (bytes from app/wakes.py's reader, str from redis-py's).
 _ID_START = frozenset([*b"0123456789", *"0123456789"])
-# A batch's carried wake is a JSON object (append_many.lua); append.lua's is an array.
+# A batch's carried wake is a JSON object (append_many.lua); append.lua's older one a JSON array.
 _OBJECT_START = frozenset([*b"{", "{"])
 # What a wake's payload may fail with: not JSON, or not the shapes above.
-_UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError)
+_UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, ValueError)
 # How often the catch-up sweep takes its next slice.
 _SWEEP_TICK_S = 1.0
+
+
+def parse_wake(payload: bytes | str) -> tuple[str, str, list[str]]:
+    """append.lua's wake: `~<id> <previous id> <bytes of d> <e>\\n<d><k>` as (id, previous, flat fields).
+
+    ValueError (or UnicodeDecodeError) when it is not that shape. The JSON wake of the
+    script before (a worker not yet upgraded) is still read (`_decode_wake`).
+    """
+    raw = payload.encode() if isinstance(payload, str) else payload
+    head, newline, body = raw.partition(b"\n")
+    entry_id, previous, size, meta = head[1:].split(b" ", 3)
+    cut = int(size)
+    if not newline or cut > len(body):
+        raise ValueError("a truncated wake")
+    return entry_id.decode(), previous.decode(), ["e", meta.decode(), "d", body[:cut].decode(), "k",
+                                                  body[cut:].decode()]
 
 
 class SubscriptionClosed(Exception):
@@ -393,7 +412,7 @@ class Hub:
                 batch = _decode_batch_wake(payload)
                 previous, carried = batch.p, batch.e
             else:
-                entry_id, previous, flat = _decode_wake(payload)
+                entry_id, previous, flat = parse_wake(payload) if first in _CONCATENATED else _decode_wake(payload)
                 carried = [(entry_id, flat)]
         except _UNDECODABLE:
             self._mark(watched.stream)

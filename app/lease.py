@@ -107,22 +107,34 @@ class Lease:
 
     @contextlib.asynccontextmanager
     async def kept_alive(self) -> AsyncIterator[Lease]:
-        """Renew the lease every third of its TTL until the block ends, then release it."""
-        heartbeat = asyncio.create_task(self._heartbeat())
+        """Renew the lease every third of its TTL until the block ends, then release it.
+
+        The heartbeat's task is made when its first renewal is due: most blocks (a trivial
+        job) end before that, and a timer costs a worker less than a task made and cancelled.
+        """
+        heartbeat: asyncio.Task[None] | None = None
+
+        def beat() -> None:
+            nonlocal heartbeat
+            heartbeat = asyncio.create_task(self._heartbeat(first_delay_s=0.0))
+
+        timer = asyncio.get_running_loop().call_later(self.ttl_ms / 3000, beat)
         try:
             yield self
         finally:
-            heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            timer.cancel()
+            if heartbeat is not None:
+                heartbeat.cancel()
+                await asyncio.gather(heartbeat, return_exceptions=True)
             if not self.released:
                 try:
                     await self.release()
                 except RedisError as exc:
                     self.release_failed(exc)
 
-    async def _heartbeat(self) -> None:
+    async def _heartbeat(self, first_delay_s: float | None = None) -> None:
         period = self.ttl_ms / 3000
-        delay, failing = period, False
+        delay, failing = period if first_delay_s is None else first_delay_s, False
         while True:
             await asyncio.sleep(delay)
             try:

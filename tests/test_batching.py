@@ -62,3 +62,41 @@ async def test_a_failed_round_trip_raises_for_every_caller_of_its_batch(keys):
     finally:
         await unreachable.aclose()
     assert all(isinstance(r, ConnectionError) for r in results), results
+
+
+async def test_with_one_round_trip_in_flight_the_callers_meanwhile_go_together_in_the_next(redis_client, keys):
+    # A worker's deliveries reach the pipeline a few loop turns apart, not in one turn.
+    shared = SharedPipeline(redis_client, in_flight=1)
+    sent = []
+    execute = type(redis_client.pipeline()).execute
+
+    async def counting_execute(pipe, *args, **kwargs):
+        sent.append(len(pipe))
+        return await execute(pipe, *args, **kwargs)
+
+    type(redis_client.pipeline()).execute = counting_execute
+    try:
+        # The first round trip stays out for 0.3 s (a BLPOP that times out).
+        slow = asyncio.create_task(shared.run(lambda pipe: pipe.blpop([keys.job("empty")], timeout=0.3)))
+        await asyncio.sleep(0.05)
+        callers = []
+        for n in range(5):
+            callers.append(asyncio.create_task(shared.run(lambda pipe, n=n: pipe.incrby(keys.job("later"), n))))
+            await asyncio.sleep(0)  # each in a loop turn of its own
+        cancelled = asyncio.create_task(shared.run(lambda pipe: pipe.set(keys.job("cancelled"), 1)))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        replies = await asyncio.gather(*callers)
+        assert await slow == [None]
+    finally:
+        type(redis_client.pipeline()).execute = execute
+
+    assert sent == [1, 5], "the slow one alone, then the five that came while it was out, together"
+    assert sorted(r[0] for r in replies) == [0, 1, 3, 6, 10]
+    assert await redis_client.get(keys.job("cancelled")) is None, "cancelled before its batch went: nothing sent"
+
+
+async def test_a_lone_caller_goes_at_once_with_nothing_in_flight(redis_client, keys):
+    shared = SharedPipeline(redis_client, in_flight=1)
+    for n in range(3):
+        assert await asyncio.wait_for(shared.run(lambda pipe, n=n: pipe.set(keys.job(f"alone{n}"), n)), 1) == [True]

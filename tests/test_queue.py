@@ -9,6 +9,7 @@ import asyncio
 
 import pytest
 
+from jobtrail.batching import SharedPipeline
 from jobtrail.keys import Keys
 from jobtrail.workers.broker import JobBroker, build_broker, enqueue
 from jobtrail.workers.queue import JobQueue, group_name, job_of
@@ -117,4 +118,33 @@ async def test_an_ack_rides_on_the_next_read_which_takes_a_message_per_free_slot
     pending = await redis_client.xpending(keys.queue(), group_name(keys))
     assert pending["pending"] == 2, "job-1 acknowledged by the read that took job-2 and job-3, both slots free"
     assert [job_of({"data": second.data}), job_of({"data": (await anext(received)).data})] == ["job-2", "job-3"]
+    await received.aclose()
+
+
+async def test_a_busy_workers_read_and_its_acks_ride_in_the_runners_shared_round_trip(broker, redis_client, keys):
+    shared = SharedPipeline(broker.redis, in_flight=1)
+    ridden = []
+
+    async def run(queue):
+        ridden.append(queue)
+        return await shared.run(queue)
+
+    broker.concurrency, broker.shared = 4, run
+    await enqueue(broker, "job-1")
+    received = aiter(broker.listen())
+    first = await asyncio.wait_for(anext(received), 10)
+    assert ridden == [], "an idle worker's read blocks, on a connection of its own"
+    await enqueue(broker, "job-2")
+    await enqueue(broker, "job-3")
+    second = await asyncio.wait_for(anext(received), 10)
+    assert len(ridden) == 1, "job-1 runs: the read rides in the shared round trip, without BLOCK"
+    await first.ack()
+    third = await asyncio.wait_for(anext(received), 10)
+    assert len(ridden) == 1, "job-3 came with job-2's read"
+    await enqueue(broker, "job-4")
+    fourth = await asyncio.wait_for(anext(received), 10)
+    assert len(ridden) == 2
+    assert [job_of({"data": m.data}) for m in (first, second, third, fourth)] == ["job-1", "job-2", "job-3", "job-4"]
+    pending = await redis_client.xpending(keys.queue(), group_name(keys))
+    assert pending["pending"] == 3, "job-1's ack went ahead of that read; job-2 to job-4 are read, not acknowledged"
     await received.aclose()

@@ -23,6 +23,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import msgspec
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 from taskiq import AckableMessage, AsyncBroker, BrokerMessage, InMemoryBroker, TaskiqMiddleware
 from taskiq.exceptions import SendTaskError
@@ -31,6 +32,7 @@ from taskiq.kicker import AsyncKicker
 from taskiq.serializers.json_serializer import JSONSerializer
 
 from jobtrail.config import Settings
+from jobtrail.eventlog import SharedRun
 from jobtrail.keys import Keys
 from jobtrail.store import Store
 from jobtrail.workers.queue import GROUP_START, RUN_JOB, group_name
@@ -81,6 +83,8 @@ class JobBroker(AsyncBroker):
         self._ack_flush: asyncio.TimerHandle | None = None
         self._ack_tasks: set[asyncio.Task[None]] = set()
         self._message_shape: dict[str, Any] | None = None
+        # The runner's shared round trips (register_runner), which a busy worker's reads ride in.
+        self.shared: SharedRun | None = None
 
     async def startup(self) -> None:
         await super().startup()
@@ -148,9 +152,20 @@ class JobBroker(AsyncBroker):
                     yield AckableMessage(data=data.encode(), ack=self._ack(message_id))
 
     async def _read(self, acks: list[str]) -> Any:
-        """XREADGROUP for this worker's free slots, behind the XACK of `acks` (one round trip)."""
+        """XREADGROUP for this worker's free slots, behind the XACK of `acks` (one round trip).
+
+        While jobs run and the runner's round trips are `shared`, a read without BLOCK goes
+        first, in the runner's next round trip (its starts and outcomes): a busy worker's
+        reads cost no round trip of their own. Only when that finds the queue empty does a
+        blocking read follow.
+        """
         count = max(self.concurrency - self._running, 1)
         streams = {self.queue_name: ">"}
+        if self.shared is not None and self._running > 0:
+            fetched = await self._read_shared(self.shared, acks, streams, count)
+            if fetched:
+                return fetched
+            acks = []
         if not acks:
             return await self.redis.xreadgroup(
                 self.consumer_group_name, self.consumer_name, streams, count=count, block=self.xread_block_ms
@@ -161,6 +176,20 @@ class JobBroker(AsyncBroker):
                             block=self.xread_block_ms)
             _, fetched = await pipe.execute()
         return fetched
+
+    async def _read_shared(self, shared: SharedRun, acks: list[str], streams: dict[str, str], count: int) -> Any:
+        """XACK of `acks` and an XREADGROUP that does not block, in a round trip shared with the runner's."""
+
+        def queue(pipe: Pipeline) -> None:
+            if acks:
+                pipe.xack(self.queue_name, self.consumer_group_name, *acks)
+            pipe.xreadgroup(self.consumer_group_name, self.consumer_name, streams, count=count)
+
+        replies = await shared(queue)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies[-1]
 
     def _ack(self, message_id: str) -> Callable[[], Awaitable[None]]:
         async def ack() -> None:
@@ -230,6 +259,8 @@ def register_runner(broker: AsyncBroker, runner: Runner) -> None:
         await runner.run(job_id)
 
     broker.register_task(run_job, task_name=RUN_JOB)
+    if isinstance(broker, JobBroker):
+        broker.shared = runner.shared.run
 
 
 def queue_enqueue(broker: AsyncBroker, pipe: Any, job_id: str) -> bool:

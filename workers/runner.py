@@ -20,6 +20,11 @@ to the trailer (workers/trailer.py), which sends it for every delivery of the wo
 within a few ms in one pipeline, and which the delivery does not wait for: the activity
 feed's entries (`started`'s rides along, unless the handler runs longer than
 `progress_interval_s`) and the live set's ZREM. Two and a share, where they were nine.
+And each is shared: the runner's round trips go through one SharedPipeline
+(app/batching.py) with one round trip in flight, so the starts, outcomes and trailer
+writes of a busy worker's deliveries (and, while jobs run, the broker's next read) that
+come while one is out go together in the next. An idle worker's lone job sends its
+own at once, as before; a busy one pays a fraction of a round trip per job.
 A job that is running (its worker died) or asked to cancel is only leased by the first
 round trip, and goes on as before: stalled, or cancelled, then a `started` of its own.
 
@@ -43,6 +48,7 @@ from redis.exceptions import RedisError
 
 from jobtrail.activity import FeedNote
 from jobtrail.artifacts import ArtifactStore
+from jobtrail.batching import SharedPipeline
 from jobtrail.config import Settings
 from jobtrail.errors import JobNotFound, JobReplaced, TransitionRefused, UnknownKind
 from jobtrail.eventlog import Appended, EventLog
@@ -73,6 +79,9 @@ SHUT_DOWN = ErrorInfo(type="Stalled", message="the worker running this attempt w
 
 Requeue = Callable[[str], Awaitable[None]]
 
+# Round trips of the deliveries' shared pipeline out at once; callers meanwhile wait for the next one.
+SHARED_IN_FLIGHT = 1
+
 # The longest a delivery's feed entry waits for its next round trip to ride along (see _hold_feed).
 FEED_HOLD_S = 0.1
 
@@ -89,7 +98,7 @@ class Delivery:
     """One delivery of a job: its lease, and the incarnation it runs (fixed by its first load)."""
 
     __slots__ = (
-        "feed", "feed_flush", "feed_sleeping", "incarnation", "job_id", "kind", "lease", "loaded", "started_ms",
+        "feed", "feed_timer", "incarnation", "job_id", "kind", "lease", "loaded", "started_ms",
         "tenant",
     )
 
@@ -102,11 +111,10 @@ class Delivery:
         self.kind = ""
         self.tenant: str | None = None
         self.started_ms: int | None = None
-        # Feed entries of its appends not written yet, and the task that writes them if
+        # Feed entries of its appends not written yet, and the timer that writes them if
         # no later round trip of the delivery takes them along first (Runner._hold_feed).
         self.feed: list[FeedNote] = []
-        self.feed_flush: asyncio.Task[None] | None = None
-        self.feed_sleeping = False  # cancelled only while it sleeps: a write cut short loses its connection
+        self.feed_timer: asyncio.TimerHandle | None = None
 
 
 class Runner:
@@ -118,7 +126,9 @@ class Runner:
         self.artifacts = ArtifactStore(settings.artifact_dir)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.live = LiveJobs(events.redis, events.keys, settings.pending_stale_s)
-        self.trailer = Trailer(events, self.live)
+        # The deliveries' round trips (take, start, load, outcome, the trailer's writes), shared.
+        self.shared = SharedPipeline(events.redis, in_flight=SHARED_IN_FLIGHT)
+        self.trailer = Trailer(events, self.live, shared=self.shared.run)
         self.patience = Patience(settings.redis_outage_s)
         self.metrics = events.metrics
         # Queues a job handed off by `interrupt` for the next worker; without it the reaper does.
@@ -174,7 +184,7 @@ class Runner:
                 handed_off = await self._hand_off(delivery)
             finally:
                 del self._running[lease.token]
-        await self._settle_feed(delivery)
+        self._settle_feed(delivery)
         # Only now, with the lease released: a delivery that found it held would drop itself.
         if handed_off and self.requeue is not None:
             try:
@@ -202,7 +212,7 @@ class Runner:
         try:
             started, taken, loaded = await self.events.start(
                 job_id, StartedData(worker=self.name, attempt=1), lease=(lease.key, lease.token, lease.ttl_ms),
-                before=postpone, after=read,
+                before=postpone, after=read, shared=self.shared.run,
             )
         except (TransitionRefused, JobNotFound):  # taken, and changed under the script: read it again
             return True, None, None
@@ -255,7 +265,7 @@ class Runner:
         try:
             started = await self.patience.run(f"job {job.id}: started", lambda: self.events.append(
                 job.id, EventType.STARTED, started_data, attempt=attempt, key=f"started:{attempt}",
-                incarnation=delivery.incarnation, before=postpone, defer_feed=True,
+                incarnation=delivery.incarnation, before=postpone, defer_feed=True, shared=self.shared.run,
             ))
         except JobReplaced as exc:
             log.info("%s; dropping this delivery", exc)
@@ -345,37 +355,37 @@ class Runner:
         Soon is `progress_interval_s`, the delay a report may wait anyway, and never less
         than FEED_HOLD_S (a deployment that turns coalescing off still wants a trivial job's
         entries in one round trip): a trivial job's outcome comes first and takes it along,
-        a long job's feed is not held back.
+        a long job's feed is not held back. A timer, not a task: a trivial job's outcome
+        cancels it at once, and a task made and cancelled per job cost more than its write.
         """
         if note is None:
             return
         delivery.feed.append(note)
-        if delivery.feed_flush is None:
-            delivery.feed_sleeping = True
-            delivery.feed_flush = asyncio.create_task(self._write_held_feed(delivery))
+        if delivery.feed_timer is None:
+            delivery.feed_timer = asyncio.get_running_loop().call_later(
+                max(self.settings.progress_interval_s, FEED_HOLD_S), self._settle_feed, delivery
+            )
 
-    async def _write_held_feed(self, delivery: Delivery) -> None:
-        await asyncio.sleep(max(self.settings.progress_interval_s, FEED_HOLD_S))
-        delivery.feed_sleeping = False
-        await self._write_after(delivery, None)
-        delivery.feed_flush = None
+    def _settle_feed(self, delivery: Delivery) -> None:
+        """Hand the feed entries still held to the trailer now (the hold's end, or the delivery's)."""
+        notes = self._take_feed(delivery, None)
+        if notes:
+            self.trailer.write(notes)
 
-    async def _settle_feed(self, delivery: Delivery) -> None:
-        """At the delivery's end: write what is still held now, or let the write under way finish."""
-        if delivery.feed_flush is not None and not delivery.feed_sleeping:
-            await delivery.feed_flush
-        elif delivery.feed:
-            await self._write_after(delivery, None)
+    def _take_feed(self, delivery: Delivery, note: FeedNote | None) -> list[FeedNote]:
+        """The held feed entries and `note`'s, no longer held."""
+        if delivery.feed_timer is not None:
+            delivery.feed_timer.cancel()
+            delivery.feed_timer = None
+        notes, delivery.feed = [*delivery.feed, *([note] if note is not None else [])], []
+        return notes
 
     async def _write_after(self, delivery: Delivery, note: FeedNote | None, *, finished: bool = False) -> None:
         """What follows an append: the held feed entries and `note`'s, and when the job `finished`,
         the lease's release unless the outcome's round trip did it, and the live set's ZREM.
         The feed and the live set are queued on the trailer. Best-effort, like all derived writes.
         """
-        if delivery.feed_flush is not None and delivery.feed_sleeping:
-            delivery.feed_flush.cancel()
-            delivery.feed_flush, delivery.feed_sleeping = None, False
-        notes, delivery.feed = [*delivery.feed, *([note] if note is not None else [])], []
+        notes = self._take_feed(delivery, note)
         lease = delivery.lease
         if finished and not lease.released:
             try:
@@ -409,7 +419,7 @@ class Runner:
         job_id = delivery.job_id
         return await self.patience.run(f"job {job_id}: {event_type.value} append", lambda: self.events.append(
             job_id, event_type, data, attempt=attempt, key=key, incarnation=delivery.incarnation, after=after,
-            defer_feed=True,
+            defer_feed=True, shared=self.shared.run,
         ))
 
     async def _load(self, delivery: Delivery) -> JobState | None:
@@ -417,9 +427,11 @@ class Runner:
         job_id = delivery.job_id
 
         async def read() -> list[Any]:
-            async with self.events.redis.pipeline(transaction=False) as pipe:
-                self.events.queue_state(pipe, job_id)
-                return await pipe.execute()
+            replies = await self.shared.run(lambda pipe: self.events.queue_state(pipe, job_id))
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return replies
 
         return self._accept(delivery, await self.patience.run(f"job {job_id}: loading it", read))
 

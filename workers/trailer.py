@@ -7,7 +7,9 @@ append, and each delivery sending them alone cost a round trip per job. Here eve
 delivery that has some in one turn of the event loop shares one pipeline: a busy worker
 sends one round trip for several jobs, an idle one what it sent before. A write is
 queued and sent within DELAY_S, so a delivery (and its message's ack) does not wait for
-it; a stopping worker flushes what is left.
+it; a stopping worker flushes what is left. Given the runner's shared pipeline
+(app/batching.py), the trailer's commands ride in its next round trip, with the starts and
+outcomes of other deliveries: a busy worker then pays no round trip of its own for them.
 
 Best-effort, like every derived write: a failure is logged, the jobs' own streams stay
 the truth, and the reaper forgets a finished job the live set still names.
@@ -18,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from jobtrail.activity import FeedNote
-from jobtrail.eventlog import EventLog
+from jobtrail.eventlog import EventLog, SharedRun
 from jobtrail.livejobs import LiveJobs
 
 log = logging.getLogger(__name__)
@@ -32,9 +35,10 @@ class Trailer:
 
     DELAY_S = 0.002
 
-    def __init__(self, events: EventLog, live: LiveJobs) -> None:
+    def __init__(self, events: EventLog, live: LiveJobs, shared: SharedRun | None = None) -> None:
         self.events = events
         self.live = live
+        self.shared = shared
         self._notes: list[FeedNote] = []
         self._finished: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -66,16 +70,26 @@ class Trailer:
             await self._send(notes, finished)
 
     async def _send(self, notes: list[FeedNote], finished: list[str]) -> None:
-        """One pipeline: the feed's XADDs in order, then one ZREM of every finished job."""
+        """One pipeline (or a share of one): the feed's XADDs in order, then one ZREM of every finished job."""
         if not notes and not finished:
             return
+        feed_writes = 0
+
+        def queue(pipe: Pipeline) -> None:
+            nonlocal feed_writes
+            start = len(pipe)
+            for note in notes:
+                self.events.activity.queue_record(pipe, note)
+            feed_writes = len(pipe) - start
+            self.live.queue_forget(pipe, *finished)
+
         try:
-            async with self.events.redis.pipeline(transaction=False) as pipe:
-                for note in notes:
-                    self.events.activity.queue_record(pipe, note)
-                feed_writes = len(pipe)
-                self.live.queue_forget(pipe, *finished)
-                replies = await pipe.execute(raise_on_error=False)
+            if self.shared is not None:
+                replies = await self.shared(queue)
+            else:
+                async with self.events.redis.pipeline(transaction=False) as pipe:
+                    queue(pipe)
+                    replies = await pipe.execute(raise_on_error=False)
         except RedisError as exc:
             log.warning("feed or live set not updated for %d job(s) (%s)", len({n.job_id for n in notes} | {*finished}),
                         exc)

@@ -19,7 +19,7 @@ from taskiq.api import run_receiver_task
 
 from jobtrail.config import Settings
 from jobtrail.metrics_listener import MetricsListener
-from jobtrail.services import open_services
+from jobtrail.services import Services, open_services
 from jobtrail.workers.broker import JobBroker, register_runner
 from jobtrail.workers.kinds_loader import load_kinds
 from jobtrail.workers.queue import JobQueue
@@ -30,6 +30,26 @@ log = logging.getLogger(__name__)
 
 # More than one worker can hold unacknowledged: its running jobs and a read's messages not started.
 HAND_BACK_MAX = 1000
+
+# taskiq's receiver logs this at INFO for every message it runs.
+_PER_MESSAGE = "Executing task %s with ID: %s"
+
+
+def quiet_taskiq() -> None:
+    """Filter taskiq's line per message (once per process: tests run several workers in one)."""
+    receiver_log = logging.getLogger("taskiq.receiver.receiver")
+    if quiet_per_message not in receiver_log.filters:
+        receiver_log.addFilter(quiet_per_message)
+
+
+def quiet_per_message(record: logging.LogRecord) -> bool:
+    """Drop taskiq's line per message unless its logger is at DEBUG.
+
+    It names taskiq's message id, not the job, and a line per job (formatted, written and
+    flushed) cost a busy worker more CPU than the broker's read of that job. The job's own
+    history says when it started and where; taskiq's start-up and error lines stay.
+    """
+    return record.msg != _PER_MESSAGE or logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
 async def run_worker(settings: Settings) -> None:
@@ -47,6 +67,7 @@ async def run_worker(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    quiet_taskiq()
     load_kinds(settings)  # before Redis: a module that fails to import stops the worker at once
     services = open_services(settings, role="worker")
     redis, keys, events, broker = services.redis, services.keys, services.events, services.broker
@@ -60,17 +81,7 @@ async def run_worker(settings: Settings) -> None:
         await services.aclose()
         # The error names host and port; the URL itself may hold a password.
         raise SystemExit(f"jobtrail worker: cannot reach Redis ({exc}); check REDIS_URL and that Redis runs") from None
-    listener = None
-    if settings.metrics_port:
-        listener = MetricsListener(services.metrics, settings.host, settings.metrics_port)
-        try:
-            listener.start()
-        except OSError as exc:
-            await services.aclose()
-            raise SystemExit(
-                f"jobtrail worker: cannot serve metrics on {settings.host}:{settings.metrics_port} ({exc})"
-            ) from None
-        log.info("worker %s: metrics on http://%s:%d/metrics", runner.name, settings.host, listener.port)
+    listener = await start_metrics(settings, services, runner.name)
     await broker.startup()
     receiver = asyncio.create_task(
         run_receiver_task(broker, max_async_tasks=settings.worker_concurrency, run_startup=False)
@@ -94,6 +105,22 @@ async def run_worker(settings: Settings) -> None:
             listener.stop()
     if not clean:
         raise SystemExit(1)
+
+
+async def start_metrics(settings: Settings, services: Services, name: str) -> MetricsListener | None:
+    """The worker's metrics listener, when `metrics_port` asks for one; a port in use stops the worker."""
+    if not settings.metrics_port:
+        return None
+    listener = MetricsListener(services.metrics, settings.host, settings.metrics_port)
+    try:
+        listener.start()
+    except OSError as exc:
+        await services.aclose()
+        raise SystemExit(
+            f"jobtrail worker: cannot serve metrics on {settings.host}:{settings.metrics_port} ({exc})"
+        ) from None
+    log.info("worker %s: metrics on http://%s:%d/metrics", name, settings.host, listener.port)
+    return listener
 
 
 async def drain(runner: Runner, settings: Settings, hurry: asyncio.Event) -> bool:
