@@ -20,6 +20,9 @@
 -- RULE_OF, IS_TERMINAL and ABSENT are rendered above this line from app/events.py (RULES).
 
 local job, stream, dedupe, wake = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- The most a carried wake holds (its data and keys, and about 48 bytes per entry for the
+-- rest): a pub/sub message every hub parses whole, and buffers until it reads it.
+local WAKE_MAX_BYTES = 16384
 local attempt, incarnation, slot, count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 
 local own = redis.call('HMGET', job, 'incarnation', 'state', 'cancel_requested', 'attempt', 'event_count', 'kind',
@@ -62,12 +65,30 @@ for n = 1, count do
   end
 end
 
+-- The wake carries the batch when it is small (the hub then delivers it without a read,
+-- app/hub.py): {p = the stream's entry before the first new one, e = {{id, fields}, ...}}.
+-- Over WAKE_MAX_BYTES it is the last id alone, and the hub reads.
+local size = 0
+for n = 1, count do
+  size = size + #ARGV[starts[n] + 1] + #ARGV[starts[n] + 2] + 48
+end
+local carried, before = size <= WAKE_MAX_BYTES, nil
+if carried then
+  -- Before the XADDs: the stream's own last entry, not the hash's last_event_id (an entry
+  -- that something else wrote must be read, never skipped).
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+  before = last and last[1] or ''
+end
+
 -- Entries as append.lua writes them (e, d, k; `at` is the id's milliseconds).
-local fields, id = {}, nil
+local fields, id, written = {}, nil, {}
 for n = 1, count do
   local s = starts[n]
-  id = redis.call('XADD', stream, '*', 'e', tostring(tonumber(attempt) * 100 + codes[n]), 'd', ARGV[s + 1],
-                  'k', ARGV[s + 2])
+  local e = tostring(tonumber(attempt) * 100 + codes[n])
+  id = redis.call('XADD', stream, '*', 'e', e, 'd', ARGV[s + 1], 'k', ARGV[s + 2])
+  if carried then
+    written[n] = {id, {'e', e, 'd', ARGV[s + 1], 'k', ARGV[s + 2]}}
+  end
   -- Later events' fields overwrite earlier ones', as one HSET per event would.
   for f = s + 4, s + 3 + 2 * tonumber(ARGV[s + 3]), 2 do
     fields[ARGV[f]] = ARGV[f + 1]
@@ -85,7 +106,11 @@ redis.call('HSET', job, unpack(hash))
 if last_key ~= '' then
   redis.call('HSET', dedupe, slot, last_key .. ' ' .. id)
 end
--- One wake for the batch, its last id alone: the hub reads the stream after its cursor,
--- which takes the whole batch in one XRANGE (app/hub.py).
-redis.call('SPUBLISH', wake, id)
+-- One wake for the batch. Carried, a hub whose cursor is `p` delivers it as is; the id
+-- alone, the hub reads the stream after its cursor, the whole batch in one XRANGE.
+if carried then
+  redis.call('SPUBLISH', wake, cjson.encode({p = before, e = written}))
+else
+  redis.call('SPUBLISH', wake, id)
+end
 return {'ok', id, state, cancel_requested, own[6] or '', own[7] or ''}

@@ -6,6 +6,7 @@ XADD to the activity feed (app/activity.py) for a state transition.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -35,7 +36,7 @@ from jobtrail.events import (
 from jobtrail.jobstate import JobState
 from jobtrail.keys import Keys
 from jobtrail.metrics import Metrics
-from jobtrail.offsets import BEGINNING, previous_id
+from jobtrail.offsets import BEGINNING, is_after, previous_id
 from jobtrail.reducer import fields_for, fold
 from jobtrail.replicawait import ReplicaWait
 
@@ -480,15 +481,35 @@ class EventLog:
                 yield item
 
     async def readable_pages(
-        self, job_id: str, after: str = BEGINNING, page_size: int = 500
+        self, job_id: str, after: str = BEGINNING, page_size: int = 500, until: str = "+"
     ) -> AsyncIterator[list[Event | Unreadable]]:
-        """`readable` a page at a time (one XRANGE each), for a reader that writes a page as one unit."""
-        while True:
-            entries = await self.redis.xrange(self.keys.events(job_id), min=f"({after}", max="+", count=page_size)
-            yield [_readable(entry_id, fields) for entry_id, fields in entries]
-            if len(entries) < page_size:
-                return
-            after = entries[-1][0]
+        """`readable` a page at a time (one XRANGE each) up to id `until`, for a reader that writes a page as one unit.
+
+        A full page's successor is asked for before the page is decoded and handed over:
+        Redis serializes it while the reader encodes and writes this one, so a long replay
+        waits for Redis about once instead of once a page.
+        """
+        stream = self.keys.events(job_id)
+        if until != "+" and not is_after(until, after):
+            yield []  # nothing between them to read
+            return
+        entries = await self.redis.xrange(stream, min=f"({after}", max=until, count=page_size)
+        ahead: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                full = len(entries) >= page_size
+                if full:
+                    ahead = asyncio.ensure_future(
+                        self.redis.xrange(stream, min=f"({entries[-1][0]}", max=until, count=page_size))
+                yield [_readable(entry_id, fields) for entry_id, fields in entries]
+                if ahead is None:
+                    return
+                entries, ahead = await ahead, None
+        finally:
+            if ahead is not None:
+                # The reader left mid-replay: the page read ahead is of no use (nor its error).
+                ahead.cancel()
+                ahead.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def max_deleted_id(self, job_id: str) -> str:
         """The newest entry id the job's stream may have lost, `0-0` if none (one XINFO).

@@ -26,6 +26,7 @@ and a replay of 100,000 events is a hundred writes, not 100,000.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 from collections.abc import AsyncGenerator, Callable
@@ -37,7 +38,7 @@ from redis.exceptions import RedisError
 from jobtrail.activity import FeedPosition, FeedReader, Transition, decode_transitions
 from jobtrail.eventlog import EventLog, Unreadable
 from jobtrail.events import Event, EventType
-from jobtrail.hub import FELL_BEHIND, REDIS_LOST, SHUTTING_DOWN, UNREADABLE, Hub, SubscriptionClosed
+from jobtrail.hub import FELL_BEHIND, REDIS_LOST, SHUTTING_DOWN, UNREADABLE, Hub, Subscription, SubscriptionClosed
 from jobtrail.jobstate import JobState
 from jobtrail.offsets import is_after
 
@@ -113,19 +114,34 @@ _IDLE = Idle()
 
 # Events one replay XRANGE takes, and so the most one batch of a replay holds.
 REPLAY_PAGE = 1000
+# A busy live tail yields at most one batch per this long: what the hub offers meanwhile
+# joins the next batch. A write to a client's socket costs the process about as much CPU
+# as encoding 30 events (30 us here), and a job reporting as fast as a worker writes wakes
+# its follower every few ms, a write each; a tail quieter than this is never held back.
+LINGER_S = 0.005
 
 
 class Batch(NamedTuple, Generic[T]):
     """Items that were ready at once: a replay page, or all the hub queued while the follow was busy.
 
     A transport writes a batch as one unit (one SSE chunk), so 1,000 events queued for a
-    slow client cost one write, not 1,000. `shared`: the items are the hub's, the very
+    slow client cost one write, not 1,000; an empty one says a job's replay is over and
+    found nothing, so what a transport holds back goes out. `shared`: the items are the hub's, the very
     objects every follower of the stream gets, so a frame built for one of them is worth
     keeping for the others (app/frames.py); a replay's items are this follow's own.
     """
 
     items: list[T]
     shared: bool = False
+
+
+async def _lingered(sub: Subscription, live: list[T], sent_at: float) -> list[T]:
+    """`live`, and what the hub offers until LINGER_S after the last batch was handed over at `sent_at`."""
+    wait = sent_at + LINGER_S - asyncio.get_running_loop().time()
+    if wait <= 0:
+        return live
+    await asyncio.sleep(wait)
+    return live + sub.take()
 
 
 def replaces(event: Event, job: JobState) -> bool:
@@ -182,13 +198,21 @@ async def follow_job(
         yield Batch([*items, _UNAVAILABLE])
         return
     try:
-        async for page in events.readable_pages(job.id, after=last, page_size=REPLAY_PAGE):
+        replayed = False
+        # Up to where the hub took over (`sub.start`): what comes after it, the hub offers,
+        # and reading it here too would decode it twice.
+        async for page in events.readable_pages(job.id, after=last, page_size=REPLAY_PAGE, until=sub.start):
             last, ended = _job_items(page, job, last, items)
             if items:
+                replayed = True
                 yield Batch(items)
             if ended:
                 return
             items = []
+        if not replayed:
+            yield Batch([])  # the replay is over: a transport holding something back sends it
+        loop = asyncio.get_running_loop()
+        sent_at = -LINGER_S
         while True:
             live = await sub.get_all(timeout=ping_s)
             if not live:
@@ -197,10 +221,12 @@ async def follow_job(
                     return
                 yield Batch([_IDLE])
                 continue
+            live = await _lingered(sub, live, sent_at)
             items = []
             last, ended = _job_items(live, job, last, items)
             if items:
                 yield Batch(items, shared=True)
+                sent_at = loop.time()
             if ended:
                 return
     except SubscriptionClosed as closed:
@@ -261,17 +287,21 @@ async def follow_feed(
             items = []
             if len(page) < _FEED_PAGE:
                 break
+        loop = asyncio.get_running_loop()
+        sent_at = -LINGER_S
         while True:
             live = await sub.get_all(timeout=ping_s)
             if not live:
                 yield Batch([_IDLE])
                 continue
+            live = await _lingered(sub, live, sent_at)
             fresh = [transition for transition in live if is_after(transition.id, last)]
             if fresh:
                 last = fresh[-1].id
                 items = [transition for transition in fresh if wanted(transition)]
                 if items:
                     yield Batch(items, shared=True)
+                    sent_at = loop.time()
     except SubscriptionClosed as closed:
         yield Batch([End.closed(closed)])
     except RedisError as exc:

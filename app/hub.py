@@ -3,13 +3,15 @@
 Each SSE client and each /ws subscription subscribes to one stream: a job's, or an activity
 feed. The hub SSUBSCRIBEs to the stream's wake channel (app/wakes.py) when the stream gets
 its first subscriber and SUNSUBSCRIBEs when it loses its last. A job's wake carries the new
-entry and the id of the entry before it in the stream (app/append.lua): when that is the
-hub's cursor, the entry is the very next one, and the hub decodes it (through the stream's
-decoder, as a read would) and offers it with no read at all. Any other wake (a gap: an
-entry that published nothing, or wakes lost; a feed's empty one; an older script's bare
-id) marks the stream dirty, and each tick reads every dirty stream after its cursor with
-one XRANGE each, all in one pipeline (one per node on a Cluster). Each entry is decoded
-once and the same item offered to every subscriber. So the cost of an event does not grow
+entry and the id of the entry before it in the stream (app/append.lua; a batch of reports,
+app/append_many.lua, carries its entries and the entry before its first): when that is the
+hub's cursor, the entries are the very next ones, and the hub decodes them (through the
+stream's decoder, as a read would) and offers them with no read at all. Any other wake (a
+gap: an entry that published nothing, or wakes lost; a feed's empty one; the bare id of a
+batch too big to carry, or of an older script) marks the stream dirty, and each tick
+reads every dirty stream after its cursor with one XRANGE each, all in one pipeline (one
+per node on a Cluster). Each entry is decoded once and the same item offered to every
+subscriber. So the cost of an event does not grow
 with the number of watched streams; no command spans two slots.
 
 The stream stays the truth. A wake is delivered only when it names the hub's cursor as its
@@ -75,9 +77,21 @@ GATHER_S = 0.002
 _decode_wake = msgspec.json.Decoder(tuple[str, str, list[str]]).decode
 # What it publishes now starts with `~` (bytes from app/wakes.py's reader, str from redis-py's).
 _CONCATENATED = frozenset([ord("~"), "~"])
+
+
+class _BatchWake(msgspec.Struct, frozen=True):
+    """append_many.lua's wake of a small batch: `p` the entry before its first, `e` each entry's (id, fields)."""
+
+    p: str
+    e: list[tuple[str, list[str]]]
+
+
+_decode_batch_wake = msgspec.json.Decoder(_BatchWake).decode
 # A payload that starts with a digit is an id alone (bytes from app/wakes.py's reader, str from redis-py's).
 _ID_START = frozenset([*b"0123456789", *"0123456789"])
-# What a wake's payload may fail with: not JSON, or not the shape above.
+# A batch's carried wake is a JSON object (append_many.lua); append.lua's older one a JSON array.
+_OBJECT_START = frozenset([*b"{", "{"])
+# What a wake's payload may fail with: not JSON, or not the shapes above.
 _UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, ValueError)
 # How often the catch-up sweep takes its next slice.
 _SWEEP_TICK_S = 1.0
@@ -120,11 +134,15 @@ class Subscription:
     is moved forward lazily, so a busy follow pays for one per idle timeout, not per event.
     """
 
-    __slots__ = ("_deadline", "_items", "_timer", "_waiter", "closed", "maxsize", "stream")
+    __slots__ = ("_deadline", "_items", "_timer", "_waiter", "closed", "maxsize", "start", "stream")
 
     def __init__(self, stream: str, maxsize: int) -> None:
         self.stream = stream
         self.maxsize = maxsize
+        # The hub's cursor when this joined its stream: every entry after it is offered here,
+        # so a follow's replay need read no further (Hub.subscribe). "+" (XRANGE's end) until
+        # then, and for a subscription that never joined (a draining hub's): read it all.
+        self.start = "+"
         self._items: collections.deque[Any] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._deadline = 0.0
@@ -168,6 +186,12 @@ class Subscription:
             await self._wait(timeout)
         if self.closed is not None:
             raise self.closed
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    def take(self) -> list[Any]:
+        """Every entry queued now, without waiting ([] when none, or closed: the next `get_all` says so)."""
         items = list(self._items)
         self._items.clear()
         return items
@@ -294,7 +318,9 @@ class Hub:
         """Deliver every entry of `stream` that the hub reads after `after`, once Redis confirmed the wake channel.
 
         Entries at or before `after`, or read before this call, are the caller's to
-        fetch with XRANGE; the caller drops anything it already has by id. `decode`
+        fetch with XRANGE, up to the subscription's `start` (the hub's cursor when it
+        joined: everything after it is offered); the caller drops anything it already has
+        by id. `decode`
         turns entries into items (job events by default); one stream has one decoder.
         RedisError when the wake channel cannot be subscribed.
         """
@@ -310,6 +336,8 @@ class Hub:
             self._by_channel[watched.channel] = watched
             watched.ready = asyncio.ensure_future(self.wakes.subscribe([watched.channel]))
             watched.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        # From here on every entry the hub takes after its cursor is offered to `sub` too.
+        sub.start = watched.cursor
         watched.subscribers.add(sub)
         assert watched.ready is not None
         try:
@@ -372,32 +400,43 @@ class Hub:
         if not payload:  # the feeds' wakes say nothing: read
             self._mark(watched.stream)
             return
-        if payload[0] in _ID_START:
-            # An id alone (a batch of reports, append_many.lua; an older append script): read if new.
+        first = payload[0]
+        if first in _ID_START:
+            # An id alone (a batch too big to carry, append_many.lua; an older append script): read if new.
             last_id = payload.decode() if isinstance(payload, bytes) else payload
             if is_after(last_id, watched.cursor):
                 self._mark(watched.stream)
             return
         try:
-            entry_id, previous, flat = parse_wake(payload) if payload[0] in _CONCATENATED else _decode_wake(payload)
+            if first in _OBJECT_START:
+                batch = _decode_batch_wake(payload)
+                previous, carried = batch.p, batch.e
+            else:
+                entry_id, previous, flat = parse_wake(payload) if first in _CONCATENATED else _decode_wake(payload)
+                carried = [(entry_id, flat)]
         except _UNDECODABLE:
             self._mark(watched.stream)
             return
+        if not carried:
+            self._mark(watched.stream)
+            return
         if previous != watched.cursor:
-            # Something between the cursor and this entry (or this one already read): the
-            # stream says what; a read from the cursor also takes this entry.
-            if is_after(entry_id, watched.cursor):
+            # Something between the cursor and these entries (or they were already read):
+            # the stream says what; a read from the cursor also takes them.
+            if is_after(carried[-1][0], watched.cursor):
                 self._mark(watched.stream)
             return
-        # The entry right after the cursor, as the stream holds it: no read needed.
-        pairs = iter(flat)
-        fields = dict(zip(pairs, pairs, strict=False))
+        # The entries right after the cursor, as the stream holds them: no read needed.
+        entries = []
+        for entry_id, flat in carried:
+            pairs = iter(flat)
+            entries.append((entry_id, dict(zip(pairs, pairs, strict=False))))
         try:
-            items = watched.decode([(entry_id, fields)])
+            items = watched.decode(entries)
         except Exception:
             self._mark(watched.stream)  # the read's path handles an unreadable entry
             return
-        self.wake_deliveries += 1
+        self.wake_deliveries += len(items)
         self._offer(watched, items)
 
     def _lost(self, channels: set[str]) -> None:

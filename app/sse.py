@@ -132,14 +132,18 @@ async def job_event_stream(
 
     After the terminal event it just ends; a deleted job's stream ends with `: job was
     deleted` (the client reconnects and meets a new job under the id from its beginning);
-    any other end with a `retry:` hint and why. Each batch of the follow is one chunk.
+    any other end with a `retry:` hint and why. Each batch of the follow is one chunk, and
+    the `retry:` hint goes out with the replay's first (or alone when it replays nothing):
+    a chunk is a write, which costs more than the frames of a whole page.
     """
-    yield b"retry: %d\n\n" % retry_ms
+    hint = b"retry: %d\n\n" % retry_ms
     live_after = job.last_event_id
     live = False  # once a batch reaches past `live_after`, every later one is past it too
     async with contextlib.aclosing(follow_job(events, hub, job, offset, gap=gap, ping_s=ping_s)) as batches:
         async for items, shared in batches:
-            if chunk := b"".join([_job_block(item, shared, retry_ms) for item in items]):
+            chunk = b"".join([hint, *[_job_block(item, shared, retry_ms) for item in items]])
+            hint = b""
+            if chunk:
                 yield chunk
             # Replayed events (at or before the job's last event when the follow began) are
             # history, not lag: only a batch that ends after it has any to observe.

@@ -129,6 +129,51 @@ async def test_contiguous_wakes_deliver_their_entries_without_a_read(settings, k
         await close(services)
 
 
+def reports(count: int, message: str = "") -> list[tuple[EventType, dict]]:
+    return [(EventType.PROGRESS, {"progress": n / count, "message": message}) for n in range(1, count + 1)]
+
+
+async def test_a_batch_of_reports_is_delivered_from_its_wake_without_a_read(settings, events, redis_client, keys):
+    services, sub = await quiet_follow(settings, events, redis_client, keys, "many")
+    try:
+        reads = services.hub.reads
+        for batch in range(3):
+            await events.append_many("many", reports(20), attempt=1, keys=[f"k{batch}.{n}" for n in range(20)],
+                                     slot="s")
+        ids = await stream_ids(redis_client, keys, "many")
+        assert await next_ids(sub, 60) == ids[-60:]
+        assert services.hub.reads == reads
+        assert services.hub.wake_deliveries >= 60
+    finally:
+        await close(services)
+
+
+async def test_a_batch_too_big_to_carry_in_its_wake_has_the_stream_read(settings, events, redis_client, keys):
+    services, sub = await quiet_follow(settings, events, redis_client, keys, "big")
+    try:
+        reads = services.hub.reads
+        await events.append_many("big", reports(40, "x" * 1000), attempt=1, keys=[f"k{n}" for n in range(40)],
+                                 slot="s")
+        ids = await stream_ids(redis_client, keys, "big")
+        assert await next_ids(sub, 40) == ids[-40:]
+        assert services.hub.reads > reads
+    finally:
+        await close(services)
+
+
+async def test_a_batch_after_an_entry_that_published_nothing_is_read_from_the_cursor(settings, events,
+                                                                                   redis_client, keys):
+    services, sub = await quiet_follow(settings, events, redis_client, keys, "hole")
+    try:
+        unpublished = await redis_client.xadd(keys.events("hole"), raw_progress(1))  # as repair or a migration writes
+        await events.append_many("hole", reports(3), attempt=1, keys=["a", "b", "c"], slot="s")
+        ids = await stream_ids(redis_client, keys, "hole")
+        assert ids[-4] == unpublished
+        assert await next_ids(sub, 4) == ids[-4:]
+    finally:
+        await close(services)
+
+
 async def quiet_follow(settings: Settings, events: EventLog, redis_client: aioredis.Redis, keys: Keys,
                        job: str) -> tuple[Services, Subscription]:
     """A hub with its sweep off (only wakes can make it read) following a running job from its last event."""
@@ -162,6 +207,25 @@ async def test_a_wake_of_an_older_append_script_a_bare_id_still_has_the_stream_r
         added = await redis_client.xadd(stream, raw_progress(1))
         await redis_client.spublish(keys.wake(stream), added)
         assert await next_ids(sub, 1) == [added]
+    finally:
+        await close(services)
+
+
+async def test_a_second_follower_starts_at_the_hubs_cursor_and_is_offered_everything_after_it(settings, events,
+                                                                                              redis_client, keys):
+    # A follow replays only up to its subscription's start: the hub must offer all that follows.
+    services, first = await quiet_follow(settings, events, redis_client, keys, "two")
+    try:
+        for step in range(1, 4):
+            await progress(events, "two", step, 10)
+        assert len(await next_ids(first, 3)) == 3
+        second = await services.hub.subscribe(keys.events("two"), after="0-0")
+        assert second.start == (await stream_ids(redis_client, keys, "two"))[-1]
+        for step in range(4, 7):
+            await progress(events, "two", step, 10)
+        ids = await stream_ids(redis_client, keys, "two")
+        assert await next_ids(second, 3) == ids[-3:]
+        assert await next_ids(first, 3) == ids[-3:]
     finally:
         await close(services)
 
