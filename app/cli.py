@@ -62,6 +62,13 @@ def _terminated(sig: int, frame: object) -> None:
     raise _Terminated
 
 
+def _stopped_while_starting(sig: int, frame: object) -> None:
+    # A worker told to stop while it still imports (taskiq, redis, its kinds) has read
+    # nothing and holds nothing: a clean stop, not death by the default handler. Its
+    # event loop's own handler (workers/worker.py) takes over once it runs.
+    raise SystemExit(0)
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.embedded:
         return _run_server(settings, args, "")
@@ -197,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     keys_new.set_defaults(run=_keys_new)
     add_client_commands(commands)
     args = parser.parse_args(argv)
+    if args.run is _worker:
+        signal.signal(signal.SIGTERM, _stopped_while_starting)
     if getattr(args, "standalone", False):
         return int(args.run(args))  # a client of an API: no server settings, no server logging
     _configure_logging()

@@ -516,17 +516,29 @@ class Chaos:
             await asyncio.sleep(rng.uniform(0.5, 1.5) * config.signal_every_s)
             if self.over:
                 return
-            busy = set((await self._lease_holders(await self._live_jobs())).values())
-            # With no busy worker, one that listens: a replacement still importing has no
-            # handler for SIGTERM yet, and Python's default ends it with -15 before it did anything.
-            candidates = ([p for p in self.procs.workers if worker_name(p) in busy]
-                          or [p for p in self.procs.workers if self.procs.listening(p)] or self.procs.workers)
-            if not candidates:  # every worker is paused
-                continue
-            victim = rng.choice(candidates)
+            victim = await self._victim(rng)
+            if victim is None:
+                return
             await self._signal(sig, victim)
             log.info("%s %s; %d jobs submitted, %d live", sig.name, worker_name(victim), len(self.job_ids),
                      len(await self._live_jobs()))
+
+    async def _victim(self, rng: random.Random) -> subprocess.Popen[bytes] | None:
+        """A busy worker, else one that listens; None once the run is over.
+
+        Never one still starting: until its interpreter has run the command's first lines
+        it has no handler for SIGTERM, and the default ends it with -15 before it did
+        anything, which no code of the worker's can change. While every worker is paused
+        or starting, the signal waits.
+        """
+        while not self.over:
+            busy = set((await self._lease_holders(await self._live_jobs())).values())
+            candidates = ([p for p in self.procs.workers if worker_name(p) in busy]
+                          or [p for p in self.procs.workers if self.procs.listening(p)])
+            if candidates:
+                return rng.choice(candidates)
+            await asyncio.sleep(0.2)
+        return None
 
     async def _signal(self, sig: signal.Signals, victim: subprocess.Popen[bytes]) -> None:
         if sig is signal.SIGSTOP:

@@ -218,3 +218,41 @@ async def test_sigterm_while_the_worker_starts_is_a_clean_stop(settings, tmp_pat
     finally:
         if process.poll() is None:
             process.kill()
+
+
+# Run as `python -c`: holds the import of the worker's module (taskiq, redis, the runner:
+# most of a worker's start-up) until it is signalled, so the SIGTERM lands exactly there.
+HOLD_WORKER_IMPORT = """
+import importlib.abc, sys, time
+class Hold(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "jobtrail.workers.worker":
+            print("holding the worker's import", flush=True)
+            time.sleep(30)
+        return None
+sys.meta_path.insert(0, Hold())
+from jobtrail.cli import main
+sys.exit(main(["worker"]))
+"""
+
+
+@pytest.mark.e2e
+async def test_sigterm_while_the_worker_imports_its_own_modules_is_a_clean_stop(settings, tmp_path):
+    """Before the worker's loop handles signals (its own imports take most of a second): exit 0 too."""
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", HOLD_WORKER_IMPORT], cwd=ROOT, env=worker_env(settings), stdout=out, stderr=out,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while b"holding the worker's import" not in log.read_bytes():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            await asyncio.sleep(0.05)
+
+        process.send_signal(signal.SIGTERM)
+
+        assert await asyncio.to_thread(process.wait, 20) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
