@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import os
 import re
+import secrets
 import time
 
 from litestar.enums import ScopeType
@@ -97,22 +97,4 @@ def _request_id(scope: Scope) -> str:
             raw = value  # the last one, as a dict of the headers would keep
     given = raw.decode("latin-1")
     # A key pasted as a request id would be printed on every log line of the request.
-    return given if given and _SANE_ID.match(given) and redacted_text(given) == given else _fresh_id()
-
-
-_ID_BYTES = 16
-_random_ids = bytearray()
-
-
-def _fresh_id() -> str:
-    """32 hex digits from os.urandom, as secrets.token_hex(16), read 256 ids at a time: a system call per id
-    was a visible share of a request's CPU."""
-    if not _random_ids:
-        _random_ids.extend(os.urandom(_ID_BYTES * 256))
-    chunk = _random_ids[-_ID_BYTES:]
-    del _random_ids[-_ID_BYTES:]
-    return chunk.hex()
-
-
-# A child process must not hand out its parent's ids again.
-os.register_at_fork(after_in_child=_random_ids.clear)
+    return given if given and _SANE_ID.match(given) and redacted_text(given) == given else secrets.token_hex(16)
