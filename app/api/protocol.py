@@ -9,8 +9,8 @@ place for that answer.
 httptools (llhttp, in C) is the default: it parses a request for a fraction of h11's
 pure-Python cost, which is a large share of a small request's CPU. h11 stays selectable
 (JOBTRAIL_HTTP=h11). h11 bounds the head itself; llhttp does not bound it at all, so the
-httptools protocol counts the head's bytes and refuses past the same 16 KiB, with the same
-answer: one limit, one error, whichever parser runs.
+httptools protocol counts a head's bytes as h11 does and refuses past the same 16 KiB, with
+the same answer: one limit, one error, whichever parser runs.
 """
 
 from __future__ import annotations
@@ -46,24 +46,19 @@ class JsonErrorH11Protocol(H11Protocol):
         self.transport.close()
 
 
-class _HeadTooLarge(Exception):
-    """Raised in a parser callback: httptools turns it into HttpParserCallbackError, a 400."""
-
-
 class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, with h11's bound on a request head.
 
-    Two counts, because llhttp hands over a header only once it is whole: the URL and the
-    headers as the callbacks deliver them (exact, for a long URL), and the bytes read while
-    a head is still incomplete (for one endless header, which llhttp would buffer whole).
-    The second starts at the read after the previous request ended, so it never counts a
-    body's bytes; it may miss the start of a pipelined head, never a whole read.
+    h11 refuses a head that is still incomplete once more than the bound has been read
+    for it (a head that arrives whole in one read passes, however long, and the app then
+    judges its query parameters); this counts the same: the bytes read while a head is
+    incomplete, from the read after the previous request ended (so never a body's bytes).
+    llhttp would otherwise buffer an endless header whole.
     """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._head_limit = _head_limit(self)
-        self._head_bytes = 0  # the URL and headers delivered so far
         self._read_in_head = 0  # bytes read while the head is incomplete
         self._in_head = True
 
@@ -74,18 +69,6 @@ class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head and self._read_in_head > self._head_limit and not self.transport.is_closing():
             self.send_400_response("request head too large")
 
-    def on_message_begin(self) -> None:
-        self._head_bytes = 0
-        super().on_message_begin()
-
-    def on_url(self, url: bytes) -> None:
-        self._count(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)  # ": " and CRLF
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._read_in_head = 0
@@ -94,11 +77,6 @@ class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._in_head = True
         super().on_message_complete()
-
-    def _count(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > self._head_limit:
-            raise _HeadTooLarge
 
     def send_400_response(self, msg: str) -> None:
         body, headers = _json_400(self._head_limit)
