@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -88,9 +89,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 def _run_server(settings: Settings, args: argparse.Namespace, artifacts_line: str) -> int:
     import uvicorn
 
-    from jobtrail import gcpolicy
+    from jobtrail import eventloop, gcpolicy
     from jobtrail.api.app import create_app
-    from jobtrail.api.protocol import JsonErrorH11Protocol
+    from jobtrail.api.protocol import protocol_class
     from jobtrail.auth import ApiKeys, ConfigError, auth_enabled
     from jobtrail.services import open_services
 
@@ -114,6 +115,10 @@ def _run_server(settings: Settings, args: argparse.Namespace, artifacts_line: st
                 asyncio.get_running_loop().call_soon_threadsafe(services.hub.drain)
             super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
+        def run(self, sockets: list[socket.socket] | None = None) -> None:
+            # uvicorn's own `loop=` would pick uvloop by whether it is installed; this is the setting's.
+            eventloop.run(self.serve(sockets=sockets), settings)
+
     config = uvicorn.Config(
         app,
         host=args.host or settings.host,
@@ -124,8 +129,9 @@ def _run_server(settings: Settings, args: argparse.Namespace, artifacts_line: st
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=5,
-        # uvicorn answers a request it cannot parse in plain text; this one in JSON.
-        http=JsonErrorH11Protocol,
+        # httptools (or h11, JOBTRAIL_HTTP): uvicorn answers a request it cannot parse in
+        # plain text, these in JSON, and bound the request head alike.
+        http=protocol_class(settings),
         # /ws keep-alive: a peer that does not answer a ping within the interval is dropped.
         ws_ping_interval=settings.ws_ping_s,
         ws_ping_timeout=settings.ws_ping_s,
@@ -140,9 +146,10 @@ def _run_server(settings: Settings, args: argparse.Namespace, artifacts_line: st
 
 
 def _worker(settings: Settings, _: argparse.Namespace) -> int:
+    from jobtrail import eventloop
     from jobtrail.workers.worker import run_worker
 
-    asyncio.run(run_worker(settings))
+    eventloop.run(run_worker(settings), settings)
     return 0
 
 

@@ -93,6 +93,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     metrics_tenant_label: Literal["on", "off"] = "off"
     metrics_bind: str = ""
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    # The event loop of `serve` and `worker` (app/eventloop.py), and the HTTP/1.1 parser of
+    # `serve` (app/api/protocol.py): the C ones by default, the pure-Python ones one setting away.
+    loop: Literal["uvloop", "asyncio"] = "uvloop"
+    http: Literal["httptools", "h11"] = "httptools"
 
     def __post_init__(self) -> None:
         # A malformed REDIS_URL fails here, when settings are read, not at the first command.

@@ -8,8 +8,10 @@
   subscribers, each entry encoded once and handed to every subscriber's queue; an entry
   of type `end` closes the streams. The bench appends to the stream itself.
 
-It runs under uvicorn with the same h11 protocol as `jobtrail serve`, with no access log,
-so the ratio against it is what jobtrail's own code costs, not a different server's.
+It runs under uvicorn with the same event loop and HTTP protocol as `jobtrail serve`, taken
+from the same settings (JOBTRAIL_LOOP, JOBTRAIL_HTTP: uvloop and httptools by default) by the
+same code (app/eventloop.py, app/api/protocol.py), with no access log, so the ratio against
+it is what jobtrail's own code costs, not a different server's.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from litestar import Litestar, Request, get, post
 from litestar.exceptions import NotFoundException
 from litestar.response import Response, Stream
 
+from jobtrail import eventloop
+from jobtrail.api.protocol import protocol_class
+from jobtrail.config import Settings
 from jobtrail.keys import Keys
 
 QUEUE = "bare:queue"
@@ -130,7 +135,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     app = create_app(os.environ["REDIS_URL"], os.environ.get("BENCH_PREFIX", "jt"))
-    uvicorn.run(app, host="127.0.0.1", port=args.port, http="h11", access_log=False, log_level="warning")
+    settings = Settings.from_env()
+    config = uvicorn.Config(app, host="127.0.0.1", port=args.port, http=protocol_class(settings),
+                            access_log=False, log_level="warning")
+    eventloop.run(uvicorn.Server(config).serve(), settings)
 
 
 if __name__ == "__main__":

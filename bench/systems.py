@@ -23,10 +23,17 @@ from bench.redis_server import BenchRedis, free_port
 NODE_DIR = ROOT / "bench" / ".node"
 NODE_PACKAGES = ("bullmq@5", "ioredis@5")
 CONCURRENCY = 10  # worker concurrency, the same for jobtrail and BullMQ
+# Passed on to jobtrail and to the bare app alike: the loop and HTTP parser both run on
+# (app/eventloop.py, app/api/protocol.py), so a run may compare, say, asyncio and h11 too.
+SERVER_SETTINGS = ("JOBTRAIL_LOOP", "JOBTRAIL_HTTP")
+
+
+def _without_jobtrail_settings() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("JOBTRAIL_") or k in SERVER_SETTINGS}
 
 
 def jobtrail_env(redis: BenchRedis, prefix: str, run_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRAIL_")}
+    env = _without_jobtrail_settings()
     env.update(
         REDIS_URL=redis.url,
         JOBTRAIL_PREFIX=prefix,
@@ -76,7 +83,7 @@ class BareApp:
 
     def __init__(self, procs: Processes, redis: BenchRedis, prefix: str = "bare") -> None:
         self.procs = procs
-        self.env = {**os.environ, "REDIS_URL": redis.url, "BENCH_PREFIX": prefix}
+        self.env = {**_without_jobtrail_settings(), "REDIS_URL": redis.url, "BENCH_PREFIX": prefix}
         self.port = free_port()
         self.process: Popen[bytes] | None = None
 

@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 import uvicorn
 
 from jobtrail.api.app import create_app
+from jobtrail.api.protocol import protocol_class
 from jobtrail.config import Settings
 from jobtrail.eventlog import EventLog
 from jobtrail.keys import Keys
@@ -218,8 +219,10 @@ async def start_api() -> AsyncIterator[Callable[[Settings], asyncio.Future[Runni
 
     async def start(settings: Settings) -> RunningApi:
         services = open_services(settings, role="api")
+        # The HTTP protocol `jobtrail serve` runs (app/api/protocol.py), not uvicorn's own.
         config = uvicorn.Config(
-            create_app(settings, services), host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=1
+            create_app(settings, services), host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=1,
+            http=protocol_class(settings),
         )
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

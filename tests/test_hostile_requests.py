@@ -154,19 +154,30 @@ def send_slowly(port: int, request: bytes) -> bytes:
 
 
 @pytest.mark.e2e
-async def test_serve_answers_a_request_it_cannot_parse_in_the_json_error_shape(settings, tmp_path):
-    process, url = serve(settings, tmp_path, JOBTRAIL_AUTH="off")
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+async def test_serve_answers_a_request_it_cannot_parse_in_the_json_error_shape(settings, tmp_path, parser):
+    process, url = serve(settings, tmp_path, JOBTRAIL_AUTH="off", JOBTRAIL_HTTP=parser)
     try:
         await wait_ready(process, url)
         port = int(url.rsplit(":", 1)[1])
         query = "&".join(f"p{i}=v" for i in range(10_000))
-        for request in (f"GET /jobs?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), b"NOT HTTP AT ALL\r\n\r\n"):
+        headers = "".join(f"X-{i}: v\r\n" for i in range(3_000))
+        for request in (f"GET /jobs?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), b"NOT HTTP AT ALL\r\n\r\n",
+                        # Many headers, and one endless header: the head's bound holds for both.
+                        f"GET /healthz HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode(),
+                        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 40_000 + b"\r\n\r\n"):
             answer = await asyncio.to_thread(send_slowly, port, request)
             head, _, body = answer.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 400"), answer[:300]
             assert b"content-type: application/json" in head.lower()
             error = msgspec.json.decode(body)
             assert error["error"] == "invalid_request" and "16384 bytes" in error["detail"]
+        # A body is no part of the head, however long: this one reaches the app, which judges its params.
+        body = msgspec.json.encode({"kind": "demo", "params": {"x": "a" * 40_000}})
+        submit = b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        submit += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        answer = await asyncio.to_thread(send_slowly, port, submit)
+        assert answer.startswith(b"HTTP/1.1 422"), answer[:300]
     finally:
         process.terminate()
         process.wait(15)

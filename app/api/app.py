@@ -18,14 +18,13 @@ from jobtrail.api.access import SCHEMA_PATH, SocketAccess, access_guard
 from jobtrail.api.activity import activity_events, feed_token
 from jobtrail.api.audit import audit_report
 from jobtrail.api.body import JsonRequest
-from jobtrail.api.bounds import RequestBounds
 from jobtrail.api.errors import EXCEPTION_HANDLERS
 from jobtrail.api.health import healthz, readyz
 from jobtrail.api.jobs import JobsController
 from jobtrail.api.kinds import list_kinds
 from jobtrail.api.legacy import LegacyExportsController
 from jobtrail.api.metrics import metrics_text
-from jobtrail.api.requests import RequestIdMiddleware
+from jobtrail.api.requests import RequestMiddleware
 from jobtrail.api.swagger import swagger_asset, swagger_plugin
 from jobtrail.api.ui import ui_router
 from jobtrail.api.ws import ws, ws_described
@@ -113,8 +112,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         ],
         lifespan=[lifespan],
         guards=[access_guard(api_keys, secured, services.signer)],
-        # Outermost first: the request id and access log see the bounds' refusals too.
-        middleware=[RequestIdMiddleware, DefineMiddleware(RequestBounds, deadline_s=settings.redis_timeout_s)],
+        # The request id, the access log and the bounds (deadline, query parameters), in one layer.
+        middleware=[DefineMiddleware(RequestMiddleware, deadline_s=settings.redis_timeout_s)],
         dependencies={
             "settings": Provide(lambda: settings, sync_to_thread=False, use_cache=True),
             "principal": Provide(principal, sync_to_thread=False),

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, HttpMethod, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference
 from litestar.params import FromQuery, HeaderParameter, JSONBody, Parameter, QueryParameter
 from litestar.response import File, Stream
 
-from jobtrail.api.access import JOB_TOKEN
+from jobtrail.api.access import JOB_TOKEN, GuardedInPlace
 from jobtrail.api.common import (
     SSE_ROUTE,
     JobId,
@@ -111,8 +111,9 @@ class JobsController(Controller):
     path = "/jobs"
     tags = ("jobs",)
 
-    @post(
+    @GuardedInPlace(
         "/",
+        http_method=HttpMethod.POST,
         status_code=202,
         summary="Submit a job",
         description="Creates a job and queues it. With `Idempotency-Key`, repeating the request "
@@ -168,8 +169,9 @@ class JobsController(Controller):
         )
         return JobPage(jobs=jobs, next=next_cursor.encode() if next_cursor else None)
 
-    @get(
+    @GuardedInPlace(
         "/{job_id:str}",
+        http_method=HttpMethod.GET,
         summary="Current state of a job",
         description="One Redis read. Sends an `ETag`; `If-None-Match` with it answers 304 until the job changes.",
         responses={304: ResponseSpec(data_container=None, description="Not modified"), **error_responses(404, 503)},

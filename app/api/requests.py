@@ -16,8 +16,9 @@ import secrets
 import time
 
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
 
+from jobtrail.api.bounds import run_bounded
 from jobtrail.api.redaction import redacted_target, redacted_text
 
 log = logging.getLogger("jobtrail.access")
@@ -55,31 +56,45 @@ def _redacted_arg(arg: object) -> object:
     return redacted_target(path, query) if mark else redacted_text(arg)
 
 
-class RequestIdMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+class RequestMiddleware:
+    """The app's one middleware: the request id and the access log line, around the bounds (app/api/bounds.py).
+
+    One layer for both, since each layer costs a call per request and a send wrapper per
+    message; the request id and the access log see the bounds' refusals too.
+    """
+
+    def __init__(self, app: ASGIApp, deadline_s: float) -> None:
         self.app = app
+        self.deadline_s = deadline_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        # A key pasted as a request id would be printed on every log line of the request.
-        request_id = given if _SANE_ID.match(given) and redacted_text(given) == given else secrets.token_hex(16)
+        request_id = _request_id(scope)
         token = REQUEST_ID.set(request_id)
         started = time.perf_counter()
         status = 0
 
-        async def send_with_id(message: Message) -> None:
+        def on_start(message: HTTPResponseStartEvent) -> None:
             nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-            await send(message)
+            status = message["status"]
+            message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await run_bounded(self.app, self.deadline_s, scope, receive, send, on_start)
         finally:
             target = redacted_target(scope["path"], scope.get("query_string", b"").decode("latin-1"))
             log.info("%s %s %d %.1fms", scope["method"], target, status, (time.perf_counter() - started) * 1000)
             REQUEST_ID.reset(token)
+
+
+def _request_id(scope: Scope) -> str:
+    """The caller's `X-Request-ID` when it is a sane one, else a fresh one."""
+    raw = b""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            raw = value  # the last one, as a dict of the headers would keep
+    given = raw.decode("latin-1")
+    # A key pasted as a request id would be printed on every log line of the request.
+    return given if given and _SANE_ID.match(given) and redacted_text(given) == given else secrets.token_hex(16)
