@@ -2,8 +2,8 @@
 --
 -- KEYS[1]  job state hash        (jt:job:{ID})
 -- KEYS[2]  job event stream      (jt:job:{ID}:events)
--- KEYS[3]  job dedupe hash       (jt:job:{ID}:dedupe)  idempotency key -> event id,
---                                                     or slot -> 'key id'
+-- KEYS[3]  job dedupe hash       (jt:job:{ID}:dedupe)  idempotency key -> event id, for the keys
+--                                the state hash does not keep (below)
 -- KEYS[4]  wake shard channel    (jt:job:{ID}:events:wake)  told the new id (app/wakes.py); not a key
 -- KEYS[5]  enqueue claim         (jt:job:{ID}:enqueued)  app/service.py's, deleted: of no use once the
 --                                job ended. Given with terminal events only (the others pay for a key).
@@ -17,7 +17,7 @@
 -- ARGV[8]  dedupe slot, or '' to remember the key under itself. A writer whose writes go
 --          out one at a time (a job context) names one slot for all of them: a retry can
 --          only be of its latest write, so the slot holds that one alone ("key id"), and a
---          job's dedupe hash stays a few fields long however many reports it took.
+--          job remembers a few keys however many reports it took.
 -- ARGV[9..] field, value pairs derived from the data (app/reducer.py: fields_for)
 --
 -- Returns 'ok <id> <state> <cancel_requested> <attempt> <tenant> <kind>'  (one string; `at` is the
@@ -33,6 +33,19 @@
 -- k = key or ''}: always the same fields in the same order (app/events.py: ENTRY_FIELDS), so
 -- a stream node stores their names once.
 --
+-- Where a key is remembered: a job's keys are mostly a few of its own writers' (the submission's,
+-- `started:<n>`, the outcome's, a job context's slot), and each of those is a field of the state
+-- hash, '@' .. slot -> 'key id' or '@' .. key -> id for an event that changes the job's state
+-- (there are a few of them per attempt), read by the HMGET below: no command of its own, and no
+-- dedupe hash (a key, an object and an expiry entry) for most jobs. Other keys (an API client's
+-- keyed reports, any number per job) go in the dedupe hash, so that the hash GET /jobs/{id}
+-- reads does not grow with them. No field of the state starts with '@' (JobState.from_hash
+-- picks the fields it knows; app/jobstate.py: state_fields drops these for the fold's equality).
+-- A job written before (its keys in the dedupe hash): a slot is one writer process's and one
+-- attempt's, and a process keeps its script, so no retry reaches this script for an old slot;
+-- an event that changes the job, repeated once written, is refused or stale (submitted, started,
+-- retrying and the outcomes all are), and only then is the dedupe hash asked.
+--
 -- RULE_OF, IS_TERMINAL and ABSENT are rendered above this line from app/events.py (RULES).
 
 local job, stream, dedupe, wake, claim = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -45,9 +58,25 @@ if not allowed then
   return redis.error_reply('unknown event type ' .. etype)
 end
 
+-- The state hash's field that remembers the key (header), or nil: the key goes in the dedupe hash.
+local remembered
+if key ~= '' then
+  if slot ~= '' then
+    remembered = '@' .. slot
+  elseif next_state or opens then
+    remembered = '@' .. key
+  end
+end
+
 -- Every field the script reads, in one command: the script's cost is its command count.
-local own = redis.call('HMGET', job, 'incarnation', 'state', 'cancel_requested', 'attempt', 'event_count', 'kind',
-                       'tenant', 'last_event_id')
+local own
+if remembered then
+  own = redis.call('HMGET', job, 'incarnation', 'state', 'cancel_requested', 'attempt', 'event_count', 'kind',
+                   'tenant', 'last_event_id', remembered)
+else
+  own = redis.call('HMGET', job, 'incarnation', 'state', 'cancel_requested', 'attempt', 'event_count', 'kind',
+                   'tenant', 'last_event_id')
+end
 local state = own[2] or ABSENT
 local cancel_requested = own[3] or '0'
 
@@ -57,22 +86,34 @@ if incarnation ~= '' and own[1] and own[1] ~= incarnation then
   return {'replaced', state}
 end
 
-if key ~= '' then
-  if slot == '' then
+if remembered then
+  local previous = own[9]
+  if previous and slot == '' then
+    return {'duplicate', previous, state, cancel_requested}
+  elseif previous and string.sub(previous, 1, #key + 1) == key .. ' ' then
+    return {'duplicate', string.sub(previous, #key + 2), state, cancel_requested}
+  end
+elseif key ~= '' then
+  local previous = redis.call('HGET', dedupe, key)
+  if previous then
+    return {'duplicate', previous, state, cancel_requested}
+  end
+end
+
+-- A write this script refuses may be the retry of one an older script wrote, which kept every
+-- key in the dedupe hash (header): asked only here, where nothing is written anyway.
+local function refuse(reply)
+  if remembered and slot == '' and state ~= ABSENT then
     local previous = redis.call('HGET', dedupe, key)
     if previous then
       return {'duplicate', previous, state, cancel_requested}
     end
-  else
-    local previous = redis.call('HGET', dedupe, slot)
-    if previous and string.sub(previous, 1, #key + 1) == key .. ' ' then
-      return {'duplicate', string.sub(previous, #key + 2), state, cancel_requested}
-    end
   end
+  return reply
 end
 
 if not string.find(allowed, ' ' .. state .. ' ', 1, true) then
-  return {'refused', state}
+  return refuse({'refused', state})
 end
 
 -- Attempts are integers as Python and tostring spell them, so strings compare as numbers do
@@ -82,10 +123,10 @@ if attempt == '' then
   attempt = current
 elseif attempt_rule == 'next' then
   if tonumber(attempt) ~= tonumber(current) + 1 then
-    return {'stale', state, current}
+    return refuse({'stale', state, current})
   end
 elseif attempt_rule and attempt ~= current then
-  return {'stale', state, current}
+  return refuse({'stale', state, current})
 end
 local meta = attempt == '0' and tostring(code) or attempt .. digits
 if at ~= '' then
@@ -120,10 +161,20 @@ for i = 9, #ARGV, 2 do
 end
 -- Most events (every progress report) change no bookkeeping beyond these three, and
 -- leave the attempt as it is: one HSET of them and the data's fields, no table built.
+local remembers = remembered and (slot == '' and id or key .. ' ' .. id)
 if attempt == own[4] and not (next_state or stamp or opens) then
-  redis.call('HSET', job, 'updated_at', at, 'last_event_id', id, 'event_count', count, unpack(ARGV, 9))
+  if remembered then
+    redis.call('HSET', job, remembered, remembers, 'updated_at', at, 'last_event_id', id, 'event_count', count,
+               unpack(ARGV, 9))
+  else
+    redis.call('HSET', job, 'updated_at', at, 'last_event_id', id, 'event_count', count, unpack(ARGV, 9))
+  end
 else
   local fields = {'updated_at', at, 'last_event_id', id, 'event_count', count}
+  if remembered then
+    fields[#fields + 1] = remembered
+    fields[#fields + 1] = remembers
+  end
   if attempt ~= own[4] then
     fields[#fields + 1] = 'attempt'
     fields[#fields + 1] = attempt
@@ -146,12 +197,8 @@ else
   end
   redis.call('HSET', job, unpack(fields))
 end
-if key ~= '' then
-  if slot == '' then
-    redis.call('HSET', dedupe, key, id)
-  else
-    redis.call('HSET', dedupe, slot, key .. ' ' .. id)
-  end
+if key ~= '' and not remembered then
+  redis.call('HSET', dedupe, key, id)
 end
 
 if IS_TERMINAL(state) then

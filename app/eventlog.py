@@ -32,7 +32,7 @@ from jobtrail.events import (
     entry_type,
     pack_data,
 )
-from jobtrail.jobstate import JobState
+from jobtrail.jobstate import JobState, dedupe_fields, state_fields
 from jobtrail.keys import Keys
 from jobtrail.metrics import Metrics
 from jobtrail.offsets import BEGINNING, previous_id
@@ -510,10 +510,13 @@ class EventLog:
         """Recompute a job's hash from its stream; returns (hash before, hash after).
 
         With dry_run the hash is only compared, not written. The rewrite keeps the
-        stream's TTL, so a repaired terminal job still expires with the rest of it.
+        stream's TTL, so a repaired terminal job still expires with the rest of it. The
+        fields that remember idempotency keys are no part of the state and are kept as they
+        are (a stream entry holds its key, not the writer's slot that remembered it).
         """
         job_key, events_key, _ = self.keys.job_keys(job_id)
-        before = await self.redis.hgetall(job_key)
+        stored = await self.redis.hgetall(job_key)
+        before = state_fields(stored)
         rebuilt = fold([event async for event in self.events(job_id)])
         if not rebuilt and not before:
             raise JobNotFound(job_id)
@@ -523,7 +526,7 @@ class EventLog:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(job_key)
             if rebuilt:
-                pipe.hset(job_key, mapping=rebuilt)
+                pipe.hset(job_key, mapping={**rebuilt, **dedupe_fields(stored)})
                 if ttl_ms > 0:
                     pipe.pexpire(job_key, ttl_ms)
             await pipe.execute()
