@@ -33,11 +33,16 @@
 -- k = key or ''}: always the same fields in the same order (app/events.py: ENTRY_FIELDS), so
 -- a stream node stores their names once.
 --
--- Where a key is remembered: a job's keys are mostly a few of its own writers' (the submission's,
--- `started:<n>`, the outcome's, a job context's slot), and each of those is a field of the state
--- hash, '@' .. slot -> 'key id' or '@' .. key -> id for an event that changes the job's state
--- (there are a few of them per attempt), read by the HMGET below: no command of its own, and no
--- dedupe hash (a key, an object and an expiry entry) for most jobs. Other keys (an API client's
+-- Where a key is remembered: a job's keys are mostly its own writers' (the submission's,
+-- `started:<n>`, `retrying:<n>`, the outcome's, a job context's), and those are fields of the
+-- state hash: '@' .. slot -> 'key id' for a job context's; '@' -> the submission's key (its id
+-- is the incarnation); '@' .. key -> id for another event that changes the job's state (a few
+-- per attempt; a migration re-sends them all, not only the latest). The HMGET below reads the
+-- field: no command of its own, and no dedupe hash (a key, an object and an expiry entry) for
+-- most jobs. A terminal event drops them but the submission's and its own: once the job has
+-- ended every earlier write is refused or stale (a job context's writes, retries included, end
+-- before the outcome: workers/context.py, close), and a listpack's every lookup walks its
+-- fields, for the job's whole retention in bytes. Other keys (an API client's
 -- keyed reports, any number per job) go in the dedupe hash, so that the hash GET /jobs/{id}
 -- reads does not grow with them. No field of the state starts with '@' (JobState.from_hash
 -- picks the fields it knows; app/jobstate.py: state_fields drops these for the fold's equality).
@@ -63,7 +68,9 @@ local remembered
 if key ~= '' then
   if slot ~= '' then
     remembered = '@' .. slot
-  elseif next_state or opens then
+  elseif opens then
+    remembered = '@'
+  elseif next_state then
     remembered = '@' .. key
   end
 end
@@ -88,10 +95,16 @@ end
 
 if remembered then
   local previous = own[9]
-  if previous and slot == '' then
+  if slot ~= '' then
+    if previous and string.sub(previous, 1, #key + 1) == key .. ' ' then
+      return {'duplicate', string.sub(previous, #key + 2), state, cancel_requested}
+    end
+  elseif opens then
+    if previous == key then  -- the submission's id is the incarnation
+      return {'duplicate', own[1], state, cancel_requested}
+    end
+  elseif previous then
     return {'duplicate', previous, state, cancel_requested}
-  elseif previous and string.sub(previous, 1, #key + 1) == key .. ' ' then
-    return {'duplicate', string.sub(previous, #key + 2), state, cancel_requested}
   end
 elseif key ~= '' then
   local previous = redis.call('HGET', dedupe, key)
@@ -100,33 +113,32 @@ elseif key ~= '' then
   end
 end
 
--- A write this script refuses may be the retry of one an older script wrote, which kept every
--- key in the dedupe hash (header): asked only here, where nothing is written anyway.
-local function refuse(reply)
+-- Attempts are integers as Python and tostring spell them, so strings compare as numbers do
+-- and the entry's `e` is a concatenation: a number's tostring costs more than a command's key.
+local current = own[4] or '0'
+local refusal
+if not string.find(allowed, ' ' .. state .. ' ', 1, true) then
+  refusal = {'refused', state}
+elseif attempt == '' then
+  attempt = current
+elseif attempt_rule == 'next' then
+  if tonumber(attempt) ~= tonumber(current) + 1 then
+    refusal = {'stale', state, current}
+  end
+elseif attempt_rule and attempt ~= current then
+  refusal = {'stale', state, current}
+end
+if refusal then
+  -- It may be the retry of a write an older script made, which kept every key in the dedupe
+  -- hash (header): asked only here, where nothing is written anyway. Inline, not a function:
+  -- a closure (and its upvalues) would be built on every call.
   if remembered and slot == '' and state ~= ABSENT then
     local previous = redis.call('HGET', dedupe, key)
     if previous then
       return {'duplicate', previous, state, cancel_requested}
     end
   end
-  return reply
-end
-
-if not string.find(allowed, ' ' .. state .. ' ', 1, true) then
-  return refuse({'refused', state})
-end
-
--- Attempts are integers as Python and tostring spell them, so strings compare as numbers do
--- and the entry's `e` is a concatenation: a number's tostring costs more than a command's key.
-local current = own[4] or '0'
-if attempt == '' then
-  attempt = current
-elseif attempt_rule == 'next' then
-  if tonumber(attempt) ~= tonumber(current) + 1 then
-    return refuse({'stale', state, current})
-  end
-elseif attempt_rule and attempt ~= current then
-  return refuse({'stale', state, current})
+  return refusal
 end
 local meta = attempt == '0' and tostring(code) or attempt .. digits
 if at ~= '' then
@@ -161,20 +173,15 @@ for i = 9, #ARGV, 2 do
 end
 -- Most events (every progress report) change no bookkeeping beyond these three, and
 -- leave the attempt as it is: one HSET of them and the data's fields, no table built.
-local remembers = remembered and (slot == '' and id or key .. ' ' .. id)
 if attempt == own[4] and not (next_state or stamp or opens) then
   if remembered then
-    redis.call('HSET', job, remembered, remembers, 'updated_at', at, 'last_event_id', id, 'event_count', count,
-               unpack(ARGV, 9))
+    redis.call('HSET', job, remembered, slot ~= '' and key .. ' ' .. id or id, 'updated_at', at, 'last_event_id',
+               id, 'event_count', count, unpack(ARGV, 9))
   else
     redis.call('HSET', job, 'updated_at', at, 'last_event_id', id, 'event_count', count, unpack(ARGV, 9))
   end
 else
   local fields = {'updated_at', at, 'last_event_id', id, 'event_count', count}
-  if remembered then
-    fields[#fields + 1] = remembered
-    fields[#fields + 1] = remembers
-  end
   if attempt ~= own[4] then
     fields[#fields + 1] = 'attempt'
     fields[#fields + 1] = attempt
@@ -195,6 +202,10 @@ else
   for i = 9, #ARGV do
     fields[#fields + 1] = ARGV[i]
   end
+  if remembered then  -- last: a new field goes at the listpack's end, behind those read more often
+    fields[#fields + 1] = remembered
+    fields[#fields + 1] = slot ~= '' and key .. ' ' .. id or opens and key or id
+  end
   redis.call('HSET', job, unpack(fields))
 end
 if key ~= '' and not remembered then
@@ -202,6 +213,16 @@ if key ~= '' and not remembered then
 end
 
 if IS_TERMINAL(state) then
+  -- Every key's field but the submission's and this event's own (header).
+  local ended = {}
+  for _, name in ipairs(redis.call('HKEYS', job)) do
+    if string.byte(name) == 64 and name ~= '@' and name ~= remembered then  -- 64: '@'
+      ended[#ended + 1] = name
+    end
+  end
+  if #ended > 0 then
+    redis.call('HDEL', job, unpack(ended))
+  end
   redis.call('EXPIRE', job, retention)
   redis.call('EXPIRE', dedupe, retention)
   if claim then
