@@ -173,7 +173,8 @@ class EventLog:
 
         `slot` names where the job remembers `key`, for a writer whose appends go out one
         at a time (a job context): the slot keeps its latest key alone, which is the only
-        one a retry can repeat, so a job's dedupe hash does not grow with its reports.
+        one a retry can repeat, as a field of the job's state hash (append.lua's header says
+        which keys live there and which in the dedupe hash).
 
         With a `replica_wait`, a submission or terminal event also waits (in the same round
         trip) for that many replicas, up to its timeout; `Appended.replicas` says how many
