@@ -2,8 +2,8 @@
 --
 -- KEYS[1]  job state hash        (jt:job:{ID})
 -- KEYS[2]  job event stream      (jt:job:{ID}:events)
--- KEYS[3]  job dedupe hash       (jt:job:{ID}:dedupe)  idempotency key -> event id,
---                                                     or slot -> 'key id'
+-- KEYS[3]  job dedupe hash       (jt:job:{ID}:dedupe)  idempotency key -> event id, for the keys
+--                                the state hash does not keep (below)
 -- KEYS[4]  wake shard channel    (jt:job:{ID}:events:wake)  told the new id (app/wakes.py); not a key
 -- KEYS[5]  enqueue claim         (jt:job:{ID}:enqueued)  app/service.py's, deleted: of no use once the
 --                                job ended. Given with terminal events only (the others pay for a key).
@@ -17,7 +17,7 @@
 -- ARGV[8]  dedupe slot, or '' to remember the key under itself. A writer whose writes go
 --          out one at a time (a job context) names one slot for all of them: a retry can
 --          only be of its latest write, so the slot holds that one alone ("key id"), and a
---          job's dedupe hash stays a few fields long however many reports it took.
+--          job remembers a few keys however many reports it took.
 -- ARGV[9..] field, value pairs derived from the data (app/reducer.py: fields_for)
 --
 -- Returns 'ok <id> <state> <cancel_requested> <attempt> <tenant> <kind>'  (one string; `at` is the
@@ -33,6 +33,24 @@
 -- k = key or ''}: always the same fields in the same order (app/events.py: ENTRY_FIELDS), so
 -- a stream node stores their names once.
 --
+-- Where a key is remembered: a job's keys are mostly its own writers' (the submission's,
+-- `started:<n>`, `retrying:<n>`, the outcome's, a job context's), and those are fields of the
+-- state hash: '@' .. slot -> 'key id' for a job context's; '@' -> the submission's key (its id
+-- is the incarnation); '@' .. key -> id for another event that changes the job's state (a few
+-- per attempt; a migration re-sends them all, not only the latest). The HMGET below reads the
+-- field: no command of its own, and no dedupe hash (a key, an object and an expiry entry) for
+-- most jobs. A terminal event drops them but the submission's and its own: once the job has
+-- ended every earlier write is refused or stale (a job context's writes, retries included, end
+-- before the outcome: workers/context.py, close), and a listpack's every lookup walks its
+-- fields, for the job's whole retention in bytes. Other keys (an API client's
+-- keyed reports, any number per job) go in the dedupe hash, so that the hash GET /jobs/{id}
+-- reads does not grow with them. No field of the state starts with '@' (JobState.from_hash
+-- picks the fields it knows; app/jobstate.py: state_fields drops these for the fold's equality).
+-- A job written before (its keys in the dedupe hash): a slot is one writer process's and one
+-- attempt's, and a process keeps its script, so no retry reaches this script for an old slot;
+-- an event that changes the job, repeated once written, is refused or stale (submitted, started,
+-- retrying and the outcomes all are), and only then is the dedupe hash asked.
+--
 -- RULE_OF, IS_TERMINAL and ABSENT are rendered above this line from app/events.py (RULES).
 
 local job, stream, dedupe, wake, claim = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -45,9 +63,27 @@ if not allowed then
   return redis.error_reply('unknown event type ' .. etype)
 end
 
+-- The state hash's field that remembers the key (header), or nil: the key goes in the dedupe hash.
+local remembered
+if key ~= '' then
+  if slot ~= '' then
+    remembered = '@' .. slot
+  elseif opens then
+    remembered = '@'
+  elseif next_state then
+    remembered = '@' .. key
+  end
+end
+
 -- Every field the script reads, in one command: the script's cost is its command count.
-local own = redis.call('HMGET', job, 'incarnation', 'state', 'cancel_requested', 'attempt', 'event_count', 'kind',
-                       'tenant', 'last_event_id')
+local own
+if remembered then
+  own = redis.call('HMGET', job, 'incarnation', 'state', 'cancel_requested', 'attempt', 'event_count', 'kind',
+                   'tenant', 'last_event_id', remembered)
+else
+  own = redis.call('HMGET', job, 'incarnation', 'state', 'cancel_requested', 'attempt', 'event_count', 'kind',
+                   'tenant', 'last_event_id')
+end
 local state = own[2] or ABSENT
 local cancel_requested = own[3] or '0'
 
@@ -57,35 +93,52 @@ if incarnation ~= '' and own[1] and own[1] ~= incarnation then
   return {'replaced', state}
 end
 
-if key ~= '' then
-  if slot == '' then
-    local previous = redis.call('HGET', dedupe, key)
-    if previous then
-      return {'duplicate', previous, state, cancel_requested}
-    end
-  else
-    local previous = redis.call('HGET', dedupe, slot)
+if remembered then
+  local previous = own[9]
+  if slot ~= '' then
     if previous and string.sub(previous, 1, #key + 1) == key .. ' ' then
       return {'duplicate', string.sub(previous, #key + 2), state, cancel_requested}
     end
+  elseif opens then
+    if previous == key then  -- the submission's id is the incarnation
+      return {'duplicate', own[1], state, cancel_requested}
+    end
+  elseif previous then
+    return {'duplicate', previous, state, cancel_requested}
   end
-end
-
-if not string.find(allowed, ' ' .. state .. ' ', 1, true) then
-  return {'refused', state}
+elseif key ~= '' then
+  local previous = redis.call('HGET', dedupe, key)
+  if previous then
+    return {'duplicate', previous, state, cancel_requested}
+  end
 end
 
 -- Attempts are integers as Python and tostring spell them, so strings compare as numbers do
 -- and the entry's `e` is a concatenation: a number's tostring costs more than a command's key.
 local current = own[4] or '0'
-if attempt == '' then
+local refusal
+if not string.find(allowed, ' ' .. state .. ' ', 1, true) then
+  refusal = {'refused', state}
+elseif attempt == '' then
   attempt = current
 elseif attempt_rule == 'next' then
   if tonumber(attempt) ~= tonumber(current) + 1 then
-    return {'stale', state, current}
+    refusal = {'stale', state, current}
   end
 elseif attempt_rule and attempt ~= current then
-  return {'stale', state, current}
+  refusal = {'stale', state, current}
+end
+if refusal then
+  -- It may be the retry of a write an older script made, which kept every key in the dedupe
+  -- hash (header): asked only here, where nothing is written anyway. Inline, not a function:
+  -- a closure (and its upvalues) would be built on every call.
+  if remembered and slot == '' and state ~= ABSENT then
+    local previous = redis.call('HGET', dedupe, key)
+    if previous then
+      return {'duplicate', previous, state, cancel_requested}
+    end
+  end
+  return refusal
 end
 local meta = attempt == '0' and tostring(code) or attempt .. digits
 if at ~= '' then
@@ -121,7 +174,12 @@ end
 -- Most events (every progress report) change no bookkeeping beyond these three, and
 -- leave the attempt as it is: one HSET of them and the data's fields, no table built.
 if attempt == own[4] and not (next_state or stamp or opens) then
-  redis.call('HSET', job, 'updated_at', at, 'last_event_id', id, 'event_count', count, unpack(ARGV, 9))
+  if remembered then
+    redis.call('HSET', job, remembered, slot ~= '' and key .. ' ' .. id or id, 'updated_at', at, 'last_event_id',
+               id, 'event_count', count, unpack(ARGV, 9))
+  else
+    redis.call('HSET', job, 'updated_at', at, 'last_event_id', id, 'event_count', count, unpack(ARGV, 9))
+  end
 else
   local fields = {'updated_at', at, 'last_event_id', id, 'event_count', count}
   if attempt ~= own[4] then
@@ -144,17 +202,27 @@ else
   for i = 9, #ARGV do
     fields[#fields + 1] = ARGV[i]
   end
+  if remembered then  -- last: a new field goes at the listpack's end, behind those read more often
+    fields[#fields + 1] = remembered
+    fields[#fields + 1] = slot ~= '' and key .. ' ' .. id or opens and key or id
+  end
   redis.call('HSET', job, unpack(fields))
 end
-if key ~= '' then
-  if slot == '' then
-    redis.call('HSET', dedupe, key, id)
-  else
-    redis.call('HSET', dedupe, slot, key .. ' ' .. id)
-  end
+if key ~= '' and not remembered then
+  redis.call('HSET', dedupe, key, id)
 end
 
 if IS_TERMINAL(state) then
+  -- Every key's field but the submission's and this event's own (header).
+  local ended = {}
+  for _, name in ipairs(redis.call('HKEYS', job)) do
+    if string.byte(name) == 64 and name ~= '@' and name ~= remembered then  -- 64: '@'
+      ended[#ended + 1] = name
+    end
+  end
+  if #ended > 0 then
+    redis.call('HDEL', job, unpack(ended))
+  end
   redis.call('EXPIRE', job, retention)
   redis.call('EXPIRE', dedupe, retention)
   if claim then

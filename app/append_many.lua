@@ -1,10 +1,11 @@
 -- Append several reports (events that change no state: progress, phase, log) of one job's
 -- attempt, in order, as append.lua would append them one by one; atomically.
 --
--- KEYS     as append.lua: state hash, event stream, dedupe hash, wake shard channel
+-- KEYS     as append.lua: state hash, event stream, dedupe hash (not used), wake shard channel
 -- ARGV[1]  attempt (the job's current one; required)
 -- ARGV[2]  incarnation the writer works for, or '' for any
--- ARGV[3]  dedupe slot (append.lua's ARGV[8]): it holds "key id" of the writer's latest write
+-- ARGV[3]  dedupe slot (append.lua's ARGV[8]): the state hash's field '@' .. slot holds "key id"
+--          of the writer's latest write (append.lua's header says why there)
 -- ARGV[4]  how many events follow
 -- ARGV[5..] per event: type, data (as app/events.py packs it), idempotency key, field count n, then n field, value pairs
 --          (app/reducer.py: fields_for)
@@ -25,8 +26,9 @@ local job, stream, dedupe, wake = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local WAKE_MAX_BYTES = 16384
 local attempt, incarnation, slot, count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 
+local remembered = '@' .. slot
 local own = redis.call('HMGET', job, 'incarnation', 'state', 'cancel_requested', 'attempt', 'event_count', 'kind',
-                       'tenant')
+                       'tenant', remembered)
 local state = own[2] or ABSENT
 local cancel_requested = own[3] or '0'
 if incarnation ~= '' and own[1] and own[1] ~= incarnation then
@@ -49,7 +51,7 @@ for n = 1, count do
   i = i + 4 + 2 * tonumber(ARGV[i + 3])
 end
 
-local previous = redis.call('HGET', dedupe, slot)
+local previous = own[8]
 if previous and last_key ~= '' and string.sub(previous, 1, #last_key + 1) == last_key .. ' ' then
   return {'duplicate', string.sub(previous, #last_key + 2), state, cancel_requested}
 end
@@ -102,10 +104,11 @@ for field, value in pairs(fields) do
   table.insert(hash, field)
   table.insert(hash, value)
 end
-redis.call('HSET', job, unpack(hash))
 if last_key ~= '' then
-  redis.call('HSET', dedupe, slot, last_key .. ' ' .. id)
+  table.insert(hash, remembered)
+  table.insert(hash, last_key .. ' ' .. id)
 end
+redis.call('HSET', job, unpack(hash))
 -- One wake for the batch. Carried, a hub whose cursor is `p` delivers it as is; the id
 -- alone, the hub reads the stream after its cursor, the whole batch in one XRANGE.
 if carried then

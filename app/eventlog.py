@@ -33,7 +33,7 @@ from jobtrail.events import (
     entry_type,
     pack_data,
 )
-from jobtrail.jobstate import JobState
+from jobtrail.jobstate import JobState, dedupe_fields, state_fields
 from jobtrail.keys import Keys
 from jobtrail.metrics import Metrics
 from jobtrail.offsets import BEGINNING, is_after, previous_id
@@ -174,7 +174,8 @@ class EventLog:
 
         `slot` names where the job remembers `key`, for a writer whose appends go out one
         at a time (a job context): the slot keeps its latest key alone, which is the only
-        one a retry can repeat, so a job's dedupe hash does not grow with its reports.
+        one a retry can repeat, as a field of the job's state hash (append.lua's header says
+        which keys live there and which in the dedupe hash).
 
         With a `replica_wait`, a submission or terminal event also waits (in the same round
         trip) for that many replicas, up to its timeout; `Appended.replicas` says how many
@@ -535,10 +536,13 @@ class EventLog:
         """Recompute a job's hash from its stream; returns (hash before, hash after).
 
         With dry_run the hash is only compared, not written. The rewrite keeps the
-        stream's TTL, so a repaired terminal job still expires with the rest of it.
+        stream's TTL, so a repaired terminal job still expires with the rest of it. The
+        fields that remember idempotency keys are no part of the state and are kept as they
+        are (a stream entry holds its key, not the writer's slot that remembered it).
         """
         job_key, events_key, _ = self.keys.job_keys(job_id)
-        before = await self.redis.hgetall(job_key)
+        stored = await self.redis.hgetall(job_key)
+        before = state_fields(stored)
         rebuilt = fold([event async for event in self.events(job_id)])
         if not rebuilt and not before:
             raise JobNotFound(job_id)
@@ -548,7 +552,7 @@ class EventLog:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(job_key)
             if rebuilt:
-                pipe.hset(job_key, mapping=rebuilt)
+                pipe.hset(job_key, mapping={**rebuilt, **dedupe_fields(stored)})
                 if ttl_ms > 0:
                     pipe.pexpire(job_key, ttl_ms)
             await pipe.execute()

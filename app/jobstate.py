@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from jobtrail.events import TERMINAL_STATES, Artifact, State, ms_to_datetime
+from jobtrail.keys import DEDUPE_FIELD
 
 
 class ArtifactOut(Artifact, frozen=True):
@@ -100,6 +101,17 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True):
             return self
         url = f"{artifact_path(self.id)}?token={token}"
         return msgspec.structs.replace(self, artifact=msgspec.structs.replace(self.artifact, download_url=url))
+
+
+def state_fields(fields: dict[str, str]) -> dict[str, str]:
+    """A job's hash without the fields that remember idempotency keys (app/keys.py: DEDUPE_FIELD):
+    what the fold of its stream equals (app/reducer.py)."""
+    return {name: value for name, value in fields.items() if not name.startswith(DEDUPE_FIELD)}
+
+
+def dedupe_fields(fields: dict[str, str]) -> dict[str, str]:
+    """The fields of a job's hash that `state_fields` leaves out."""
+    return {name: value for name, value in fields.items() if name.startswith(DEDUPE_FIELD)}
 
 
 def _artifact_out(job_id: str, raw: str | None) -> ArtifactOut | None:

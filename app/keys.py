@@ -12,6 +12,11 @@ from collections.abc import Callable
 # Letters, digits and `_ . -`: safe inside a hash tag and in a URL path segment.
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
+# The state hash's fields that remember idempotency keys start with this (append.lua, append_many.lua):
+# '@' + a writer's slot -> "key id", '@' + the key of an event that changes the job's state -> id.
+# No field of the state itself does (app/reducer.py); app/jobstate.py: state_fields leaves them out.
+DEDUPE_FIELD = "@"
+
 
 class Keys:
     """Key names under one prefix (`jt` by default)."""
@@ -30,8 +35,9 @@ class Keys:
         return f"{self.prefix}:job:{{{job_id}}}:events"
 
     def dedupe(self, job_id: str) -> str:
-        """Hash: producer idempotency key -> id of the event it produced; or a writer's slot -> "key id"
-        of its latest write alone (append.lua, ARGV[8])."""
+        """Hash: producer idempotency key -> id of the event it produced, for the keys the state hash
+        does not remember itself (`DEDUPE_FIELD`; append.lua's header): an API client's keyed reports.
+        Most jobs have none."""
         return f"{self.prefix}:job:{{{job_id}}}:dedupe"
 
     def lease(self, job_id: str) -> str:

@@ -54,6 +54,7 @@ import redis.asyncio as aioredis
 
 from jobtrail.config import Settings
 from jobtrail.events import Event, EventOut, EventType
+from jobtrail.jobstate import state_fields
 from jobtrail.keys import Keys
 from jobtrail.reducer import IllegalHistory, fold
 from jobtrail.store import Store
@@ -681,7 +682,7 @@ async def read_jobs(
             pipe.hgetall(keys.job(job_id))
         replies = await pipe.execute()
     streams = {j: [Event.from_entry(i, f) for i, f in replies[2 * n]] for n, j in enumerate(job_ids)}
-    states = {j: replies[2 * n + 1] for n, j in enumerate(job_ids)}
+    states = {j: state_fields(replies[2 * n + 1]) for n, j in enumerate(job_ids)}
     return streams, states
 
 

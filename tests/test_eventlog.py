@@ -7,6 +7,7 @@ import pytest
 from jobtrail.errors import AttemptSuperseded, JobExists, JobNotFound, JobReplaced, TransitionRefused
 from jobtrail.eventlog import EventLog
 from jobtrail.events import ABSENT, RULES, TERMINAL_STATES, EventType, State
+from jobtrail.jobstate import JobState, dedupe_fields, state_fields
 from jobtrail.reducer import fold
 
 SAMPLE_DATA = {
@@ -84,6 +85,59 @@ async def test_repeated_idempotency_key_is_dropped_and_returns_the_first_event(e
     assert (await events.state("job")).event_count == 2
 
 
+async def test_a_jobs_own_writers_keys_live_in_its_state_hash_and_a_retry_of_each_is_a_duplicate(
+    events, redis_client, keys
+):
+    # The submission's, the runner's and the outcome's keys: no dedupe hash for such a job.
+    path = [(EventType.SUBMITTED, None, "submitted:abc"), (EventType.STARTED, 1, "started:1"),
+            (EventType.RETRYING, 1, "retrying:1"), (EventType.STARTED, 2, "started:2"),
+            (EventType.SUCCEEDED, 2, "succeeded")]
+    first = []
+    for event_type, attempt, key in path:  # each retried as a lost reply's retry is: at once
+        if event_type is EventType.SUCCEEDED:  # a job context's report, in its slot
+            report = await events.append("job", EventType.PROGRESS, {"progress": 0.5}, attempt=2, key="c2.w.1",
+                                         slot="c2.w")
+            assert dedupe_fields(await redis_client.hgetall(keys.job("job"))) == {
+                "@": "submitted:abc", "@started:1": first[1].id, "@retrying:1": first[2].id,
+                "@started:2": first[3].id, "@c2.w": f"c2.w.1 {report.id}"}
+        first.append(await events.append("job", event_type, SAMPLE_DATA[event_type], attempt=attempt, key=key))
+        again = await events.append("job", event_type, SAMPLE_DATA[event_type], attempt=attempt, key=key)
+        assert again.duplicate and again.id == first[-1].id, key
+    assert not await redis_client.exists(keys.dedupe("job"))
+    stored = await redis_client.hgetall(keys.job("job"))
+    # The submission's key under '@' (its id is the incarnation); the terminal event dropped the
+    # others but its own, as no earlier write can land any more.
+    assert dedupe_fields(stored) == {"@": "submitted:abc", "@succeeded": first[-1].id}
+    assert JobState.from_hash("job", stored) == JobState.from_hash("job", state_fields(stored))
+    for n in (0, -1):  # the submission's and the outcome's still answer a retry after the end
+        event_type, attempt, key = path[n]
+        again = await events.append("job", event_type, SAMPLE_DATA[event_type], attempt=attempt, key=key)
+        assert again.duplicate and again.id == first[n].id, key
+    assert await redis_client.xlen(keys.events("job")) == len(path) + 1
+
+
+async def test_a_key_an_older_script_kept_in_the_dedupe_hash_still_answers_duplicate(events, redis_client, keys):
+    # Written as the scripts before kept every key: key -> id in the dedupe hash, nothing in the state hash.
+    for event_type, attempt, key in [(EventType.SUBMITTED, None, "submitted:old"), (EventType.STARTED, 1, "started:1"),
+                                     (EventType.SUCCEEDED, 1, "succeeded")]:
+        appended = await events.append("job", event_type, SAMPLE_DATA[event_type], attempt=attempt, key=key)
+        await redis_client.hdel(keys.job("job"), "@", f"@{key}")
+        await redis_client.hset(keys.dedupe("job"), key, appended.id)
+        again = await events.append("job", event_type, SAMPLE_DATA[event_type], attempt=attempt, key=key)
+        assert again.duplicate and again.id == appended.id, key
+    with pytest.raises(TransitionRefused):
+        await events.append("job", EventType.SUCCEEDED, SAMPLE_DATA[EventType.SUCCEEDED], attempt=1, key="other")
+
+
+async def test_an_api_clients_keyed_reports_stay_out_of_the_state_hash(events, redis_client, keys):
+    await put_job_in(events, "job", State.RUNNING)
+    first = await events.append("job", EventType.LOG, SAMPLE_DATA[EventType.LOG], key="client-1")
+    again = await events.append("job", EventType.LOG, SAMPLE_DATA[EventType.LOG], key="client-1")
+    assert again.duplicate and again.id == first.id
+    assert await redis_client.hgetall(keys.dedupe("job")) == {"client-1": first.id}
+    assert dedupe_fields(await redis_client.hgetall(keys.job("job"))) == {}
+
+
 async def test_a_slot_remembers_only_its_latest_key_and_still_drops_a_repeat_of_it(events, redis_client, keys):
     await put_job_in(events, "j1", State.RUNNING)
     appended = []
@@ -95,7 +149,9 @@ async def test_a_slot_remembers_only_its_latest_key_and_still_drops_a_repeat_of_
     assert not any(a.duplicate for a in appended)
     assert again.duplicate and again.id == appended[-1].id
     # An older key of the slot is forgotten: only the latest write can be retried.
-    assert await redis_client.hgetall(keys.dedupe("j1")) == {"c1.w": f"c1.w.5 {appended[-1].id}"}
+    # The slot is a field of the state hash, which the HMGET reads anyway: no dedupe hash.
+    assert dedupe_fields(await redis_client.hgetall(keys.job("j1"))) == {"@c1.w": f"c1.w.5 {appended[-1].id}"}
+    assert not await redis_client.exists(keys.dedupe("j1"))
     # A key that merely starts like the remembered one is another write.
     longer = await events.append("j1", EventType.PROGRESS, {"progress": 0.6}, key="c1.w.50", slot="c1.w")
     assert not longer.duplicate
@@ -106,6 +162,8 @@ async def test_terminal_event_sets_retention_ttl_on_every_key_of_the_job(redis_c
     short = EventLog(redis_client, keys, retention_s=120, activity_maxlen=100)
     await short.append("job", EventType.SUBMITTED, SAMPLE_DATA[EventType.SUBMITTED])
     await short.append("job", EventType.STARTED, SAMPLE_DATA[EventType.STARTED], key="started:1")
+    # A keyed report of an API client's is remembered in the dedupe hash (started:1 in the state hash).
+    await short.append("job", EventType.LOG, SAMPLE_DATA[EventType.LOG], key="client-log-1")
     for key in keys.job_keys("job"):
         assert await redis_client.ttl(key) == -1, f"{key} must not expire while the job is live"
     await short.append("job", EventType.SUCCEEDED, SAMPLE_DATA[EventType.SUCCEEDED])
@@ -242,7 +300,9 @@ async def test_rebuild_restores_a_corrupted_hash_from_the_stream(events, redis_c
     before, after = await events.rebuild("job", dry_run=True)
     assert before != after and await redis_client.hget(keys.job("job"), "state") == "running"
     await events.rebuild("job")
-    assert await redis_client.hgetall(keys.job("job")) == good == fold([e async for e in events.events("job")])
+    repaired = await redis_client.hgetall(keys.job("job"))
+    assert repaired == good
+    assert state_fields(repaired) == fold([e async for e in events.events("job")])
     assert await redis_client.ttl(keys.job("job")) > 0, "a repaired terminal job keeps its retention"
 
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from jobtrail.errors import JobExists, JobNotFound, TransitionRefused
 from jobtrail.eventlog import EventLog
 from jobtrail.events import EventType
+from jobtrail.jobstate import state_fields
 from jobtrail.keys import Keys
 from jobtrail.reducer import fold
 
@@ -79,7 +80,7 @@ async def scenario(redis_url: str, sequence) -> None:
             named = {"own": own, "other": "1-1"}.get(incarnation or "")
             with contextlib.suppress(TransitionRefused, JobExists, JobNotFound):
                 await events.append("job", event_type, data, attempt=attempt, key=key, incarnation=named)
-        stored = await client.hgetall(keys.job("job"))
+        stored = state_fields(await client.hgetall(keys.job("job")))
         assert stored["incarnation"] == own
         folded = fold([event async for event in events.events("job")])
         assert stored == folded
