@@ -47,7 +47,7 @@ async def record_submitted(
     the job exists, and the caller decides whether that matters; a failure of the feed
     is only logged, as for every append.
     """
-    # 128 random bits in 22 characters: the entry and the dedupe hash keep it for the job's life.
+    # 128 random bits in 22 characters: the entry and the state hash (its `@` field) keep it for the job's life.
     key = f"submitted:{secrets.token_urlsafe(16)}"
     appended = await events.append(job_id, EventType.SUBMITTED, data, key=key, before=before, defer_feed=True,
                                    shared=shared.run if shared is not None else None)
