@@ -43,7 +43,7 @@ _DEADLINE: ContextVar[asyncio.Timeout | None] = ContextVar("request_deadline", d
 def _pause(deadline: asyncio.Timeout | None) -> float | None:
     """Stop `deadline` (if it is running); the seconds it had left, for `_resume`."""
     when = deadline.when() if deadline else None
-    if deadline is None or when is None:
+    if deadline is None or when is None or deadline.expired():
         return None
     remaining = when - asyncio.get_running_loop().time()
     deadline.reschedule(None)
@@ -102,7 +102,10 @@ async def run_bounded(
         nonlocal answered
         if message["type"] == "http.response.start" and not answered:
             answered = True
-            deadline.reschedule(None)
+            # A deadline already expiring (its cancellation on its way) can no longer be
+            # stopped: asyncio refuses the reschedule, and the answer goes out regardless.
+            if not deadline.expired():
+                deadline.reschedule(None)
             on_start(message)
         await send(message)
 
