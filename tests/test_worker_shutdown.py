@@ -197,27 +197,31 @@ async def test_messages_read_but_not_started_go_back_on_the_queue_at_shutdown(cl
     assert never_started_on_the_first == 2
 
 
-@pytest.mark.e2e
-async def test_sigterm_while_the_worker_starts_is_a_clean_stop(settings, tmp_path):
-    """An orchestrator may stop a worker that is still importing its kinds: exit 0, not death by SIGTERM."""
-    log = tmp_path / "worker.log"
+async def exit_status_when_terminated_at(marker: bytes, command: list[str], env: dict[str, str], log) -> int:
+    """Start `command`, SIGTERM it once its log shows `marker`, and return its exit status."""
     with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "jobtrail.cli", "worker"], cwd=ROOT,
-            env=worker_env(settings) | {"JOBTRAIL_KINDS": "tests.user_kinds.slow_import"}, stdout=out, stderr=out,
-        )
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
     try:
         deadline = time.monotonic() + 20
-        while b"slow_import: importing" not in log.read_bytes():
+        while marker not in log.read_bytes():
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             await asyncio.sleep(0.05)
 
         process.send_signal(signal.SIGTERM)
 
-        assert await asyncio.to_thread(process.wait, 20) == 0, log.read_text()
+        return await asyncio.to_thread(process.wait, 20)
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.mark.e2e
+async def test_sigterm_while_the_worker_starts_is_a_clean_stop(settings, tmp_path):
+    """An orchestrator may stop a worker that is still importing its kinds: exit 0, not death by SIGTERM."""
+    log = tmp_path / "worker.log"
+    env = worker_env(settings) | {"JOBTRAIL_KINDS": "tests.user_kinds.slow_import"}
+    command = [sys.executable, "-m", "jobtrail.cli", "worker"]
+    assert await exit_status_when_terminated_at(b"slow_import: importing", command, env, log) == 0, log.read_text()
 
 
 # Run as `python -c`: holds the import of the worker's module (taskiq, redis, the runner:
@@ -240,19 +244,6 @@ sys.exit(main(["worker"]))
 async def test_sigterm_while_the_worker_imports_its_own_modules_is_a_clean_stop(settings, tmp_path):
     """Before the worker's loop handles signals (its own imports take most of a second): exit 0 too."""
     log = tmp_path / "worker.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-c", HOLD_WORKER_IMPORT], cwd=ROOT, env=worker_env(settings), stdout=out, stderr=out,
-        )
-    try:
-        deadline = time.monotonic() + 20
-        while b"holding the worker's import" not in log.read_bytes():
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            await asyncio.sleep(0.05)
-
-        process.send_signal(signal.SIGTERM)
-
-        assert await asyncio.to_thread(process.wait, 20) == 0, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
+    command = [sys.executable, "-c", HOLD_WORKER_IMPORT]
+    marker = b"holding the worker's import"
+    assert await exit_status_when_terminated_at(marker, command, worker_env(settings), log) == 0, log.read_text()
