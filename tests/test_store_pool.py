@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+from redis.asyncio import connection
+from redis.exceptions import NoScriptError, ResponseError
 
 from jobtrail.config import Settings
 from jobtrail.keys import Keys
@@ -40,3 +42,45 @@ async def test_the_default_pool_is_small_and_a_crowd_of_callers_waits_for_it_wit
     finally:
         await client.aclose()
 
+
+
+async def test_a_pipelines_replies_read_from_the_buffer_are_what_redis_py_reads_and_arm_one_timer(
+    settings: Settings, keys: Keys, redis_client, monkeypatch
+):
+    armed = 0
+    real_timeout = connection.async_timeout
+
+    def counted(*args: object) -> object:
+        nonlocal armed
+        armed += 1
+        return real_timeout(*args)
+
+    client = Store(settings, role="pooltest").pooled()
+    key, text = keys.job("buffered"), keys.job("buffered-text")
+
+    def queue(pipe) -> None:
+        pipe.incr(key)
+        pipe.hset(text, mapping={"a": "1", "b": "é"})
+        pipe.hgetall(text)
+        pipe.incr(text)  # WRONGTYPE: an error reply, as a value
+        pipe.evalsha("0" * 40, 0)  # NOSCRIPT
+        pipe.get(keys.job("missing"))
+
+    try:
+        await client.ping()  # connected: the pipeline below measures its reads alone
+        monkeypatch.setattr(connection, "async_timeout", counted)
+        async with client.pipeline(transaction=False) as pipe:
+            queue(pipe)
+            replies = await pipe.execute(raise_on_error=False)
+        monkeypatch.undo()
+        async with redis_client.pipeline(transaction=False) as pipe:  # redis-py's own connections
+            queue(pipe)
+            expected = await pipe.execute(raise_on_error=False)
+        assert (replies[0], replies[1]) == (1, 2) and (expected[0], expected[1]) == (2, 0)
+        assert replies[2] == expected[2] == {"a": "1", "b": "é"}
+        assert type(replies[3]) is type(expected[3]) is ResponseError and str(replies[3]) == str(expected[3])
+        assert isinstance(replies[4], NoScriptError) and isinstance(expected[4], NoScriptError)
+        assert replies[5] is None and expected[5] is None
+        assert armed <= 2  # the first reply waits under a timeout; those already read with it do not
+    finally:
+        await client.aclose()
