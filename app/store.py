@@ -58,10 +58,10 @@ class HiredisPacking:
             return super().pack_command(*args)  # type: ignore[misc]
 
 
-# Replies redis-py's hiredis parser acts on: a lost connection (it raises), a RESP3 push (it reads on).
-_CHECKED: tuple[type, ...] = (redis_errors.ConnectionError, *(
-    (hiredis.PushNotification,) if hasattr(hiredis, "PushNotification") else ()
-))
+# Replies redis-py acts on: a lost connection (its parser raises), an error reply (a Sentinel
+# connection turns READONLY into a reconnect), a RESP3 push (its parser reads on).
+_PUSH: tuple[type, ...] = (hiredis.PushNotification,) if hasattr(hiredis, "PushNotification") else ()
+_CHECKED = (redis_errors.ConnectionError, redis_errors.ResponseError, *_PUSH)
 
 
 class _Replay:
@@ -87,8 +87,8 @@ class BufferedReplies:
     pipeline's usually are (they come in one socket read): py-spy put those timers at ~13 %
     of a submission's CPU in the API. A reply not yet whole in the buffer is read as before,
     under the timeout, so a stalled Redis is cut off exactly as it was. A buffered reply gets
-    what redis-py does after any read (`_plain`); the few its parser acts on itself (an error
-    that means the connection is gone, a push) go through that parser (`_Replay`).
+    what redis-py does after any read (`_plain`); the few it acts on (errors, pushes) go
+    through redis-py's own read and the connection class's (`_Replay` hands them back).
     """
 
     async def read_response(
@@ -99,27 +99,29 @@ class BufferedReplies:
         reader = getattr(parser, "_reader", None)
         if (timeout is None and not disable_decoding and type(reader) is hiredis.Reader
                 and getattr(parser, "_connected", False) and reader.has_data()):
-            reply = reader.gets()
+            try:
+                reply = reader.gets()
+            except BaseException:  # a protocol error: the connection is unusable, as redis-py's read decides
+                if disconnect_on_error:
+                    await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+                raise
             if reply is not NOT_ENOUGH_DATA:
                 if not isinstance(reply, _CHECKED) and not (
                     type(reply) is list and reply and isinstance(reply[0], redis_errors.ConnectionError)
                 ):
                     return self._plain(reply)
-                # Replies redis-py's parser acts on: it reads them itself, handed back by _Replay,
-                # a push under the timeout (the parser reads on after it).
+                # Read by redis-py's own code, handed back by _Replay; a push under the timeout.
                 parser._reader = _Replay(parser, reader, reply)
-                if isinstance(reply, redis_errors.ConnectionError | list):
+                if not isinstance(reply, _PUSH):
                     timeout = math.inf  # redis-py's "no timeout for this read"
         return await super().read_response(  # type: ignore[misc]
             disable_decoding, timeout, disconnect_on_error=disconnect_on_error, push_request=push_request
         )
 
     def _plain(self, reply: Any) -> Any:
-        """What redis-py's `read_response` does with a reply its parser handed over as it is."""
+        """What redis-py's `read_response` does with a reply that is not an error."""
         if self.health_check_interval:  # type: ignore[attr-defined]
             self.next_health_check = asyncio.get_running_loop().time() + self.health_check_interval  # type: ignore[attr-defined]
-        if isinstance(reply, redis_errors.ResponseError):
-            raise reply from None
         return reply
 
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import msgspec
-from redis.asyncio import connection
+from redis.asyncio import Redis, connection
 from redis.exceptions import NoScriptError, ResponseError
 
 from jobtrail.config import Settings
 from jobtrail.keys import Keys
-from jobtrail.store import Store, WaitingPool
+from jobtrail.store import Store, WaitingPool, pack_with_hiredis
 
 
 async def test_the_default_pool_is_small_and_a_crowd_of_callers_waits_for_it_without_errors(
@@ -82,5 +83,38 @@ async def test_a_pipelines_replies_read_from_the_buffer_are_what_redis_py_reads_
         assert isinstance(replies[4], NoScriptError) and isinstance(expected[4], NoScriptError)
         assert replies[5] is None and expected[5] is None
         assert armed <= 2  # the first reply waits under a timeout; those already read with it do not
+    finally:
+        await client.aclose()
+
+
+async def test_an_error_reply_read_from_the_buffer_still_passes_through_the_connection_classes_own_read(
+    settings: Settings, keys: Keys
+):
+    # As a Sentinel connection's does: it turns READONLY (a demoted master) into a reconnect.
+    seen: list[ResponseError] = []
+
+    class Watching(connection.Connection):
+        async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await super().read_response(*args, **kwargs)
+            except ResponseError as exc:
+                seen.append(exc)
+                raise
+
+    url = settings.redis_url
+    pool = connection.ConnectionPool.from_url(url, connection_class=Watching, decode_responses=True)
+    pack_with_hiredis(pool)
+    client = Redis(connection_pool=pool)
+    key = keys.job("buffered-error")
+    try:
+        await client.ping()
+        seen.clear()  # the connection's own handshake asks for what an older Redis refuses
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.hset(key, "a", "1")
+            pipe.incr(key)  # WRONGTYPE
+            pipe.incr(key)
+            replies = await pipe.execute(raise_on_error=False)
+        assert replies[0] == 1 and all(isinstance(reply, ResponseError) for reply in replies[1:])
+        assert [str(exc) for exc in seen] == [str(replies[1]), str(replies[2])]
     finally:
         await client.aclose()
