@@ -426,7 +426,12 @@ async def test_stopping_the_api_closes_its_redis_connections(start_api, settings
     await running_job(events, "j")
     async with httpx.AsyncClient(base_url=api.url, timeout=30) as http, open_stream(http, "/jobs/j/events") as stream:
         await stream.events(2)
-        assert await api_connections(redis_client) >= 2, "the hub's and at least one pooled"
+        # The replayed events go out before the hub's subscription is confirmed (app/follow.py).
+        for _ in range(60):
+            if (held := await api_connections(redis_client)) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert held >= 2, "the hub's and at least one pooled"
     await api.stop()
     for _ in range(60):
         if (left := await api_connections(redis_client)) == 0:
