@@ -192,6 +192,35 @@ async def _replay(
         yield page
 
 
+async def _given(page: list[Event | Unreadable]) -> AsyncIterator[list[Event | Unreadable]]:
+    yield page
+
+
+class _Replay:
+    """A job's replay so far: the items not yet sent (a `Gap`), the last id sent, whether it sent any or ended."""
+
+    __slots__ = ("ended", "items", "last", "sent")
+
+    def __init__(self, items: list[JobItem], last: str) -> None:
+        self.items = items
+        self.last = last
+        self.sent = False
+        self.ended = False
+
+    async def batches(
+        self, pages: AsyncIterator[list[Event] | list[Event | Unreadable]], job: JobState
+    ) -> AsyncIterator[Batch[JobItem]]:
+        """A batch per page of items after the last id sent, until one ends the follow (`ended`)."""
+        async for page in pages:
+            self.last, self.ended = _job_items(page, job, self.last, self.items)
+            if self.items:
+                self.sent = True
+                yield Batch(self.items)
+                self.items = []
+            if self.ended:
+                return
+
+
 async def follow_job(
     events: EventLog, hub: Hub, job: JobState, offset: str, *, gap: bool, ping_s: float,
     first: FirstPage | None = None,
@@ -220,33 +249,27 @@ async def follow_job(
     if job.terminal and not is_after(job.last_event_id, last):
         yield Batch([*items, _TERMINAL])
         return
-    replayed = False
+    replay = _Replay(items, last)
     if first is not None:
-        last, ended = _job_items(first.entries, job, last, items)
-        if items:
-            replayed = True
-            yield Batch(items)
-        if ended:
+        async for batch in replay.batches(_given(first.entries), job):
+            yield batch
+        if replay.ended:
             return
-        items = []
     try:
         sub = await hub.subscribe(events.keys.events(job.id), after=job.last_event_id)
     except RedisError:
-        yield Batch([*items, _UNAVAILABLE])
+        yield Batch([*replay.items, _UNAVAILABLE])
         return
     try:
         # Up to where the hub took over (`sub.start`): what comes after it, the hub offers,
         # and reading it here too would decode it twice.
-        async for page in _replay(events, job.id, start, sub.start, first):
-            last, ended = _job_items(page, job, last, items)
-            if items:
-                replayed = True
-                yield Batch(items)
-            if ended:
-                return
-            items = []
-        if not replayed:
+        async for batch in replay.batches(_replay(events, job.id, start, sub.start, first), job):
+            yield batch
+        if replay.ended:
+            return
+        if not replay.sent:
             yield Batch([])  # the replay is over: a transport holding something back sends it
+        last = replay.last
         sent_at = -LINGER_S
         while True:
             live = await sub.get_all(timeout=ping_s)
