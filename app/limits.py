@@ -152,6 +152,11 @@ class SseSlots:
             with anyio.move_on_after(5, shield=True):
                 await self._give_back(scope, slot)
 
+    async def give_back(self, scope: str, slot: str | None) -> None:
+        """Give back a slot taken for a response that is not sent after all (one ZREM; none for None)."""
+        if slot is not None:
+            await self._give_back(scope, slot)
+
     async def _give_back(self, scope: str, slot: str) -> None:
         held = self._held.get(scope)
         if held is not None:

@@ -156,7 +156,13 @@ async def sse_response(
     being sent, whether or not the client reads it, and given back when it ends; for as
     long, the response counts in `counted` (app/metrics.py, `sse_streams`).
     """
-    slot = await slots.take(principal.scope)
+    return held_stream(slots, principal, await slots.take(principal.scope), stream, counted)
+
+
+def held_stream(
+    slots: SseSlots, principal: Principal, slot: str | None, stream: AsyncIterator[bytes], counted: Gauge
+) -> Stream:
+    """`sse_response` with the slot already taken (`SseSlots.take`), e.g. in the same round trip as the job's read."""
 
     @asynccontextmanager
     async def hold() -> AsyncIterator[None]:

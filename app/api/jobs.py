@@ -6,6 +6,7 @@ its own jobs, and another tenant's job answers 404 exactly like a missing one.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -25,9 +26,9 @@ from jobtrail.api.common import (
     asked_job_id,
     content_disposition,
     error_responses,
+    held_stream,
     json_response,
     requested_offset,
-    sse_response,
     submit_counted,
     token_ttl,
     visible_job,
@@ -267,20 +268,33 @@ class JobsController(Controller):
         # at once, and each dependency more cost a task group per request.
         principal = request.user
         offset, _ = requested_offset(request, after, last_event_id)
-        # The state, the gap and the first replay page in one round trip (app/opening.py).
-        opening = await services.opener.open(
-            asked_job_id(principal, job_id), principal.tenant, offset, REPLAY_PAGE, sees_all=principal.admin,
-            shared=services.reads.run,
+        slots = services.sse_slots
+        # The state, the gap and the first replay page in one round trip (app/opening.py),
+        # and the stream's slot in another at the same time: an observer's first events wait
+        # for one round trip, not two. A slot taken for a request that then sends no stream
+        # (404, 204) is given back at once.
+        opening, slot = await asyncio.gather(
+            services.opener.open(asked_job_id(principal, job_id), principal.tenant, offset, REPLAY_PAGE,
+                                 sees_all=principal.admin, shared=services.reads.run),
+            slots.take(principal.scope),
+            return_exceptions=True,
         )
+        if isinstance(opening, BaseException):
+            if not isinstance(slot, BaseException):
+                await slots.give_back(principal.scope, slot)
+            raise opening  # a 404 (or 503) before a 429, as when the two were asked in turn
+        if isinstance(slot, BaseException):
+            raise slot
         job = opening.job
         if job.terminal and not is_after(job.last_event_id, offset):
+            await slots.give_back(principal.scope, slot)
             return Response(None, status_code=204)
         settings, events = services.settings, services.events
         stream = job_event_stream(
             events, services.hub, job, offset, gap=is_after(opening.deleted_through, offset),
             retry_ms=settings.sse_retry_ms, ping_s=settings.sse_ping_s, first=opening.page,
         )
-        return await sse_response(services.sse_slots, principal, stream, events.metrics.sse_streams("job"))
+        return held_stream(slots, principal, slot, stream, events.metrics.sse_streams("job"))
 
     @get(
         "/{job_id:str}/artifact",
