@@ -519,16 +519,7 @@ class EventLog:
         (Redis 7.0), so when nothing is recorded a stream that no longer starts with
         `submitted` counts as having lost everything before its first entry.
         """
-        info = await self.redis.xinfo_stream(self.keys.events(job_id))
-        deleted = info.get("max-deleted-entry-id") or BEGINNING
-        if deleted != BEGINNING:
-            return deleted
-        first = info.get("first-entry")
-        if not first:
-            return info.get("last-generated-id") or BEGINNING
-        if entry_type(first[1]) != EventType.SUBMITTED:
-            return previous_id(first[0])
-        return BEGINNING
+        return deleted_through(await self.redis.xinfo_stream(self.keys.events(job_id)))
 
     # --- repair ---
 
@@ -561,6 +552,24 @@ class EventLog:
 
 def decode_events(entries: Iterable[tuple[str, dict[str, str]]]) -> list[Event]:
     return [Event.from_entry(entry_id, fields) for entry_id, fields in entries]
+
+
+def readable_entries(entries: Iterable[tuple[str, dict[str, str]]]) -> list[Event | Unreadable]:
+    """`decode_events`, but an entry that is no event comes as Unreadable (a replay steps over it)."""
+    return [_readable(entry_id, fields) for entry_id, fields in entries]
+
+
+def deleted_through(info: dict[str, Any]) -> str:
+    """EventLog.max_deleted_id's answer from a stream's XINFO STREAM fields (first-entry as (id, fields))."""
+    deleted = info.get("max-deleted-entry-id") or BEGINNING
+    if deleted != BEGINNING:
+        return str(deleted)
+    first = info.get("first-entry")
+    if not first:
+        return str(info.get("last-generated-id") or BEGINNING)
+    if entry_type(first[1]) != EventType.SUBMITTED:
+        return previous_id(first[0])
+    return BEGINNING
 
 
 def _readable(entry_id: str, fields: dict[str, str]) -> Event | Unreadable:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Generic, NamedTuple, TypeVar
 
 import msgspec
@@ -41,6 +41,7 @@ from jobtrail.events import Event, EventType
 from jobtrail.hub import FELL_BEHIND, REDIS_LOST, SHUTTING_DOWN, UNREADABLE, Hub, Subscription, SubscriptionClosed
 from jobtrail.jobstate import JobState
 from jobtrail.offsets import is_after
+from jobtrail.opening import FirstPage
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +173,57 @@ def _job_items(
     return last, False
 
 
+async def _replay(
+    events: EventLog, job_id: str, after: str, until: str, first: FirstPage | None
+) -> AsyncIterator[list[Event] | list[Event | Unreadable]]:
+    """The replay's pages after `after` up to `until` (the hub's cursor when the follow joined; `+`: all).
+
+    After `first` (read with the job's state, app/opening.py, and sent already) only what
+    lies past its reach is read: nothing, unless the page was full or the hub's cursor is
+    further on.
+    """
+    if first is not None:
+        # Never past `after`: an offset beyond the job's last event read an empty page there.
+        reach = after if is_after(first.reach, after) else first.reach
+        if not first.full and until != "+" and not is_after(until, reach):
+            return
+        after = reach
+    async for page in events.readable_pages(job_id, after=after, page_size=REPLAY_PAGE, until=until):
+        yield page
+
+
+async def _given(page: list[Event | Unreadable]) -> AsyncIterator[list[Event | Unreadable]]:
+    yield page
+
+
+class _Replay:
+    """A job's replay so far: the items not yet sent (a `Gap`), the last id sent, whether it sent any or ended."""
+
+    __slots__ = ("ended", "items", "last", "sent")
+
+    def __init__(self, items: list[JobItem], last: str) -> None:
+        self.items = items
+        self.last = last
+        self.sent = False
+        self.ended = False
+
+    async def batches(
+        self, pages: AsyncIterator[list[Event] | list[Event | Unreadable]], job: JobState
+    ) -> AsyncIterator[Batch[JobItem]]:
+        """A batch per page of items after the last id sent, until one ends the follow (`ended`)."""
+        async for page in pages:
+            self.last, self.ended = _job_items(page, job, self.last, self.items)
+            if self.items:
+                self.sent = True
+                yield Batch(self.items)
+                self.items = []
+            if self.ended:
+                return
+
+
 async def follow_job(
-    events: EventLog, hub: Hub, job: JobState, offset: str, *, gap: bool, ping_s: float
+    events: EventLog, hub: Hub, job: JobState, offset: str, *, gap: bool, ping_s: float,
+    first: FirstPage | None = None,
 ) -> AsyncGenerator[Batch[JobItem]]:
     """The items of one job after `offset`, in batches: a `Gap` first when `gap`, then its events, then one `End`.
 
@@ -182,36 +232,44 @@ async def follow_job(
     a `submitted` after the job's last event: a new job submitted under the deleted one's
     id (the same Idempotency-Key), whose events are not this follow's. Otherwise the hub's
     reason (server stopping, too slow, Redis gone), after which resuming is exact.
+
+    `first`: the replay's first page, read with `job` (app/opening.py). It goes out before
+    the hub's subscription is confirmed, which under load (the confirmation waits behind
+    every wake already on the pub/sub connection) was most of an observer's wait for the
+    events its job wrote before it connected; and a finished job whose terminal event is in
+    it ends with no subscription at all. Its entries are in the stream whatever the hub
+    does, and the replay after the subscription goes on after them.
     """
     items: list[JobItem] = [Gap(job)] if gap else []
     # An offset past the job's last event claims events that do not exist (a clock's
     # `now`, the largest id): it means "everything so far". Kept as is, it would make
     # the live tail drop every new event as already sent, the terminal one too, and
     # the follow would idle until the job expired.
-    last = job.last_event_id if is_after(offset, job.last_event_id) else offset
+    start = last = job.last_event_id if is_after(offset, job.last_event_id) else offset
     if job.terminal and not is_after(job.last_event_id, last):
         yield Batch([*items, _TERMINAL])
         return
+    replay = _Replay(items, last)
+    if first is not None:
+        async for batch in replay.batches(_given(first.entries), job):
+            yield batch
+        if replay.ended:
+            return
     try:
         sub = await hub.subscribe(events.keys.events(job.id), after=job.last_event_id)
     except RedisError:
-        yield Batch([*items, _UNAVAILABLE])
+        yield Batch([*replay.items, _UNAVAILABLE])
         return
     try:
-        replayed = False
         # Up to where the hub took over (`sub.start`): what comes after it, the hub offers,
         # and reading it here too would decode it twice.
-        async for page in events.readable_pages(job.id, after=last, page_size=REPLAY_PAGE, until=sub.start):
-            last, ended = _job_items(page, job, last, items)
-            if items:
-                replayed = True
-                yield Batch(items)
-            if ended:
-                return
-            items = []
-        if not replayed:
+        async for batch in replay.batches(_replay(events, job.id, start, sub.start, first), job):
+            yield batch
+        if replay.ended:
+            return
+        if not replay.sent:
             yield Batch([])  # the replay is over: a transport holding something back sends it
-        loop = asyncio.get_running_loop()
+        last = replay.last
         sent_at = -LINGER_S
         while True:
             live = await sub.get_all(timeout=ping_s)
@@ -226,7 +284,7 @@ async def follow_job(
             last, ended = _job_items(live, job, last, items)
             if items:
                 yield Batch(items, shared=True)
-                sent_at = loop.time()
+                sent_at = asyncio.get_running_loop().time()
             if ended:
                 return
     except SubscriptionClosed as closed:

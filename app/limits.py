@@ -111,6 +111,8 @@ class SseSlots:
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.renew_s = self.ttl_ms / 3000
         self._take = redis.register_script(_SLOT_SCRIPT)
+        # Concurrent SSE requests (W1's observers connect at once) take their slots in one round trip.
+        self._shared = SharedPipeline(redis)
         self._held: defaultdict[str, set[str]] = defaultdict(set)  # scope -> slots of open responses
         # A renewal in flight must not put back a slot given back meanwhile.
         self._lock = asyncio.Lock()
@@ -118,12 +120,20 @@ class SseSlots:
         self._stopping = False
 
     async def take(self, scope: str) -> str | None:
-        """A slot for one SSE connection of `scope` (None when unlimited); RateLimited at the limit (one EVALSHA)."""
+        """A slot for one SSE connection of `scope` (None when unlimited); RateLimited at the limit.
+
+        One EVALSHA, in a round trip shared with other requests' of the moment (app/batching.py).
+        """
         if not self.limit:
             return None
         slot = uuid.uuid4().hex
-        now = int(time.time() * 1000)
-        if not await self._take(keys=[self.keys.sse_slots(scope)], args=[now, self.ttl_ms, self.limit, slot]):
+        key, args = self.keys.sse_slots(scope), (int(time.time() * 1000), self.ttl_ms, self.limit, slot)
+        (taken,) = await self._shared.run(lambda pipe: pipe.execute_command("EVALSHA", self._take.sha, 1, key, *args))
+        if isinstance(taken, NoScriptError):
+            taken = await self._take(keys=[key], args=list(args))
+        elif isinstance(taken, Exception):
+            raise taken
+        if not taken:
             raise RateLimited(f"this tenant already has {self.limit} open event streams; close one first", 5)
         return slot
 
@@ -141,6 +151,11 @@ class SseSlots:
             # an unshielded await would be cancelled too, keeping the slot.
             with anyio.move_on_after(5, shield=True):
                 await self._give_back(scope, slot)
+
+    async def give_back(self, scope: str, slot: str | None) -> None:
+        """Give back a slot taken for a response that is not sent after all (one ZREM; none for None)."""
+        if slot is not None:
+            await self._give_back(scope, slot)
 
     async def _give_back(self, scope: str, slot: str) -> None:
         held = self._held.get(scope)

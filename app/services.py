@@ -30,6 +30,7 @@ from jobtrail.index_sweep import IndexSweep
 from jobtrail.keys import Keys
 from jobtrail.limits import SseSlots, SubmitRate
 from jobtrail.metrics import Metrics
+from jobtrail.opening import FollowOpener
 from jobtrail.replicawait import ReplicaWait
 from jobtrail.service import JobService
 from jobtrail.store import Store
@@ -60,6 +61,8 @@ class Services:
     metrics: Metrics
     # The round trip that concurrent reads of the hot routes share (app/batching.py).
     reads: SharedPipeline
+    # An SSE follow's opening read (app/opening.py).
+    opener: FollowOpener
 
     async def enqueue(self, job_id: str) -> None:
         """Queue one run of a job (one XADD on the Redis broker)."""
@@ -121,4 +124,5 @@ def build_services(settings: Settings, redis: Redis, hub_reader: Redis, *, broke
                 catch_up_s=settings.hub_catch_up_s, timeout_s=settings.redis_timeout_s),
         metrics=metrics,
         reads=SharedPipeline(redis),
+        opener=FollowOpener(events),
     )

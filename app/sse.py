@@ -33,6 +33,7 @@ from jobtrail.frames import FRAMES
 from jobtrail.hub import Hub
 from jobtrail.jobstate import JobState
 from jobtrail.offsets import is_after
+from jobtrail.opening import FirstPage
 
 _encode = msgspec.json.Encoder().encode
 
@@ -127,6 +128,7 @@ async def job_event_stream(
     gap: bool,
     retry_ms: int,
     ping_s: float,
+    first: FirstPage | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE byte stream of one job from `offset` (app/follow.py, follow_job), ending when the follow ends.
 
@@ -134,12 +136,14 @@ async def job_event_stream(
     deleted` (the client reconnects and meets a new job under the id from its beginning);
     any other end with a `retry:` hint and why. Each batch of the follow is one chunk, and
     the `retry:` hint goes out with the replay's first (or alone when it replays nothing):
-    a chunk is a write, which costs more than the frames of a whole page.
+    a chunk is a write, which costs more than the frames of a whole page. `first`: the
+    replay's first page, read with `job` (app/opening.py).
     """
     hint = b"retry: %d\n\n" % retry_ms
     live_after = job.last_event_id
     live = False  # once a batch reaches past `live_after`, every later one is past it too
-    async with contextlib.aclosing(follow_job(events, hub, job, offset, gap=gap, ping_s=ping_s)) as batches:
+    follow = follow_job(events, hub, job, offset, gap=gap, ping_s=ping_s, first=first)
+    async with contextlib.aclosing(follow) as batches:
         async for items, shared in batches:
             chunk = b"".join([hint, *[_job_block(item, shared, retry_ms) for item in items]])
             hint = b""

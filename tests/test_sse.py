@@ -19,6 +19,7 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from jobtrail.auth import OPEN
 from jobtrail.eventlog import EventLog
 from jobtrail.events import EventType, SucceededData
 from jobtrail.hub import Hub
@@ -426,7 +427,12 @@ async def test_stopping_the_api_closes_its_redis_connections(start_api, settings
     await running_job(events, "j")
     async with httpx.AsyncClient(base_url=api.url, timeout=30) as http, open_stream(http, "/jobs/j/events") as stream:
         await stream.events(2)
-        assert await api_connections(redis_client) >= 2, "the hub's and at least one pooled"
+        # The replayed events go out before the hub's subscription is confirmed (app/follow.py).
+        for _ in range(60):
+            if (held := await api_connections(redis_client)) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert held >= 2, "the hub's and at least one pooled"
     await api.stop()
     for _ in range(60):
         if (left := await api_connections(redis_client)) == 0:
@@ -505,3 +511,22 @@ async def test_replay_steps_over_an_unreadable_entry_and_a_reconnect_does_not_me
     # Resuming from the unreadable entry (the client's Last-Event-ID after it) goes on after it.
     async with open_stream(client, "/jobs/j/events", headers={"Last-Event-ID": corrupt}) as stream:
         assert [m.event for m in await stream.rest()] == ["succeeded"]
+
+
+async def test_a_request_that_sends_no_stream_gives_back_the_slot_taken_with_its_read(
+    start_api, settings, events, redis_client, keys
+):
+    # The slot is taken in the same round trip as the job's read (app/api/jobs.py), so a
+    # 404 or a 204 holds one for that round trip only: the tenant's one slot stays free.
+    api = await start_api(msgspec.structs.replace(settings, sse_connections_per_tenant=1))
+    await finished_job(events, "done")
+    last = (await stream_ids(redis_client, keys, "done"))[-1]
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+        for _ in range(3):
+            assert (await http.get("/jobs/nosuch/events")).status_code == 404
+            assert (await http.get("/jobs/done/events", headers={"Last-Event-ID": last})).status_code == 204
+        async with open_stream(http, "/jobs/done/events") as stream:
+            await stream.next()
+            assert ids(await stream.rest()) == await stream_ids(redis_client, keys, "done")
+    await eventually(lambda: api.services.sse_slots.held_count == 0)
+    assert await redis_client.zcard(keys.sse_slots(OPEN.scope)) == 0

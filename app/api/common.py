@@ -85,10 +85,8 @@ def checked_job_id(job_id: str) -> str:
     return job_id
 
 
-async def visible_job(
-    events: EventLog, principal: Principal, job_id: str, shared: SharedRun | None = None
-) -> JobState:
-    """The job, if `principal` may see it; otherwise JobNotFound, exactly as if it did not exist.
+def asked_job_id(principal: Principal, job_id: str) -> str:
+    """The id a request may look up for `principal`: JobNotFound for no job's id, a 401 for another job's token.
 
     A token bound to another job is a 401, not a 404: its bearer already knows which
     job it was given, so nothing leaks, and the answer says the token is the problem.
@@ -96,6 +94,14 @@ async def visible_job(
     job_id = checked_job_id(job_id)
     if principal.by_token and principal.job != job_id:
         raise NotAuthenticated("this token is for another job")
+    return job_id
+
+
+async def visible_job(
+    events: EventLog, principal: Principal, job_id: str, shared: SharedRun | None = None
+) -> JobState:
+    """The job, if `principal` may see it; otherwise JobNotFound, exactly as if it did not exist (`asked_job_id`)."""
+    job_id = asked_job_id(principal, job_id)
     # The owner is checked inside Redis, before anything is decoded: another tenant's job
     # and a missing one take the same work and the same time (EventLog.visible_state).
     return await events.visible_state(job_id, principal.tenant, sees_all=principal.admin, shared=shared)
@@ -150,7 +156,13 @@ async def sse_response(
     being sent, whether or not the client reads it, and given back when it ends; for as
     long, the response counts in `counted` (app/metrics.py, `sse_streams`).
     """
-    slot = await slots.take(principal.scope)
+    return held_stream(slots, principal, await slots.take(principal.scope), stream, counted)
+
+
+def held_stream(
+    slots: SseSlots, principal: Principal, slot: str | None, stream: AsyncIterator[bytes], counted: Gauge
+) -> Stream:
+    """`sse_response` with the slot already taken (`SseSlots.take`), e.g. in the same round trip as the job's read."""
 
     @asynccontextmanager
     async def hold() -> AsyncIterator[None]:

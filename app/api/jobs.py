@@ -6,6 +6,7 @@ its own jobs, and another tenant's job answers 404 exactly like a missing one.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -22,11 +23,12 @@ from jobtrail.api.access import JOB_TOKEN, GuardedInPlace
 from jobtrail.api.common import (
     SSE_ROUTE,
     JobId,
+    asked_job_id,
     content_disposition,
     error_responses,
+    held_stream,
     json_response,
     requested_offset,
-    sse_response,
     submit_counted,
     token_ttl,
     visible_job,
@@ -47,10 +49,9 @@ from jobtrail.config import Settings
 from jobtrail.errors import ArtifactNotFound, Forbidden, JobNotFinished, JobNotFound
 from jobtrail.eventlog import EventLog
 from jobtrail.events import State, ms_to_datetime
-from jobtrail.hub import Hub
+from jobtrail.follow import REPLAY_PAGE
 from jobtrail.index import Cursor, JobIndex
 from jobtrail.jobstate import JobState
-from jobtrail.limits import SseSlots
 from jobtrail.offsets import BEGINNING, is_after, parse_offset
 from jobtrail.service import JobService
 from jobtrail.services import Services
@@ -234,8 +235,9 @@ class JobsController(Controller):
             next=page[-1].id if len(page) == limit else None,
         ))
 
-    @get(
+    @GuardedInPlace(
         "/{job_id:str}/events",
+        http_method=HttpMethod.GET,
         summary="Server-sent events of a job: replay, then live, then close after the terminal event",
         description="Starts after `Last-Event-ID` (header), else `after` or `last_event_id` (query), else from "
         "the beginning. Each message has `id:` (the event id), `event:` (its type) and `data:` (the event as in "
@@ -256,25 +258,43 @@ class JobsController(Controller):
     )
     async def events(
         self,
-        request: Request,
+        request: Request[Principal, Any, Any],
         job_id: JobId,
-        events: NamedDependency[EventLog],
-        hub: NamedDependency[Hub],
-        settings: NamedDependency[Settings],
-        principal: NamedDependency[Principal],
-        sse_slots: NamedDependency[SseSlots],
+        services: NamedDependency[Services],
         after: FromQuery[str | None] = None,
         last_event_id: FromQuery[str | None] = None,
     ) -> Stream | Response[None]:
+        # One dependency and the guard's principal, as `status`: W1's 200 observers connect
+        # at once, and each dependency more cost a task group per request.
+        principal = request.user
         offset, _ = requested_offset(request, after, last_event_id)
-        job = await visible_job(events, principal, job_id)
-        if job.terminal and not is_after(job.last_event_id, offset):
-            return Response(None, status_code=204)
-        gap = is_after(await events.max_deleted_id(job_id), offset)
-        stream = job_event_stream(
-            events, hub, job, offset, gap=gap, retry_ms=settings.sse_retry_ms, ping_s=settings.sse_ping_s
+        slots = services.sse_slots
+        # The state, the gap and the first replay page in one round trip (app/opening.py),
+        # and the stream's slot in another at the same time: an observer's first events wait
+        # for one round trip, not two. A slot taken for a request that then sends no stream
+        # (404, 204) is given back at once.
+        opening, slot = await asyncio.gather(
+            services.opener.open(asked_job_id(principal, job_id), principal.tenant, offset, REPLAY_PAGE,
+                                 sees_all=principal.admin, shared=services.reads.run),
+            slots.take(principal.scope),
+            return_exceptions=True,
         )
-        return await sse_response(sse_slots, principal, stream, events.metrics.sse_streams("job"))
+        if isinstance(opening, BaseException):
+            if not isinstance(slot, BaseException):
+                await slots.give_back(principal.scope, slot)
+            raise opening  # a 404 (or 503) before a 429, as when the two were asked in turn
+        if isinstance(slot, BaseException):
+            raise slot
+        job = opening.job
+        if job.terminal and not is_after(job.last_event_id, offset):
+            await slots.give_back(principal.scope, slot)
+            return Response(None, status_code=204)
+        settings, events = services.settings, services.events
+        stream = job_event_stream(
+            events, services.hub, job, offset, gap=is_after(opening.deleted_through, offset),
+            retry_ms=settings.sse_retry_ms, ping_s=settings.sse_ping_s, first=opening.page,
+        )
+        return held_stream(slots, principal, slot, stream, events.metrics.sse_streams("job"))
 
     @get(
         "/{job_id:str}/artifact",
