@@ -143,23 +143,33 @@ class ActivityFeed:
 
         Each XADD trims its stream to about `maxlen` entries.
         """
-        fields = {"job_id": note.job_id, "type": note.event_type.value, "state": note.state, "at": note.at,
-                  "event_id": note.event_id, "attempt": note.attempt}
-        if note.kind:
-            fields["kind"] = note.kind
-        if note.tenant:
-            fields["tenant"] = note.tenant
-        # `~` lets Redis trim whole stream nodes (about 100 entries), which is cheap.
-        feed = self.keys.activity()
-        pipe.xadd(feed, fields, maxlen=self.maxlen, approximate=True)
-        if note.tenant:
-            tenant_feed = self.keys.tenant_activity(note.tenant)
-            pipe.xadd(tenant_feed, fields, maxlen=self.maxlen, approximate=True)
-        # After the XADDs, on their nodes (each channel is in its feed's slot): the hubs
-        # that follow a feed read it on this wake (app/hub.py). No id: it is not known yet.
-        pipe.spublish(self.keys.wake(feed), "")
-        if note.tenant:
-            pipe.spublish(self.keys.wake(tenant_feed), "")
+        self.queue_records(pipe, (note,))
+
+    def queue_records(self, pipe: Pipeline, notes: Iterable[FeedNote]) -> None:
+        """Queue the XADDs of `notes` in order (each as `queue_record`'s), then one wake per feed they wrote to.
+
+        After the XADDs, on their nodes (each channel is in its feed's slot): the hubs that
+        follow a feed read what is new in it on this wake (app/hub.py), so one wake serves
+        every entry before it. No id: it is not known yet.
+        """
+        woken: dict[str, None] = {}  # in order, once each
+        for note in notes:
+            fields = {"job_id": note.job_id, "type": note.event_type.value, "state": note.state, "at": note.at,
+                      "event_id": note.event_id, "attempt": note.attempt}
+            if note.kind:
+                fields["kind"] = note.kind
+            if note.tenant:
+                fields["tenant"] = note.tenant
+            # `~` lets Redis trim whole stream nodes (about 100 entries), which is cheap.
+            feed = self.keys.activity()
+            pipe.xadd(feed, fields, maxlen=self.maxlen, approximate=True)
+            woken[feed] = None
+            if note.tenant:
+                tenant_feed = self.keys.tenant_activity(note.tenant)
+                pipe.xadd(tenant_feed, fields, maxlen=self.maxlen, approximate=True)
+                woken[tenant_feed] = None
+        for feed in woken:
+            pipe.spublish(self.keys.wake(feed), "")
 
     async def record(self, note: FeedNote) -> str:
         """Add one transition to the global feed and its tenant's (one round trip); its global feed id."""

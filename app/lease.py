@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
+import os
 import weakref
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -53,7 +53,8 @@ class Lease:
         # The job whose state decides whether a lapsed lease may be taken back; none for
         # a lease that guards no job (the migrations lock), which is never taken back.
         self.job_key = job_key or key
-        self.token = f"{owner}:{uuid.uuid4().hex[:8]}"
+        # os.urandom, not uuid4: the same 32 random bits, without a UUID object made per delivery.
+        self.token = f"{owner}:{os.urandom(4).hex()}"
         self.ttl_ms = max(int(ttl_s * 1000), 100)
         self.lost = False
         self.released = False  # by `queue_finish`, in a round trip of the holder's

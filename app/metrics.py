@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -102,19 +102,30 @@ class Metrics:
             buckets=_LAG_BUCKETS, registry=reg,
         )
         self._live: LiveJobsCollector | None = None
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
         for stream in ("job", "feed"):
             self._sse.labels(stream)  # both exported from the start, at 0
 
     def _tenant(self, tenant: str | None) -> tuple[str, ...]:
         return (tenant or NO_TENANT,) if self.tenant_label else ()
 
+    def _child(self, metric: Counter | Histogram, *values: str) -> Any:
+        """`metric.labels(*values)`, kept: prometheus_client checks the values and takes a lock on
+        every call, and a worker labels several per job. The labels are bounded (see above).
+        """
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     # --- what the event log, the service and the runner record ---
 
     def submitted(self, kind: str, tenant: str | None) -> None:
-        self._submitted.labels(kind, *self._tenant(tenant)).inc()
+        self._child(self._submitted, kind, *self._tenant(tenant)).inc()
 
     def appended(self, kind: str, event_type: str, tenant: str | None) -> None:
-        self._events.labels(kind, event_type, *self._tenant(tenant)).inc()
+        self._child(self._events, kind, event_type, *self._tenant(tenant)).inc()
 
     def append_took(self, seconds: float) -> None:
         self._append.observe(seconds)
@@ -122,11 +133,12 @@ class Metrics:
     def attempt_ended(self, kind: str, tenant: str | None, outcome: Outcome, started_id_ms: int, ended_id: str) -> None:
         """An attempt that started at `started_id_ms` ended with the event `ended_id`."""
         seconds = max(id_ms(ended_id) - started_id_ms, 0) / 1000
-        self._duration.labels(kind, outcome, *self._tenant(tenant)).observe(seconds)
+        self._child(self._duration, kind, outcome, *self._tenant(tenant)).observe(seconds)
 
     def first_started(self, kind: str, tenant: str | None, created_ms: int, started_id: str) -> None:
         """A job's first attempt started (event `started_id`): how long it waited since it was submitted."""
-        self._queue_wait.labels(kind, *self._tenant(tenant)).observe(max(id_ms(started_id) - created_ms, 0) / 1000)
+        waited_s = max(id_ms(started_id) - created_ms, 0) / 1000
+        self._child(self._queue_wait, kind, *self._tenant(tenant)).observe(waited_s)
 
     def retried(self, kind: str, tenant: str | None, error_type: str) -> None:
         self._retries.labels(kind, error_type, *self._tenant(tenant)).inc()

@@ -100,3 +100,31 @@ async def test_a_lone_caller_goes_at_once_with_nothing_in_flight(redis_client, k
     shared = SharedPipeline(redis_client, in_flight=1)
     for n in range(3):
         assert await asyncio.wait_for(shared.run(lambda pipe, n=n: pipe.set(keys.job(f"alone{n}"), n)), 1) == [True]
+
+
+async def test_with_linger_turns_callers_a_few_loop_turns_apart_still_share_one_round_trip(redis_client, keys):
+    # The callers a round trip wakes queue their next commands a few turns later (a task's wake-up, a task it starts).
+    sent = []
+    execute = type(redis_client.pipeline()).execute
+
+    async def counting_execute(pipe, *args, **kwargs):
+        sent.append(len(pipe))
+        return await execute(pipe, *args, **kwargs)
+
+    async def caller(n: int) -> list[object]:
+        for _ in range(n):
+            await asyncio.sleep(0)
+        return await shared.run(lambda pipe: pipe.incrby(keys.job("lingered"), n))
+
+    type(redis_client.pipeline()).execute = counting_execute
+    try:
+        shared = SharedPipeline(redis_client, in_flight=1, linger_turns=4)
+        lingered = await asyncio.gather(*(caller(n) for n in range(4)))
+        shared = SharedPipeline(redis_client, in_flight=1)
+        at_once = await asyncio.gather(*(caller(n) for n in range(4)))
+    finally:
+        type(redis_client.pipeline()).execute = execute
+
+    assert sorted(r[0] for r in lingered) == [0, 1, 3, 6] and len(at_once) == 4
+    assert sent[0] == 4, "four callers up to three turns apart, in one round trip"
+    assert len(sent) > 2, "without lingering, the first caller's round trip left before the others came"

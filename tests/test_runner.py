@@ -209,13 +209,23 @@ async def test_two_contexts_of_one_attempt_do_not_take_each_others_reports_for_r
 
 
 class RoundTrips(Connection):
-    """A real connection that counts what it sends: one send is one round trip (a pipeline is one)."""
+    """A real connection that counts what it sends: one write is one round trip (a pipeline is one).
+
+    Counted at its socket's writer: the runner's shared round trips write there directly
+    (workers/wire.py), not through `send_packed_command`.
+    """
 
     sent = 0
 
-    async def send_packed_command(self, command, check_health=True):
-        RoundTrips.sent += 1
-        await super().send_packed_command(command, check_health)
+    async def _connect(self):
+        await super()._connect()
+        writelines = self._writer.writelines
+
+        def counted(data):
+            RoundTrips.sent += 1
+            writelines(data)
+
+        self._writer.writelines = counted
 
 
 @pytest.fixture

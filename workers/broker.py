@@ -29,6 +29,7 @@ from taskiq import AckableMessage, AsyncBroker, BrokerMessage, InMemoryBroker, T
 from taskiq.exceptions import SendTaskError
 from taskiq.formatters.proxy_formatter import ProxyFormatter
 from taskiq.kicker import AsyncKicker
+from taskiq.message import TaskiqMessage
 from taskiq.serializers.json_serializer import JSONSerializer
 
 from jobtrail.config import Settings
@@ -42,6 +43,20 @@ log = logging.getLogger(__name__)
 
 XREAD_BLOCK_MS = 2000
 _encode = msgspec.json.Encoder().encode
+
+
+class JobFormatter(ProxyFormatter):
+    """taskiq's own formatter, whose `loads` has pydantic parse the message's JSON itself.
+
+    The same message, the same validation; taskiq's way (the json module, then pydantic
+    over the dict) cost a worker ~15 µs a message against ~6. A serializer of someone
+    else's is left to taskiq's way.
+    """
+
+    def loads(self, message: bytes) -> TaskiqMessage:
+        if type(self.broker.serializer) is JSONSerializer:
+            return TaskiqMessage.model_validate_json(message)
+        return super().loads(message)
 
 
 class JobBroker(AsyncBroker):
@@ -70,6 +85,7 @@ class JobBroker(AsyncBroker):
         owns_client: bool = True,
     ) -> None:
         super().__init__()
+        self.formatter = JobFormatter(self)
         self.redis = redis
         # False when `redis` is the process's shared pool (an API's), which its owner closes.
         self.owns_client = owns_client
@@ -113,7 +129,7 @@ class JobBroker(AsyncBroker):
         (so it stays taskiq's, for workers to read), then only the task id and the job id
         change. With a formatter or serializer of someone else's, the kicker makes each.
         """
-        if type(self.formatter) is not ProxyFormatter or type(self.serializer) is not JSONSerializer:
+        if type(self.formatter) not in (ProxyFormatter, JobFormatter) or type(self.serializer) is not JSONSerializer:
             return self._kicked_message(job_id)
         if self._message_shape is None:
             self._message_shape = msgspec.json.decode(self._kicked_message(job_id))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
@@ -113,7 +113,7 @@ class JobContext:
         self._writes = 0  # numbers each write's idempotency key
         # And this context's own token: two deliveries of one attempt (a taskiq redelivery
         # carries on with the same attempt) must not take each other's writes for repeats.
-        self._writer = uuid.uuid4().hex[:8]
+        self._writer = os.urandom(4).hex()  # as uuid4's first 8 hex digits, without the UUID object
         self.min_interval_s = min_interval_s
         self.cancel_requested = False
         self._last_write = float("-inf")

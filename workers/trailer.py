@@ -78,8 +78,7 @@ class Trailer:
         def queue(pipe: Pipeline) -> None:
             nonlocal feed_writes
             start = len(pipe)
-            for note in notes:
-                self.events.activity.queue_record(pipe, note)
+            self.events.activity.queue_records(pipe, notes)  # one wake per feed for all of them
             feed_writes = len(pipe) - start
             self.live.queue_forget(pipe, *finished)
 

@@ -36,20 +36,26 @@ _PER_MESSAGE = "Executing task %s with ID: %s"
 
 
 def quiet_taskiq() -> None:
-    """Filter taskiq's line per message (once per process: tests run several workers in one)."""
-    receiver_log = logging.getLogger("taskiq.receiver.receiver")
-    if quiet_per_message not in receiver_log.filters:
-        receiver_log.addFilter(quiet_per_message)
-
-
-def quiet_per_message(record: logging.LogRecord) -> bool:
-    """Drop taskiq's line per message unless its logger is at DEBUG.
+    """Drop taskiq's line per message unless its logger is at DEBUG (once per process: tests run several workers).
 
     It names taskiq's message id, not the job, and a line per job (formatted, written and
     flushed) cost a busy worker more CPU than the broker's read of that job. The job's own
-    history says when it started and where; taskiq's start-up and error lines stay.
+    history says when it started and where; taskiq's start-up and error lines stay. Dropped
+    in the logger's `info` itself, before a record is made: a filter sees the record only
+    after it was built, which alone cost about 3 % of a worker's CPU per trivial job.
     """
-    return record.msg != _PER_MESSAGE or logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+    receiver_log = logging.getLogger("taskiq.receiver.receiver")
+    if "info" in vars(receiver_log):
+        return
+    info = receiver_log.info
+
+    def quiet_info(msg: object, *args: object, **kwargs: Any) -> None:
+        if msg == _PER_MESSAGE and not receiver_log.isEnabledFor(logging.DEBUG):
+            return
+        kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1  # the line is taskiq's, not this wrapper's
+        info(msg, *args, **kwargs)
+
+    receiver_log.info = quiet_info  # type: ignore[method-assign]
 
 
 async def run_worker(settings: Settings) -> None:
