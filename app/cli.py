@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _configure_logging() -> None:
-    from jobtrail.api.requests import RedactingFilter, RequestIdFilter
+    from jobtrail.api.requests import RedactingFilter, RequestIdFilter, SecondFormatter
 
     # The format names none of the caller's file and line, thread or process: not looked up
     # for every record (the logging HOWTO's "Optimization"), the access log writes one per request.
@@ -244,7 +244,7 @@ def _configure_logging() -> None:
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
     handler.addFilter(RedactingFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
+    handler.setFormatter(SecondFormatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 

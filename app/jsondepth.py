@@ -30,3 +30,14 @@ def json_depth(document: bytes) -> int:
     """
     brackets = _NOT_BRACKET.sub(b"", _STRING.sub(b"", document))
     return max(accumulate(1 if byte in b"[{" else -1 for byte in brackets), default=0)
+
+
+def nests_deeper_than(document: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether `document` nests more than `limit` deep; for most documents without the scan above.
+
+    A document with `limit` opening brackets or fewer in all (strings included) cannot nest
+    deeper, and counting them is a pass in C: every submission checks its body and its params.
+    """
+    if document.count(b"[") + document.count(b"{") <= limit:
+        return False
+    return json_depth(document) > limit

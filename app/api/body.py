@@ -19,7 +19,7 @@ from litestar.exceptions import ValidationException
 from litestar.types import Empty
 
 from jobtrail.errors import InvalidRequest, UnsupportedMediaType
-from jobtrail.jsondepth import MAX_JSON_DEPTH, json_depth
+from jobtrail.jsondepth import MAX_JSON_DEPTH, json_depth, nests_deeper_than
 
 # A high surrogate escape without the low one after it: msgspec reports "Input data
 # was truncated" for it, which sends the caller looking for the wrong problem.
@@ -36,8 +36,8 @@ def decode_json_body(body: bytes, media_type: str) -> Any:
     if not is_json_media_type(media_type):
         sent = f"not {media_type!r}" if media_type else "and this request has no Content-Type"
         raise UnsupportedMediaType(f"the body must be JSON sent as `Content-Type: application/json`, {sent}")
-    depth = json_depth(body)
-    if depth > MAX_JSON_DEPTH:
+    if nests_deeper_than(body):
+        depth = json_depth(body)
         raise InvalidRequest(f"the JSON body nests {depth} levels deep; at most {MAX_JSON_DEPTH} are allowed")
     try:
         return _decode(body)

@@ -25,45 +25,33 @@ is refused with 400 before anything parses them.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, ReceiveMessage, Scope, Send
 
+from jobtrail.api.deadline import Deadline
 from jobtrail.api.errors import send_error
 from jobtrail.errors import InvalidRequest, StoreUnavailable
 
 MAX_QUERY_PARAMS = 64
 
-_DEADLINE: ContextVar[asyncio.Timeout | None] = ContextVar("request_deadline", default=None)
-
-
-def _pause(deadline: asyncio.Timeout | None) -> float | None:
-    """Stop `deadline` (if it is running); the seconds it had left, for `_resume`."""
-    when = deadline.when() if deadline else None
-    if deadline is None or when is None or deadline.expired():
-        return None
-    remaining = when - asyncio.get_running_loop().time()
-    deadline.reschedule(None)
-    return remaining
-
-
-def _resume(deadline: asyncio.Timeout | None, remaining: float | None) -> None:
-    if deadline is not None and remaining is not None and not deadline.expired():
-        deadline.reschedule(asyncio.get_running_loop().time() + remaining)
+_DEADLINE: ContextVar[Deadline | None] = ContextVar("request_deadline", default=None)
 
 
 @asynccontextmanager
 async def deadline_paused() -> AsyncIterator[None]:
     """Inside, the request's deadline (if it has one still running) stands still."""
     deadline = _DEADLINE.get()
-    remaining = _pause(deadline)
+    if deadline is None:
+        yield
+        return
+    deadline.pause()
     try:
         yield
     finally:
-        _resume(deadline, remaining)
+        deadline.resume()
 
 
 def query_param_count(query_string: bytes) -> int:
@@ -102,23 +90,22 @@ async def run_bounded(
         nonlocal answered
         if message["type"] == "http.response.start" and not answered:
             answered = True
-            # A deadline already expiring (its cancellation on its way) can no longer be
-            # stopped: asyncio refuses the reschedule, and the answer goes out regardless.
-            if not deadline.expired():
-                deadline.reschedule(None)
+            # A deadline already expired (its cancellation on its way) can no longer be
+            # stopped, and the answer goes out regardless.
+            deadline.stop()
             on_start(message)
         await send(message)
 
     async def receive_unbounded() -> ReceiveMessage:
         # deadline_paused without its context manager: every chunk of a body passes here.
-        remaining = _pause(deadline)
+        deadline.pause()
         try:
             return await receive()
         finally:
-            _resume(deadline, remaining)
+            deadline.resume()
 
     try:
-        async with asyncio.timeout(deadline_s) as deadline:
+        async with Deadline(deadline_s) as deadline:
             token = _DEADLINE.set(deadline)
             try:
                 await app(scope, receive_unbounded, send_and_stop_deadline)

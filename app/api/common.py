@@ -67,7 +67,12 @@ def json_response(value: msgspec.Struct, *, status_code: int = 200, headers: dic
     The handler's annotation stays the documented type (OpenAPI reads it); the body is the same
     JSON litestar would write, from the same msgspec encoder.
     """
-    return Response(_encode(value), status_code=status_code, headers=headers, media_type=MediaType.JSON)
+    body = _encode(value)
+    # The two headers ASGIResponse would add, given here: it adds each by MutableMapping's
+    # setdefault, a KeyError raised and caught when absent (~5 % of a GET's CPU in py-spy);
+    # present, each is found. The same values, in the same place after the route's own.
+    headers = {**headers, "content-type": MediaType.JSON.value, "content-length": str(len(body))}
+    return Response(body, status_code=status_code, headers=headers, media_type=MediaType.JSON)
 
 
 def error_responses(*codes: int) -> dict[int, ResponseSpec]:
