@@ -88,7 +88,7 @@ async def test_twenty_writers_on_one_client_carry_on_after_a_killed_primary_losi
     assert duplicated == 0
     for acked in lost:
         assert any(killed - LOSS_WINDOW_S <= acked.at <= killed for killed in kills), \
-            f"{acked} was acknowledged, and lost, not just before a kill"
+            f"{acked} was acknowledged, and lost, not just before a kill (kills at {kills}, window {LOSS_WINDOW_S} s)"
     assert len(writers.load.acked) > 0
     print(f"{len(writers.load.acked)} appends acknowledged by {WRITERS} writers over {FAILOVERS} failovers; "
           f"lost {len(lost)} (acknowledged < {LOSS_WINDOW_S:.0f} s before a kill), duplicated 0")
