@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from litestar.connection import ASGIConnection, Request
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
-from litestar.types import ASGIApp, Guard
+from litestar.types import ASGIApp, ExceptionHandlersMap, Guard
 
 from jobtrail.api.common import JsonAnswer
 from jobtrail.auth import OPEN, ApiKeys, Principal
@@ -71,10 +71,19 @@ class GuardedInPlace(HTTPRouteHandler):
     """
 
     _sends_as_given: bool | None = None
+    _exception_handlers: ExceptionHandlersMap | None = None
 
     async def authorize_connection(self, connection: ASGIConnection) -> None:
         for guard in self.resolve_guards():
             await guard(connection, self)  # type: ignore[misc]  # ensure_async_callable made each async
+
+    def resolve_exception_handlers(self) -> ExceptionHandlersMap:
+        # Litestar's says it is memoized but walks every layer and builds the map anew for
+        # each request (its router puts it in the request's state); the layers' handlers are
+        # fixed once the app is built.
+        if self._exception_handlers is None:
+            self._exception_handlers = super().resolve_exception_handlers()
+        return self._exception_handlers
 
     async def to_response(self, app: Litestar, data: Any, request: Request) -> ASGIApp:
         # A JsonAnswer goes out as it is, when nothing on the route's layers would change it
