@@ -89,6 +89,27 @@ async def test_status_sends_an_etag_and_answers_if_none_match_with_304(client, e
     assert changed.headers["etag"] != etag
 
 
+async def test_status_reads_the_first_if_none_match_with_its_list_and_wildcard(client):
+    job = (await submit(client)).json()
+    path = f"/jobs/{job['id']}"
+    etag = (await client.get(path)).headers["etag"]
+    assert (await client.get(path, headers={"If-None-Match": f'"other", W/{etag}'})).status_code == 304
+    assert (await client.get(path, headers={"If-None-Match": "*"})).status_code == 304
+    assert (await client.get(path, headers={"If-None-Match": ""})).status_code == 200
+    # Two headers: the first is the one read, as Litestar's Headers gives it.
+    twice = [("If-None-Match", '"other"'), ("If-None-Match", etag)]
+    assert (await client.get(path, headers=twice)).status_code == 200
+
+
+async def test_openapi_documents_the_status_routes_parameters_in_order(client):
+    schema = (await client.get("/schema/openapi.json")).json()
+    params = schema["paths"]["/jobs/{job_id}"]["get"]["parameters"]
+    assert [(p["name"], p["in"]) for p in params] == [
+        ("job_id", "path"), ("If-None-Match", "header"), ("download_token", "query"),
+    ]
+    assert params[1]["required"] is False
+
+
 async def test_status_has_every_documented_field(client):
     job = (await submit(client)).json()
     body = (await client.get(f"/jobs/{job['id']}")).json()

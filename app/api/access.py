@@ -13,15 +13,19 @@ forged token is a 401 and a valid one reads only what it covers, as when keys ar
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from litestar.connection import ASGIConnection, Request
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
-from litestar.types import Guard
+from litestar.types import ASGIApp, ExceptionHandlersMap, Guard
 
+from jobtrail.api.common import JsonAnswer
 from jobtrail.auth import OPEN, ApiKeys, Principal
 from jobtrail.errors import NotAuthenticated
 from jobtrail.tokens import TokenRejected, TokenSigner
+
+if TYPE_CHECKING:
+    from litestar import Litestar
 
 TokenUse = Literal["job", "feed"]
 PUBLIC = {"public": True}  # opt of routes anyone may call (health probes)
@@ -66,9 +70,38 @@ class GuardedInPlace(HTTPRouteHandler):
     not of `get`/`post`, whose subclasses Litestar deprecates.
     """
 
+    _sends_as_given: bool | None = None
+    _exception_handlers: ExceptionHandlersMap | None = None
+
     async def authorize_connection(self, connection: ASGIConnection) -> None:
         for guard in self.resolve_guards():
             await guard(connection, self)  # type: ignore[misc]  # ensure_async_callable made each async
+
+    def resolve_exception_handlers(self) -> ExceptionHandlersMap:
+        # Litestar's says it is memoized but walks every layer and builds the map anew for
+        # each request (its router puts it in the request's state); the layers' handlers are
+        # fixed once the app is built.
+        if self._exception_handlers is None:
+            self._exception_handlers = super().resolve_exception_handlers()
+        return self._exception_handlers
+
+    async def to_response(self, app: Litestar, data: Any, request: Request) -> ASGIApp:
+        # A JsonAnswer goes out as it is, when nothing on the route's layers would change it
+        # (headers, cookies, a background task, an after_request hook, a return DTO).
+        if type(data) is JsonAnswer and self._as_given():
+            return data.answer()
+        return await super().to_response(app, data, request)
+
+    def _as_given(self) -> bool:
+        if self._sends_as_given is None:
+            self._sends_as_given = not (
+                self.resolve_response_headers()
+                or self.resolve_response_cookies()
+                or self.background is not None
+                or any(layer.after_request for layer in self.ownership_layers)
+                or self.resolve_return_dto()
+            )
+        return self._sends_as_given
 
 
 async def principal_of(

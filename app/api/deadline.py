@@ -10,7 +10,12 @@ The time counted is the same as with `asyncio.timeout` paused by `reschedule`.
 
 On expiry it does what `asyncio.timeout` does: cancels the task, and turns that
 cancellation (and only that one, when no other cancel came in meanwhile) into a
-TimeoutError as the `async with` block exits.
+TimeoutError as the `async with` block exits. One thing more: until the block exits, it
+cancels again every _AGAIN_S. redis-py writes each command under `asyncio.wait_for`,
+whose Python 3.11 version returns the write's result, and drops the cancellation, when
+the cancel lands in the loop turn where the write finished (cpython gh-86296; 3.12
+rebuilt wait_for on asyncio.timeout). A request cut that way went on into a stalled
+Redis and answered when it came back, seconds after its deadline.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from types import TracebackType
 # Timers may fire a little before their time (the loop's clock resolution; uvloop's is a
 # millisecond): this close to the end counts as the end, rather than a timer of ~0 s more.
 _EARLY_S = 0.001
+# How long a cancellation has to end the block before it is sent again: far longer than
+# the cleanup a cancelled request does (dropping a connection, without waiting on it).
+_AGAIN_S = 0.05
 
 
 class Deadline:
@@ -37,6 +45,7 @@ class Deadline:
         self._expired = False
         self._stopped = False
         self._cancelling = 0
+        self._cancels = 0  # ours, each to be taken back as the block exits
 
     async def __aenter__(self) -> Deadline:
         task = asyncio.current_task()
@@ -53,7 +62,12 @@ class Deadline:
     ) -> None:
         self.stop()
         # As asyncio.Timeout: our cancellation becomes a TimeoutError, one from elsewhere stays.
-        if self._expired and self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+        if not self._expired:
+            return
+        cancelling = self._task.cancelling()
+        for _ in range(self._cancels):
+            cancelling = self._task.uncancel()
+        if cancelling <= self._cancelling and exc_type is asyncio.CancelledError:
             raise TimeoutError from exc
 
     def expired(self) -> bool:
@@ -93,4 +107,14 @@ class Deadline:
             self._handle = self._loop.call_at(self._end, self._fire)
             return
         self._expired = True
+        self._cancel()
+
+    def _cancel(self) -> None:
+        # Stopped (the block exiting, or its answer started): a cancellation now would
+        # land outside what it bounds.
+        self._handle = None
+        if self._stopped:
+            return
+        self._cancels += 1
         self._task.cancel()
+        self._handle = self._loop.call_later(_AGAIN_S, self._cancel)

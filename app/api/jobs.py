@@ -14,10 +14,13 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, HttpMethod, Request, Response, delete, get, post
 from litestar.di import NamedDependency
+from litestar.enums import ParamType
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Reference, Schema
+from litestar.openapi.spec import Parameter as OpenAPIParameter
 from litestar.params import FromQuery, HeaderParameter, JSONBody, Parameter, QueryParameter
 from litestar.response import File, Stream
+from litestar.types import Scope
 
 from jobtrail.api.access import JOB_TOKEN, GuardedInPlace
 from jobtrail.api.common import (
@@ -94,6 +97,38 @@ class _HistoryOperation(Operation):
             ok.content = {**(ok.content or {}), NDJSON: OpenAPIMediaType(
                 schema=Reference(ref="#/components/schemas/EventOut"),
             )}
+
+
+# How Litestar documents `Annotated[str | None, HeaderParameter(name="If-None-Match", required=False)]`.
+_IF_NONE_MATCH = OpenAPIParameter(
+    name="If-None-Match",
+    param_in=ParamType.HEADER,
+    schema=Schema(one_of=[Schema(type=OpenAPIType.STRING), Schema(type=OpenAPIType.NULL)]),
+    required=False,
+)
+
+
+@dataclass
+class _StatusOperation(Operation):
+    """Documents the `If-None-Match` header that `status` reads from the scope itself.
+
+    As a parameter of the handler, Litestar would build the request's whole `Headers`
+    (a multidict of every header) for it on each `GET /jobs/{id}`; the document stays the
+    same, the header in the same place, after the path's parameters.
+    """
+
+    def __post_init__(self) -> None:
+        params = list(self.parameters or [])
+        at = sum(1 for p in params if isinstance(p, OpenAPIParameter) and p.param_in == ParamType.PATH)
+        self.parameters = [*params[:at], _IF_NONE_MATCH, *params[at:]]
+
+
+def _if_none_match(scope: Scope) -> str | None:
+    """The request's first `If-None-Match`, as Litestar's `Headers` would give it (ASGI names are lowercase)."""
+    for name, value in scope["headers"]:
+        if name == b"if-none-match":
+            return value.decode("latin-1")
+    return None
 
 
 async def _ndjson_history(events: EventLog, job_id: str, after: str) -> AsyncIterator[bytes]:
@@ -176,13 +211,13 @@ class JobsController(Controller):
         summary="Current state of a job",
         description="One Redis read. Sends an `ETag`; `If-None-Match` with it answers 304 until the job changes.",
         responses={304: ResponseSpec(data_container=None, description="Not modified"), **error_responses(404, 503)},
+        operation_class=_StatusOperation,
     )
     async def status(
         self,
         request: Request[Principal, Any, Any],
         job_id: JobId,
         services: NamedDependency[Services],
-        if_none_match: Annotated[str | None, HeaderParameter(name="If-None-Match", required=False)] = None,
         download_token: Annotated[bool, Parameter(
             description="Put a read-only token (`JOBTRAIL_TOKEN_TTL_S`) in the artifact's `download_url`, for a "
             "client that downloads without an `Authorization` header",
@@ -197,7 +232,7 @@ class JobsController(Controller):
             # No 304 here: a cached body would hold a token that may have expired.
             tokened = await with_download_token(job, principal, services.signer, services.settings)
             return json_response(tokened, headers={"ETag": etag})
-        if _matches(if_none_match, etag):
+        if _matches(_if_none_match(request.scope), etag):
             return Response(None, status_code=304, headers={"ETag": etag})  # type: ignore[arg-type]
         return json_response(job, headers={"ETag": etag})
 
