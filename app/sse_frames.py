@@ -61,6 +61,19 @@ def _second_text(second: int) -> str:
     return head
 
 
+_SECOND_BYTES: dict[int, bytes] = {}
+
+
+def _second_bytes(second: int) -> bytes:
+    """`_second_text` as bytes, for a frame spliced together as bytes."""
+    head = _SECOND_BYTES.get(second)
+    if head is None:
+        if len(_SECOND_BYTES) >= _SECONDS_KEPT:
+            _SECOND_BYTES.clear()
+        head = _SECOND_BYTES[second] = _second_text(second).encode()
+    return head
+
+
 def event_time(ms: int) -> str | datetime:
     """An event's `at` as SSE writes it: the same text as msgspec's for ms_to_datetime(ms), built cheaply.
 
@@ -140,7 +153,18 @@ def frame_of_entry(entry_id: str, e: str, d: str) -> Framed | None:
         return None
 
 
-def _frame(entry_id: str, e: str, d: str) -> Framed | None:
+# `e` values seen, and what they say: a job's entries share a handful (`103`: progress of
+# attempt 1), and reading one is most of an entry's checks. Only those without an `at` of
+# their own are kept, which would make each entry's `e` a new one.
+_METAS: dict[str, tuple[int, _Layout]] = {}
+_METAS_KEPT = 1024
+
+
+def _meta(e: str) -> tuple[int, _Layout, int | None] | None:
+    """The attempt, the type's layout and the explicit `at` (None: the id's) of an `e` field; None if it is none."""
+    hit = _METAS.get(e)
+    if hit is not None:
+        return hit[0], hit[1], None
     meta, _, at_text = e.partition(" ")
     if not (meta.isascii() and meta.isdigit()):
         return None
@@ -148,11 +172,25 @@ def _frame(entry_id: str, e: str, d: str) -> Framed | None:
     layout = _LAYOUTS.get(code)
     if layout is None:
         return None
-    dash = entry_id.index("-")
-    # Spliced into JSON unescaped: only an id of digits around its dash, as Redis writes them all.
-    if not (entry_id.isascii() and entry_id[:dash].isdigit() and entry_id[dash + 1:].isdigit()):
+    if at_text:
+        return attempt, layout, int(at_text)
+    if len(_METAS) >= _METAS_KEPT:
+        _METAS.clear()
+    _METAS[e] = (attempt, layout)
+    return attempt, layout, None
+
+
+def _frame(entry_id: str, e: str, d: str) -> Framed | None:
+    meta = _meta(e)
+    if meta is None:
         return None
-    at = int(at_text) if at_text else int(entry_id[:dash])
+    attempt, layout, at = meta
+    ms, dash, seq = entry_id.partition("-")
+    # Spliced into JSON unescaped: only an id of digits around its dash, as Redis writes them all.
+    if not (dash and entry_id.isascii() and ms.isdigit() and seq.isdigit()):
+        return None
+    if at is None:
+        at = int(ms)
     if not 0 <= at < _EXACT_UNTIL_MS:
         return None
     values = _decode_values(f"[{d}]")
@@ -162,7 +200,7 @@ def _frame(entry_id: str, e: str, d: str) -> Framed | None:
         return None
     data = _encode(layout.data(*values))
     second, milli = divmod(at, 1000)
-    head, ident = _second_text(second).encode(), entry_id.encode()
+    head, ident = _second_bytes(second), entry_id.encode()
     if milli:
         frame = _AT_MILLI % (ident, layout.name, ident, layout.name, head, milli, attempt, data)
     else:
@@ -174,23 +212,17 @@ def _frame(entry_id: str, e: str, d: str) -> Framed | None:
 Replayed = Framed | Event | Unreadable
 
 
-def _compact_fields(fields: list[str] | dict[str, str]) -> tuple[str, str] | None:
-    """`e` and `d` of an entry in exactly the compact layout (e, d, k), else None."""
-    if type(fields) is list:
-        if len(fields) == 6 and fields[0] == "e" and fields[2] == "d" and fields[4] == "k":
-            return fields[1], fields[3]
-        return None
-    if len(fields) == 3 and "k" in fields and "e" in fields and "d" in fields:
-        return fields["e"], fields["d"]  # type: ignore[call-overload]
-    return None
-
-
 def sse_frames(entries: list[RawEntry]) -> list[Replayed]:
     """A replay page's items: each entry's SSE block, or, for one only the Event path reads, its Event or Unreadable."""
     items: list[Replayed] = []
     for entry_id, fields in entries:
-        compact = _compact_fields(fields)
-        framed = frame_of_entry(entry_id, *compact) if compact is not None else None
+        framed = None
+        # Exactly the compact layout (e, d, k); a Cluster client's reply is a dict.
+        if type(fields) is list:
+            if len(fields) == 6 and fields[0] == "e" and fields[2] == "d" and fields[4] == "k":
+                framed = frame_of_entry(entry_id, fields[1], fields[3])
+        elif len(fields) == 3 and "e" in fields and "d" in fields and "k" in fields:
+            framed = frame_of_entry(entry_id, fields["e"], fields["d"])  # type: ignore[call-overload]
         if framed is None:
             items += readable_entries([(entry_id, entry_fields(fields))])
         else:
