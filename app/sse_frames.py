@@ -122,22 +122,31 @@ def _data_struct(event_type: EventType) -> type[msgspec.Struct]:
 
 
 class _Layout(msgspec.Struct, frozen=True):
-    """What a type code stands for in a frame."""
+    """What a type code stands for in a frame: its type, its data's Struct, and the frame's text around the id."""
 
     event_type: EventType
-    name: bytes
     data: type[msgspec.Struct]
     fields: int
     omits: bool
+    after_id: bytes  # from the `id:` line's id to the JSON's
+    after_json_id: bytes  # from the JSON's id to the time
 
 
-_LAYOUTS = {
-    code: _Layout(event_type, event_type.value.encode(), _data_struct(event_type),
-                  len(DATA_TYPES[event_type].__struct_fields__), DATA_TYPES[event_type].__struct_config__.omit_defaults)
-    for event_type, code in TYPE_CODES.items()
-}
-_AT_MILLI = b'id: %s\nevent: %s\ndata: {"id":"%s","type":"%s","at":"%s.%03d000Z","attempt":%d,"data":%s}\n\n'
-_AT_SECOND = b'id: %s\nevent: %s\ndata: {"id":"%s","type":"%s","at":"%sZ","attempt":%d,"data":%s}\n\n'
+def _layout(event_type: EventType) -> _Layout:
+    name, config = event_type.value.encode(), DATA_TYPES[event_type].__struct_config__
+    return _Layout(event_type, _data_struct(event_type), len(DATA_TYPES[event_type].__struct_fields__),
+                   config.omit_defaults, b'\nevent: %s\ndata: {"id":"' % name, b'","type":"%s","at":"' % name)
+
+
+_LAYOUTS = {code: _layout(event_type) for event_type, code in TYPE_CODES.items()}
+# A frame is the join of: b"id: ", id, after_id, id, after_json_id, the second's text,
+# _AFTER_SECOND[milliseconds], the attempt (_attempt_text), the data's JSON, _END.
+_AFTER_SECOND = tuple([b'Z","attempt":'] + [b'.%03d000Z","attempt":' % milli for milli in range(1, 1000)])
+_END = b"}\n\n"
+
+
+def _attempt_text(attempt: int) -> bytes:
+    return b'%d,"data":' % attempt
 
 
 def frame_of_entry(entry_id: str, e: str, d: str) -> Framed | None:
@@ -156,12 +165,12 @@ def frame_of_entry(entry_id: str, e: str, d: str) -> Framed | None:
 # `e` values seen, and what they say: a job's entries share a handful (`103`: progress of
 # attempt 1), and reading one is most of an entry's checks. Only those without an `at` of
 # their own are kept, which would make each entry's `e` a new one.
-_METAS: dict[str, tuple[int, _Layout]] = {}
+_METAS: dict[str, tuple[bytes, _Layout]] = {}
 _METAS_KEPT = 1024
 
 
-def _meta(e: str) -> tuple[int, _Layout, int | None] | None:
-    """The attempt, the type's layout and the explicit `at` (None: the id's) of an `e` field; None if it is none."""
+def _meta(e: str) -> tuple[bytes, _Layout, int | None] | None:
+    """The attempt's text, the type's layout and the explicit `at` (None: the id's) of an `e` field; None if none."""
     hit = _METAS.get(e)
     if hit is not None:
         return hit[0], hit[1], None
@@ -173,11 +182,11 @@ def _meta(e: str) -> tuple[int, _Layout, int | None] | None:
     if layout is None:
         return None
     if at_text:
-        return attempt, layout, int(at_text)
+        return _attempt_text(attempt), layout, int(at_text)
     if len(_METAS) >= _METAS_KEPT:
         _METAS.clear()
-    _METAS[e] = (attempt, layout)
-    return attempt, layout, None
+    hit = _METAS[e] = (_attempt_text(attempt), layout)
+    return hit[0], layout, None
 
 
 def _frame(entry_id: str, e: str, d: str) -> Framed | None:
@@ -200,11 +209,9 @@ def _frame(entry_id: str, e: str, d: str) -> Framed | None:
         return None
     data = _encode(layout.data(*values))
     second, milli = divmod(at, 1000)
-    head, ident = _second_bytes(second), entry_id.encode()
-    if milli:
-        frame = _AT_MILLI % (ident, layout.name, ident, layout.name, head, milli, attempt, data)
-    else:
-        frame = _AT_SECOND % (ident, layout.name, ident, layout.name, head, attempt, data)
+    ident = entry_id.encode()
+    frame = b"".join((b"id: ", ident, layout.after_id, ident, layout.after_json_id, _second_bytes(second),
+                      _AFTER_SECOND[milli], attempt, data, _END))
     return Framed(entry_id, layout.event_type, frame)
 
 
