@@ -20,6 +20,7 @@ from jobtrail.events import TYPE_CODES, Event, EventType, pack_data
 from jobtrail.keys import Keys
 from jobtrail.replay_pages import raw_client
 from jobtrail.sse_frames import Framed, frame_of_entry, sse_event, sse_frames
+from tests.support.topologies import over_topologies
 from tests.test_decoding_properties import corrupt_entries, stable, stored_entries
 
 IN_RANGE_MS = 2**32 * 1000  # where the fast path formats `at` itself
@@ -144,6 +145,7 @@ def test_the_raw_client_shares_the_pool_and_only_xrange_answers_raw(redis_client
     assert redis_client.response_callbacks.keys() - raw.response_callbacks.keys() == {"XRANGE"}
 
 
+@over_topologies  # a Cluster client reads its pages through redis-py's callback: dicts, not lists
 async def test_a_replay_over_sse_is_the_event_path_byte_for_byte(client, events: EventLog, redis_client, keys: Keys,
                                                                   settings):
     # Every type a job can hold once finished, odd values, and more than a page (app/follow.py,
