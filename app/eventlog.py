@@ -6,7 +6,6 @@ XADD to the activity feed (app/activity.py) for a state transition.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -36,8 +35,9 @@ from jobtrail.events import (
 from jobtrail.jobstate import JobState, dedupe_fields, state_fields
 from jobtrail.keys import Keys
 from jobtrail.metrics import Metrics
-from jobtrail.offsets import BEGINNING, is_after, previous_id
+from jobtrail.offsets import BEGINNING, previous_id
 from jobtrail.reducer import fields_for, fold
+from jobtrail.replay_pages import RawEntry, entry_fields, raw_pages
 from jobtrail.replicawait import ReplicaWait
 
 log = logging.getLogger(__name__)
@@ -486,31 +486,12 @@ class EventLog:
     ) -> AsyncIterator[list[Event | Unreadable]]:
         """`readable` a page at a time (one XRANGE each) up to id `until`, for a reader that writes a page as one unit.
 
-        A full page's successor is asked for before the page is decoded and handed over:
-        Redis serializes it while the reader encodes and writes this one, so a long replay
-        waits for Redis about once instead of once a page.
+        Each page read ahead of the reader, and parsed by hiredis alone (app/replay_pages.py).
         """
-        stream = self.keys.events(job_id)
-        if until != "+" and not is_after(until, after):
-            yield []  # nothing between them to read
-            return
-        entries = await self.redis.xrange(stream, min=f"({after}", max=until, count=page_size)
-        ahead: asyncio.Future[Any] | None = None
-        try:
-            while True:
-                full = len(entries) >= page_size
-                if full:
-                    ahead = asyncio.ensure_future(
-                        self.redis.xrange(stream, min=f"({entries[-1][0]}", max=until, count=page_size))
-                yield [_readable(entry_id, fields) for entry_id, fields in entries]
-                if ahead is None:
-                    return
-                entries, ahead = await ahead, None
-        finally:
-            if ahead is not None:
-                # The reader left mid-replay: the page read ahead is of no use (nor its error).
-                ahead.cancel()
-                ahead.add_done_callback(lambda f: f.cancelled() or f.exception())
+        pages = raw_pages(self.redis, self.keys.events(job_id), readable_raw_entries, after=after,
+                          page_size=page_size, until=until)
+        async for page in pages:
+            yield page
 
     async def max_deleted_id(self, job_id: str) -> str:
         """The newest entry id the job's stream may have lost, `0-0` if none (one XINFO).
@@ -557,6 +538,11 @@ def decode_events(entries: Iterable[tuple[str, dict[str, str]]]) -> list[Event]:
 def readable_entries(entries: Iterable[tuple[str, dict[str, str]]]) -> list[Event | Unreadable]:
     """`decode_events`, but an entry that is no event comes as Unreadable (a replay steps over it)."""
     return [_readable(entry_id, fields) for entry_id, fields in entries]
+
+
+def readable_raw_entries(entries: list[RawEntry]) -> list[Event | Unreadable]:
+    """`readable_entries` of entries as XRANGE's raw reply holds them (app/replay_pages.py)."""
+    return [_readable(entry_id, entry_fields(fields)) for entry_id, fields in entries]
 
 
 def deleted_through(info: dict[str, Any]) -> str:

@@ -29,19 +29,21 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Generic, NamedTuple, TypeVar
 
 import msgspec
 from redis.exceptions import RedisError
 
 from jobtrail.activity import FeedPosition, FeedReader, Transition, decode_transitions
-from jobtrail.eventlog import EventLog, Unreadable
+from jobtrail.eventlog import EventLog, Unreadable, readable_raw_entries
 from jobtrail.events import Event, EventType
 from jobtrail.hub import FELL_BEHIND, REDIS_LOST, SHUTTING_DOWN, UNREADABLE, Hub, Subscription, SubscriptionClosed
 from jobtrail.jobstate import JobState
 from jobtrail.offsets import is_after
 from jobtrail.opening import FirstPage
+from jobtrail.replay_pages import RawEntry, raw_pages
+from jobtrail.sse_frames import Framed, Replayed
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,9 @@ class End(msgspec.Struct, frozen=True):
         return cls(_HUB_REASONS.get(closed.reason, EndReason.UNAVAILABLE), closed.reason)
 
 
-JobItem = Event | Gap | Skipped | Idle | End
+JobItem = Event | Framed | Gap | Skipped | Idle | End
+# Makes a replay page's items from its raw entries: Events, or SSE frames already (app/sse_frames.py).
+PageDecoder = Callable[[list[RawEntry]], Sequence[Replayed]]
 FeedItem = Transition | FeedGap | Idle | End
 
 _DELETED = End(EndReason.DELETED, "job was deleted")
@@ -145,13 +149,13 @@ async def _lingered(sub: Subscription, live: list[T], sent_at: float) -> list[T]
     return live + sub.take()
 
 
-def replaces(event: Event, job: JobState) -> bool:
+def replaces(event: Event | Framed, job: JobState) -> bool:
     """Whether `event` belongs to a new job under `job`'s id: `job`'s own `submitted` is at or before its last event."""
     return event.type is EventType.SUBMITTED and is_after(event.id, job.last_event_id)
 
 
 def _job_items(
-    entries: list[Event] | list[Event | Unreadable], job: JobState, last: str, items: list[JobItem]
+    entries: Sequence[Replayed], job: JobState, last: str, items: list[JobItem]
 ) -> tuple[str, bool]:
     """Add to `items` those of `entries` after `last`, up to an `End` if one is due; (new last id, ended)."""
     after = False  # entries come in order: once one is after `last`, all that follow are
@@ -174,8 +178,8 @@ def _job_items(
 
 
 async def _replay(
-    events: EventLog, job_id: str, after: str, until: str, first: FirstPage | None
-) -> AsyncIterator[list[Event] | list[Event | Unreadable]]:
+    events: EventLog, job_id: str, after: str, until: str, first: FirstPage | None, decode: PageDecoder
+) -> AsyncIterator[Sequence[Replayed]]:
     """The replay's pages after `after` up to `until` (the hub's cursor when the follow joined; `+`: all).
 
     After `first` (read with the job's state, app/opening.py, and sent already) only what
@@ -188,11 +192,12 @@ async def _replay(
         if not first.full and until != "+" and not is_after(until, reach):
             return
         after = reach
-    async for page in events.readable_pages(job_id, after=after, page_size=REPLAY_PAGE, until=until):
+    stream = events.keys.events(job_id)
+    async for page in raw_pages(events.redis, stream, decode, after=after, page_size=REPLAY_PAGE, until=until):
         yield page
 
 
-async def _given(page: list[Event | Unreadable]) -> AsyncIterator[list[Event | Unreadable]]:
+async def _given(page: Sequence[Replayed]) -> AsyncIterator[Sequence[Replayed]]:
     yield page
 
 
@@ -208,7 +213,7 @@ class _Replay:
         self.ended = False
 
     async def batches(
-        self, pages: AsyncIterator[list[Event] | list[Event | Unreadable]], job: JobState
+        self, pages: AsyncIterator[Sequence[Replayed]], job: JobState
     ) -> AsyncIterator[Batch[JobItem]]:
         """A batch per page of items after the last id sent, until one ends the follow (`ended`)."""
         async for page in pages:
@@ -223,7 +228,7 @@ class _Replay:
 
 async def follow_job(
     events: EventLog, hub: Hub, job: JobState, offset: str, *, gap: bool, ping_s: float,
-    first: FirstPage | None = None,
+    first: FirstPage | None = None, decode: PageDecoder = readable_raw_entries,
 ) -> AsyncGenerator[Batch[JobItem]]:
     """The items of one job after `offset`, in batches: a `Gap` first when `gap`, then its events, then one `End`.
 
@@ -239,6 +244,9 @@ async def follow_job(
     events its job wrote before it connected; and a finished job whose terminal event is in
     it ends with no subscription at all. Its entries are in the stream whatever the hub
     does, and the replay after the subscription goes on after them.
+
+    `decode` makes a replay page's items from its raw entries: Events by default, SSE
+    frames for app/sse.py. The live tail's items are the hub's Events whatever it is.
     """
     items: list[JobItem] = [Gap(job)] if gap else []
     # An offset past the job's last event claims events that do not exist (a clock's
@@ -251,7 +259,7 @@ async def follow_job(
         return
     replay = _Replay(items, last)
     if first is not None:
-        async for batch in replay.batches(_given(first.entries), job):
+        async for batch in replay.batches(_given(decode(first.entries)), job):
             yield batch
         if replay.ended:
             return
@@ -263,7 +271,7 @@ async def follow_job(
     try:
         # Up to where the hub took over (`sub.start`): what comes after it, the hub offers,
         # and reading it here too would decode it twice.
-        async for batch in replay.batches(_replay(events, job.id, start, sub.start, first), job):
+        async for batch in replay.batches(_replay(events, job.id, start, sub.start, first, decode), job):
             yield batch
         if replay.ended:
             return

@@ -23,9 +23,9 @@ from typing import Any, NamedTuple
 from redis.exceptions import NoScriptError
 
 from jobtrail.errors import JobNotFound
-from jobtrail.eventlog import EventLog, SharedRun, Unreadable, deleted_through, readable_entries
-from jobtrail.events import Event
+from jobtrail.eventlog import EventLog, SharedRun, deleted_through
 from jobtrail.jobstate import JobState
+from jobtrail.replay_pages import RawEntry
 
 
 def _script() -> str:
@@ -39,9 +39,13 @@ _SCRIPT = _script()
 
 
 class FirstPage(NamedTuple):
-    """The replay's first page, read with the state; `reach`: how far it read the stream (the module's docstring)."""
+    """The replay's first page, read with the state; `reach`: how far it read the stream (the module's docstring).
 
-    entries: list[Event | Unreadable]
+    Its entries as the script returned them, for the follow to decode as its transport
+    wants them (an SSE replay frames them straight from their fields, app/sse_frames.py).
+    """
+
+    entries: list[RawEntry]
     reach: str
     full: bool
 
@@ -97,7 +101,7 @@ class FollowOpener:
             "last-generated-id": last_generated,
             "first-entry": (first[0], _pairs(first[1])) if first else None,
         }
-        entries = readable_entries((entry_id, _pairs(flat)) for entry_id, flat in raw)
+        entries: list[RawEntry] = [(entry_id, flat) for entry_id, flat in raw]
         full = len(entries) >= page_size
-        page = FirstPage(entries, entries[-1].id if entries else offset, full)
+        page = FirstPage(entries, entries[-1][0] if entries else offset, full)
         return Opening(JobState.from_hash(job_id, fields, state[0]), deleted_through(info), page)

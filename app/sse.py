@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
-from typing import Any
 
 import msgspec
 
 from jobtrail.activity import FeedPosition, FeedReader, Transition
 from jobtrail.eventlog import EventLog
-from jobtrail.events import Event, ms_to_datetime
+from jobtrail.events import Event
 from jobtrail.follow import (
     End,
     EndReason,
@@ -34,47 +32,9 @@ from jobtrail.hub import Hub
 from jobtrail.jobstate import JobState
 from jobtrail.offsets import is_after
 from jobtrail.opening import FirstPage
+from jobtrail.sse_frames import Framed, sse_event, sse_frames
 
 _encode = msgspec.json.Encoder().encode
-
-
-class _EventData(msgspec.Struct, frozen=True):
-    """EventOut's fields in its order, `at` already as the text msgspec writes for its datetime."""
-
-    id: str
-    type: str
-    at: str | datetime
-    attempt: int
-    data: dict[str, Any]
-
-
-# Where `ms / 1000` (what ms_to_datetime divides) still rounds to the exact millisecond: below
-# 2**32 s a double resolves well under half a microsecond; later (and before 1970) the slow way.
-_EXACT_UNTIL_MS = 2**32 * 1000
-_SECONDS: dict[int, str] = {}
-_SECONDS_KEPT = 4096
-
-
-def event_time(ms: int) -> str | datetime:
-    """An event's `at` as SSE writes it: the same text as msgspec's for ms_to_datetime(ms), built cheaply.
-
-    A replay of 100,000 events makes as many datetimes otherwise; their seconds repeat, so
-    the text of each second is kept and only the milliseconds are formatted.
-    """
-    if not 0 <= ms < _EXACT_UNTIL_MS:
-        return ms_to_datetime(ms)
-    second, milli = divmod(ms, 1000)
-    head = _SECONDS.get(second)
-    if head is None:
-        if len(_SECONDS) >= _SECONDS_KEPT:
-            _SECONDS.clear()
-        head = _SECONDS[second] = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{head}.{milli:03d}000Z" if milli else f"{head}Z"
-
-
-def sse_event(event: Event) -> bytes:
-    data = _EventData(event.id, event.type, event_time(event.at), event.attempt, event.data)
-    return b"id: %s\nevent: %s\ndata: %s\n\n" % (event.id.encode(), event.type.encode(), _encode(data))
 
 
 def sse_gap(state: JobState) -> bytes:
@@ -106,6 +66,8 @@ def _sse_end(end: End, retry_ms: int) -> bytes:
 
 
 def _job_block(item: JobItem, shared: bool, retry_ms: int) -> bytes:
+    if isinstance(item, Framed):
+        return item.frame
     if isinstance(item, Event):
         return FRAMES.frame(item, "sse", sse_event) if shared else sse_event(item)
     if isinstance(item, Gap):
@@ -137,12 +99,14 @@ async def job_event_stream(
     any other end with a `retry:` hint and why. Each batch of the follow is one chunk, and
     the `retry:` hint goes out with the replay's first (or alone when it replays nothing):
     a chunk is a write, which costs more than the frames of a whole page. `first`: the
-    replay's first page, read with `job` (app/opening.py).
+    replay's first page, read with `job` (app/opening.py). Replayed entries come as their
+    frames already (app/sse_frames.py); the live tail's Events are framed once for all
+    their followers (app/frames.py).
     """
     hint = b"retry: %d\n\n" % retry_ms
     live_after = job.last_event_id
     live = False  # once a batch reaches past `live_after`, every later one is past it too
-    follow = follow_job(events, hub, job, offset, gap=gap, ping_s=ping_s, first=first)
+    follow = follow_job(events, hub, job, offset, gap=gap, ping_s=ping_s, first=first, decode=sse_frames)
     async with contextlib.aclosing(follow) as batches:
         async for items, shared in batches:
             chunk = b"".join([hint, *[_job_block(item, shared, retry_ms) for item in items]])
@@ -152,11 +116,11 @@ async def job_event_stream(
             # Replayed events (at or before the job's last event when the follow began) are
             # history, not lag: only a batch that ends after it has any to observe.
             if not live:
-                newest = next((item for item in reversed(items) if isinstance(item, Event)), None)
+                newest = next((item for item in reversed(items) if isinstance(item, Event | Framed)), None)
                 live = newest is not None and is_after(newest.id, live_after)
             if live:
                 for item in items:
-                    if isinstance(item, Event):
+                    if isinstance(item, Event | Framed):
                         events.metrics.delivered(item.id, live_after=live_after)
 
 

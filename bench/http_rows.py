@@ -3,7 +3,8 @@
 - `POST /jobs`/s of one API process (no worker: submissions only) against the bare app's
   one-XADD handler; `GET /jobs/{id}`/s against the bare app's one HGETALL of the same hash.
   Both over the same raw keep-alive client (bench/load.py), CPU per request of the server.
-- replay: every event of a 100,000-event job over SSE, against one redis-py XRANGE of it.
+- replay: every event of a 100,000-event job over SSE, against one redis-py XRANGE of it; CPU per
+  event of the API process against that of the process making the XRANGE (this one).
 - append script: redis-benchmark sending append.lua's EVALSHA (as EventLog builds it) against
   a bare XADD of the same fields; also the Redis server's CPU per operation.
 """
@@ -69,7 +70,7 @@ async def run_get(bench: Bench) -> dict[str, list[Metrics]]:
         })
 
 
-async def replay_sse(port: int, job_id: str, expected: int) -> Metrics:
+async def replay_sse(port: int, pids: list[int], job_id: str, expected: int) -> Metrics:
     received = 0
 
     def on_message(message: SseMessage) -> bool:
@@ -77,19 +78,23 @@ async def replay_sse(port: int, job_id: str, expected: int) -> Metrics:
         received += 1
         return message.event in TERMINAL
 
+    cpu = cpu_seconds(pids)
     start = time.monotonic()
     status = await sse(port, f"/jobs/{job_id}/events", on_message, timeout=300)
+    seconds = time.monotonic() - start
     if status != 200 or received != expected:
         raise RuntimeError(f"replay answered {status} with {received} of {expected} events")
-    return {"seconds": time.monotonic() - start}
+    return {"seconds": seconds, "cpu_ms_per_event": 1000 * (cpu_seconds(pids) - cpu) / expected}
 
 
 async def replay_xrange(redis: aioredis.Redis, stream: str, expected: int) -> Metrics:
+    cpu = time.process_time()
     start = time.monotonic()
     entries = await redis.xrange(stream, "-", "+")
+    seconds, cpu = time.monotonic() - start, time.process_time() - cpu
     if len(entries) != expected:
         raise RuntimeError(f"XRANGE gave {len(entries)} of {expected} entries")
-    return {"seconds": time.monotonic() - start}
+    return {"seconds": seconds, "cpu_ms_per_event": 1000 * cpu / expected}
 
 
 async def run_replay(bench: Bench) -> dict[str, list[Metrics]]:
@@ -103,7 +108,7 @@ async def run_replay(bench: Bench) -> dict[str, list[Metrics]]:
             stream = event_log(redis, jobtrail.prefix).keys.events(job_id)
             expected = count + 3  # submitted, started, the progress events, succeeded
             return await alternate(bench.reps, {
-                "jobtrail SSE": lambda: replay_sse(jobtrail.port, job_id, expected),
+                "jobtrail SSE": lambda: replay_sse(jobtrail.port, jobtrail.pids, job_id, expected),
                 "redis-py XRANGE": lambda: replay_xrange(redis, stream, expected),
             })
         finally:

@@ -307,7 +307,7 @@ def test_a_corrupt_entry_decodes_to_an_event_or_corrupt_event(entry):
     sse_event(event)
 
 
-# SSE writes an event's `at` through a cache of seconds (app/sse.py, event_time): the bytes
+# SSE writes an event's `at` through a cache of seconds (app/sse_frames.py, event_time): the bytes
 # must be those of the event's own wire form, EventOut with its datetime, for every `at`
 # an entry can hold, around the edges of the fast range too.
 @stable

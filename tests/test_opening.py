@@ -53,7 +53,7 @@ async def test_the_opening_holds_the_state_and_the_stream_after_the_offset(servi
     opening = await opened(services, "done", offset=all_ids[2])
 
     assert opening.job.last_event_id == all_ids[-1] and opening.job.terminal
-    assert [e.id for e in opening.page.entries] == all_ids[3:]
+    assert [entry_id for entry_id, _ in opening.page.entries] == all_ids[3:]
     assert opening.page.reach == all_ids[-1] and not opening.page.full
     assert opening.deleted_through == await services.events.max_deleted_id("done") == BEGINNING
 
