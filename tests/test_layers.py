@@ -35,6 +35,7 @@ CORE = (
     "jobtrail.patience",
     "jobtrail.reducer",
     "jobtrail.registry",
+    "jobtrail.replay_pages",
     "jobtrail.replicawait",
     "jobtrail.store",
     "jobtrail.topology",

@@ -20,8 +20,8 @@ from jobtrail.events import TYPE_CODES, Event, EventType, pack_data
 from jobtrail.keys import Keys
 from jobtrail.replay_pages import raw_client
 from jobtrail.sse_frames import Framed, frame_of_entry, sse_event, sse_frames
+from tests.support.entries import corrupt_entries, stable, stored_entries
 from tests.support.topologies import over_topologies
-from tests.test_decoding_properties import corrupt_entries, stable, stored_entries
 
 IN_RANGE_MS = 2**32 * 1000  # where the fast path formats `at` itself
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.redis_server import free_port
+from tests.support.redis_server import free_port, free_ports
 
 # How long a group may take to form; a cluster usually takes 2-3 s, Sentinel 1-2 s.
 START_TIMEOUT_S = 60.0
@@ -169,13 +169,17 @@ class RedisCluster:
         return "redis+cluster://" + ",".join(node.address for node in self.nodes[:2])
 
     def start(self) -> RedisCluster:
-        for index in range(self.primaries * (1 + self.replicas)):
-            port = free_port()
+        count = self.primaries * (1 + self.replicas)
+        # Chosen together: one at a time, a port given back could come again as another
+        # node's bus port (a CI run once lost its whole Cluster to that bind error).
+        ports = free_ports(2 * count)
+        for index in range(count):
+            port, bus = ports[2 * index], ports[2 * index + 1]
             self.nodes.append(Node(self.directory / f"node-{index}", port, [
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf",
                 # The bus on a port of its own: port + 10000 may be taken, or past 65535.
-                "--cluster-port", str(free_port()),
+                "--cluster-port", str(bus),
                 "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
                 # A replica whose primary just died takes over at once, without waiting out
                 # a validity window meant for slow WANs.
