@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from importlib import resources
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn, TypeVar
 
 import msgspec
 from redis.asyncio import Redis, RedisCluster
@@ -41,6 +41,8 @@ from jobtrail.replay_pages import RawEntry, entry_fields, raw_pages
 from jobtrail.replicawait import ReplicaWait
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Runs what a function queues on a pipeline, in a round trip it may share; its replies, errors as values.
 SharedRun = Callable[[Callable[[Pipeline], object]], Awaitable[list[Any]]]
@@ -481,17 +483,20 @@ class EventLog:
             for item in page:
                 yield item
 
-    async def readable_pages(
+    def readable_pages(
         self, job_id: str, after: str = BEGINNING, page_size: int = 500, until: str = "+"
     ) -> AsyncIterator[list[Event | Unreadable]]:
-        """`readable` a page at a time (one XRANGE each) up to id `until`, for a reader that writes a page as one unit.
+        """`readable` a page at a time (one XRANGE each) up to id `until`, for a reader that writes pages whole."""
+        return self.decoded_pages(job_id, readable_raw_entries, after=after, page_size=page_size, until=until)
+
+    def decoded_pages(
+        self, job_id: str, decode: Callable[[list[RawEntry]], T], *, after: str, page_size: int, until: str = "+"
+    ) -> AsyncIterator[T]:
+        """The job's entries after `after` up to `until` a page at a time, each as `decode` makes it of raw entries.
 
         Each page read ahead of the reader, and parsed by hiredis alone (app/replay_pages.py).
         """
-        pages = raw_pages(self.redis, self.keys.events(job_id), readable_raw_entries, after=after,
-                          page_size=page_size, until=until)
-        async for page in pages:
-            yield page
+        return raw_pages(self.redis, self.keys.events(job_id), decode, after=after, page_size=page_size, until=until)
 
     async def max_deleted_id(self, job_id: str) -> str:
         """The newest entry id the job's stream may have lost, `0-0` if none (one XINFO).

@@ -42,7 +42,7 @@ from jobtrail.hub import FELL_BEHIND, REDIS_LOST, SHUTTING_DOWN, UNREADABLE, Hub
 from jobtrail.jobstate import JobState
 from jobtrail.offsets import is_after
 from jobtrail.opening import FirstPage
-from jobtrail.replay_pages import RawEntry, raw_pages
+from jobtrail.replay_pages import RawEntry
 from jobtrail.sse_frames import Framed, Replayed
 
 log = logging.getLogger(__name__)
@@ -192,8 +192,7 @@ async def _replay(
         if not first.full and until != "+" and not is_after(until, reach):
             return
         after = reach
-    stream = events.keys.events(job_id)
-    async for page in raw_pages(events.redis, stream, decode, after=after, page_size=REPLAY_PAGE, until=until):
+    async for page in events.decoded_pages(job_id, decode, after=after, page_size=REPLAY_PAGE, until=until):
         yield page
 
 
