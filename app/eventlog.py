@@ -282,6 +282,7 @@ class EventLog:
         keys: list[str],
         slot: str,
         incarnation: str | None = None,
+        shared: SharedRun | None = None,
     ) -> Appended:
         """Append several reports of one attempt, in order, in one round trip (append_many.lua).
 
@@ -289,7 +290,8 @@ class EventLog:
         own entry, exactly as `append` would write it with the same key, and the hash ends
         as it would after appending them one by one. The batch lands whole or not at all,
         and `slot` remembers its last key, so a batch sent again after a lost reply is a
-        duplicate. Raises as `append` does; the Appended is the last event's.
+        duplicate. Raises as `append` does; the Appended is the last event's. With `shared`,
+        the round trip is one shared with other callers', as `append`'s.
         """
         args: list[str | int] = [attempt, incarnation or "", slot, len(reports)]
         for (event_type, data), key in zip(reports, keys, strict=True):
@@ -299,7 +301,9 @@ class EventLog:
             for field, value in fields.items():
                 args += [field, value]
         began = time.perf_counter()
-        reply = await self._append_many(keys=list(self.keys.append_keys(job_id)), args=args)
+        job_keys = list(self.keys.append_keys(job_id))
+        reply, _, _ = await self._run_append(job_keys, args, None, None, None, script=self._append_many,
+                                             shared=shared)
         self.metrics.append_took(time.perf_counter() - began)
         status = reply[0]
         if status in ("replaced", "stale", "refused"):
@@ -339,7 +343,7 @@ class EventLog:
         demoted under us) comes back as the reply, for ReplicaWait to count as none.
         """
         script = script or self._append
-        if before is None and after is None and wait is None:
+        if before is None and after is None and wait is None and shared is None:
             return await script(keys=keys, args=args), None, ()
         target: dict[str, Any] = {}
         if wait is not None and isinstance(self.redis, RedisCluster):

@@ -45,7 +45,8 @@ class Keys:
         return f"{self.prefix}:job:{{{job_id}}}:lease"
 
     def enqueue_claim(self, job_id: str) -> str:
-        """String: set by the one submission request that queues the job's first run (SET NX, retention TTL)."""
+        """String: set by the one request with the job's Idempotency-Key that queues its first run (SET NX,
+        retention TTL). A job submitted without a key has none: its random id has no repeat to race."""
         return f"{self.prefix}:job:{{{job_id}}}:enqueued"
 
     def job_keys(self, job_id: str) -> tuple[str, str, str]:

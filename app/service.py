@@ -113,20 +113,20 @@ class JobService:
 
         def claim_it(pipe: Pipeline) -> None:
             nonlocal queued
+            if idempotency_key is None:
+                # A fresh random id has no repeat that could race to enqueue it: the job is
+                # this request's alone, so it needs no claim, and the enqueue rides in the
+                # same round trip when it can. With a key, the claim's reply decides (below).
+                queued = self.queue is not None and self.queue(pipe, job_id)
+                return
             pipe.set(claim, token, nx=True, ex=self.settings.retention_s)
-            # A fresh random id has no repeat that could race for the claim: it is this
-            # request's, so the enqueue rides in the same round trip. With a key, the
-            # claim's reply decides (below).
-            if idempotency_key is None and self.queue is not None:
-                queued = self.queue(pipe, job_id)
-            if not queued:
-                pipe.get(claim)
+            pipe.get(claim)
 
         try:
             # Watched before it exists, in the append's round trip: whatever happens after
             # the append (a crash, a failed enqueue), the reaper (workers/reaper.py) queues
             # the job; an id that never became a job, it drops.
-            job, (_, *replies) = await record_submitted(
+            job, replies = await record_submitted(
                 self.events, self.index, job_id, data,
                 before=lambda pipe: self.live.queue_track(pipe, job_id), also=claim_it, shared=self.shared,
             )
@@ -141,7 +141,7 @@ class JobService:
             if existing.state is State.PENDING and existing.attempt == 0 and await self._holds_claim(claim, token):
                 await self.enqueue(job_id)
             return existing, False
-        if not queued and replies[0] == token:
+        if not queued and (idempotency_key is None or replies[-1] == token):
             await self.enqueue(job_id)
         return job, True
 

@@ -126,11 +126,18 @@ async def test_a_repeat_queues_a_job_nobody_queued_and_only_once(events, setting
 
 
 async def test_deleting_a_job_removes_its_enqueue_claim(client, redis_client, keys):
-    job_id = (await client.post("/jobs", json={"kind": "demo"})).json()["id"]
+    answer = await client.post("/jobs", json={"kind": "demo"}, headers={"Idempotency-Key": "claimed"})
+    job_id = answer.json()["id"]
     assert await redis_client.exists(keys.enqueue_claim(job_id))
     assert (await client.delete(f"/jobs/{job_id}")).status_code == 204
     assert not await redis_client.exists(*keys.all_job_keys(job_id))
 
+
+
+async def test_a_job_without_a_key_takes_no_enqueue_claim_and_is_queued_once(client, redis_client, keys):
+    job_id = (await client.post("/jobs", json={"kind": "demo"})).json()["id"]
+    assert not await redis_client.exists(keys.enqueue_claim(job_id))
+    assert queue_messages_for(await redis_client.xrange(keys.queue()), job_id) == 1
 
 
 async def within_one_window() -> None:

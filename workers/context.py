@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from jobtrail.artifacts import ArtifactStore
 from jobtrail.errors import JobNotFound, JobReplaced, TransitionRefused
-from jobtrail.eventlog import Appended, EventLog
+from jobtrail.eventlog import Appended, EventLog, SharedRun
 from jobtrail.events import TERMINAL_STATES, Artifact, Event, EventType, LogData, PhaseData, ProgressData, State
 from jobtrail.jobstate import JobState
 from jobtrail.lease import Lease
@@ -99,8 +99,11 @@ class JobContext:
         incarnation: str | None = None,
         patience: Patience | None = None,
         batched: bool = False,
+        shared: SharedRun | None = None,
     ) -> None:
         self.events = events
+        # The runner's shared round trips (workers/runner.py): concurrent jobs' reports go out together.
+        self.shared = shared
         self.tenant = tenant
         self.kind = kind  # its phases, when it declares them, are the only ones accepted
         self.lease = lease
@@ -295,11 +298,12 @@ class JobContext:
         def append() -> Awaitable[Appended]:
             if len(reports) > 1:
                 return self.events.append_many(
-                    self.job_id, reports, attempt=self.attempt, keys=keys, slot=slot, incarnation=self.incarnation
+                    self.job_id, reports, attempt=self.attempt, keys=keys, slot=slot, incarnation=self.incarnation,
+                    shared=self.shared,
                 )
             return self.events.append(
                 self.job_id, event_type, data, attempt=self.attempt, key=keys[0], incarnation=self.incarnation,
-                slot=slot,
+                slot=slot, shared=self.shared,
             )
 
         try:

@@ -292,7 +292,7 @@ class Runner:
         ctx = JobContext(
             self.events, job.id, attempt, min_interval_s=self.settings.progress_interval_s, lease=delivery.lease,
             artifacts=self.artifacts, tenant=job.tenant, kind=find_kind(job.kind), incarnation=delivery.incarnation,
-            patience=self.patience, batched=True,
+            patience=self.patience, batched=True, shared=self.shared.run,
         )
         try:
             spec = get_kind(job.kind)
