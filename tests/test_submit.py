@@ -133,7 +133,6 @@ async def test_deleting_a_job_removes_its_enqueue_claim(client, redis_client, ke
     assert not await redis_client.exists(*keys.all_job_keys(job_id))
 
 
-
 async def test_a_job_without_a_key_takes_no_enqueue_claim_and_is_queued_once(client, redis_client, keys):
     job_id = (await client.post("/jobs", json={"kind": "demo"})).json()["id"]
     assert not await redis_client.exists(keys.enqueue_claim(job_id))
