@@ -6,6 +6,7 @@ XADD to the activity feed (app/activity.py) for a state transition.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -311,8 +312,8 @@ class EventLog:
         if status == "duplicate":
             return Appended(id=reply[1], state=reply[2], cancel_requested=reply[3] == "1", duplicate=True)
         _, event_id, state, cancel_requested, kind, tenant = reply
-        for event_type, _ in reports:
-            self.metrics.appended(kind, event_type.value, tenant or None)
+        for event_type, count in collections.Counter(event_type for event_type, _ in reports).items():
+            self.metrics.appended(kind, event_type.value, tenant or None, count)
         return Appended(id=event_id, state=state, cancel_requested=cancel_requested == "1", attempt=attempt)
 
     @staticmethod

@@ -132,8 +132,9 @@ class Batch(NamedTuple, Generic[T]):
     A transport writes a batch as one unit (one SSE chunk), so 1,000 events queued for a
     slow client cost one write, not 1,000; an empty one says a job's replay is over and
     found nothing, so what a transport holds back goes out. `shared`: the items are the hub's, the very
-    objects every follower of the stream gets, so a frame built for one of them is worth
-    keeping for the others (app/frames.py); a replay's items are this follow's own.
+    objects every follower of the stream gets, and the stream has other followers now, so a
+    frame built for one of them is worth keeping for the others (app/frames.py); a replay's
+    items are this follow's own, and a lone follower's cache would only be filled, never hit.
     """
 
     items: list[T]
@@ -290,7 +291,7 @@ async def follow_job(
             items = []
             last, ended = _job_items(live, job, last, items)
             if items:
-                yield Batch(items, shared=True)
+                yield Batch(items, shared=sub.shared)
                 sent_at = asyncio.get_running_loop().time()
             if ended:
                 return
@@ -365,7 +366,7 @@ async def follow_feed(
                 last = fresh[-1].id
                 items = [transition for transition in fresh if wanted(transition)]
                 if items:
-                    yield Batch(items, shared=True)
+                    yield Batch(items, shared=sub.shared)
                     sent_at = loop.time()
     except SubscriptionClosed as closed:
         yield Batch([End.closed(closed)])

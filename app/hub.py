@@ -134,7 +134,7 @@ class Subscription:
     is moved forward lazily, so a busy follow pays for one per idle timeout, not per event.
     """
 
-    __slots__ = ("_deadline", "_items", "_timer", "_waiter", "closed", "maxsize", "start", "stream")
+    __slots__ = ("_deadline", "_items", "_peers", "_timer", "_waiter", "closed", "maxsize", "start", "stream")
 
     def __init__(self, stream: str, maxsize: int) -> None:
         self.stream = stream
@@ -148,6 +148,12 @@ class Subscription:
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self.closed: SubscriptionClosed | None = None
+        self._peers: set[Subscription] = set()  # its stream's subscribers, itself among them
+
+    @property
+    def shared(self) -> bool:
+        """Whether another subscription gets the same items now: only then is a frame worth caching (app/frames.py)."""
+        return len(self._peers) > 1
 
     def offer(self, event: Any) -> bool:
         """Queue an event; False (and the subscription closed) when the queue is full or already closed."""
@@ -339,6 +345,7 @@ class Hub:
         # From here on every entry the hub takes after its cursor is offered to `sub` too.
         sub.start = watched.cursor
         watched.subscribers.add(sub)
+        sub._peers = watched.subscribers
         assert watched.ready is not None
         try:
             await asyncio.shield(watched.ready)

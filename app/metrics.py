@@ -124,8 +124,9 @@ class Metrics:
     def submitted(self, kind: str, tenant: str | None) -> None:
         self._child(self._submitted, kind, *self._tenant(tenant)).inc()
 
-    def appended(self, kind: str, event_type: str, tenant: str | None) -> None:
-        self._child(self._events, kind, event_type, *self._tenant(tenant)).inc()
+    def appended(self, kind: str, event_type: str, tenant: str | None, count: int = 1) -> None:
+        """`count` events of `event_type` appended to a job of `kind`."""
+        self._child(self._events, kind, event_type, *self._tenant(tenant)).inc(count)
 
     def append_took(self, seconds: float) -> None:
         self._append.observe(seconds)
@@ -152,14 +153,20 @@ class Metrics:
         """The gauge of open SSE responses of `stream` (`track_inprogress()` around each)."""
         return self._sse.labels(stream)
 
-    def delivered(self, event_id: str, *, live_after: str) -> None:
-        """The event `event_id` was written to a client now (SSE), or queued for its socket (/ws).
+    def delivered(self, event_ids: Iterable[str], *, live_after: str) -> None:
+        """The events `event_ids` were written to a client now (SSE), or queued for its socket (/ws).
 
-        Observed only when it is live: appended after `live_after`, the job's last event
-        when the client's follow began. A replayed event's age is history, not lag.
+        Observed only when live: appended after `live_after`, the job's last event when the
+        client's follow began. A replayed event's age is history, not lag. One call per
+        write, not per event: the clock and `live_after` are read once for the whole batch.
         """
-        if _id_order(event_id) > _id_order(live_after):
-            self._lag.observe(max(time.time() * 1000 - id_ms(event_id), 0) / 1000)
+        after = _id_order(live_after)
+        now_ms = time.time() * 1000
+        observe = self._lag.observe
+        for event_id in event_ids:
+            order = _id_order(event_id)
+            if order > after:
+                observe(max(now_ms - order[0], 0) / 1000)
 
     def watch_hub(self, subscriber_count: Callable[[], int]) -> None:
         """Export the hub's subscriptions, read at each scrape."""

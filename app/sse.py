@@ -119,9 +119,8 @@ async def job_event_stream(
                 newest = next((item for item in reversed(items) if isinstance(item, Event | Framed)), None)
                 live = newest is not None and is_after(newest.id, live_after)
             if live:
-                for item in items:
-                    if isinstance(item, Event | Framed):
-                        events.metrics.delivered(item.id, live_after=live_after)
+                events.metrics.delivered((item.id for item in items if isinstance(item, Event | Framed)),
+                                         live_after=live_after)
 
 
 def _feed_block(item: FeedItem, shared: bool, retry_ms: int) -> bytes:

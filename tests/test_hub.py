@@ -230,6 +230,19 @@ async def test_a_second_follower_starts_at_the_hubs_cursor_and_is_offered_everyt
         await close(services)
 
 
+
+async def test_a_subscription_is_shared_only_while_its_stream_has_another(settings, events, redis_client, keys):
+    # A follow caches its items' frames (app/frames.py) only when another follower would reuse them.
+    services, first = await quiet_follow(settings, events, redis_client, keys, "peers")
+    try:
+        assert not first.shared
+        second = await services.hub.subscribe(keys.events("peers"), after="0-0")
+        assert first.shared and second.shared
+        services.hub.unsubscribe(second)
+        assert not first.shared
+    finally:
+        await close(services)
+
 async def test_a_redis_that_stays_down_ends_the_subscriptions_for_their_clients_to_resume(own_server, settings):
     s = msgspec.structs.replace(settings, redis_url=own_server.url, redis_timeout_s=1.0)
     services = await hub_services(s)

@@ -290,7 +290,7 @@ class Session:
 
         def queued(item: JobItem) -> None:
             if isinstance(item, Event):
-                self.events.metrics.delivered(item.id, live_after=job.last_event_id)
+                self.events.metrics.delivered((item.id,), live_after=job.last_event_id)
 
         await self._forward(job_id, items, lambda item, shared: _job_frame(job_id, item, shared), queued)
 
