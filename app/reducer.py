@@ -33,6 +33,16 @@ def _num(value: Any) -> str:
 def fields_for(event_type: EventType, data: dict[str, Any]) -> dict[str, str]:
     """The hash fields an event's data sets, beyond the table's bookkeeping."""
     match event_type:
+        case EventType.PROGRESS | EventType.PHASE:  # first: nearly every event a worker writes
+            fields = {}
+            phase, message = data.get("phase"), data.get("message")
+            if phase is not None:
+                fields["phase"] = phase
+            if message is not None:
+                fields["message"] = message
+            if "progress" in data:
+                fields["progress"] = _num(data["progress"])
+            return fields
         case EventType.SUBMITTED:
             return {
                 "kind": data["kind"],
@@ -45,11 +55,6 @@ def fields_for(event_type: EventType, data: dict[str, Any]) -> dict[str, str]:
         case EventType.STARTED:
             # A new attempt starts from scratch.
             return {"progress": _num(0), "phase": "", "message": ""}
-        case EventType.PROGRESS | EventType.PHASE:
-            fields = {key: data[key] for key in ("phase", "message") if data.get(key) is not None}
-            if "progress" in data:
-                fields["progress"] = _num(data["progress"])
-            return fields
         case EventType.CANCEL_REQUESTED:
             return {"cancel_requested": "1"}
         case EventType.RETRYING | EventType.FAILED:
