@@ -135,6 +135,38 @@ async def test_progress_is_coalesced_but_phase_changes_and_completion_are_kept(e
     assert [(d["progress"], d.get("phase")) for d in written] == [(0.0, "collect"), (0.25, "render"), (1.0, None)]
 
 
+async def test_a_handler_reporting_in_a_tight_loop_lets_the_loop_run_and_loses_no_report(events):
+    # A batched context yields to the loop at most every YIELD_EVERY_S, not at each report:
+    # other tasks still run while the handler never awaits anything else, and every report
+    # lands, in order, in fewer round trips than reports.
+    await submit(events, "j", {"steps": 1})
+    await events.append("j", EventType.STARTED, {"worker": "w", "attempt": 1}, attempt=1)
+    ctx = JobContext(events, "j", 1, min_interval_s=0, batched=True)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    started, loop = ticks, asyncio.get_running_loop()
+    for step in range(1, 301):
+        until = loop.time() + 0.0002  # a fifth of a millisecond of the handler's own work
+        while loop.time() < until:
+            pass
+        await ctx.progress(step / 400, current=step)
+    during = ticks - started
+    await ctx.close()
+    other.cancel()
+    written = [e.data["current"] async for e in events.events("j") if e.type is EventType.PROGRESS]
+    assert written == list(range(1, 301))
+    assert during >= 5, "60 ms of reporting in a tight loop must let other tasks run"
+    assert during < 300, "one turn of the loop per report is what the context avoids"
+
+
 async def test_progress_held_back_is_written_when_the_interval_ends(events):
     await submit(events, "j", {"steps": 1})
     await events.append("j", EventType.STARTED, {"worker": "w", "attempt": 1}, attempt=1)
